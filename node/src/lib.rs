@@ -1,0 +1,32 @@
+//! The hospital side of ern.
+//!
+//! A node runs inside a hospital. This crate turns the hospital's registry export into the
+//! pseudonymised Parquet store that queries see, and holds the keys that tie the store to
+//! the site (pseudonymisation) and approvals to stewards (Ed25519).
+//!
+//! # Trust boundary
+//! Everything here sees identifiable data: local patient ids exist only inside
+//! [`ingest`], between reading the export and hashing them. What leaves this crate's ingest
+//! is the store, which holds pids (HMAC-SHA256 under the site key), birth year and month,
+//! and no patient who did not consent to reuse.
+//!
+//! # Layout
+//! - [`export`]: the interchange format: files, columns, value parsers.
+//! - [`ingest`]: export in, store out, all-or-nothing, every error reported.
+//! - [`store`]: the store on disk and its atomic replacement.
+//! - [`schema`]: Arrow schemas of the store and reference tables.
+//! - [`pseudonym`]: the site key and pid = HMAC-SHA256(key, local_id).
+//! - [`steward_key`]: steward Ed25519 key pairs and key ids.
+//! - [`reference`]: the shipped Orphanet cardiac classification.
+//! - [`synth`]: synthetic site exports for demos, tests and benchmarks.
+//! - [`progress`]: progress reporting for long work.
+
+pub mod export;
+pub mod ingest;
+pub mod progress;
+pub mod pseudonym;
+pub mod reference;
+pub mod schema;
+pub mod steward_key;
+pub mod store;
+pub mod synth;

@@ -1,0 +1,141 @@
+//! The Arrow schemas of the node store (data-model.md section 2).
+//!
+//! These schemas are the contract between ingest, which writes the Parquet tables, and
+//! every query engine that reads them. Column names, types and nullability here follow
+//! data-model.md to the letter; a `?` there is `nullable = true` here.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+/// Names of the four patient-level tables, in the order ingest writes them.
+pub const PATIENT_TABLES: [&str; 4] = ["patient", "diagnosis", "genetic_finding", "phenotype"];
+
+/// Name of the Orphanet term table.
+pub const ORPHA_TERM: &str = "orpha_term";
+
+/// Name of the Orphanet transitive-closure table.
+pub const ORPHA_CLOSURE: &str = "orpha_closure";
+
+fn utf8(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Utf8, nullable)
+}
+
+fn int32(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Int32, nullable)
+}
+
+fn date32(name: &str) -> Field {
+    Field::new(name, DataType::Date32, true)
+}
+
+fn boolean(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Boolean, nullable)
+}
+
+static PATIENT: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("pid", false),
+        int32("birth_year", false),
+        int32("birth_month", true),
+        utf8("sex", false),
+        utf8("vital_status", true),
+        date32("death_date"),
+        date32("first_contact_date"),
+        boolean("undiagnosed", true),
+        utf8("contact_for_research", false),
+        boolean("biosample_available", true),
+    ]))
+});
+
+static DIAGNOSIS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("pid", false),
+        utf8("code", false),
+        utf8("code_system", false),
+        utf8("status", false),
+        utf8("onset", true),
+        date32("onset_date"),
+        date32("diagnosis_date"),
+        int32("age_at_onset", true),
+        int32("age_at_diagnosis", true),
+    ]))
+});
+
+static GENETIC_FINDING: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("pid", false),
+        utf8("hgnc_id", false),
+        utf8("gene_symbol", true),
+        utf8("hgvs", true),
+        utf8("zygosity", true),
+        boolean("causative", true),
+    ]))
+});
+
+static PHENOTYPE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("pid", false),
+        utf8("hpo_id", false),
+        boolean("excluded", false),
+    ]))
+});
+
+static ORPHA_TERM_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("orpha_code", false),
+        utf8("name", false),
+        utf8("disorder_type", false),
+    ]))
+});
+
+static ORPHA_CLOSURE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("ancestor", false),
+        utf8("descendant", false),
+        int32("depth", false),
+    ]))
+});
+
+/// Schema of the `patient` table.
+pub fn patient() -> SchemaRef {
+    Arc::clone(&PATIENT)
+}
+
+/// Schema of the `diagnosis` table.
+pub fn diagnosis() -> SchemaRef {
+    Arc::clone(&DIAGNOSIS)
+}
+
+/// Schema of the `genetic_finding` table.
+pub fn genetic_finding() -> SchemaRef {
+    Arc::clone(&GENETIC_FINDING)
+}
+
+/// Schema of the `phenotype` table.
+pub fn phenotype() -> SchemaRef {
+    Arc::clone(&PHENOTYPE)
+}
+
+/// Schema of the `orpha_term` reference table.
+pub fn orpha_term() -> SchemaRef {
+    Arc::clone(&ORPHA_TERM_SCHEMA)
+}
+
+/// Schema of the `orpha_closure` reference table.
+pub fn orpha_closure() -> SchemaRef {
+    Arc::clone(&ORPHA_CLOSURE_SCHEMA)
+}
+
+/// Schema of any store or reference table by name; `None` for an unknown name.
+pub fn by_name(table: &str) -> Option<SchemaRef> {
+    match table {
+        "patient" => Some(patient()),
+        "diagnosis" => Some(diagnosis()),
+        "genetic_finding" => Some(genetic_finding()),
+        "phenotype" => Some(phenotype()),
+        ORPHA_TERM => Some(orpha_term()),
+        ORPHA_CLOSURE => Some(orpha_closure()),
+        _ => None,
+    }
+}

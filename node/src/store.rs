@@ -1,0 +1,149 @@
+//! The node store on disk: one Parquet file per table, replaced all together or not at all.
+//!
+//! A store directory also holds files that ingest must never touch (the audit log, keys,
+//! configuration), so a new ingest cannot swap the whole directory. Instead it writes
+//! every table into a staging directory inside the store, marks the staging complete,
+//! and renames the tables into place. A crash before the mark leaves the old tables
+//! (the staging is discarded on the next open); a crash after it is rolled forward on the
+//! next open. Either way a reader sees only whole generations of the store.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::ingest::IngestError;
+
+const STAGING_PREFIX: &str = ".staging-";
+const COMMIT_MARK: &str = "COMMITTED";
+const LOCK_FILE: &str = ".ingest.lock";
+
+/// The file of a table inside a store directory.
+pub fn table_path(store: &Path, table: &str) -> PathBuf {
+    store.join(format!("{table}.parquet"))
+}
+
+/// Finishes or discards what an interrupted ingest left behind in `store`.
+pub fn recover(store: &Path) -> Result<(), IngestError> {
+    let entries = match fs::read_dir(store) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(IngestError::io(store, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| IngestError::io(store, e))?;
+        let is_staging = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(STAGING_PREFIX);
+        if !is_staging {
+            continue;
+        }
+        let staging = entry.path();
+        if staging.join(COMMIT_MARK).exists() {
+            tracing::warn!(staging = %staging.display(), "rolling forward an interrupted ingest");
+            move_tables_into_place(&staging, store)?;
+        } else {
+            tracing::warn!(staging = %staging.display(), "discarding an incomplete ingest");
+        }
+        fs::remove_dir_all(&staging).map_err(|e| IngestError::io(&staging, e))?;
+    }
+    Ok(())
+}
+
+/// Writes `tables` as the store's new generation, atomically as described above.
+/// Files of the store that are not tables are left alone.
+pub fn replace_tables(
+    store: &Path,
+    tables: &[(&'static str, RecordBatch)],
+) -> Result<(), IngestError> {
+    fs::create_dir_all(store).map_err(|e| IngestError::io(store, e))?;
+    // One writer at a time: the lock is released when `lock` is dropped, even on a crash.
+    let lock_path = store.join(LOCK_FILE);
+    let lock = File::create(&lock_path).map_err(|e| IngestError::io(&lock_path, e))?;
+    lock.try_lock().map_err(|_| IngestError::Busy {
+        store: store.to_path_buf(),
+    })?;
+    recover(store)?;
+    let staging = store.join(format!("{STAGING_PREFIX}{}", std::process::id()));
+    fs::create_dir(&staging).map_err(|e| IngestError::io(&staging, e))?;
+    let written = write_all_tables(&staging, tables);
+    if let Err(error) = written {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(error);
+    }
+    let mark = staging.join(COMMIT_MARK);
+    File::create(&mark)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| IngestError::io(&mark, e))?;
+    sync_dir(&staging)?;
+    move_tables_into_place(&staging, store)?;
+    fs::remove_dir_all(&staging).map_err(|e| IngestError::io(&staging, e))?;
+    sync_dir(store)
+}
+
+fn write_all_tables(
+    staging: &Path,
+    tables: &[(&'static str, RecordBatch)],
+) -> Result<(), IngestError> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = tables
+            .iter()
+            .map(|(table, batch)| {
+                scope.spawn(move || write_table(&table_path(staging, table), table, batch))
+            })
+            .collect();
+        handles.into_iter().try_for_each(|handle| {
+            handle.join().unwrap_or_else(|_| {
+                Err(IngestError::Write {
+                    table: "?",
+                    message: "writer thread panicked".into(),
+                })
+            })
+        })
+    })
+}
+
+/// Writes one table as a Parquet file (zstd level 1) and syncs it to disk.
+pub fn write_table(
+    path: &Path,
+    table: &'static str,
+    batch: &RecordBatch,
+) -> Result<(), IngestError> {
+    let write_error = |e: parquet::errors::ParquetError| IngestError::Write {
+        table,
+        message: e.to_string(),
+    };
+    let file = File::create(path).map_err(|e| IngestError::io(path, e))?;
+    let level = ZstdLevel::try_new(1).map_err(write_error)?;
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .build();
+    let mut writer =
+        ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(write_error)?;
+    writer.write(batch).map_err(write_error)?;
+    let file = writer.into_inner().map_err(write_error)?;
+    file.sync_all().map_err(|e| IngestError::io(path, e))
+}
+
+fn move_tables_into_place(staging: &Path, store: &Path) -> Result<(), IngestError> {
+    for entry in fs::read_dir(staging).map_err(|e| IngestError::io(staging, e))? {
+        let entry = entry.map_err(|e| IngestError::io(staging, e))?;
+        let name = entry.file_name();
+        if name == COMMIT_MARK {
+            continue;
+        }
+        let target = store.join(&name);
+        fs::rename(entry.path(), &target).map_err(|e| IngestError::io(&target, e))?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), IngestError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| IngestError::io(dir, e))
+}
