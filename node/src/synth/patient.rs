@@ -104,18 +104,21 @@ pub(crate) fn generate(
     let disorder = catalogue.pick(rng.random());
     let profile = disorder.profile;
 
-    // Onset: childhood for the disorder's paediatric share, otherwise adulthood.
-    let paediatric = chance(rng, profile.map_or(0.5, |p| p.paediatric));
+    // Onset: childhood for the disorder's paediatric share, otherwise adulthood; never
+    // after today. The diagnostic delay is exponential (years, long tail); a delay that
+    // would reach past today is redrawn within the time there was.
+    let paediatric = age_years < 16.0 || chance(rng, profile.map_or(0.5, |p| p.paediatric));
     let onset_age: f64 = if paediatric {
-        rng.random_range(0.0..16.0)
+        rng.random_range(0.0..age_years.clamp(0.01, 16.0))
     } else {
-        rng.random_range(16.0..70.0)
+        rng.random_range(16.0..age_years.max(16.01))
     };
-    let onset_days =
-        (birth_days + days_of_years(onset_age.min(age_years)) + rng.random_range(0..180))
-            .min(TODAY);
-    let delay_days = days_of_years(-MEAN_DELAY_YEARS * (1.0 - rng.random::<f64>()).ln());
-    let diagnosis_days = (onset_days + delay_days).min(TODAY);
+    let onset_days = (birth_days + days_of_years(onset_age)).min(TODAY);
+    let mut delay_days = days_of_years(-MEAN_DELAY_YEARS * (1.0 - rng.random::<f64>()).ln());
+    if onset_days + delay_days > TODAY {
+        delay_days = rng.random_range(0..=(TODAY - onset_days));
+    }
+    let diagnosis_days = onset_days + delay_days;
     let death_date = (vital == Some("dead"))
         .then(|| date(rng.random_range(diagnosis_days..=TODAY)))
         .flatten();
