@@ -10,10 +10,10 @@ pub(crate) fn new_table(header: &[&str], numeric: &[&str]) -> Table {
         .load_preset(UTF8_FULL_CONDENSED)
         .set_header(header.to_vec());
     for (index, name) in header.iter().enumerate() {
-        if numeric.contains(name) {
-            if let Some(column) = table.column_mut(index) {
-                column.set_cell_alignment(CellAlignment::Right);
-            }
+        if numeric.contains(name)
+            && let Some(column) = table.column_mut(index)
+        {
+            column.set_cell_alignment(CellAlignment::Right);
         }
     }
     table

@@ -80,7 +80,7 @@ fn expected_counts(site: &Path) -> Expected {
             expected.undiagnosed += i64::from(&row[undiagnosed] == "true");
         }
     }
-    let mut count_rows = |file: &str, mut each: Box<dyn FnMut(&csv::StringRecord)>| -> i64 {
+    let count_rows = |file: &str, mut each: Box<dyn FnMut(&csv::StringRecord)>| -> i64 {
         let mut reader = csv::Reader::from_path(site.join(file)).expect("file");
         let mut n = 0;
         for row in reader.records() {
