@@ -14,7 +14,6 @@
 //! - [`export`]: the interchange format: files, columns, value parsers.
 //! - [`ingest`]: export in, store out, all-or-nothing, every error reported.
 //! - [`store`]: the store on disk and its atomic replacement.
-//! - [`schema`]: Arrow schemas of the store and reference tables.
 //! - [`pseudonym`]: the site key and pid = HMAC-SHA256(key, local_id).
 //! - [`steward_key`]: steward Ed25519 key pairs and key ids.
 //! - [`reference`]: the shipped Orphanet cardiac classification.
@@ -26,7 +25,9 @@ pub mod ingest;
 pub mod progress;
 pub mod pseudonym;
 pub mod reference;
-pub mod schema;
 pub mod steward_key;
 pub mod store;
 pub mod synth;
+
+/// The Arrow schemas of the store, shared with the query side.
+pub use ern_queries::schema;

@@ -24,8 +24,12 @@ fn baseline(export: &Path, out: &Path) -> BenchResult<()> {
     std::fs::create_dir_all(out)?;
     for name in ["patient", "diagnosis", "genetic_finding", "phenotype"] {
         let csv = export.join(format!("{name}.csv"));
-        let mut frame = CsvReadOptions::default().with_has_header(true).try_into_reader_with_file_path(Some(csv))?.finish()?;
-        ParquetWriter::new(File::create(out.join(format!("{name}.parquet")))?).finish(&mut frame)?;
+        let mut frame = CsvReadOptions::default()
+            .with_has_header(true)
+            .try_into_reader_with_file_path(Some(csv))?
+            .finish()?;
+        ParquetWriter::new(File::create(out.join(format!("{name}.parquet")))?)
+            .finish(&mut frame)?;
     }
     Ok(())
 }
@@ -42,9 +46,21 @@ fn main() -> BenchResult<()> {
     let work = tempfile::tempdir()?;
     let exports = work.path().join("exports");
     let started = Instant::now();
-    let sites = synthesize(SynthConfig { sites: 1, patients, seed: 1 }, &exports, &NoProgress)?;
+    let sites = synthesize(
+        SynthConfig {
+            sites: 1,
+            patients,
+            seed: 1,
+        },
+        &exports,
+        &NoProgress,
+    )?;
     let export = &sites[0].dir;
-    let bytes: u64 = std::fs::read_dir(export)?.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum();
+    let bytes: u64 = std::fs::read_dir(export)?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
     println!(
         "synth: {patients} patients, {:.1} MB of CSV ({:?} rows) in {:.2} s",
         bytes as f64 / 1e6,
@@ -58,15 +74,35 @@ fn main() -> BenchResult<()> {
         baseline(export, &work.path().join(format!("baseline-{run}")))?;
         base_times.push(t.elapsed());
         let t = Instant::now();
-        ingest(export, &key, &work.path().join(format!("store-{run}")), &NoProgress)?;
+        ingest(
+            export,
+            &key,
+            &work.path().join(format!("store-{run}")),
+            &NoProgress,
+        )?;
         ingest_times.push(t.elapsed());
-        println!("run {}: baseline {:.3} s, ingest {:.3} s", run + 1, base_times[run].as_secs_f64(), ingest_times[run].as_secs_f64());
+        println!(
+            "run {}: baseline {:.3} s, ingest {:.3} s",
+            run + 1,
+            base_times[run].as_secs_f64(),
+            ingest_times[run].as_secs_f64()
+        );
     }
-    let (base, ours) = (median(base_times).as_secs_f64(), median(ingest_times).as_secs_f64());
+    let (base, ours) = (
+        median(base_times).as_secs_f64(),
+        median(ingest_times).as_secs_f64(),
+    );
     println!("| job | median time | patients/s | MB/s |");
     println!("|---|---:|---:|---:|");
-    for (job, seconds) in [("polars CSV -> Parquet (baseline)", base), ("ern ingest", ours)] {
-        println!("| {job} | {seconds:.3} s | {:.0} | {:.1} |", patients as f64 / seconds, bytes as f64 / 1e6 / seconds);
+    for (job, seconds) in [
+        ("polars CSV -> Parquet (baseline)", base),
+        ("ern ingest", ours),
+    ] {
+        println!(
+            "| {job} | {seconds:.3} s | {:.0} | {:.1} |",
+            patients as f64 / seconds,
+            bytes as f64 / 1e6 / seconds
+        );
     }
     println!("ingest / baseline = {:.2}x", ours / base);
     Ok(())

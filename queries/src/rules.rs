@@ -1,0 +1,146 @@
+//! The disclosure-control rules of DESIGN.md, and the refusal a researcher sees.
+//!
+//! A refusal names the rule, the part of the query that broke it (as the researcher wrote
+//! it, or as DataFusion prints it) and a hint. It never holds a data value: validation
+//! runs on the plan, before any data is read.
+
+use std::fmt;
+
+/// The disclosure-control rules, numbered as in DESIGN.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rule {
+    /// 1. One statement, a query, over the registered tables only.
+    OneQuery,
+    /// 2. One aggregation barrier at the top; below it, aggregation only per patient.
+    AggregationBarrier,
+    /// 3. `pid` only in equi-joins, `COUNT(DISTINCT pid)` and per-patient grouping.
+    PidUse,
+    /// 4. Barrier aggregates: COUNT, COUNT(DISTINCT pid), SUM and AVG over numbers.
+    BarrierAggregates,
+    /// 5. Allowlisted scalar functions; no windows, grouping sets or subquery expressions.
+    AllowedFunctions,
+    /// 6. Every released group holds at least k distinct patients.
+    MinimumGroupSize,
+    /// 7. Errors never reveal data.
+    NoDataInErrors,
+    /// 8. Time, memory and output limits.
+    ResourceLimits,
+}
+
+impl Rule {
+    /// The rule's number in DESIGN.md.
+    pub fn number(self) -> u8 {
+        match self {
+            Rule::OneQuery => 1,
+            Rule::AggregationBarrier => 2,
+            Rule::PidUse => 3,
+            Rule::BarrierAggregates => 4,
+            Rule::AllowedFunctions => 5,
+            Rule::MinimumGroupSize => 6,
+            Rule::NoDataInErrors => 7,
+            Rule::ResourceLimits => 8,
+        }
+    }
+
+    /// A short, stable name (used in audit logs and tests).
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::OneQuery => "one-query",
+            Rule::AggregationBarrier => "aggregation-barrier",
+            Rule::PidUse => "pid-use",
+            Rule::BarrierAggregates => "barrier-aggregates",
+            Rule::AllowedFunctions => "allowed-functions",
+            Rule::MinimumGroupSize => "minimum-group-size",
+            Rule::NoDataInErrors => "no-data-in-errors",
+            Rule::ResourceLimits => "resource-limits",
+        }
+    }
+
+    /// What the rule says, in one line.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Rule::OneQuery => "one statement, a query, over the registered tables only",
+            Rule::AggregationBarrier => {
+                "the released rows come from one aggregation at the top; below it, aggregation only per patient"
+            }
+            Rule::PidUse => {
+                "pid may appear only in equi-joins, in COUNT(DISTINCT pid) and as the key of a per-patient grouping"
+            }
+            Rule::BarrierAggregates => {
+                "released aggregates are COUNT, COUNT(DISTINCT pid), SUM and AVG over numbers, without FILTER or conditions inside"
+            }
+            Rule::AllowedFunctions => {
+                "scalar functions come from an allowlist; no window functions, grouping sets or subqueries in expressions"
+            }
+            Rule::MinimumGroupSize => "every released group holds at least k distinct patients",
+            Rule::NoDataInErrors => "errors never reveal a data value",
+            Rule::ResourceLimits => "every execution has time, memory and output limits",
+        }
+    }
+
+    /// Parses a rule name as printed by [`Rule::name`].
+    pub fn from_name(name: &str) -> Option<Rule> {
+        ALL_RULES.into_iter().find(|rule| rule.name() == name)
+    }
+}
+
+/// Every rule, in order.
+pub const ALL_RULES: [Rule; 8] = [
+    Rule::OneQuery,
+    Rule::AggregationBarrier,
+    Rule::PidUse,
+    Rule::BarrierAggregates,
+    Rule::AllowedFunctions,
+    Rule::MinimumGroupSize,
+    Rule::NoDataInErrors,
+    Rule::ResourceLimits,
+];
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rule {} ({})", self.number(), self.name())
+    }
+}
+
+/// Why a query is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("refused by {rule}: {part}: {reason}{}", hint.as_ref().map(|h| format!(" (hint: {h})")).unwrap_or_default())]
+pub struct Refusal {
+    /// The rule broken.
+    pub rule: Rule,
+    /// The offending part of the query.
+    pub part: String,
+    /// What is wrong with it.
+    pub reason: String,
+    /// How to ask the question in an allowed way.
+    pub hint: Option<String>,
+}
+
+impl Refusal {
+    /// A refusal without a hint.
+    pub fn new(rule: Rule, part: impl fmt::Display, reason: impl Into<String>) -> Self {
+        Refusal {
+            rule,
+            part: shorten(&part.to_string()),
+            reason: reason.into(),
+            hint: None,
+        }
+    }
+
+    /// Adds a hint.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// Long expressions are cut so a refusal stays readable.
+fn shorten(text: &str) -> String {
+    const MAX: usize = 160;
+    if text.chars().count() <= MAX {
+        text.to_string()
+    } else {
+        let cut: String = text.chars().take(MAX).collect();
+        format!("{cut}…")
+    }
+}

@@ -1,0 +1,961 @@
+//! Validation: a researcher's SQL against the disclosure-control rules 1-5.
+//!
+//! The SQL is parsed with DataFusion's parser (one statement, a query), planned against
+//! the node tables, and the unoptimised logical plan is walked node by node and
+//! expression by expression. Plan nodes, functions and operators are matched against
+//! allowlists; anything unknown is refused. `pid` columns are tracked through aliases,
+//! projections, joins and per-patient groupings, so renaming `pid` does not hide it.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use arrow::datatypes::DataType;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchema, DFSchemaRef};
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::expr::{AggregateFunction, Alias};
+use datafusion::logical_expr::{
+    Aggregate, BinaryExpr, Expr, ExprSchemable, JoinType, LogicalPlan, Operator, Projection,
+};
+use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+
+use crate::allowlist;
+use crate::rules::{Refusal, Rule};
+
+/// Longest SQL text accepted, in bytes.
+pub const MAX_SQL_BYTES: usize = 64 * 1024;
+
+/// What a released aggregate computes; each merges across sites in its own way.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AggregateKind {
+    /// `COUNT(*)` or `COUNT(column)`: partial counts add.
+    Count,
+    /// `COUNT(DISTINCT pid)`: patients are site-local, so per-site counts add.
+    CountDistinctPid,
+    /// `SUM(x)`: partial sums add.
+    Sum,
+    /// `AVG(x)`: sent as SUM(x) and COUNT(x), divided after the merge.
+    Avg,
+}
+
+/// One aggregate of the barrier.
+#[derive(Debug, Clone)]
+pub struct BarrierAggregate {
+    /// How it merges.
+    pub kind: AggregateKind,
+    /// The aggregate expression as planned (without alias).
+    pub expr: Expr,
+}
+
+/// The aggregation barrier: what the sites compute and what the merge rebuilds.
+#[derive(Debug, Clone)]
+pub struct Barrier {
+    /// The barrier node's input: the per-site part of the query.
+    pub input: Arc<LogicalPlan>,
+    /// GROUP BY expressions.
+    pub group_exprs: Vec<Expr>,
+    /// Released aggregates.
+    pub aggregates: Vec<BarrierAggregate>,
+    /// The barrier's output schema (group columns, then aggregates).
+    pub schema: DFSchemaRef,
+    /// The pid column of the input that the hidden patient count counts.
+    pub pid: Column,
+}
+
+/// What a steward sees of a query before approving it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ValidationReport {
+    /// Tables read.
+    pub tables: BTreeSet<String>,
+    /// Columns referenced, as `table.column` where known.
+    pub columns: BTreeSet<String>,
+    /// Released aggregates as planned.
+    pub aggregates: Vec<String>,
+    /// GROUP BY expressions.
+    pub group_by: Vec<String>,
+}
+
+/// A query that passed validation.
+#[derive(Debug, Clone)]
+pub struct ValidatedQuery {
+    /// The exact SQL text.
+    pub sql: String,
+    /// The full unoptimised plan.
+    pub plan: LogicalPlan,
+    /// The barrier.
+    pub barrier: Barrier,
+    /// The steward's report.
+    pub report: ValidationReport,
+}
+
+/// Parses, plans and validates `sql` against the tables and functions of `state`.
+pub async fn validate(sql: &str, state: &SessionState) -> Result<ValidatedQuery, Refusal> {
+    let statement = parse_one_query(sql)?;
+    let plan = state
+        .statement_to_plan(statement)
+        .await
+        .map_err(planning_refusal)?;
+    validate_plan(sql, plan)
+}
+
+/// Validates an already planned query (the plan of `sql`).
+pub fn validate_plan(sql: &str, plan: LogicalPlan) -> Result<ValidatedQuery, Refusal> {
+    let mut report = ValidationReport::default();
+    let barrier = check_top(&plan, &mut report)?;
+    collect_columns(&plan, &mut report);
+    Ok(ValidatedQuery {
+        sql: sql.to_string(),
+        plan,
+        barrier,
+        report,
+    })
+}
+
+/// Rule 1: exactly one statement, and it is a query.
+pub fn parse_one_query(sql: &str) -> Result<DfStatement, Refusal> {
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(Refusal::new(
+            Rule::ResourceLimits,
+            "the SQL text",
+            format!("is longer than {MAX_SQL_BYTES} bytes"),
+        ));
+    }
+    let dialect = GenericDialect {};
+    let mut statements = DFParserBuilder::new(sql)
+        .with_dialect(&dialect)
+        .with_recursion_limit(64)
+        .build()
+        .and_then(|mut parser| parser.parse_statements())
+        .map_err(|e| {
+            Refusal::new(
+                Rule::OneQuery,
+                "the SQL text",
+                format!("is not valid SQL: {e}"),
+            )
+        })?;
+    if statements.len() != 1 {
+        return Err(Refusal::new(
+            Rule::OneQuery,
+            "the SQL text",
+            format!(
+                "holds {} statements; send exactly one query",
+                statements.len()
+            ),
+        ));
+    }
+    let statement = statements
+        .pop_front()
+        .ok_or_else(|| Refusal::new(Rule::OneQuery, "the SQL text", "is empty"))?;
+    match &statement {
+        DfStatement::Statement(inner) if matches!(inner.as_ref(), SqlStatement::Query(_)) => {
+            Ok(statement)
+        }
+        DfStatement::Statement(inner) => Err(Refusal::new(
+            Rule::OneQuery,
+            statement_kind(inner),
+            "is not a query: only SELECT questions can be asked",
+        )),
+        DfStatement::Explain(_) => Err(Refusal::new(
+            Rule::OneQuery,
+            "EXPLAIN",
+            "plans are not released",
+        )),
+        DfStatement::CreateExternalTable(_) => Err(Refusal::new(
+            Rule::OneQuery,
+            "CREATE EXTERNAL TABLE",
+            "is not a query",
+        )),
+        DfStatement::CopyTo(_) => Err(Refusal::new(Rule::OneQuery, "COPY", "is not a query")),
+        other => Err(Refusal::new(
+            Rule::OneQuery,
+            first_word(&other.to_string()),
+            "is not a query",
+        )),
+    }
+}
+
+fn statement_kind(statement: &SqlStatement) -> String {
+    first_word(&statement.to_string())
+}
+
+fn first_word(text: &str) -> String {
+    text.split_whitespace()
+        .next()
+        .unwrap_or("statement")
+        .to_uppercase()
+}
+
+/// Maps a planning error to the rule it most likely concerns. Planning reads no data, so
+/// DataFusion's message (names and the query's own text) can be passed on.
+fn planning_refusal(error: datafusion::error::DataFusionError) -> Refusal {
+    let message = error.strip_backtrace();
+    let lower = message.to_lowercase();
+    if lower.contains("table") && (lower.contains("not found") || lower.contains("doesn't exist")) {
+        Refusal::new(
+            Rule::OneQuery,
+            "a table",
+            format!("is not one of the registered tables ({message})"),
+        )
+        .hint(format!("the tables are: {}", allowlist::TABLES.join(", ")))
+    } else if lower.contains("invalid function")
+        || lower.contains("function") && lower.contains("not found")
+    {
+        Refusal::new(
+            Rule::AllowedFunctions,
+            "a function",
+            format!("is unknown ({message})"),
+        )
+    } else if lower.contains("window") {
+        Refusal::new(
+            Rule::AllowedFunctions,
+            "a window",
+            "window functions are not allowed",
+        )
+    } else {
+        Refusal::new(
+            Rule::OneQuery,
+            "the query",
+            format!("cannot be planned: {message}"),
+        )
+    }
+}
+
+/// The pid columns a plan node outputs.
+type PidSet = HashSet<Column>;
+
+fn is_pid(column: &Column, pids: &PidSet) -> bool {
+    // Any column named pid counts too, whatever its source: renaming is tracked, and a
+    // column that merely looks like a pid is treated as one.
+    column.name == "pid"
+        || pids.contains(column)
+        || pids
+            .iter()
+            .any(|p| p.relation.is_none() && p.name == column.name)
+}
+
+fn unalias(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Alias(Alias { expr, .. }) => unalias(expr),
+        other => other,
+    }
+}
+
+fn as_pid_column<'a>(expr: &'a Expr, pids: &PidSet) -> Option<&'a Column> {
+    match unalias(expr) {
+        Expr::Column(column) if is_pid(column, pids) => Some(column),
+        _ => None,
+    }
+}
+
+/// Rule 2 from the top: above the barrier only projection, sort, limit, HAVING filters
+/// and aliases; then one aggregate.
+fn check_top(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Barrier, Refusal> {
+    let mut node = plan;
+    loop {
+        match node {
+            LogicalPlan::Projection(Projection { expr, input, .. }) => {
+                for e in expr {
+                    check_above(e)?;
+                }
+                node = input;
+            }
+            LogicalPlan::Sort(sort) => {
+                for e in &sort.expr {
+                    check_above(&e.expr)?;
+                }
+                node = &sort.input;
+            }
+            LogicalPlan::Limit(limit) => node = &limit.input,
+            LogicalPlan::Filter(filter) => {
+                check_above(&filter.predicate)?;
+                node = &filter.input;
+            }
+            LogicalPlan::SubqueryAlias(alias) => node = &alias.input,
+            LogicalPlan::Aggregate(aggregate) => return check_barrier(aggregate, report),
+            LogicalPlan::Window(_) => {
+                return Err(Refusal::new(
+                    Rule::AllowedFunctions,
+                    "a window function (OVER …)",
+                    "window functions are not allowed",
+                )
+                .hint("GROUP BY the partition columns instead"));
+            }
+            LogicalPlan::Distinct(_) => {
+                return Err(Refusal::new(
+                    Rule::AggregationBarrier,
+                    "SELECT DISTINCT",
+                    "would release individual rows",
+                )
+                .hint("GROUP BY the columns and COUNT(DISTINCT pid)"));
+            }
+            other => return Err(refuse_node(other, true)),
+        }
+    }
+}
+
+/// A refusal for a plan node that is not on the allowlist.
+fn refuse_node(node: &LogicalPlan, at_top: bool) -> Refusal {
+    let name = node_name(node);
+    match node {
+        LogicalPlan::Explain(_)
+        | LogicalPlan::Analyze(_)
+        | LogicalPlan::Dml(_)
+        | LogicalPlan::Ddl(_)
+        | LogicalPlan::Statement(_)
+        | LogicalPlan::Copy(_)
+        | LogicalPlan::DescribeTable(_) => Refusal::new(Rule::OneQuery, name, "is not a query"),
+        LogicalPlan::Window(_) => Refusal::new(
+            Rule::AllowedFunctions,
+            name,
+            "window functions are not allowed",
+        ),
+        LogicalPlan::Unnest(_) => {
+            Refusal::new(Rule::AllowedFunctions, name, "UNNEST is not allowed")
+        }
+        LogicalPlan::Subquery(_) => Refusal::new(
+            Rule::AllowedFunctions,
+            name,
+            "subqueries in expressions are not allowed",
+        ),
+        _ if at_top => Refusal::new(
+            Rule::AggregationBarrier,
+            name,
+            "would release rows: the query must end in one aggregation",
+        )
+        .hint("aggregate with GROUP BY and COUNT(DISTINCT pid), SUM or AVG"),
+        _ => Refusal::new(
+            Rule::AggregationBarrier,
+            name,
+            "is not allowed below the aggregation",
+        ),
+    }
+}
+
+fn node_name(node: &LogicalPlan) -> String {
+    match node {
+        LogicalPlan::TableScan(scan) => format!("table {}", scan.table_name),
+        LogicalPlan::Limit(_) => "LIMIT".into(),
+        LogicalPlan::Sort(_) => "ORDER BY".into(),
+        LogicalPlan::Union(_) => "UNION".into(),
+        LogicalPlan::Values(_) => "VALUES".into(),
+        LogicalPlan::EmptyRelation(_) => "a query without tables".into(),
+        LogicalPlan::Distinct(_) => "DISTINCT".into(),
+        LogicalPlan::RecursiveQuery(_) => "WITH RECURSIVE".into(),
+        LogicalPlan::Explain(_) => "EXPLAIN".into(),
+        LogicalPlan::Analyze(_) => "EXPLAIN ANALYZE".into(),
+        LogicalPlan::DescribeTable(_) => "DESCRIBE".into(),
+        LogicalPlan::Copy(_) => "COPY".into(),
+        LogicalPlan::Unnest(_) => "UNNEST".into(),
+        LogicalPlan::Window(_) => "a window function".into(),
+        other => other
+            .display()
+            .to_string()
+            .split(':')
+            .next()
+            .unwrap_or("plan node")
+            .to_string(),
+    }
+}
+
+/// Rules 2-4 at the barrier, and everything below it.
+fn check_barrier(aggregate: &Aggregate, report: &mut ValidationReport) -> Result<Barrier, Refusal> {
+    let input = &aggregate.input;
+    let pids = check_below(input, report)?;
+    let schema = input.schema();
+    for group in &aggregate.group_expr {
+        if let Expr::GroupingSet(_) = group {
+            return Err(Refusal::new(
+                Rule::AllowedFunctions,
+                group,
+                "ROLLUP, CUBE and GROUPING SETS are not allowed",
+            )
+            .hint("send one query per grouping"));
+        }
+        if as_pid_column(group, &pids).is_some() {
+            return Err(Refusal::new(
+                Rule::PidUse,
+                group,
+                "grouping by pid would release one row per patient",
+            )
+            .hint("GROUP BY patient attributes and COUNT(DISTINCT pid)"));
+        }
+        check_scalar(group, &pids, schema, Place::Below)?;
+        report.group_by.push(group.to_string());
+    }
+    let mut aggregates = Vec::with_capacity(aggregate.aggr_expr.len());
+    for expr in &aggregate.aggr_expr {
+        let kind = check_barrier_aggregate(expr, &pids, schema)?;
+        report.aggregates.push(unalias(expr).to_string());
+        aggregates.push(BarrierAggregate {
+            kind,
+            expr: unalias(expr).clone(),
+        });
+    }
+    let pid = first_pid(schema, &pids).ok_or_else(|| {
+        Refusal::new(Rule::AggregationBarrier, "the aggregation", "does not count patients: no pid reaches it")
+            .hint("read a patient table (patient, diagnosis, genetic_finding, phenotype) and keep its pid in any subquery")
+    })?;
+    Ok(Barrier {
+        input: Arc::clone(input),
+        group_exprs: aggregate.group_expr.clone(),
+        aggregates,
+        schema: Arc::clone(&aggregate.schema),
+        pid,
+    })
+}
+
+fn first_pid(schema: &DFSchema, pids: &PidSet) -> Option<Column> {
+    schema.columns().into_iter().find(|c| is_pid(c, pids))
+}
+
+fn check_barrier_aggregate(
+    expr: &Expr,
+    pids: &PidSet,
+    schema: &DFSchema,
+) -> Result<AggregateKind, Refusal> {
+    let Expr::AggregateFunction(AggregateFunction { func, params }) = unalias(expr) else {
+        return Err(Refusal::new(
+            Rule::BarrierAggregates,
+            expr,
+            "is not an aggregate function",
+        ));
+    };
+    let name = func.name().to_lowercase();
+    if !allowlist::BARRIER_AGGREGATES.contains(&name.as_str()) {
+        return Err(Refusal::new(
+            Rule::BarrierAggregates,
+            expr,
+            format!("{} is not a released aggregate", name.to_uppercase()),
+        )
+        .hint(allowlist::barrier_aggregate_hint(&name)));
+    }
+    if params.filter.is_some() {
+        return Err(Refusal::new(
+            Rule::BarrierAggregates,
+            expr,
+            "FILTER clauses are not allowed in released aggregates",
+        )
+        .hint("move the condition to WHERE, or GROUP BY it so each subgroup meets k on its own"));
+    }
+    if !params.order_by.is_empty() {
+        return Err(Refusal::new(
+            Rule::BarrierAggregates,
+            expr,
+            "ordered aggregates are not allowed",
+        ));
+    }
+    let args = &params.args;
+    for arg in args {
+        let mut conditional = false;
+        arg.apply(|e| {
+            if matches!(e, Expr::Case(_)) || matches!(e, Expr::ScalarFunction(f) if ["nullif", "coalesce", "nvl", "ifnull", "greatest", "least"].contains(&f.name())) {
+                conditional = true;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(|e| Refusal::new(Rule::BarrierAggregates, expr, e.strip_backtrace()))?;
+        if conditional {
+            return Err(Refusal::new(
+                Rule::BarrierAggregates,
+                expr,
+                "conditional logic inside a released aggregate is not allowed",
+            )
+            .hint("GROUP BY the condition instead, so that each subgroup meets k on its own"));
+        }
+    }
+    let single_pid = match args.as_slice() {
+        [arg] => as_pid_column(arg, pids).is_some(),
+        _ => false,
+    };
+    match (name.as_str(), params.distinct) {
+        ("count", true) if single_pid => return Ok(AggregateKind::CountDistinctPid),
+        ("count", true) => {
+            return Err(Refusal::new(Rule::BarrierAggregates, expr, "COUNT(DISTINCT …) is allowed only over pid")
+                .hint("distinct counts of other values cannot be added across sites; GROUP BY the value and COUNT(DISTINCT pid)"));
+        }
+        (_, true) => {
+            return Err(Refusal::new(
+                Rule::BarrierAggregates,
+                expr,
+                "DISTINCT is allowed only in COUNT(DISTINCT pid)",
+            ));
+        }
+        (_, false) if single_pid => {
+            return Err(Refusal::new(
+                Rule::PidUse,
+                expr,
+                "pid may be aggregated only as COUNT(DISTINCT pid)",
+            )
+            .hint("COUNT(DISTINCT pid) counts patients"));
+        }
+        _ => {}
+    }
+    for arg in args {
+        check_scalar(arg, pids, schema, Place::Below)?;
+    }
+    match name.as_str() {
+        "count" => Ok(AggregateKind::Count),
+        "sum" | "avg" => {
+            let numeric = args
+                .first()
+                .and_then(|a| a.get_type(schema).ok())
+                .is_some_and(|t| t.is_numeric());
+            if !numeric {
+                return Err(Refusal::new(
+                    Rule::BarrierAggregates,
+                    expr,
+                    format!("{} needs a numeric argument", name.to_uppercase()),
+                ));
+            }
+            Ok(if name == "sum" {
+                AggregateKind::Sum
+            } else {
+                AggregateKind::Avg
+            })
+        }
+        _ => Err(Refusal::new(
+            Rule::BarrierAggregates,
+            expr,
+            "is not a released aggregate",
+        )),
+    }
+}
+
+/// Rules 1-5 below the barrier; returns the pid columns `plan` outputs.
+fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<PidSet, Refusal> {
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            let table = scan.table_name.table();
+            if scan.table_name.schema().is_some_and(|s| s != "public")
+                || !allowlist::TABLES.contains(&table)
+            {
+                return Err(Refusal::new(
+                    Rule::OneQuery,
+                    format!("table {}", scan.table_name),
+                    "is not one of the registered tables",
+                )
+                .hint(format!("the tables are: {}", allowlist::TABLES.join(", "))));
+            }
+            if !scan.filters.is_empty() || scan.fetch.is_some() {
+                return Err(Refusal::new(
+                    Rule::AggregationBarrier,
+                    format!("table {}", scan.table_name),
+                    "has an unexpected pushed-down filter or limit",
+                ));
+            }
+            report.tables.insert(table.to_string());
+            Ok(scan
+                .projected_schema
+                .columns()
+                .into_iter()
+                .filter(|c| c.name == "pid")
+                .collect())
+        }
+        LogicalPlan::SubqueryAlias(alias) => {
+            let inner = check_below(&alias.input, report)?;
+            Ok(requalify(&inner, &alias.input, &alias.schema))
+        }
+        LogicalPlan::Projection(projection) => {
+            let inner = check_below(&projection.input, report)?;
+            let input_schema = projection.input.schema();
+            let mut pids = PidSet::new();
+            for (index, expr) in projection.expr.iter().enumerate() {
+                if as_pid_column(expr, &inner).is_some() {
+                    let (qualifier, field) = projection.schema.qualified_field(index);
+                    pids.insert(Column::new(qualifier.cloned(), field.name()));
+                    continue;
+                }
+                check_scalar(expr, &inner, input_schema, Place::Below)?;
+            }
+            Ok(pids)
+        }
+        LogicalPlan::Filter(filter) => {
+            let inner = check_below(&filter.input, report)?;
+            check_predicate(&filter.predicate, &inner, filter.input.schema())?;
+            Ok(inner)
+        }
+        LogicalPlan::Join(join) => {
+            if !matches!(
+                join.join_type,
+                JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
+            ) {
+                return Err(Refusal::new(Rule::AggregationBarrier, format!("{} join", join.join_type), "only inner and outer joins are allowed")
+                    .hint("subqueries in expressions (IN, EXISTS) are refused too: join the table instead"));
+            }
+            let left = check_below(&join.left, report)?;
+            let right = check_below(&join.right, report)?;
+            let mut pids: PidSet = left.union(&right).cloned().collect();
+            for (l, r) in &join.on {
+                let (lp, rp) = (
+                    as_pid_column(l, &pids).is_some(),
+                    as_pid_column(r, &pids).is_some(),
+                );
+                if lp != rp {
+                    return Err(Refusal::new(
+                        Rule::PidUse,
+                        format!("{l} = {r}"),
+                        "pid may be joined only to another pid",
+                    ));
+                }
+                if !lp {
+                    check_scalar(l, &pids, join.left.schema(), Place::Below)?;
+                    check_scalar(r, &pids, join.right.schema(), Place::Below)?;
+                }
+            }
+            if let Some(filter) = &join.filter {
+                check_predicate(filter, &pids, &join.schema)?;
+            }
+            pids.retain(|c| join.schema.has_column(c));
+            Ok(pids)
+        }
+        LogicalPlan::Aggregate(aggregate) => check_per_patient(aggregate, report),
+        LogicalPlan::Distinct(distinct) => {
+            let input = distinct.input();
+            let inner = check_below(input, report)?;
+            if first_pid(input.schema(), &inner).is_none() {
+                return Err(Refusal::new(
+                    Rule::AggregationBarrier,
+                    "DISTINCT",
+                    "below the aggregation, DISTINCT must keep pid (one row per patient)",
+                ));
+            }
+            Ok(inner)
+        }
+        other => Err(refuse_node(other, false)),
+    }
+}
+
+/// Output pid columns of an alias node: same names, new qualifier.
+fn requalify(inner: &PidSet, input: &LogicalPlan, schema: &DFSchema) -> PidSet {
+    let input_columns = input.schema().columns();
+    let output_columns = schema.columns();
+    input_columns
+        .iter()
+        .zip(output_columns)
+        .filter(|(i, _)| is_pid(i, inner))
+        .map(|(_, o)| o)
+        .collect()
+}
+
+/// Rule 2 below the barrier: an inner aggregation must be per patient.
+fn check_per_patient(
+    aggregate: &Aggregate,
+    report: &mut ValidationReport,
+) -> Result<PidSet, Refusal> {
+    let inner = check_below(&aggregate.input, report)?;
+    let schema = aggregate.input.schema();
+    let mut pids = PidSet::new();
+    for (index, group) in aggregate.group_expr.iter().enumerate() {
+        if let Expr::GroupingSet(_) = group {
+            return Err(Refusal::new(
+                Rule::AllowedFunctions,
+                group,
+                "ROLLUP, CUBE and GROUPING SETS are not allowed",
+            ));
+        }
+        if as_pid_column(group, &inner).is_some() {
+            let (qualifier, field) = aggregate.schema.qualified_field(index);
+            pids.insert(Column::new(qualifier.cloned(), field.name()));
+        } else {
+            check_scalar(group, &inner, schema, Place::Below)?;
+        }
+    }
+    if pids.is_empty() {
+        let part = aggregate
+            .group_expr
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(Refusal::new(
+            Rule::AggregationBarrier,
+            if part.is_empty() {
+                "an inner aggregation".to_string()
+            } else {
+                format!("GROUP BY {part}")
+            },
+            "an aggregation below the released one must group by pid (one row per patient)",
+        )
+        .hint("aggregate once, at the top, or GROUP BY pid in the subquery"));
+    }
+    for expr in &aggregate.aggr_expr {
+        let Expr::AggregateFunction(AggregateFunction { func, params }) = unalias(expr) else {
+            return Err(Refusal::new(
+                Rule::AggregationBarrier,
+                expr,
+                "is not an aggregate function",
+            ));
+        };
+        let name = func.name().to_lowercase();
+        if !allowlist::PER_PATIENT_AGGREGATES.contains(&name.as_str()) {
+            return Err(Refusal::new(
+                Rule::AllowedFunctions,
+                expr,
+                format!(
+                    "{} is not allowed in a per-patient aggregation",
+                    name.to_uppercase()
+                ),
+            ));
+        }
+        if params.filter.is_some() || !params.order_by.is_empty() {
+            return Err(Refusal::new(
+                Rule::AllowedFunctions,
+                expr,
+                "FILTER and ORDER BY inside aggregates are not allowed",
+            ));
+        }
+        for arg in &params.args {
+            check_scalar(arg, &inner, schema, Place::Below)?;
+        }
+    }
+    Ok(pids)
+}
+
+/// A WHERE or join predicate: its conjuncts may equate two pid columns (an equi-join
+/// written in WHERE); otherwise pid may not appear.
+fn check_predicate(predicate: &Expr, pids: &PidSet, schema: &DFSchema) -> Result<(), Refusal> {
+    for conjunct in conjuncts(predicate) {
+        if let Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) = conjunct
+        {
+            let (lp, rp) = (
+                as_pid_column(left, pids).is_some(),
+                as_pid_column(right, pids).is_some(),
+            );
+            if lp && rp {
+                continue;
+            }
+        }
+        check_scalar(conjunct, pids, schema, Place::Below)?;
+    }
+    Ok(())
+}
+
+fn conjuncts(expr: &Expr) -> Vec<&Expr> {
+    match expr {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And,
+            right,
+        }) => {
+            let mut out = conjuncts(left);
+            out.extend(conjuncts(right));
+            out
+        }
+        other => vec![other],
+    }
+}
+
+/// Where an expression is evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// On patient rows at a site: may fail on a value, so failure-prone forms are refused.
+    Below,
+    /// On merged network totals at the coordinator.
+    Above,
+}
+
+fn check_above(expr: &Expr) -> Result<(), Refusal> {
+    check_scalar(expr, &PidSet::new(), &DFSchema::empty(), Place::Above)
+}
+
+fn is_text(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    )
+}
+
+fn is_nonzero_literal(expr: &Expr) -> bool {
+    match unalias(expr) {
+        Expr::Literal(value, _) => {
+            !value.is_null()
+                && datafusion::common::ScalarValue::new_zero(&value.data_type())
+                    .is_ok_and(|zero| &zero != value)
+        }
+        Expr::Cast(cast) => is_nonzero_literal(&cast.expr),
+        Expr::TryCast(cast) => is_nonzero_literal(&cast.expr),
+        _ => false,
+    }
+}
+
+/// Rules 3, 5 and 7 on one scalar expression and all its sub-expressions.
+fn check_scalar(
+    expr: &Expr,
+    pids: &PidSet,
+    schema: &DFSchema,
+    place: Place,
+) -> Result<(), Refusal> {
+    let mut refusal: Option<Refusal> = None;
+    let visit = expr.apply(|e| {
+        let verdict = check_scalar_node(e, pids, schema, place);
+        match verdict {
+            Ok(()) => Ok(TreeNodeRecursion::Continue),
+            Err(r) => {
+                refusal = Some(r);
+                Ok(TreeNodeRecursion::Stop)
+            }
+        }
+    });
+    if let Err(e) = visit {
+        return Err(Refusal::new(Rule::OneQuery, expr, e.strip_backtrace()));
+    }
+    refusal.map_or(Ok(()), Err)
+}
+
+fn check_scalar_node(
+    e: &Expr,
+    pids: &PidSet,
+    schema: &DFSchema,
+    place: Place,
+) -> Result<(), Refusal> {
+    match e {
+        Expr::Column(column) => {
+            if place == Place::Below && is_pid(column, pids) {
+                return Err(Refusal::new(Rule::PidUse, column, "pid may appear only in equi-joins, COUNT(DISTINCT pid) and per-patient grouping")
+                    .hint("pid is a pseudonym: nothing may be computed from it"));
+            }
+            Ok(())
+        }
+        Expr::Literal(..)
+        | Expr::Alias(_)
+        | Expr::Not(_)
+        | Expr::IsNotNull(_)
+        | Expr::IsNull(_)
+        | Expr::IsTrue(_)
+        | Expr::IsFalse(_)
+        | Expr::IsUnknown(_)
+        | Expr::IsNotTrue(_)
+        | Expr::IsNotFalse(_)
+        | Expr::IsNotUnknown(_)
+        | Expr::Negative(_)
+        | Expr::Between(_)
+        | Expr::Case(_)
+        | Expr::TryCast(_)
+        | Expr::InList(_) => Ok(()),
+        Expr::BinaryExpr(BinaryExpr { op, right, .. }) => check_operator(e, *op, right, place),
+        Expr::Like(like) => {
+            if matches!(unalias(&like.pattern), Expr::Literal(..)) {
+                Ok(())
+            } else {
+                Err(Refusal::new(
+                    Rule::AllowedFunctions,
+                    e,
+                    "LIKE patterns must be written in the query",
+                ))
+            }
+        }
+        Expr::SimilarTo(_) => Err(Refusal::new(
+            Rule::AllowedFunctions,
+            e,
+            "SIMILAR TO (regular expressions) is not allowed",
+        )
+        .hint("use LIKE with a literal pattern")),
+        Expr::Cast(cast) => {
+            if place == Place::Below {
+                let source = cast.expr.get_type(schema).unwrap_or(DataType::Null);
+                let target = cast.field.data_type();
+                if is_text(&source) && !is_text(target) {
+                    return Err(Refusal::new(Rule::NoDataInErrors, e, "a cast from text can fail on one patient's value, and the failure would tell")
+                        .hint("use TRY_CAST, which gives NULL instead of failing"));
+                }
+            }
+            Ok(())
+        }
+        Expr::ScalarFunction(function) => {
+            let name = function.name().to_lowercase();
+            if allowlist::is_allowed_scalar(&name) {
+                Ok(())
+            } else {
+                Err(Refusal::new(
+                    Rule::AllowedFunctions,
+                    e,
+                    format!("{name} is not on the allowlist of scalar functions"),
+                )
+                .hint(format!(
+                    "allowed: {}",
+                    allowlist::SCALAR_FUNCTIONS.join(", ")
+                )))
+            }
+        }
+        Expr::AggregateFunction(_) => Err(Refusal::new(
+            Rule::AggregationBarrier,
+            e,
+            "an aggregate here would not be the single aggregation at the top",
+        )),
+        Expr::WindowFunction(_) => Err(Refusal::new(
+            Rule::AllowedFunctions,
+            e,
+            "window functions are not allowed",
+        )
+        .hint("GROUP BY the partition columns instead")),
+        Expr::GroupingSet(_) => Err(Refusal::new(
+            Rule::AllowedFunctions,
+            e,
+            "ROLLUP, CUBE and GROUPING SETS are not allowed",
+        )),
+        Expr::Exists(_)
+        | Expr::InSubquery(_)
+        | Expr::ScalarSubquery(_)
+        | Expr::SetComparison(_) => Err(Refusal::new(
+            Rule::AllowedFunctions,
+            e,
+            "subqueries in expressions (scalar, IN, EXISTS) are not allowed",
+        )
+        .hint("JOIN the table instead")),
+        Expr::Unnest(_) => Err(Refusal::new(
+            Rule::AllowedFunctions,
+            e,
+            "UNNEST is not allowed",
+        )),
+        _ => Err(Refusal::new(
+            Rule::AllowedFunctions,
+            e,
+            "this kind of expression is not allowed",
+        )),
+    }
+}
+
+fn check_operator(e: &Expr, op: Operator, right: &Expr, place: Place) -> Result<(), Refusal> {
+    use Operator::*;
+    match op {
+        Eq | NotEq | Lt | LtEq | Gt | GtEq | Plus | Minus | Multiply | And | Or
+        | IsDistinctFrom | IsNotDistinctFrom | StringConcat => Ok(()),
+        Divide | Modulo => {
+            if place == Place::Above || is_nonzero_literal(right) {
+                Ok(())
+            } else {
+                Err(Refusal::new(Rule::NoDataInErrors, e, "dividing by a value can fail on one patient's zero, and the failure would tell")
+                    .hint("divide by a constant, or divide the released totals (e.g. SUM(a) / SUM(b))"))
+            }
+        }
+        other => Err(Refusal::new(
+            Rule::AllowedFunctions,
+            e,
+            format!("the operator {other} is not allowed"),
+        )),
+    }
+}
+
+/// Columns referenced anywhere in the plan, for the steward's report.
+fn collect_columns(plan: &LogicalPlan, report: &mut ValidationReport) {
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(_) = node {
+            return Ok(TreeNodeRecursion::Continue);
+        }
+        for expr in node.expressions() {
+            for column in expr.column_refs() {
+                if !column.name.contains('(') {
+                    report.columns.insert(column.flat_name());
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+}

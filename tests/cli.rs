@@ -1,0 +1,243 @@
+//! The `ern` binary as an operator uses it: keys, synthetic exports and ingest, driven as
+//! a subprocess and checked by its exit code, its output and the files it leaves.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn ern(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ern"))
+        .args(args)
+        .env("ERN_LOG", "warn")
+        .output()
+        .expect("run ern")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[cfg(unix)]
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+}
+
+#[test]
+fn keygen_pseudonym_writes_64_hex_characters_with_mode_0600_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("site.key");
+    let output = ern(&["keygen", "pseudonym", "--out", path(&key)]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = std::fs::read_to_string(&key).expect("key file");
+    let hex = text.strip_suffix('\n').expect("newline");
+    assert_eq!(hex.len(), 64);
+    assert!(
+        hex.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    );
+    #[cfg(unix)]
+    assert_eq!(mode(&key), 0o600);
+
+    let again = ern(&["keygen", "pseudonym", "--out", path(&key)]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("exists already"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&key).expect("key file"),
+        text,
+        "the key was overwritten"
+    );
+
+    let other = dir.path().join("other.key");
+    assert!(
+        ern(&["keygen", "pseudonym", "--out", path(&other)])
+            .status
+            .success()
+    );
+    assert_ne!(std::fs::read_to_string(&other).expect("other key"), text);
+}
+
+#[test]
+fn keygen_steward_writes_a_pkcs8_key_and_a_public_key_and_prints_the_key_id() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let prefix = dir.path().join("alice");
+    let output = ern(&["keygen", "steward", "--out", path(&prefix)]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let private = std::fs::read_to_string(dir.path().join("alice.key")).expect("private key");
+    assert!(private.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    #[cfg(unix)]
+    assert_eq!(mode(&dir.path().join("alice.key")), 0o600);
+    let public = std::fs::read_to_string(dir.path().join("alice.pub")).expect("public key");
+    assert_eq!(public.trim().len(), 64);
+    let key_id = stdout(&output)
+        .lines()
+        .find_map(|l| l.strip_prefix("key id: ").map(str::to_string))
+        .expect("key id line");
+    assert_eq!(key_id.len(), 16);
+    assert!(
+        !ern(&["keygen", "steward", "--out", path(&prefix)])
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn synth_then_ingest_reports_what_it_stored() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exports = dir.path().join("exports");
+    let synth = ern(&[
+        "synth",
+        "--sites",
+        "2",
+        "--patients",
+        "2000",
+        "--seed",
+        "3",
+        "--out",
+        path(&exports),
+    ]);
+    assert!(synth.status.success(), "{}", stderr(&synth));
+    assert!(
+        exports.join("site-1/patient.csv").exists()
+            && exports.join("site-2/phenotype.csv").exists()
+    );
+    assert!(!exports.join("site-3").exists());
+
+    let key = dir.path().join("site.key");
+    assert!(
+        ern(&["keygen", "pseudonym", "--out", path(&key)])
+            .status
+            .success()
+    );
+    let store = dir.path().join("store");
+    let ingest = ern(&[
+        "ingest",
+        "--input",
+        path(&exports.join("site-1")),
+        "--key",
+        path(&key),
+        "--out",
+        path(&store),
+    ]);
+    assert!(ingest.status.success(), "{}", stderr(&ingest));
+    let report = stdout(&ingest);
+    assert!(report.contains("patients read:"), "{report}");
+    assert!(
+        report.contains("left out (no consent to reuse, or opted out):"),
+        "{report}"
+    );
+    for table in ["patient", "diagnosis", "genetic_finding", "phenotype"] {
+        assert!(report.contains(table), "{report}");
+        assert!(store.join(format!("{table}.parquet")).exists());
+    }
+}
+
+#[test]
+fn a_bad_export_fails_with_every_error_and_leaves_the_store_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exports = dir.path().join("exports");
+    assert!(
+        ern(&[
+            "synth",
+            "--sites",
+            "1",
+            "--patients",
+            "300",
+            "--out",
+            path(&exports)
+        ])
+        .status
+        .success()
+    );
+    let site = exports.join("site-1");
+    let key = dir.path().join("site.key");
+    assert!(
+        ern(&["keygen", "pseudonym", "--out", path(&key)])
+            .status
+            .success()
+    );
+    let store = dir.path().join("store");
+    assert!(
+        ern(&[
+            "ingest",
+            "--input",
+            path(&site),
+            "--key",
+            path(&key),
+            "--out",
+            path(&store)
+        ])
+        .status
+        .success()
+    );
+    let before = std::fs::read(store.join("patient.parquet")).expect("patient table");
+
+    // Break line 3's sex and line 5's birth date.
+    let text = std::fs::read_to_string(site.join("patient.csv")).expect("patient.csv");
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let replace_cell = |line: &str, index: usize, value: &str| {
+        let mut cells: Vec<&str> = line.split(',').collect();
+        cells[index] = value;
+        cells.join(",")
+    };
+    lines[2] = replace_cell(&lines[2], 2, "robot");
+    lines[4] = replace_cell(&lines[4], 1, "1999-02-31");
+    std::fs::write(site.join("patient.csv"), lines.join("\n") + "\n").expect("write");
+
+    let output = ern(&[
+        "ingest",
+        "--input",
+        path(&site),
+        "--key",
+        path(&key),
+        "--out",
+        path(&store),
+    ]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.contains("patient.csv, line 3, column sex: must be one of"),
+        "{message}"
+    );
+    assert!(
+        message.contains("patient.csv, line 5, column birth_date: must be a calendar date"),
+        "{message}"
+    );
+    assert!(message.contains("unchanged"), "{message}");
+    assert!(
+        !message.contains("1999-02-31") && !message.contains("robot"),
+        "the error repeats a value: {message}"
+    );
+    assert_eq!(
+        std::fs::read(store.join("patient.parquet")).expect("patient table"),
+        before
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["keygen", "--help"],
+        vec!["keygen", "pseudonym", "--help"],
+        vec!["keygen", "steward", "--help"],
+        vec!["synth", "--help"],
+        vec!["ingest", "--help"],
+        vec!["demo", "--help"],
+    ] {
+        let output = ern(&args);
+        assert!(output.status.success(), "{args:?}");
+        assert!(stdout(&output).contains("Usage: ern"), "{args:?}");
+    }
+}
