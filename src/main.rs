@@ -31,6 +31,9 @@ enum Command {
     Synth(commands::synth::SynthArgs),
     /// Validate a site export and turn it into the node's pseudonymised Parquet store.
     Ingest(commands::ingest::IngestArgs),
+    /// Node operations on a hospital's machine.
+    #[command(subcommand)]
+    Node(commands::node::NodeCommand),
     /// Run the showcase: synthetic hospitals, their stores, and what they hold.
     Demo(commands::demo::DemoArgs),
 }
@@ -48,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Synth(args) => commands::synth::run(args),
         Command::Ingest(args) => commands::ingest::run(args),
         Command::Demo(args) => commands::demo::run(args),
+        Command::Node(command) => commands::node::run(command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,8 +1,9 @@
 //! The hospital side of ern.
 //!
 //! A node runs inside a hospital. This crate turns the hospital's registry export into the
-//! pseudonymised Parquet store that queries see, and holds the keys that tie the store to
-//! the site (pseudonymisation) and approvals to stewards (Ed25519).
+//! pseudonymised Parquet store that queries see, holds the keys that tie the store to the
+//! site (pseudonymisation) and approvals to stewards (Ed25519), and runs approved queries,
+//! letting out only aggregated groups of at least k patients.
 //!
 //! # Trust boundary
 //! Everything here sees identifiable data: local patient ids exist only inside
@@ -16,15 +17,23 @@
 //! - [`store`]: the store on disk and its atomic replacement.
 //! - [`pseudonym`]: the site key and pid = HMAC-SHA256(key, local_id).
 //! - [`steward_key`]: steward Ed25519 key pairs and key ids.
+//! - [`approval`]: the signed statement that authorises one query at one site.
+//! - [`engine`]: runs approved queries, suppresses groups under k.
+//! - [`session`]: the locked-down DataFusion session over the store.
+//! - [`audit`]: the hash-chained audit log.
 //! - [`reference`]: the shipped Orphanet cardiac classification.
 //! - [`synth`]: synthetic site exports for demos, tests and benchmarks.
 //! - [`progress`]: progress reporting for long work.
 
+pub mod approval;
+pub mod audit;
+pub mod engine;
 pub mod export;
 pub mod ingest;
 pub mod progress;
 pub mod pseudonym;
 pub mod reference;
+pub mod session;
 pub mod steward_key;
 pub mod store;
 pub mod synth;

@@ -122,7 +122,22 @@ pub async fn merge(
     let partial_schema = released_schema(barrier)?;
     let mut batches = Vec::with_capacity(site_batches.len());
     for batch in site_batches {
-        let typed = RecordBatch::try_new(Arc::clone(&partial_schema), batch.columns().to_vec())
+        if batch.num_columns() != partial_schema.fields().len() {
+            return Err(SplitError::BadPartials(format!(
+                "{} columns where the query implies {}",
+                batch.num_columns(),
+                partial_schema.fields().len()
+            )));
+        }
+        // Equal values may arrive in an equivalent encoding (e.g. a view string).
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(partial_schema.fields())
+            .map(|(column, field)| arrow::compute::cast(column, field.data_type()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SplitError::BadPartials(e.to_string()))?;
+        let typed = RecordBatch::try_new(Arc::clone(&partial_schema), columns)
             .map_err(|e| SplitError::BadPartials(e.to_string()))?;
         batches.push(typed);
     }

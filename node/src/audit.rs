@@ -1,0 +1,245 @@
+//! The node's tamper-evident audit log: one JSON line per request, chained by SHA-256.
+//!
+//! Every request a node receives (accepted, refused or failed) leaves one entry in
+//! `STORE_DIR/audit.log`. Each entry carries its sequence number, `prev` (the previous
+//! entry's hash; 64 zeros for the first) and `hash`, the SHA-256 (hex) of the entry's
+//! JSON line written with an empty `hash`. Editing a byte breaks that entry's hash;
+//! deleting, inserting or swapping entries breaks the sequence and the chain there.
+//! Deleting entries from the very end cannot be seen from the file alone: the steward's
+//! copy of the last hash (printed by `ern node audit verify`) anchors the end.
+//!
+//! The detail of a failure stays here, with a reference id; the researcher only sees the
+//! reference.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ring::digest;
+use serde::{Deserialize, Serialize};
+
+/// File name of the audit log inside a store directory.
+pub const AUDIT_FILE: &str = "audit.log";
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Ran; aggregates released.
+    Accepted,
+    /// Refused by a rule or an approval check.
+    Refused,
+    /// Failed while running.
+    Failed,
+}
+
+/// One audit entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Position in the log, from 1.
+    pub seq: u64,
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+    /// Study id of the request.
+    pub study: String,
+    /// Canonical hash of the SQL.
+    pub query_hash: String,
+    /// Key id of the approving steward key, when the approval verified.
+    pub key_id: Option<String>,
+    /// How the request ended.
+    pub outcome: Outcome,
+    /// The rule or approval check that refused it.
+    pub rule: Option<String>,
+    /// Groups released.
+    pub rows_released: u64,
+    /// Groups dropped for having fewer than k patients.
+    pub groups_suppressed: u64,
+    /// Wall-clock time of the request in milliseconds.
+    pub duration_ms: u64,
+    /// Reference id given to the researcher for a failure.
+    pub reference: Option<String>,
+    /// Local detail of a failure or refusal (never sent to the researcher).
+    pub detail: Option<String>,
+    /// The previous entry's `hash`.
+    pub prev: String,
+    /// SHA-256 (hex) of this entry's JSON line with `hash` empty.
+    pub hash: String,
+}
+
+/// Errors of the audit log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The log could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The log file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The chain is broken at an entry.
+    #[error("audit log broken at entry {entry} (line {line}): {reason}")]
+    Broken {
+        /// The sequence number the entry should have.
+        entry: u64,
+        /// The line in the file.
+        line: u64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What `verify` found in an intact log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSummary {
+    /// Entries in the log.
+    pub entries: u64,
+    /// The last entry's hash (the value a steward keeps to anchor the end).
+    pub head: String,
+}
+
+/// The entry's own hash: SHA-256 of its JSON with `hash` empty.
+fn entry_hash(entry: &AuditEntry) -> Result<String, serde_json::Error> {
+    let mut unsealed = entry.clone();
+    unsealed.hash.clear();
+    let bytes = serde_json::to_vec(&unsealed)?;
+    Ok(hex::encode(
+        digest::digest(&digest::SHA256, &bytes).as_ref(),
+    ))
+}
+
+/// An open audit log that appends chained entries.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    state: Mutex<Chain>,
+}
+
+#[derive(Debug)]
+struct Chain {
+    next_seq: u64,
+    prev: String,
+}
+
+impl AuditLog {
+    /// Opens the log in `store`, verifying the existing chain so appends continue it.
+    pub fn open(store: &Path) -> Result<Self, AuditError> {
+        let path = store.join(AUDIT_FILE);
+        let summary = if path.exists() {
+            verify(&path)?
+        } else {
+            ChainSummary {
+                entries: 0,
+                head: GENESIS.to_string(),
+            }
+        };
+        Ok(AuditLog {
+            path,
+            state: Mutex::new(Chain {
+                next_seq: summary.entries + 1,
+                prev: summary.head,
+            }),
+        })
+    }
+
+    /// Appends one entry (its `seq` and `prev` are set here) and syncs it to disk.
+    pub fn append(&self, mut entry: AuditEntry) -> Result<AuditEntry, AuditError> {
+        let io = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut chain = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entry.seq = chain.next_seq;
+        entry.prev = chain.prev.clone();
+        entry.hash = entry_hash(&entry).map_err(|e| io(std::io::Error::other(e)))?;
+        let line = serde_json::to_string(&entry).map_err(|e| io(std::io::Error::other(e)))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        file.write_all(format!("{line}\n").as_bytes()).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        chain.next_seq += 1;
+        chain.prev = entry.hash.clone();
+        Ok(entry)
+    }
+}
+
+/// Checks the whole chain of the log at `path`; names the first bad entry.
+pub fn verify(path: &Path) -> Result<ChainSummary, AuditError> {
+    let file = File::open(path).map_err(|source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut prev = GENESIS.to_string();
+    let mut expected_seq = 1u64;
+    for (index, line) in BufReader::new(file).split(b'\n').enumerate() {
+        let line = line.map_err(|source| AuditError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let line_number = index as u64 + 1;
+        let broken = |reason: String| AuditError::Broken {
+            entry: expected_seq,
+            line: line_number,
+            reason,
+        };
+        let entry: AuditEntry = serde_json::from_slice(&line)
+            .map_err(|e| broken(format!("not a valid entry ({e})")))?;
+        if entry.seq != expected_seq {
+            return Err(broken(format!(
+                "sequence number {} where {expected_seq} was expected (an entry was deleted, inserted or moved)",
+                entry.seq
+            )));
+        }
+        // A line that parses but is not byte-identical to its canonical form was edited.
+        let canonical = serde_json::to_string(&entry).map_err(|e| broken(e.to_string()))?;
+        if canonical.as_bytes() != line.as_slice()
+            || entry_hash(&entry).map_err(|e| broken(e.to_string()))? != entry.hash
+        {
+            return Err(broken("its contents were altered".into()));
+        }
+        if entry.prev != prev {
+            return Err(broken(
+                "does not chain to the entry before it (entries were removed or replaced)".into(),
+            ));
+        }
+        prev = entry.hash;
+        expected_seq += 1;
+    }
+    Ok(ChainSummary {
+        entries: expected_seq - 1,
+        head: prev,
+    })
+}
+
+impl AuditEntry {
+    /// A new entry for a request; `seq` and `prev` are filled in by [`AuditLog::append`].
+    pub fn new(study: &str, query_hash: &str, outcome: Outcome) -> Self {
+        AuditEntry {
+            seq: 0,
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            study: study.to_string(),
+            query_hash: query_hash.to_string(),
+            key_id: None,
+            outcome,
+            rule: None,
+            rows_released: 0,
+            groups_suppressed: 0,
+            duration_ms: 0,
+            reference: None,
+            detail: None,
+            prev: String::new(),
+            hash: String::new(),
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! The node engine: runs one approved query on the hospital's data and lets out only
+//! aggregated groups of at least k patients.
+//!
+//! The order of checks is the trust model in code: the approval first (signed by one of
+//! this site's stewards, for this exact SQL, this site and study, not expired), then the
+//! disclosure rules (validated again here, on this node's own session), then execution
+//! under time, memory and output limits, then suppression of every group with fewer than
+//! k distinct patients. Every request leaves one audit entry. A failure reaches the caller
+//! as a reference id only; its detail stays in the audit log.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::SessionContext;
+use ern_queries::split::{self, HIDDEN_PATIENTS};
+use ern_queries::{Refusal, Rule};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::approval::{self, Approval, ApprovalError};
+use crate::audit::{AuditEntry, AuditError, AuditLog, Outcome};
+use crate::session::node_session;
+use crate::steward_key::StewardPublicKey;
+
+/// The smallest k a node accepts in its own policy.
+pub const MIN_K: u32 = 2;
+
+/// A node's own policy: nothing in a request can change it.
+#[derive(Debug, Clone)]
+pub struct NodePolicy {
+    /// This site's id.
+    pub site_id: String,
+    /// Minimum distinct patients per released group.
+    pub k: u32,
+    /// Memory for one query, in bytes.
+    pub memory_limit: usize,
+    /// Time for one query.
+    pub time_limit: Duration,
+    /// Most groups one query may release.
+    pub max_groups: usize,
+    /// Public keys of this site's stewards.
+    pub stewards: Vec<StewardPublicKey>,
+}
+
+impl NodePolicy {
+    /// The default policy for a site: k = 5, 1 GiB, 60 s, 10,000 groups.
+    pub fn new(site_id: &str, stewards: Vec<StewardPublicKey>) -> Self {
+        NodePolicy {
+            site_id: site_id.to_string(),
+            k: 5,
+            memory_limit: 1 << 30,
+            time_limit: Duration::from_secs(60),
+            max_groups: 10_000,
+            stewards,
+        }
+    }
+}
+
+/// One request from the coordinator.
+#[derive(Debug, Clone)]
+pub struct QueryRequest {
+    /// The exact SQL.
+    pub sql: String,
+    /// The study it belongs to.
+    pub study_id: String,
+    /// This site's steward's approval.
+    pub approval: Approval,
+}
+
+/// What a node lets out: aggregated partials, each group with at least k patients.
+#[derive(Debug, Clone)]
+pub struct Released {
+    /// Schema of the partials (group keys `__g…`, partials `__p…`).
+    pub schema: SchemaRef,
+    /// The released groups.
+    pub batches: Vec<RecordBatch>,
+    /// Groups released.
+    pub groups_released: usize,
+    /// Groups dropped for having fewer than k patients (known only to the node's audit
+    /// log and steward; the caller is not told).
+    pub groups_suppressed: usize,
+}
+
+/// Why a request released nothing. Messages name a rule, never a value.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExecuteError {
+    /// The approval does not authorise this request.
+    #[error("refused: {0}")]
+    Approval(ApprovalError),
+    /// The query breaks a disclosure rule.
+    #[error("{0}")]
+    Refused(Refusal),
+    /// Running failed; details are in the node's audit log under `reference`.
+    #[error(
+        "the query failed at this site (reference {reference}); the site's data steward can look it up in the audit log"
+    )]
+    Failed {
+        /// Reference id of the audit entry.
+        reference: String,
+    },
+}
+
+impl ExecuteError {
+    /// The stable name of the rule or check, for audit logs and coverage reports.
+    pub fn rule_name(&self) -> String {
+        match self {
+            ExecuteError::Approval(e) => e.name().to_string(),
+            ExecuteError::Refused(r) => r.rule.name().to_string(),
+            ExecuteError::Failed { .. } => "failed".to_string(),
+        }
+    }
+}
+
+/// Errors opening a node engine.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The policy is unacceptable.
+    #[error("node policy: {0}")]
+    Policy(String),
+    /// The store could not be opened as a DataFusion session.
+    #[error("opening the store: {0}")]
+    Store(#[from] datafusion::error::DataFusionError),
+    /// The audit log is unreadable or broken.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// A node's query engine over one store.
+pub struct NodeEngine {
+    ctx: SessionContext,
+    policy: NodePolicy,
+    audit: AuditLog,
+}
+
+impl std::fmt::Debug for NodeEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeEngine")
+            .field("policy", &self.policy)
+            .field("audit", &self.audit)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn reference_id() -> String {
+    let mut bytes = [0u8; 8];
+    // A failed random source still gives a unique-enough id from the clock.
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        bytes = now_seconds().to_be_bytes();
+    }
+    hex::encode(bytes)
+}
+
+impl NodeEngine {
+    /// Opens the store in `store_dir` under `policy`; the audit log lives beside the tables.
+    pub async fn open(store_dir: &Path, policy: NodePolicy) -> Result<Self, OpenError> {
+        if policy.k < MIN_K {
+            return Err(OpenError::Policy(format!(
+                "k must be at least {MIN_K}, not {}",
+                policy.k
+            )));
+        }
+        if !approval::is_valid_id(&policy.site_id) {
+            return Err(OpenError::Policy(
+                "the site id must be 1-128 printable characters without spaces".into(),
+            ));
+        }
+        let ctx = node_session(store_dir, policy.memory_limit).await?;
+        let audit = AuditLog::open(store_dir)?;
+        Ok(NodeEngine { ctx, policy, audit })
+    }
+
+    /// This node's policy.
+    pub fn policy(&self) -> &NodePolicy {
+        &self.policy
+    }
+
+    /// Runs one request end to end and audits it.
+    pub async fn execute(&self, request: &QueryRequest) -> Result<Released, ExecuteError> {
+        let started = Instant::now();
+        let query_hash = ern_queries::query_hash(&request.sql);
+        let mut entry = AuditEntry::new(&request.study_id, &query_hash, Outcome::Accepted);
+        let result = self.run(request, &mut entry).await;
+        entry.duration_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(released) => {
+                entry.rows_released = released.groups_released as u64;
+                entry.groups_suppressed = released.groups_suppressed as u64;
+            }
+            Err(error) => {
+                entry.outcome = if matches!(error, ExecuteError::Failed { .. }) {
+                    Outcome::Failed
+                } else {
+                    Outcome::Refused
+                };
+                entry.rule = Some(error.rule_name());
+                if let ExecuteError::Failed { reference } = error {
+                    entry.reference = Some(reference.clone());
+                }
+            }
+        }
+        if let Err(audit_error) = self.audit.append(entry) {
+            // Without an audit entry nothing may be released.
+            tracing::error!(error = %audit_error, "audit log append failed");
+            return Err(ExecuteError::Failed {
+                reference: reference_id(),
+            });
+        }
+        result
+    }
+
+    async fn run(
+        &self,
+        request: &QueryRequest,
+        entry: &mut AuditEntry,
+    ) -> Result<Released, ExecuteError> {
+        let key = approval::verify(
+            &request.approval,
+            &request.sql,
+            &self.policy.site_id,
+            &request.study_id,
+            &self.policy.stewards,
+            now_seconds(),
+        )
+        .map_err(ExecuteError::Approval)?;
+        entry.key_id = Some(key.key_id());
+
+        let state = self.ctx.state();
+        let query = ern_queries::validate(&request.sql, &state)
+            .await
+            .map_err(|refusal| {
+                entry.detail = Some(refusal.to_string());
+                ExecuteError::Refused(refusal)
+            })?;
+        let fail = |entry: &mut AuditEntry, detail: String| {
+            let reference = reference_id();
+            tracing::warn!(%reference, "query failed at run time");
+            entry.detail = Some(detail);
+            ExecuteError::Failed { reference }
+        };
+        let plan = split::site_plan(&query.barrier).map_err(|e| fail(entry, e.to_string()))?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| fail(entry, e.to_string()))?;
+        let frame = self
+            .ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| fail(entry, e.to_string()))?;
+        let batches = match tokio::time::timeout(self.policy.time_limit, frame.collect()).await {
+            Ok(Ok(batches)) => batches,
+            Ok(Err(e)) => return Err(fail(entry, e.to_string())),
+            Err(_) => {
+                entry.detail = Some(format!(
+                    "time limit of {:?} reached",
+                    self.policy.time_limit
+                ));
+                return Err(ExecuteError::Refused(Refusal::new(
+                    Rule::ResourceLimits,
+                    "the query",
+                    "ran longer than this site's time limit",
+                )));
+            }
+        };
+        let schema =
+            split::released_schema(&query.barrier).map_err(|e| fail(entry, e.to_string()))?;
+        let released =
+            suppress(batches, schema, u64::from(self.policy.k)).map_err(|e| fail(entry, e))?;
+        if released.groups_released > self.policy.max_groups {
+            entry.detail = Some(format!("{} groups over the cap", released.groups_released));
+            return Err(ExecuteError::Refused(
+                Refusal::new(
+                    Rule::ResourceLimits,
+                    "the query",
+                    format!(
+                        "releases more groups than this site's cap of {}",
+                        self.policy.max_groups
+                    ),
+                )
+                .hint("group by coarser bands"),
+            ));
+        }
+        Ok(released)
+    }
+}
+
+/// Rule 6: drops every group with fewer than `k` distinct patients, then the hidden count.
+fn suppress(batches: Vec<RecordBatch>, schema: SchemaRef, k: u64) -> Result<Released, String> {
+    let mut released = Vec::with_capacity(batches.len());
+    let (mut kept, mut dropped) = (0usize, 0usize);
+    for batch in batches {
+        let hidden = batch
+            .schema()
+            .index_of(HIDDEN_PATIENTS)
+            .map_err(|e| e.to_string())?;
+        let patients = batch
+            .column(hidden)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or("hidden count is not Int64")?;
+        let keep: arrow::array::BooleanArray = patients
+            .iter()
+            .map(|count| Some(count.is_some_and(|c| c >= 0 && c as u64 >= k)))
+            .collect();
+        let filtered = filter_record_batch(&batch, &keep).map_err(|e| e.to_string())?;
+        kept += filtered.num_rows();
+        dropped += batch.num_rows() - filtered.num_rows();
+        let mut filtered = filtered;
+        filtered.remove_column(hidden);
+        if filtered.num_rows() > 0 {
+            released.push(filtered);
+        }
+    }
+    Ok(Released {
+        schema,
+        batches: released,
+        groups_released: kept,
+        groups_suppressed: dropped,
+    })
+}

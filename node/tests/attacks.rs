@@ -1,0 +1,132 @@
+//! Runs `attacks.cases` through the node engine on two stores that differ only in one
+//! patient's birth year: each case must get its verdict, and the same verdict on both.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ern_node::approval;
+use ern_node::engine::{ExecuteError, NodeEngine, NodePolicy, QueryRequest};
+use ern_node::ingest::ingest;
+use ern_node::progress::NoProgress;
+use ern_node::pseudonym::Pseudonymiser;
+use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
+use ern_node::synth::{SynthConfig, synthesize};
+
+#[derive(Debug)]
+struct Case {
+    line: usize,
+    verdict: String,
+    sql: String,
+}
+
+fn cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let mut lines = include_str!("attacks.cases").lines().enumerate().peekable();
+    while let Some((index, line)) = lines.next() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut sql = Vec::new();
+        while let Some((_, next)) = lines.peek() {
+            if next.trim().is_empty() {
+                break;
+            }
+            sql.push(next.to_string());
+            lines.next();
+        }
+        cases.push(Case {
+            line: index + 1,
+            verdict: line.to_string(),
+            sql: sql.join("\n"),
+        });
+    }
+    cases
+}
+
+async fn verdict(engine: &NodeEngine, key: &StewardSigningKey, sql: &str) -> String {
+    let expires = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 600;
+    let approval = approval::sign(key, sql, "site-a", "study", expires).expect("sign");
+    let request = QueryRequest {
+        sql: sql.to_string(),
+        study_id: "study".into(),
+        approval,
+    };
+    match engine.execute(&request).await {
+        Ok(released) if released.groups_released > 0 => "released".into(),
+        Ok(_) => "suppressed".into(),
+        Err(ExecuteError::Refused(refusal)) => format!("refused {}", refusal.rule.name()),
+        Err(other) => format!("error {other}"),
+    }
+}
+
+/// Moves the first patient's birth date by one year (a change no released group may show).
+fn shift_one_birth_year(export: &Path) {
+    let path = export.join("patient.csv");
+    let text = std::fs::read_to_string(&path).expect("patient.csv");
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut cells: Vec<String> = lines[1].split(',').map(str::to_string).collect();
+    let year: i32 = cells[1][..4].parse().expect("year");
+    cells[1] = format!("{}{}", year + 1, &cells[1][4..]);
+    lines[1] = cells.join(",");
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+}
+
+#[tokio::test]
+async fn every_attack_gets_its_verdict_and_hidden_values_change_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exports = dir.path().join("exports");
+    let sites = synthesize(
+        SynthConfig {
+            sites: 1,
+            patients: 3000,
+            seed: 21,
+        },
+        &exports,
+        &NoProgress,
+    )
+    .expect("synth");
+    let twin = dir.path().join("twin");
+    std::fs::create_dir(&twin).expect("mkdir");
+    for file in std::fs::read_dir(&sites[0].dir).expect("export") {
+        let file = file.expect("entry").path();
+        std::fs::copy(&file, twin.join(file.file_name().expect("name"))).expect("copy");
+    }
+    shift_one_birth_year(&twin);
+    let key = Pseudonymiser::new(&[5u8; 32]);
+    let (store_a, store_b) = (dir.path().join("a"), dir.path().join("b"));
+    ingest(&sites[0].dir, &key, &store_a, &NoProgress).expect("ingest a");
+    ingest(&twin, &key, &store_b, &NoProgress).expect("ingest b");
+    generate_steward_key(&dir.path().join("steward")).expect("key");
+    let steward = StewardSigningKey::load(&dir.path().join("steward.key")).expect("load");
+    let policy = NodePolicy::new("site-a", vec![steward.public_key()]);
+    let engine_a = NodeEngine::open(&store_a, policy.clone())
+        .await
+        .expect("open a");
+    let engine_b = NodeEngine::open(&store_b, policy).await.expect("open b");
+
+    let cases = cases();
+    assert!(cases.len() >= 25, "{} cases", cases.len());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let a = verdict(&engine_a, &steward, &case.sql).await;
+        let b = verdict(&engine_b, &steward, &case.sql).await;
+        if a != case.verdict || b != case.verdict {
+            failures.push(format!(
+                "line {}: expected {}, got {a} / {b}\n    {}",
+                case.line, case.verdict, case.sql
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}

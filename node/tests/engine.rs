@@ -1,0 +1,478 @@
+//! The node engine on a real store: approvals, suppression under k checked against an
+//! independent DataFusion computation, refusals, failures and the audit chain.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use ern_node::approval::{self, ApprovalError};
+use ern_node::audit::{self, AUDIT_FILE, AuditError, Outcome};
+use ern_node::engine::{ExecuteError, NodeEngine, NodePolicy, QueryRequest};
+use ern_node::ingest::ingest;
+use ern_node::progress::NoProgress;
+use ern_node::pseudonym::Pseudonymiser;
+use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
+use ern_node::synth::{SynthConfig, synthesize};
+use ern_node::{schema, store};
+use ern_queries::Rule;
+
+const SITE: &str = "site-a";
+const STUDY: &str = "study-1";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: PathBuf,
+    steward: StewardSigningKey,
+    stranger: StewardSigningKey,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn fixture(patients: usize) -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exports = dir.path().join("exports");
+    let sites = synthesize(
+        SynthConfig {
+            sites: 1,
+            patients,
+            seed: 9,
+        },
+        &exports,
+        &NoProgress,
+    )
+    .expect("synth");
+    let store = dir.path().join("store");
+    ingest(
+        &sites[0].dir,
+        &Pseudonymiser::new(&[3u8; 32]),
+        &store,
+        &NoProgress,
+    )
+    .expect("ingest");
+    generate_steward_key(&dir.path().join("steward")).expect("steward key");
+    generate_steward_key(&dir.path().join("stranger")).expect("stranger key");
+    let steward = StewardSigningKey::load(&dir.path().join("steward.key")).expect("load");
+    let stranger = StewardSigningKey::load(&dir.path().join("stranger.key")).expect("load");
+    Fixture {
+        _dir: dir,
+        store,
+        steward,
+        stranger,
+    }
+}
+
+impl Fixture {
+    fn policy(&self) -> NodePolicy {
+        NodePolicy::new(SITE, vec![self.steward.public_key()])
+    }
+
+    async fn engine(&self) -> NodeEngine {
+        NodeEngine::open(&self.store, self.policy())
+            .await
+            .expect("open engine")
+    }
+
+    fn request(&self, sql: &str) -> QueryRequest {
+        let approval = approval::sign(&self.steward, sql, SITE, STUDY, now() + 3600).expect("sign");
+        QueryRequest {
+            sql: sql.to_string(),
+            study_id: STUDY.to_string(),
+            approval,
+        }
+    }
+}
+
+/// Plain DataFusion over the same Parquet files, without the node.
+async fn plain(store: &Path) -> SessionContext {
+    let ctx = SessionContext::new();
+    for table in schema::PATIENT_TABLES {
+        let path = store::table_path(store, table);
+        ctx.register_parquet(
+            table,
+            path.to_str().expect("path"),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .expect("register");
+    }
+    ctx
+}
+
+fn text_rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for batch in batches {
+        let columns: Vec<_> = batch
+            .columns()
+            .iter()
+            .map(|c| cast(c, &DataType::Utf8).expect("cast"))
+            .collect();
+        for row in 0..batch.num_rows() {
+            rows.push(
+                columns
+                    .iter()
+                    .map(|c| {
+                        if c.is_null(row) {
+                            "NULL".to_string()
+                        } else {
+                            c.as_string::<i32>().value(row).to_string()
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn groups_under_k_are_suppressed_and_the_rest_are_exact() {
+    let fixture = fixture(3000);
+    let engine = fixture.engine().await;
+    let sql = "SELECT d.code, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON p.pid = d.pid GROUP BY d.code, p.sex";
+    let released = engine
+        .execute(&fixture.request(sql))
+        .await
+        .expect("released");
+
+    let independent = plain(&fixture.store)
+        .await
+        .sql(sql)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    let all = text_rows(&independent);
+    let expected: Vec<Vec<String>> = all
+        .iter()
+        .filter(|r| r[2].parse::<i64>().expect("count") >= 5)
+        .cloned()
+        .collect();
+    let small = all.len() - expected.len();
+    assert!(small > 0, "the fixture should have groups under k");
+    assert!(!expected.is_empty());
+    assert_eq!(text_rows(&released.batches), expected);
+    assert_eq!(released.groups_released, expected.len());
+    assert_eq!(released.groups_suppressed, small);
+    assert_eq!(
+        released.schema.fields().len(),
+        3,
+        "the hidden patient count must be gone"
+    );
+    for batch in &released.batches {
+        let counts = batch.column(2).as_primitive::<Int64Type>();
+        assert!(counts.iter().all(|c| c.is_some_and(|c| c >= 5)));
+    }
+}
+
+#[tokio::test]
+async fn a_small_total_and_an_empty_total_look_the_same() {
+    let fixture = fixture(2000);
+    let engine = fixture.engine().await;
+    let ctx = plain(&fixture.store).await;
+    // Find a birth year with 1 to 4 patients.
+    let years = ctx
+        .sql("SELECT birth_year, COUNT(*) AS n FROM patient GROUP BY birth_year HAVING COUNT(*) BETWEEN 1 AND 4")
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    let year = years
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .map(|b| {
+            b.column(0)
+                .as_primitive::<datafusion::arrow::datatypes::Int32Type>()
+                .value(0)
+        })
+        .expect("a rare year");
+    let small = engine
+        .execute(&fixture.request(&format!(
+            "SELECT COUNT(*) AS n FROM patient WHERE birth_year = {year}"
+        )))
+        .await
+        .expect("ran");
+    let empty = engine
+        .execute(&fixture.request("SELECT COUNT(*) AS n FROM patient WHERE birth_year = 1800"))
+        .await
+        .expect("ran");
+    for released in [&small, &empty] {
+        assert_eq!(released.groups_released, 0);
+        assert_eq!(
+            released
+                .batches
+                .iter()
+                .map(RecordBatch::num_rows)
+                .sum::<usize>(),
+            0
+        );
+    }
+    assert_eq!(small.schema, empty.schema);
+}
+
+#[tokio::test]
+async fn approvals_must_match_query_site_study_key_and_time() {
+    let fixture = fixture(500);
+    let engine = fixture.engine().await;
+    let sql = "SELECT sex, COUNT(DISTINCT pid) AS patients FROM patient GROUP BY sex";
+    assert!(engine.execute(&fixture.request(sql)).await.is_ok());
+
+    let refused = |result: Result<_, ExecuteError>| match result {
+        Err(ExecuteError::Approval(e)) => e,
+        other => panic!("expected an approval refusal, got {other:?}"),
+    };
+    let mut expired = fixture.request(sql);
+    expired.approval = approval::sign(&fixture.steward, sql, SITE, STUDY, now() - 1).expect("sign");
+    assert_eq!(
+        refused(engine.execute(&expired).await),
+        ApprovalError::Expired
+    );
+
+    let mut other_site = fixture.request(sql);
+    other_site.approval =
+        approval::sign(&fixture.steward, sql, "site-b", STUDY, now() + 60).expect("sign");
+    assert_eq!(
+        refused(engine.execute(&other_site).await),
+        ApprovalError::OtherSite
+    );
+
+    let mut other_query = fixture.request(sql);
+    other_query.sql = format!("{sql} ");
+    assert_eq!(
+        refused(engine.execute(&other_query).await),
+        ApprovalError::QueryAltered
+    );
+
+    let mut other_study = fixture.request(sql);
+    other_study.study_id = "study-2".into();
+    assert_eq!(
+        refused(engine.execute(&other_study).await),
+        ApprovalError::OtherStudy
+    );
+
+    let mut unknown = fixture.request(sql);
+    unknown.approval =
+        approval::sign(&fixture.stranger, sql, SITE, STUDY, now() + 60).expect("sign");
+    assert_eq!(
+        refused(engine.execute(&unknown).await),
+        ApprovalError::UnknownKey
+    );
+
+    let mut flipped = fixture.request(sql);
+    flipped.approval.signature[10] ^= 0x01;
+    assert_eq!(
+        refused(engine.execute(&flipped).await),
+        ApprovalError::BadSignature
+    );
+
+    // Re-using a valid signature with a longer deadline breaks the signature.
+    let mut extended = fixture.request(sql);
+    extended.approval.expires_at += 86_400;
+    assert_eq!(
+        refused(engine.execute(&extended).await),
+        ApprovalError::BadSignature
+    );
+}
+
+#[tokio::test]
+async fn the_node_refuses_by_rule_even_with_an_approval() {
+    let fixture = fixture(500);
+    let engine = fixture.engine().await;
+    for (sql, rule) in [
+        (
+            "SELECT MAX(birth_year) FROM patient",
+            Rule::BarrierAggregates,
+        ),
+        (
+            "SELECT pid, COUNT(*) FROM patient GROUP BY pid",
+            Rule::PidUse,
+        ),
+        ("SELECT * FROM patient", Rule::AggregationBarrier),
+        (
+            "SELECT COUNT(*) FROM patient WHERE repeat(sex, 1000000) = ''",
+            Rule::AllowedFunctions,
+        ),
+        (
+            "SELECT COUNT(*) FROM patient WHERE 1 / (birth_year - 1950) > 0",
+            Rule::NoDataInErrors,
+        ),
+        ("DROP TABLE patient", Rule::OneQuery),
+    ] {
+        match engine.execute(&fixture.request(sql)).await {
+            Err(ExecuteError::Refused(refusal)) => {
+                assert_eq!(refusal.rule, rule, "{sql}: {refusal}")
+            }
+            other => panic!("{sql}: expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_run_time_failure_reaches_the_caller_as_a_reference_only() {
+    let fixture = fixture(3000);
+    let mut policy = fixture.policy();
+    policy.memory_limit = 4 * 1024;
+    let engine = NodeEngine::open(&fixture.store, policy)
+        .await
+        .expect("open");
+    let sql = "SELECT d.code, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON p.pid = d.pid GROUP BY d.code, p.sex";
+    let error = engine
+        .execute(&fixture.request(sql))
+        .await
+        .expect_err("out of memory");
+    let ExecuteError::Failed { reference } = &error else {
+        panic!("expected a failure, got {error:?}")
+    };
+    let message = error.to_string();
+    assert!(message.contains(reference.as_str()));
+    assert!(
+        !message.to_lowercase().contains("memory"),
+        "the detail leaked: {message}"
+    );
+    let log = std::fs::read_to_string(fixture.store.join(AUDIT_FILE)).expect("audit log");
+    let last: audit::AuditEntry =
+        serde_json::from_str(log.lines().last().expect("entry")).expect("json");
+    assert_eq!(last.outcome, Outcome::Failed);
+    assert_eq!(last.reference.as_deref(), Some(reference.as_str()));
+    assert!(last.detail.is_some_and(|d| !d.is_empty()));
+}
+
+#[tokio::test]
+async fn k_comes_from_the_node_policy_only() {
+    let fixture = fixture(500);
+    let mut policy = fixture.policy();
+    policy.k = 1;
+    assert!(
+        NodeEngine::open(&fixture.store, policy).await.is_err(),
+        "k = 1 must be refused"
+    );
+    let mut strict = fixture.policy();
+    strict.k = 1000;
+    let engine = NodeEngine::open(&fixture.store, strict)
+        .await
+        .expect("open");
+    let released = engine
+        .execute(&fixture.request("SELECT sex, COUNT(DISTINCT pid) AS n FROM patient GROUP BY sex"))
+        .await
+        .expect("ran");
+    assert_eq!(
+        released.groups_released, 0,
+        "no sex has 1000 patients in 500"
+    );
+}
+
+async fn audited_fixture() -> (Fixture, PathBuf) {
+    let fixture = fixture(300);
+    let engine = fixture.engine().await;
+    let sql = "SELECT sex, COUNT(DISTINCT pid) AS n FROM patient GROUP BY sex";
+    for _ in 0..3 {
+        engine.execute(&fixture.request(sql)).await.expect("ran");
+    }
+    let _ = engine
+        .execute(&fixture.request("SELECT MIN(birth_year) FROM patient"))
+        .await;
+    let mut stale = fixture.request(sql);
+    stale.approval.expires_at = 1;
+    let _ = engine.execute(&stale).await;
+    let log = fixture.store.join(AUDIT_FILE);
+    (fixture, log)
+}
+
+fn broken_entry(log: &Path) -> u64 {
+    match audit::verify(log) {
+        Err(AuditError::Broken { entry, .. }) => entry,
+        other => panic!("expected a broken chain, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_request_is_audited_in_an_intact_chain() {
+    let (fixture, log) = audited_fixture().await;
+    let summary = audit::verify(&log).expect("intact");
+    assert_eq!(summary.entries, 5);
+    let entries: Vec<audit::AuditEntry> = std::fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let outcomes: Vec<(Outcome, Option<String>)> = entries
+        .iter()
+        .map(|e| (e.outcome, e.rule.clone()))
+        .collect();
+    assert_eq!(outcomes[0], (Outcome::Accepted, None));
+    assert_eq!(
+        outcomes[3],
+        (Outcome::Refused, Some("barrier-aggregates".into()))
+    );
+    assert_eq!(
+        outcomes[4],
+        (Outcome::Refused, Some("approval-bad-signature".into()))
+    );
+    assert_eq!(
+        entries[0].key_id.as_deref(),
+        Some(fixture.steward.public_key().key_id().as_str())
+    );
+    assert_eq!(
+        entries[0].query_hash,
+        ern_queries::query_hash("SELECT sex, COUNT(DISTINCT pid) AS n FROM patient GROUP BY sex")
+    );
+    // Reopening continues the chain.
+    let engine = fixture.engine().await;
+    engine
+        .execute(&fixture.request("SELECT COUNT(*) AS n FROM patient"))
+        .await
+        .expect("ran");
+    assert_eq!(audit::verify(&log).expect("intact").entries, 6);
+}
+
+#[tokio::test]
+async fn an_edited_byte_is_found_at_its_entry() {
+    let (_fixture, log) = audited_fixture().await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[2] = lines[2].replacen("\"rows_released\":", "\"rows_released\":1", 1);
+    std::fs::write(&log, lines.join("\n") + "\n").expect("write");
+    assert_eq!(broken_entry(&log), 3);
+}
+
+#[tokio::test]
+async fn a_deleted_entry_is_found() {
+    let (_fixture, log) = audited_fixture().await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.remove(1);
+    std::fs::write(&log, lines.join("\n") + "\n").expect("write");
+    assert_eq!(broken_entry(&log), 2);
+}
+
+#[tokio::test]
+async fn swapped_entries_are_found() {
+    let (_fixture, log) = audited_fixture().await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.swap(2, 3);
+    std::fs::write(&log, lines.join("\n") + "\n").expect("write");
+    assert_eq!(broken_entry(&log), 3);
+}
+
+#[tokio::test]
+async fn a_broken_log_stops_the_node_from_opening() {
+    let (fixture, log) = audited_fixture().await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    std::fs::write(&log, text.replacen("study-1", "study-X", 1)).expect("write");
+    assert!(
+        NodeEngine::open(&fixture.store, fixture.policy())
+            .await
+            .is_err()
+    );
+}
