@@ -1,0 +1,96 @@
+//! Node overhead: the example questions through the node's execute path (approval check,
+//! validation, site plan with the hidden patient count, k suppression, audit entry)
+//! against plain DataFusion on the same Parquet files, in the same process.
+//!
+//! `cargo run --release -p ern-node --bin bench-node -- [PATIENTS...]`
+//! (default: 10000 1000000). Each query runs 7 times per side, alternating; medians.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use ern_node::engine::{NodeEngine, NodePolicy, QueryRequest};
+use ern_node::ingest::ingest;
+use ern_node::progress::NoProgress;
+use ern_node::pseudonym::Pseudonymiser;
+use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
+use ern_node::synth::{SynthConfig, synthesize};
+use ern_node::{approval, reference, schema, store};
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+const RUNS: usize = 7;
+
+const QUESTIONS: &[(&str, &str)] = &[
+    ("Q1 disorder x sex", "SELECT d.code, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON p.pid = d.pid GROUP BY d.code, p.sex"),
+    ("Q2 cardiomyopathy by decade", "SELECT (p.birth_year / 10) * 10 AS decade, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON p.pid = d.pid JOIN orpha_closure c ON d.code = c.descendant WHERE c.ancestor = 'ORPHA:167848' GROUP BY (p.birth_year / 10) * 10"),
+    ("Q3 mean delay per disorder", "SELECT d.code, AVG(d.age_at_diagnosis - d.age_at_onset) AS mean_delay, COUNT(DISTINCT d.pid) AS patients FROM diagnosis d WHERE d.age_at_onset IS NOT NULL AND d.age_at_diagnosis IS NOT NULL GROUP BY d.code"),
+    ("Q4 causative genes in HCM", "SELECT g.gene_symbol, COUNT(DISTINCT g.pid) AS patients FROM genetic_finding g JOIN diagnosis d ON g.pid = d.pid JOIN orpha_closure c ON d.code = c.descendant WHERE c.ancestor = 'ORPHA:217569' AND g.causative GROUP BY g.gene_symbol"),
+    ("Q5 undiagnosed with HPO", "SELECT p.undiagnosed, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN phenotype f ON p.pid = f.pid WHERE f.hpo_id = 'HP:0001279' AND NOT f.excluded GROUP BY p.undiagnosed"),
+];
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+async fn plain_context(store_dir: &Path) -> BenchResult<SessionContext> {
+    let ctx = SessionContext::new();
+    for table in schema::PATIENT_TABLES {
+        let path = store::table_path(store_dir, table);
+        ctx.register_parquet(table, path.to_str().ok_or("path")?, ParquetReadOptions::default()).await?;
+    }
+    ctx.register_batch("orpha_closure", reference::orpha_closure_batch()?)?;
+    ctx.register_batch("orpha_term", reference::orpha_term_batch()?)?;
+    Ok(ctx)
+}
+
+async fn bench_size(patients: usize, work: &Path, steward: &StewardSigningKey) -> BenchResult<()> {
+    let exports = work.join(format!("exports-{patients}"));
+    let sites = synthesize(SynthConfig { sites: 1, patients, seed: 1 }, &exports, &NoProgress)?;
+    let store_dir = work.join(format!("store-{patients}"));
+    ingest(&sites[0].dir, &Pseudonymiser::new(&[9u8; 32]), &store_dir, &NoProgress)?;
+    let engine = NodeEngine::open(&store_dir, NodePolicy::new("bench", vec![steward.public_key()])).await?;
+    let plain = plain_context(&store_dir).await?;
+    let expires = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
+    println!("\n{patients} patients");
+    println!("| question | plain DataFusion | node execute | ratio | added |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, sql) in QUESTIONS {
+        let approval = approval::sign(steward, sql, "bench", "study", expires)?;
+        let request = QueryRequest { sql: sql.to_string(), study_id: "study".into(), approval };
+        let (mut plain_times, mut node_times) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            let batches = plain.sql(sql).await?.collect().await?;
+            plain_times.push(t.elapsed());
+            std::hint::black_box(batches);
+            let t = Instant::now();
+            let released = engine.execute(&request).await?;
+            node_times.push(t.elapsed());
+            std::hint::black_box(released);
+        }
+        let (p, n) = (median(plain_times), median(node_times));
+        println!(
+            "| {name} | {:.2} ms | {:.2} ms | {:.2}x | {:+.2} ms |",
+            p.as_secs_f64() * 1e3,
+            n.as_secs_f64() * 1e3,
+            n.as_secs_f64() / p.as_secs_f64(),
+            (n.as_secs_f64() - p.as_secs_f64()) * 1e3
+        );
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> BenchResult<()> {
+    let sizes: Vec<usize> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let sizes = if sizes.is_empty() { vec![10_000, 1_000_000] } else { sizes };
+    let work = tempfile::tempdir()?;
+    generate_steward_key(&work.path().join("steward"))?;
+    let steward = StewardSigningKey::load(&work.path().join("steward.key"))?;
+    for patients in sizes {
+        bench_size(patients, work.path(), &steward).await?;
+    }
+    Ok(())
+}
