@@ -249,16 +249,25 @@ fn node_audit_verify_names_the_first_bad_entry() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = AuditLog::open(dir.path()).expect("open log");
     for study in ["s1", "s2", "s3", "s4"] {
-        log.append(AuditEntry::new(study, "abc", Outcome::Accepted)).expect("append");
+        log.append(AuditEntry::new(study, "abc", Outcome::Accepted))
+            .expect("append");
     }
     let intact = ern(&["node", "audit", "verify", "--store", path(dir.path())]);
     assert!(intact.status.success(), "{}", stderr(&intact));
-    assert!(stdout(&intact).contains("audit log intact: 4 entries"), "{}", stdout(&intact));
+    assert!(
+        stdout(&intact).contains("audit log intact: 4 entries"),
+        "{}",
+        stdout(&intact)
+    );
 
     let file = dir.path().join(AUDIT_FILE);
     let text = std::fs::read_to_string(&file).expect("log");
     std::fs::write(&file, text.replacen("\"s3\"", "\"s9\"", 1)).expect("tamper");
     let broken = ern(&["node", "audit", "verify", "--store", path(dir.path())]);
     assert!(!broken.status.success());
-    assert!(stderr(&broken).contains("broken at entry 3"), "{}", stderr(&broken));
+    assert!(
+        stderr(&broken).contains("broken at entry 3"),
+        "{}",
+        stderr(&broken)
+    );
 }

@@ -12,38 +12,6 @@ use ern_node::pseudonym::Pseudonymiser;
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
 use ern_node::synth::{SynthConfig, synthesize};
 
-#[derive(Debug)]
-struct Case {
-    line: usize,
-    verdict: String,
-    sql: String,
-}
-
-fn cases() -> Vec<Case> {
-    let mut cases = Vec::new();
-    let mut lines = include_str!("attacks.cases").lines().enumerate().peekable();
-    while let Some((index, line)) = lines.next() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut sql = Vec::new();
-        while let Some((_, next)) = lines.peek() {
-            if next.trim().is_empty() {
-                break;
-            }
-            sql.push(next.to_string());
-            lines.next();
-        }
-        cases.push(Case {
-            line: index + 1,
-            verdict: line.to_string(),
-            sql: sql.join("\n"),
-        });
-    }
-    cases
-}
-
 async fn verdict(engine: &NodeEngine, key: &StewardSigningKey, sql: &str) -> String {
     let expires = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -109,7 +77,7 @@ async fn every_attack_gets_its_verdict_and_hidden_values_change_nothing() {
         .expect("open a");
     let engine_b = NodeEngine::open(&store_b, policy).await.expect("open b");
 
-    let cases = cases();
+    let cases = ern_queries::casefile::parse(include_str!("attacks.cases"));
     assert!(cases.len() >= 25, "{} cases", cases.len());
     let mut failures = Vec::new();
     for case in &cases {

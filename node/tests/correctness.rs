@@ -2,20 +2,18 @@
 //! checked against plain DataFusion on the same Parquet files with the same k applied
 //! by hand (HAVING COUNT(DISTINCT pid) >= k).
 
-use std::path::Path;
+mod common;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use datafusion::arrow::array::{Array, AsArray, Float64Array, RecordBatch};
-use datafusion::arrow::compute::{cast, concat_batches};
-use datafusion::arrow::datatypes::DataType;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use common::{plain_context, text_rows};
+use ern_node::approval;
 use ern_node::engine::{NodeEngine, NodePolicy, QueryRequest};
 use ern_node::ingest::ingest;
 use ern_node::progress::NoProgress;
 use ern_node::pseudonym::Pseudonymiser;
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
 use ern_node::synth::{SynthConfig, synthesize};
-use ern_node::{approval, reference, schema, store};
 use ern_queries::catalog::planning_state;
 use ern_queries::split::merge;
 
@@ -68,54 +66,6 @@ const CASES: &[(&str, &str, bool)] = &[
     ),
 ];
 
-fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
-    let Some(first) = batches.first() else {
-        return Vec::new();
-    };
-    let batch = concat_batches(&first.schema(), batches).expect("concat");
-    let mut out = vec![Vec::new(); batch.num_rows()];
-    for column in batch.columns() {
-        let text = if column.data_type() == &DataType::Float64 {
-            let values = column.as_any().downcast_ref::<Float64Array>().expect("f64");
-            values
-                .iter()
-                .map(|v| v.map(|v| format!("{v:.6}")))
-                .collect::<datafusion::arrow::array::StringArray>()
-        } else {
-            cast(column, &DataType::Utf8)
-                .expect("text")
-                .as_string::<i32>()
-                .clone()
-        };
-        for (row, value) in out.iter_mut().enumerate() {
-            value.push(if text.is_null(row) {
-                "NULL".into()
-            } else {
-                text.value(row).to_string()
-            });
-        }
-    }
-    out
-}
-
-async fn plain(store_dir: &Path) -> SessionContext {
-    let ctx = SessionContext::new();
-    for table in schema::PATIENT_TABLES {
-        let path = store::table_path(store_dir, table);
-        ctx.register_parquet(
-            table,
-            path.to_str().expect("path"),
-            ParquetReadOptions::default(),
-        )
-        .await
-        .expect("register");
-    }
-    let closure = reference::orpha_closure_batch().expect("closure");
-    ctx.register_batch("orpha_closure", closure)
-        .expect("closure table");
-    ctx
-}
-
 #[tokio::test]
 async fn the_example_questions_match_an_independent_computation() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -145,7 +95,7 @@ async fn the_example_questions_match_an_independent_computation() {
     )
     .await
     .expect("open");
-    let independent = plain(&store_dir).await;
+    let independent = plain_context(&store_dir).await;
     let planning = planning_state().expect("planning");
     let expires = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -174,7 +124,7 @@ async fn the_example_questions_match_an_independent_computation() {
             .collect()
             .await
             .expect("run");
-        let (mut got, mut want) = (rows(&merged), rows(&expected));
+        let (mut got, mut want) = (text_rows(&merged), text_rows(&expected));
         if !ordered {
             got.sort();
             want.sort();

@@ -1,13 +1,14 @@
 //! The node engine on a real store: approvals, suppression under k checked against an
 //! independent DataFusion computation, refusals, failures and the audit chain.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Int64Type};
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use common::{plain_context, text_rows};
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::Int64Type;
 use ern_node::approval::{self, ApprovalError};
 use ern_node::audit::{self, AUDIT_FILE, AuditError, Outcome};
 use ern_node::engine::{ExecuteError, NodeEngine, NodePolicy, QueryRequest};
@@ -16,7 +17,6 @@ use ern_node::progress::NoProgress;
 use ern_node::pseudonym::Pseudonymiser;
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
 use ern_node::synth::{SynthConfig, synthesize};
-use ern_node::{schema, store};
 use ern_queries::Rule;
 
 const SITE: &str = "site-a";
@@ -90,45 +90,8 @@ impl Fixture {
     }
 }
 
-/// Plain DataFusion over the same Parquet files, without the node.
-async fn plain(store: &Path) -> SessionContext {
-    let ctx = SessionContext::new();
-    for table in schema::PATIENT_TABLES {
-        let path = store::table_path(store, table);
-        ctx.register_parquet(
-            table,
-            path.to_str().expect("path"),
-            ParquetReadOptions::default(),
-        )
-        .await
-        .expect("register");
-    }
-    ctx
-}
-
-fn text_rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
-    let mut rows = Vec::new();
-    for batch in batches {
-        let columns: Vec<_> = batch
-            .columns()
-            .iter()
-            .map(|c| cast(c, &DataType::Utf8).expect("cast"))
-            .collect();
-        for row in 0..batch.num_rows() {
-            rows.push(
-                columns
-                    .iter()
-                    .map(|c| {
-                        if c.is_null(row) {
-                            "NULL".to_string()
-                        } else {
-                            c.as_string::<i32>().value(row).to_string()
-                        }
-                    })
-                    .collect(),
-            );
-        }
-    }
+fn sorted_rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let mut rows = text_rows(batches);
     rows.sort();
     rows
 }
@@ -143,7 +106,7 @@ async fn groups_under_k_are_suppressed_and_the_rest_are_exact() {
         .await
         .expect("released");
 
-    let independent = plain(&fixture.store)
+    let independent = plain_context(&fixture.store)
         .await
         .sql(sql)
         .await
@@ -151,7 +114,7 @@ async fn groups_under_k_are_suppressed_and_the_rest_are_exact() {
         .collect()
         .await
         .expect("run");
-    let all = text_rows(&independent);
+    let all = sorted_rows(&independent);
     let expected: Vec<Vec<String>> = all
         .iter()
         .filter(|r| r[2].parse::<i64>().expect("count") >= 5)
@@ -160,7 +123,7 @@ async fn groups_under_k_are_suppressed_and_the_rest_are_exact() {
     let small = all.len() - expected.len();
     assert!(small > 0, "the fixture should have groups under k");
     assert!(!expected.is_empty());
-    assert_eq!(text_rows(&released.batches), expected);
+    assert_eq!(sorted_rows(&released.batches), expected);
     assert_eq!(released.groups_released, expected.len());
     assert_eq!(released.groups_suppressed, small);
     assert_eq!(
@@ -178,7 +141,7 @@ async fn groups_under_k_are_suppressed_and_the_rest_are_exact() {
 async fn a_small_total_and_an_empty_total_look_the_same() {
     let fixture = fixture(2000);
     let engine = fixture.engine().await;
-    let ctx = plain(&fixture.store).await;
+    let ctx = plain_context(&fixture.store).await;
     // Find a birth year with 1 to 4 patients.
     let years = ctx
         .sql("SELECT birth_year, COUNT(*) AS n FROM patient GROUP BY birth_year HAVING COUNT(*) BETWEEN 1 AND 4")

@@ -19,9 +19,11 @@
 //! - [`validate`]: parse, plan, walk the plan.
 //! - [`split`]: the per-site plan and the merge of partial results.
 //! - [`hash`]: the canonical query hash that approvals sign.
+//! - [`casefile`]: the steward-readable format of the validation and attack suites.
 //! - [`schema`]: the Arrow schemas of the node tables (the data contract).
 
 pub mod allowlist;
+pub mod casefile;
 pub mod catalog;
 pub mod hash;
 pub mod rules;

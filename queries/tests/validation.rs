@@ -12,37 +12,32 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let text = include_str!("validation.cases");
-    let mut cases = Vec::new();
-    let mut lines = text.lines().enumerate().peekable();
-    while let Some((index, line)) = lines.next() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let expected = match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-            ["accepted"] => None,
-            ["refused", rule] => Some(
-                Rule::from_name(rule)
-                    .unwrap_or_else(|| panic!("line {}: unknown rule {rule}", index + 1)),
-            ),
-            _ => panic!("line {}: expected a verdict, found {line:?}", index + 1),
-        };
-        let mut sql = Vec::new();
-        while let Some((_, next)) = lines.peek() {
-            if next.trim().is_empty() {
-                break;
+    ern_queries::casefile::parse(include_str!("validation.cases"))
+        .into_iter()
+        .map(|case| {
+            let expected = match case
+                .verdict
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .as_slice()
+            {
+                ["accepted"] => None,
+                ["refused", rule] => Some(
+                    Rule::from_name(rule)
+                        .unwrap_or_else(|| panic!("line {}: unknown rule {rule}", case.line)),
+                ),
+                _ => panic!(
+                    "line {}: expected a verdict, found {:?}",
+                    case.line, case.verdict
+                ),
+            };
+            Case {
+                line: case.line,
+                expected,
+                sql: case.sql,
             }
-            sql.push(next.to_string());
-            lines.next();
-        }
-        cases.push(Case {
-            line: index + 1,
-            expected,
-            sql: sql.join("\n"),
-        });
-    }
-    cases
+        })
+        .collect()
 }
 
 #[tokio::test]

@@ -22,11 +22,26 @@ type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 const RUNS: usize = 7;
 
 const QUESTIONS: &[(&str, &str)] = &[
-    ("Q1 disorder x sex", "SELECT d.code, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON p.pid = d.pid GROUP BY d.code, p.sex"),
-    ("Q2 cardiomyopathy by decade", "SELECT (p.birth_year / 10) * 10 AS decade, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON p.pid = d.pid JOIN orpha_closure c ON d.code = c.descendant WHERE c.ancestor = 'ORPHA:167848' GROUP BY (p.birth_year / 10) * 10"),
-    ("Q3 mean delay per disorder", "SELECT d.code, AVG(d.age_at_diagnosis - d.age_at_onset) AS mean_delay, COUNT(DISTINCT d.pid) AS patients FROM diagnosis d WHERE d.age_at_onset IS NOT NULL AND d.age_at_diagnosis IS NOT NULL GROUP BY d.code"),
-    ("Q4 causative genes in HCM", "SELECT g.gene_symbol, COUNT(DISTINCT g.pid) AS patients FROM genetic_finding g JOIN diagnosis d ON g.pid = d.pid JOIN orpha_closure c ON d.code = c.descendant WHERE c.ancestor = 'ORPHA:217569' AND g.causative GROUP BY g.gene_symbol"),
-    ("Q5 undiagnosed with HPO", "SELECT p.undiagnosed, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN phenotype f ON p.pid = f.pid WHERE f.hpo_id = 'HP:0001279' AND NOT f.excluded GROUP BY p.undiagnosed"),
+    (
+        "Q1 disorder x sex",
+        "SELECT d.code, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON p.pid = d.pid GROUP BY d.code, p.sex",
+    ),
+    (
+        "Q2 cardiomyopathy by decade",
+        "SELECT (p.birth_year / 10) * 10 AS decade, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON p.pid = d.pid JOIN orpha_closure c ON d.code = c.descendant WHERE c.ancestor = 'ORPHA:167848' GROUP BY (p.birth_year / 10) * 10",
+    ),
+    (
+        "Q3 mean delay per disorder",
+        "SELECT d.code, AVG(d.age_at_diagnosis - d.age_at_onset) AS mean_delay, COUNT(DISTINCT d.pid) AS patients FROM diagnosis d WHERE d.age_at_onset IS NOT NULL AND d.age_at_diagnosis IS NOT NULL GROUP BY d.code",
+    ),
+    (
+        "Q4 causative genes in HCM",
+        "SELECT g.gene_symbol, COUNT(DISTINCT g.pid) AS patients FROM genetic_finding g JOIN diagnosis d ON g.pid = d.pid JOIN orpha_closure c ON d.code = c.descendant WHERE c.ancestor = 'ORPHA:217569' AND g.causative GROUP BY g.gene_symbol",
+    ),
+    (
+        "Q5 undiagnosed with HPO",
+        "SELECT p.undiagnosed, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN phenotype f ON p.pid = f.pid WHERE f.hpo_id = 'HP:0001279' AND NOT f.excluded GROUP BY p.undiagnosed",
+    ),
 ];
 
 fn median(mut times: Vec<Duration>) -> Duration {
@@ -38,7 +53,12 @@ async fn plain_context(store_dir: &Path) -> BenchResult<SessionContext> {
     let ctx = SessionContext::new();
     for table in schema::PATIENT_TABLES {
         let path = store::table_path(store_dir, table);
-        ctx.register_parquet(table, path.to_str().ok_or("path")?, ParquetReadOptions::default()).await?;
+        ctx.register_parquet(
+            table,
+            path.to_str().ok_or("path")?,
+            ParquetReadOptions::default(),
+        )
+        .await?;
     }
     ctx.register_batch("orpha_closure", reference::orpha_closure_batch()?)?;
     ctx.register_batch("orpha_term", reference::orpha_term_batch()?)?;
@@ -47,10 +67,27 @@ async fn plain_context(store_dir: &Path) -> BenchResult<SessionContext> {
 
 async fn bench_size(patients: usize, work: &Path, steward: &StewardSigningKey) -> BenchResult<()> {
     let exports = work.join(format!("exports-{patients}"));
-    let sites = synthesize(SynthConfig { sites: 1, patients, seed: 1 }, &exports, &NoProgress)?;
+    let sites = synthesize(
+        SynthConfig {
+            sites: 1,
+            patients,
+            seed: 1,
+        },
+        &exports,
+        &NoProgress,
+    )?;
     let store_dir = work.join(format!("store-{patients}"));
-    ingest(&sites[0].dir, &Pseudonymiser::new(&[9u8; 32]), &store_dir, &NoProgress)?;
-    let engine = NodeEngine::open(&store_dir, NodePolicy::new("bench", vec![steward.public_key()])).await?;
+    ingest(
+        &sites[0].dir,
+        &Pseudonymiser::new(&[9u8; 32]),
+        &store_dir,
+        &NoProgress,
+    )?;
+    let engine = NodeEngine::open(
+        &store_dir,
+        NodePolicy::new("bench", vec![steward.public_key()]),
+    )
+    .await?;
     let plain = plain_context(&store_dir).await?;
     let expires = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
     println!("\n{patients} patients");
@@ -58,7 +95,11 @@ async fn bench_size(patients: usize, work: &Path, steward: &StewardSigningKey) -
     println!("|---|---:|---:|---:|---:|");
     for (name, sql) in QUESTIONS {
         let approval = approval::sign(steward, sql, "bench", "study", expires)?;
-        let request = QueryRequest { sql: sql.to_string(), study_id: "study".into(), approval };
+        let request = QueryRequest {
+            sql: sql.to_string(),
+            study_id: "study".into(),
+            approval,
+        };
         let (mut plain_times, mut node_times) = (Vec::new(), Vec::new());
         for _ in 0..RUNS {
             let t = Instant::now();
@@ -84,8 +125,15 @@ async fn bench_size(patients: usize, work: &Path, steward: &StewardSigningKey) -
 
 #[tokio::main]
 async fn main() -> BenchResult<()> {
-    let sizes: Vec<usize> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>()?;
-    let sizes = if sizes.is_empty() { vec![10_000, 1_000_000] } else { sizes };
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let sizes = if sizes.is_empty() {
+        vec![10_000, 1_000_000]
+    } else {
+        sizes
+    };
     let work = tempfile::tempdir()?;
     generate_steward_key(&work.path().join("steward"))?;
     let steward = StewardSigningKey::load(&work.path().join("steward.key"))?;

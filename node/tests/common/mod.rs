@@ -1,0 +1,65 @@
+//! Helpers shared by the node's integration tests: plain DataFusion over a store (the
+//! independent side of every comparison) and batches as comparable text rows.
+
+use std::path::Path;
+
+use datafusion::arrow::array::{Array, AsArray, Float64Array, RecordBatch, StringArray};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use ern_node::{reference, schema, store};
+
+/// Plain DataFusion (default configuration, no node) over the store's Parquet files and
+/// the reference tables.
+pub(crate) async fn plain_context(store_dir: &Path) -> SessionContext {
+    let ctx = SessionContext::new();
+    for table in schema::PATIENT_TABLES {
+        let path = store::table_path(store_dir, table);
+        ctx.register_parquet(
+            table,
+            path.to_str().expect("utf-8 path"),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .expect("register table");
+    }
+    ctx.register_batch(
+        "orpha_closure",
+        reference::orpha_closure_batch().expect("closure"),
+    )
+    .expect("closure table");
+    ctx.register_batch("orpha_term", reference::orpha_term_batch().expect("terms"))
+        .expect("term table");
+    ctx
+}
+
+/// Rows as text, in batch order; floats with 6 decimals so that AVG and SUM/COUNT compare.
+pub(crate) fn text_rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let Some(first) = batches.first() else {
+        return Vec::new();
+    };
+    let batch = concat_batches(&first.schema(), batches).expect("concat");
+    let mut out = vec![Vec::new(); batch.num_rows()];
+    for column in batch.columns() {
+        let text: StringArray = if column.data_type() == &DataType::Float64 {
+            let values = column.as_any().downcast_ref::<Float64Array>().expect("f64");
+            values
+                .iter()
+                .map(|v| v.map(|v| format!("{v:.6}")))
+                .collect()
+        } else {
+            cast(column, &DataType::Utf8)
+                .expect("text")
+                .as_string::<i32>()
+                .clone()
+        };
+        for (row, value) in out.iter_mut().enumerate() {
+            value.push(if text.is_null(row) {
+                "NULL".into()
+            } else {
+                text.value(row).to_string()
+            });
+        }
+    }
+    out
+}
