@@ -34,7 +34,7 @@ enum Command {
     /// Node operations on a hospital's machine.
     #[command(subcommand)]
     Node(commands::node::NodeCommand),
-    /// Run the showcase: synthetic hospitals, their stores, and what they hold.
+    /// Run the showcase: synthetic hospitals answer three research questions together.
     Demo(commands::demo::DemoArgs),
 }
 

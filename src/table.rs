@@ -18,3 +18,58 @@ pub(crate) fn new_table(header: &[&str], numeric: &[&str]) -> Table {
     }
     table
 }
+
+/// Arrow record batches as a terminal table; floats with up to 3 decimals.
+pub(crate) fn from_batches(batches: &[arrow::array::RecordBatch]) -> anyhow::Result<Table> {
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let Some(first) = batches.first() else {
+        return Ok(new_table(&["(no rows)"], &[]));
+    };
+    let schema = first.schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let numeric: Vec<&str> = schema
+        .fields()
+        .iter()
+        .filter(|f| f.data_type().is_numeric())
+        .map(|f| f.name().as_str())
+        .collect();
+    let mut table = new_table(&names, &numeric);
+    let options = FormatOptions::default().with_null("NULL");
+    for batch in batches {
+        let rounded: Vec<arrow::array::ArrayRef> = batch
+            .columns()
+            .iter()
+            .map(|c| match c.data_type() {
+                arrow::datatypes::DataType::Float64 => {
+                    let values = c.as_any().downcast_ref::<arrow::array::Float64Array>();
+                    values.map_or_else(
+                        || std::sync::Arc::clone(c),
+                        |v| {
+                            std::sync::Arc::new(arrow::compute::kernels::arity::unary::<
+                                _,
+                                _,
+                                arrow::datatypes::Float64Type,
+                            >(v, |x| {
+                                (x * 1000.0).round() / 1000.0
+                            })) as arrow::array::ArrayRef
+                        },
+                    )
+                }
+                _ => std::sync::Arc::clone(c),
+            })
+            .collect();
+        let formatters = rounded
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        for row in 0..batch.num_rows() {
+            table.add_row(
+                formatters
+                    .iter()
+                    .map(|f| f.value(row).to_string())
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+    Ok(table)
+}

@@ -271,3 +271,23 @@ fn node_audit_verify_names_the_first_bad_entry() {
         stderr(&broken)
     );
 }
+
+#[test]
+fn the_demo_answers_its_three_questions_from_every_site() {
+    let output = ern(&["demo", "--patients", "6000", "--seed", "4"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    for needle in [
+        "Question 1",
+        "Question 2",
+        "Question 3",
+        "hospital-1",
+        "hospital-3",
+        "answered",
+        "decade",
+        "gene_symbol",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    assert!(!text.contains("refused"), "{text}");
+}

@@ -163,7 +163,7 @@ const COMMON: &[Profile] = &[
 ];
 
 /// Share of patients whose disorder comes from the long tail.
-const TAIL_SHARE: f64 = 0.18;
+const TAIL_SHARE: f64 = 0.06;
 
 /// Zipf exponent of the tail.
 const TAIL_EXPONENT: f64 = 1.1;

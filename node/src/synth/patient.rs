@@ -66,8 +66,8 @@ pub(crate) fn generate(
     tables: &mut SiteTables,
 ) {
     let local_id = format!("S{site:02}-{number:07}");
-    // A quarter are children; adults centre on 48 years, spread over a century.
-    let age_years = if chance(rng, 0.22) {
+    // One in seven are children; adults centre on 48 years, spread over a century.
+    let age_years = if chance(rng, 0.15) {
         rng.random_range(0.0..18.0)
     } else {
         (48.0 + 18.0 * normal(rng)).clamp(0.0, 100.0)
