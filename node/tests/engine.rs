@@ -439,3 +439,32 @@ async fn a_broken_log_stops_the_node_from_opening() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn time_and_output_limits_refuse_with_rule_8() {
+    let fixture = fixture(3000);
+    let sql = "SELECT d.code, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON p.pid = d.pid GROUP BY d.code, p.sex";
+    let mut hurried = fixture.policy();
+    hurried.time_limit = std::time::Duration::from_micros(1);
+    let engine = NodeEngine::open(&fixture.store, hurried)
+        .await
+        .expect("open");
+    match engine.execute(&fixture.request(sql)).await {
+        Err(ExecuteError::Refused(refusal)) => {
+            assert_eq!(refusal.rule, Rule::ResourceLimits, "{refusal}")
+        }
+        other => panic!("expected a time-limit refusal, got {other:?}"),
+    }
+    let mut capped = fixture.policy();
+    capped.max_groups = 1;
+    let engine = NodeEngine::open(&fixture.store, capped)
+        .await
+        .expect("open");
+    match engine.execute(&fixture.request(sql)).await {
+        Err(ExecuteError::Refused(refusal)) => {
+            assert_eq!(refusal.rule, Rule::ResourceLimits);
+            assert!(refusal.to_string().contains("cap of 1"), "{refusal}");
+        }
+        other => panic!("expected an output-cap refusal, got {other:?}"),
+    }
+}
