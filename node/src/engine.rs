@@ -16,7 +16,7 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::SessionContext;
-use ern_queries::split::{self, HIDDEN_PATIENTS};
+use ern_queries::split;
 use ern_queries::{Refusal, Rule};
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -295,28 +295,40 @@ impl NodeEngine {
     }
 }
 
-/// Rule 6: drops every group with fewer than `k` distinct patients, then the hidden count.
+/// Rule 6: drops every group whose smallest hidden patient count is under `k`, then the
+/// hidden counts.
 fn suppress(batches: Vec<RecordBatch>, schema: SchemaRef, k: u64) -> Result<Released, String> {
     let mut released = Vec::with_capacity(batches.len());
     let (mut kept, mut dropped) = (0usize, 0usize);
     for batch in batches {
-        let hidden = batch
-            .schema()
-            .index_of(HIDDEN_PATIENTS)
-            .map_err(|e| e.to_string())?;
-        let patients = batch
-            .column(hidden)
-            .as_primitive_opt::<Int64Type>()
-            .ok_or("hidden count is not Int64")?;
-        let keep: arrow::array::BooleanArray = patients
+        let batch_schema = batch.schema();
+        let hidden: Vec<usize> = (0..batch.num_columns())
+            .filter(|&i| split::is_hidden(batch_schema.field(i).name()))
+            .collect();
+        if hidden.is_empty() {
+            return Err("the site plan has no hidden patient count".into());
+        }
+        let mut smallest = vec![i64::MAX; batch.num_rows()];
+        for &index in &hidden {
+            let counts = batch
+                .column(index)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or("a hidden count is not Int64")?;
+            for (row, count) in counts.iter().enumerate() {
+                smallest[row] = smallest[row].min(count.unwrap_or(0));
+            }
+        }
+        let keep: arrow::array::BooleanArray = smallest
             .iter()
-            .map(|count| Some(count.is_some_and(|c| c >= 0 && c as u64 >= k)))
+            .map(|&n| Some(n >= 0 && n as u64 >= k))
             .collect();
         let filtered = filter_record_batch(&batch, &keep).map_err(|e| e.to_string())?;
         kept += filtered.num_rows();
         dropped += batch.num_rows() - filtered.num_rows();
-        let mut filtered = filtered;
-        filtered.remove_column(hidden);
+        let visible: Vec<usize> = (0..batch.num_columns())
+            .filter(|i| !hidden.contains(i))
+            .collect();
+        let filtered = filtered.project(&visible).map_err(|e| e.to_string())?;
         if filtered.num_rows() > 0 {
             released.push(filtered);
         }

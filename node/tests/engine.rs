@@ -468,3 +468,89 @@ async fn time_and_output_limits_refuse_with_rule_8() {
         other => panic!("expected an output-cap refusal, got {other:?}"),
     }
 }
+
+/// Codes with 1 to 4 patients in the store (small cells an attacker would like to see).
+async fn rare_codes(store: &Path) -> Vec<String> {
+    let batches = plain_context(store)
+        .await
+        .sql("SELECT code FROM diagnosis GROUP BY code HAVING COUNT(DISTINCT pid) BETWEEN 1 AND 4 ORDER BY code")
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    text_rows(&batches)
+        .into_iter()
+        .map(|mut row| row.remove(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_cross_join_cannot_borrow_patients_to_reach_k() {
+    let fixture = fixture(3000);
+    let engine = fixture.engine().await;
+    let rare = rare_codes(&fixture.store).await;
+    assert!(!rare.is_empty(), "the fixture should have rare codes");
+    // Every group holds all patients of p, but only the code's own patients of d.
+    let sql =
+        "SELECT d.code, COUNT(DISTINCT d.pid) AS n FROM patient p, diagnosis d GROUP BY d.code";
+    let released = engine.execute(&fixture.request(sql)).await.expect("ran");
+    for row in text_rows(&released.batches) {
+        assert!(
+            !rare.contains(&row[0]),
+            "{} with {} patients was released",
+            row[0],
+            row[1]
+        );
+        assert!(row[1].parse::<i64>().expect("count") >= 5, "{row:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_outer_join_cannot_release_one_patients_value() {
+    let fixture = fixture(3000);
+    let engine = fixture.engine().await;
+    let rare = rare_codes(&fixture.store).await;
+    for code in rare.iter().take(3) {
+        // Thousands of patients per sex, but only a handful with the rare code's onset age.
+        let sql = format!(
+            "SELECT p.sex, AVG(d.age_at_diagnosis) AS mean_age, COUNT(*) AS n FROM patient p LEFT JOIN diagnosis d ON p.pid = d.pid AND d.code = '{code}' GROUP BY p.sex"
+        );
+        let released = engine.execute(&fixture.request(&sql)).await.expect("ran");
+        assert_eq!(
+            released.groups_released,
+            0,
+            "{sql} released {:?}",
+            text_rows(&released.batches)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_sum_needs_k_patients_with_a_value() {
+    let fixture = fixture(3000);
+    let engine = fixture.engine().await;
+    let sql = "SELECT d.code, SUM(d.age_at_onset) AS total FROM diagnosis d GROUP BY d.code";
+    let released = engine.execute(&fixture.request(sql)).await.expect("ran");
+    let with_values = plain_context(&fixture.store)
+        .await
+        .sql("SELECT code, COUNT(DISTINCT pid) AS n FROM diagnosis WHERE age_at_onset IS NOT NULL GROUP BY code")
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    let counts: std::collections::HashMap<String, i64> = text_rows(&with_values)
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].parse().expect("n")))
+        .collect();
+    assert!(released.groups_released > 0);
+    for row in text_rows(&released.batches) {
+        let n = counts.get(&row[0]).copied().unwrap_or(0);
+        assert!(
+            n >= 5,
+            "{} released a sum over {n} patients with a value",
+            row[0]
+        );
+    }
+}

@@ -17,14 +17,19 @@ use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::error::DataFusionError;
 use datafusion::functions_aggregate::expr_fn::{count, count_distinct, sum};
 use datafusion::logical_expr::expr::AggregateFunction;
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast, col};
+use datafusion::logical_expr::{Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, cast, col};
 use datafusion::prelude::SessionContext;
 
 use crate::catalog::session_config;
 use crate::validate::{AggregateKind, Barrier, ValidatedQuery};
 
-/// Name of the hidden per-group patient count in a site plan's output.
+/// Prefix of the hidden per-group patient counts in a site plan's output.
 pub const HIDDEN_PATIENTS: &str = "__patients";
+
+/// True for a hidden patient-count column of a site plan.
+pub fn is_hidden(name: &str) -> bool {
+    name.starts_with(HIDDEN_PATIENTS)
+}
 
 /// Errors of splitting or merging (internal: a validated query always splits).
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +72,49 @@ fn partials(kind: &AggregateKind, expr: &Expr) -> Vec<Expr> {
     }
 }
 
-/// The per-site plan: group keys `__g0…`, partials `__p0…`, and the hidden
-/// [`HIDDEN_PATIENTS`] count, in that order.
+/// The hidden patient counts of a group; the node releases a group only when the smallest
+/// is at least k.
+///
+/// - `COUNT(DISTINCT pid)` for every class of pid columns in the input: after an outer or
+///   cross join, different pid columns hold different patients, and each must reach k.
+/// - For every released aggregate over an argument (`COUNT(x)`, `SUM(x)`, `AVG(x)`), the
+///   patients for whom the argument is not null: a sum over a group of a thousand
+///   patients of whom one has a value is that one patient's value.
+fn hidden_counts(barrier: &Barrier) -> Result<Vec<Expr>, SplitError> {
+    let mut counts: Vec<Expr> = barrier
+        .pids
+        .iter()
+        .map(|pid| count_distinct(Expr::Column(pid.clone())))
+        .collect();
+    for aggregate in &barrier.aggregates {
+        let Expr::AggregateFunction(AggregateFunction { params, .. }) = &aggregate.expr else {
+            continue;
+        };
+        let Some(argument) = params.args.first() else {
+            continue;
+        };
+        let counts_everyone = matches!(argument, Expr::Literal(..))
+            || matches!(argument, Expr::Column(c) if barrier.pids.contains(c));
+        if counts_everyone {
+            continue;
+        }
+        for pid in &barrier.pids {
+            counts.push(
+                count_distinct(Expr::Column(pid.clone()))
+                    .filter(argument.clone().is_not_null())
+                    .build()?,
+            );
+        }
+    }
+    Ok(counts
+        .into_iter()
+        .enumerate()
+        .map(|(i, count)| count.alias(format!("{HIDDEN_PATIENTS}_{i}")))
+        .collect())
+}
+
+/// The per-site plan: group keys `__g0…`, partials `__p0…`, and the hidden patient
+/// counts `__patients_0…` (see [`hidden_counts`]), in that order.
 pub fn site_plan(barrier: &Barrier) -> Result<LogicalPlan, SplitError> {
     let mut aggregates: Vec<Expr> = barrier
         .aggregates
@@ -77,7 +123,7 @@ pub fn site_plan(barrier: &Barrier) -> Result<LogicalPlan, SplitError> {
         .enumerate()
         .map(|(j, partial)| partial.alias(partial_name(j)))
         .collect();
-    aggregates.push(count_distinct(Expr::Column(barrier.pid.clone())).alias(HIDDEN_PATIENTS));
+    aggregates.extend(hidden_counts(barrier)?);
     let aggregated = LogicalPlanBuilder::from(barrier.input.as_ref().clone())
         .aggregate(barrier.group_exprs.clone(), aggregates)?
         .build()?;
@@ -100,14 +146,14 @@ pub fn site_plan(barrier: &Barrier) -> Result<LogicalPlan, SplitError> {
         .build()?)
 }
 
-/// The schema of what a node releases: the site plan's output without the hidden count.
+/// The schema of what a node releases: the site plan's output without the hidden counts.
 pub fn released_schema(barrier: &Barrier) -> Result<SchemaRef, SplitError> {
     let plan = site_plan(barrier)?;
     let arrow_schema = plan.schema().as_arrow();
     let fields: Vec<_> = arrow_schema
         .fields()
         .iter()
-        .filter(|f| f.name() != HIDDEN_PATIENTS)
+        .filter(|f| !is_hidden(f.name()))
         .cloned()
         .collect();
     Ok(Arc::new(Schema::new(fields)))

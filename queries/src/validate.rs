@@ -6,7 +6,7 @@
 //! allowlists; anything unknown is refused. `pid` columns are tracked through aliases,
 //! projections, joins and per-patient groupings, so renaming `pid` does not hide it.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::datatypes::DataType;
@@ -60,8 +60,9 @@ pub struct Barrier {
     pub aggregates: Vec<BarrierAggregate>,
     /// The barrier's output schema (group columns, then aggregates).
     pub schema: DFSchemaRef,
-    /// The pid column of the input that the hidden patient count counts.
-    pub pid: Column,
+    /// One pid column per class of the input's pid columns (columns of one class are
+    /// equal on every row). Each gets a hidden patient count; the smallest decides k.
+    pub pids: Vec<Column>,
 }
 
 /// What a steward sees of a query before approving it.
@@ -222,8 +223,71 @@ fn planning_refusal(error: datafusion::error::DataFusionError) -> Refusal {
     }
 }
 
-/// The pid columns a plan node outputs.
-type PidSet = HashSet<Column>;
+/// The pid columns a plan node outputs, in classes of columns known to be equal on every
+/// row (joined by an inner equi-join on pid). Different classes may hold different
+/// patients on one row (outer or cross joins), so each class is counted on its own.
+#[derive(Debug, Clone, Default)]
+struct PidSet {
+    classes: Vec<Vec<Column>>,
+}
+
+impl PidSet {
+    fn contains(&self, column: &Column) -> bool {
+        self.classes.iter().any(|class| class.contains(column))
+    }
+
+    fn columns(&self) -> impl Iterator<Item = &Column> {
+        self.classes.iter().flatten()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.classes.is_empty()
+    }
+
+    fn union(&self, other: &PidSet) -> PidSet {
+        PidSet {
+            classes: self.classes.iter().chain(&other.classes).cloned().collect(),
+        }
+    }
+
+    fn class_of(&self, column: &Column) -> Option<usize> {
+        self.classes.iter().position(|class| class.contains(column))
+    }
+
+    /// Records that two pid columns are equal on every row.
+    fn merge(&mut self, a: &Column, b: &Column) {
+        if let (Some(i), Some(j)) = (self.class_of(a), self.class_of(b))
+            && i != j
+        {
+            let moved = self.classes.remove(i.max(j));
+            self.classes[i.min(j)].extend(moved);
+        }
+    }
+
+    /// The pid columns of a node's output, given which input column each output is.
+    fn project(&self, pairs: &[(Column, Column)]) -> PidSet {
+        let mut classes = Vec::new();
+        for class in &self.classes {
+            let outputs: Vec<Column> = pairs
+                .iter()
+                .filter(|(input, _)| class.contains(input))
+                .map(|(_, output)| output.clone())
+                .collect();
+            if !outputs.is_empty() {
+                classes.push(outputs);
+            }
+        }
+        PidSet { classes }
+    }
+
+    /// One column per class: what the hidden patient counts count.
+    fn representatives(&self) -> Vec<Column> {
+        self.classes
+            .iter()
+            .filter_map(|class| class.first().cloned())
+            .collect()
+    }
+}
 
 fn is_pid(column: &Column, pids: &PidSet) -> bool {
     // Any column named pid counts too, whatever its source: renaming is tracked, and a
@@ -231,7 +295,7 @@ fn is_pid(column: &Column, pids: &PidSet) -> bool {
     column.name == "pid"
         || pids.contains(column)
         || pids
-            .iter()
+            .columns()
             .any(|p| p.relation.is_none() && p.name == column.name)
 }
 
@@ -393,21 +457,22 @@ fn check_barrier(aggregate: &Aggregate, report: &mut ValidationReport) -> Result
             expr: unalias(expr).clone(),
         });
     }
-    let pid = first_pid(schema, &pids).ok_or_else(|| {
-        Refusal::new(Rule::AggregationBarrier, "the aggregation", "does not count patients: no pid reaches it")
-            .hint("read a patient table (patient, diagnosis, genetic_finding, phenotype) and keep its pid in any subquery")
-    })?;
+    let pids = pids.representatives();
+    if pids.is_empty() {
+        return Err(Refusal::new(Rule::AggregationBarrier, "the aggregation", "does not count patients: no pid reaches it")
+            .hint("read a patient table (patient, diagnosis, genetic_finding, phenotype) and keep its pid in any subquery"));
+    }
     Ok(Barrier {
         input: Arc::clone(input),
         group_exprs: aggregate.group_expr.clone(),
         aggregates,
         schema: Arc::clone(&aggregate.schema),
-        pid,
+        pids,
     })
 }
 
-fn first_pid(schema: &DFSchema, pids: &PidSet) -> Option<Column> {
-    schema.columns().into_iter().find(|c| is_pid(c, pids))
+fn has_pid(schema: &DFSchema, pids: &PidSet) -> bool {
+    schema.columns().iter().any(|c| is_pid(c, pids))
 }
 
 fn check_barrier_aggregate(
@@ -547,12 +612,14 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<PidS
                 ));
             }
             report.tables.insert(table.to_string());
-            Ok(scan
+            let classes = scan
                 .projected_schema
                 .columns()
                 .into_iter()
                 .filter(|c| c.name == "pid")
-                .collect())
+                .map(|c| vec![c])
+                .collect();
+            Ok(PidSet { classes })
         }
         LogicalPlan::SubqueryAlias(alias) => {
             let inner = check_below(&alias.input, report)?;
@@ -561,20 +628,22 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<PidS
         LogicalPlan::Projection(projection) => {
             let inner = check_below(&projection.input, report)?;
             let input_schema = projection.input.schema();
-            let mut pids = PidSet::new();
+            let mut pairs = Vec::new();
             for (index, expr) in projection.expr.iter().enumerate() {
-                if as_pid_column(expr, &inner).is_some() {
+                if let Some(input) = as_pid_column(expr, &inner) {
                     let (qualifier, field) = projection.schema.qualified_field(index);
-                    pids.insert(Column::new(qualifier.cloned(), field.name()));
+                    pairs.push((input.clone(), Column::new(qualifier.cloned(), field.name())));
                     continue;
                 }
                 check_scalar(expr, &inner, input_schema, Place::Below)?;
             }
-            Ok(pids)
+            Ok(inner.project(&pairs))
         }
         LogicalPlan::Filter(filter) => {
-            let inner = check_below(&filter.input, report)?;
-            check_predicate(&filter.predicate, &inner, filter.input.schema())?;
+            let mut inner = check_below(&filter.input, report)?;
+            for (a, b) in check_predicate(&filter.predicate, &inner, filter.input.schema())? {
+                inner.merge(&a, &b);
+            }
             Ok(inner)
         }
         LogicalPlan::Join(join) => {
@@ -587,7 +656,8 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<PidS
             }
             let left = check_below(&join.left, report)?;
             let right = check_below(&join.right, report)?;
-            let mut pids: PidSet = left.union(&right).cloned().collect();
+            let mut pids = left.union(&right);
+            let mut equal = Vec::new();
             for (l, r) in &join.on {
                 let (lp, rp) = (
                     as_pid_column(l, &pids).is_some(),
@@ -600,22 +670,31 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<PidS
                         "pid may be joined only to another pid",
                     ));
                 }
-                if !lp {
+                if lp {
+                    if let (Some(a), Some(b)) = (as_pid_column(l, &pids), as_pid_column(r, &pids)) {
+                        equal.push((a.clone(), b.clone()));
+                    }
+                } else {
                     check_scalar(l, &pids, join.left.schema(), Place::Below)?;
                     check_scalar(r, &pids, join.right.schema(), Place::Below)?;
                 }
             }
             if let Some(filter) = &join.filter {
-                check_predicate(filter, &pids, &join.schema)?;
+                equal.extend(check_predicate(filter, &pids, &join.schema)?);
             }
-            pids.retain(|c| join.schema.has_column(c));
+            // Only an inner join makes both sides' pids equal on every output row.
+            if join.join_type == JoinType::Inner {
+                for (a, b) in &equal {
+                    pids.merge(a, b);
+                }
+            }
             Ok(pids)
         }
         LogicalPlan::Aggregate(aggregate) => check_per_patient(aggregate, report),
         LogicalPlan::Distinct(distinct) => {
             let input = distinct.input();
             let inner = check_below(input, report)?;
-            if first_pid(input.schema(), &inner).is_none() {
+            if !has_pid(input.schema(), &inner) {
                 return Err(Refusal::new(
                     Rule::AggregationBarrier,
                     "DISTINCT",
@@ -630,14 +709,13 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<PidS
 
 /// Output pid columns of an alias node: same names, new qualifier.
 fn requalify(inner: &PidSet, input: &LogicalPlan, schema: &DFSchema) -> PidSet {
-    let input_columns = input.schema().columns();
-    let output_columns = schema.columns();
-    input_columns
-        .iter()
-        .zip(output_columns)
-        .filter(|(i, _)| is_pid(i, inner))
-        .map(|(_, o)| o)
-        .collect()
+    let pairs: Vec<(Column, Column)> = input
+        .schema()
+        .columns()
+        .into_iter()
+        .zip(schema.columns())
+        .collect();
+    inner.project(&pairs)
 }
 
 /// Rule 2 below the barrier: an inner aggregation must be per patient.
@@ -647,7 +725,7 @@ fn check_per_patient(
 ) -> Result<PidSet, Refusal> {
     let inner = check_below(&aggregate.input, report)?;
     let schema = aggregate.input.schema();
-    let mut pids = PidSet::new();
+    let mut pairs = Vec::new();
     for (index, group) in aggregate.group_expr.iter().enumerate() {
         if let Expr::GroupingSet(_) = group {
             return Err(Refusal::new(
@@ -656,13 +734,14 @@ fn check_per_patient(
                 "ROLLUP, CUBE and GROUPING SETS are not allowed",
             ));
         }
-        if as_pid_column(group, &inner).is_some() {
+        if let Some(input) = as_pid_column(group, &inner) {
             let (qualifier, field) = aggregate.schema.qualified_field(index);
-            pids.insert(Column::new(qualifier.cloned(), field.name()));
+            pairs.push((input.clone(), Column::new(qualifier.cloned(), field.name())));
         } else {
             check_scalar(group, &inner, schema, Place::Below)?;
         }
     }
+    let pids = inner.project(&pairs);
     if pids.is_empty() {
         let part = aggregate
             .group_expr
@@ -716,25 +795,27 @@ fn check_per_patient(
 
 /// A WHERE or join predicate: its conjuncts may equate two pid columns (an equi-join
 /// written in WHERE); otherwise pid may not appear.
-fn check_predicate(predicate: &Expr, pids: &PidSet, schema: &DFSchema) -> Result<(), Refusal> {
+/// Returns the pid equalities among the predicate's conjuncts.
+fn check_predicate(
+    predicate: &Expr,
+    pids: &PidSet,
+    schema: &DFSchema,
+) -> Result<Vec<(Column, Column)>, Refusal> {
+    let mut equal = Vec::new();
     for conjunct in conjuncts(predicate) {
         if let Expr::BinaryExpr(BinaryExpr {
             left,
             op: Operator::Eq,
             right,
         }) = conjunct
+            && let (Some(a), Some(b)) = (as_pid_column(left, pids), as_pid_column(right, pids))
         {
-            let (lp, rp) = (
-                as_pid_column(left, pids).is_some(),
-                as_pid_column(right, pids).is_some(),
-            );
-            if lp && rp {
-                continue;
-            }
+            equal.push((a.clone(), b.clone()));
+            continue;
         }
         check_scalar(conjunct, pids, schema, Place::Below)?;
     }
-    Ok(())
+    Ok(equal)
 }
 
 fn conjuncts(expr: &Expr) -> Vec<&Expr> {
@@ -762,7 +843,7 @@ enum Place {
 }
 
 fn check_above(expr: &Expr) -> Result<(), Refusal> {
-    check_scalar(expr, &PidSet::new(), &DFSchema::empty(), Place::Above)
+    check_scalar(expr, &PidSet::default(), &DFSchema::empty(), Place::Above)
 }
 
 fn is_text(data_type: &DataType) -> bool {
