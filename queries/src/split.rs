@@ -80,21 +80,43 @@ fn partials(kind: &AggregateKind, expr: &Expr) -> Vec<Expr> {
 /// - For every released aggregate over an argument (`COUNT(x)`, `SUM(x)`, `AVG(x)`), the
 ///   patients for whom the argument is not null: a sum over a group of a thousand
 ///   patients of whom one has a value is that one patient's value.
-fn hidden_counts(barrier: &Barrier) -> Result<Vec<Expr>, SplitError> {
-    let mut counts: Vec<Expr> = barrier
-        .pids
-        .iter()
-        .map(|pid| count_distinct(Expr::Column(pid.clone())))
-        .collect();
+///
+/// A class count that a released `COUNT(DISTINCT pid)` already computes is not computed
+/// twice: it is returned as the index of that partial.
+fn hidden_counts(barrier: &Barrier) -> Result<(Vec<Expr>, Vec<usize>), SplitError> {
+    // Where each aggregate's first partial sits.
+    let mut offsets = Vec::with_capacity(barrier.aggregates.len());
+    let mut offset = 0;
     for aggregate in &barrier.aggregates {
-        let Expr::AggregateFunction(AggregateFunction { params, .. }) = &aggregate.expr else {
-            continue;
+        offsets.push(offset);
+        offset += if aggregate.kind == AggregateKind::Avg {
+            2
+        } else {
+            1
         };
-        let Some(argument) = params.args.first() else {
+    }
+    let argument_of = |expr: &Expr| match expr {
+        Expr::AggregateFunction(AggregateFunction { params, .. }) => params.args.first().cloned(),
+        _ => None,
+    };
+    let mut counts = Vec::new();
+    let mut copies = Vec::new();
+    for pid in &barrier.pids {
+        let released = barrier.aggregates.iter().zip(&offsets).find(|(a, _)| {
+            a.kind == AggregateKind::CountDistinctPid
+                && matches!(argument_of(&a.expr), Some(Expr::Column(c)) if &c == pid)
+        });
+        match released {
+            Some((_, &partial)) => copies.push(partial),
+            None => counts.push(count_distinct(Expr::Column(pid.clone()))),
+        }
+    }
+    for aggregate in &barrier.aggregates {
+        let Some(argument) = argument_of(&aggregate.expr) else {
             continue;
         };
         let counts_everyone = matches!(argument, Expr::Literal(..))
-            || matches!(argument, Expr::Column(c) if barrier.pids.contains(c));
+            || matches!(&argument, Expr::Column(c) if barrier.pids.contains(c));
         if counts_everyone {
             continue;
         }
@@ -106,15 +128,16 @@ fn hidden_counts(barrier: &Barrier) -> Result<Vec<Expr>, SplitError> {
             );
         }
     }
-    Ok(counts
+    let counts = counts
         .into_iter()
         .enumerate()
         .map(|(i, count)| count.alias(format!("{HIDDEN_PATIENTS}_{i}")))
-        .collect())
+        .collect();
+    Ok((counts, copies))
 }
 
 /// The per-site plan: group keys `__g0…`, partials `__p0…`, and the hidden patient
-/// counts `__patients_0…` (see [`hidden_counts`]), in that order.
+/// counts `__patients_…` (see [`hidden_counts`]), in that order.
 pub fn site_plan(barrier: &Barrier) -> Result<LogicalPlan, SplitError> {
     let mut aggregates: Vec<Expr> = barrier
         .aggregates
@@ -123,12 +146,13 @@ pub fn site_plan(barrier: &Barrier) -> Result<LogicalPlan, SplitError> {
         .enumerate()
         .map(|(j, partial)| partial.alias(partial_name(j)))
         .collect();
-    aggregates.extend(hidden_counts(barrier)?);
+    let (hidden, copies) = hidden_counts(barrier)?;
+    aggregates.extend(hidden);
     let aggregated = LogicalPlanBuilder::from(barrier.input.as_ref().clone())
         .aggregate(barrier.group_exprs.clone(), aggregates)?
         .build()?;
     let groups = barrier.group_exprs.len();
-    let renamed: Vec<Expr> = aggregated
+    let mut renamed: Vec<Expr> = aggregated
         .schema()
         .columns()
         .into_iter()
@@ -141,6 +165,12 @@ pub fn site_plan(barrier: &Barrier) -> Result<LogicalPlan, SplitError> {
             }
         })
         .collect();
+    for (i, partial) in copies.into_iter().enumerate() {
+        renamed.push(
+            col(Column::from_name(partial_name(partial)))
+                .alias(format!("{HIDDEN_PATIENTS}_copy_{i}")),
+        );
+    }
     Ok(LogicalPlanBuilder::from(aggregated)
         .project(renamed)?
         .build()?)

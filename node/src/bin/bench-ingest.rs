@@ -74,18 +74,24 @@ fn main() -> BenchResult<()> {
         baseline(export, &work.path().join(format!("baseline-{run}")))?;
         base_times.push(t.elapsed());
         let t = Instant::now();
-        ingest(
+        let report = ingest(
             export,
             &key,
             &work.path().join(format!("store-{run}")),
             &NoProgress,
         )?;
         ingest_times.push(t.elapsed());
+        let stages: Vec<String> = report
+            .stages
+            .iter()
+            .map(|(name, d)| format!("{name} {:.3}", d.as_secs_f64()))
+            .collect();
         println!(
-            "run {}: baseline {:.3} s, ingest {:.3} s",
+            "run {}: baseline {:.3} s, ingest {:.3} s ({})",
             run + 1,
             base_times[run].as_secs_f64(),
-            ingest_times[run].as_secs_f64()
+            ingest_times[run].as_secs_f64(),
+            stages.join(", ")
         );
     }
     let (base, ours) = (

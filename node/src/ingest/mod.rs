@@ -36,6 +36,8 @@ pub struct IngestReport {
     pub bytes_read: u64,
     /// Wall-clock time of the whole ingest.
     pub elapsed: Duration,
+    /// Wall-clock time of each stage: read, check, pseudonymise, write.
+    pub stages: Vec<(&'static str, Duration)>,
 }
 
 /// Rows of one table through ingest.
@@ -65,13 +67,39 @@ pub fn ingest(
             std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
         ));
     }
+    let mut stages = Vec::with_capacity(4);
+    let mut stage_started = Instant::now();
+    let mut lap = |name: &'static str, stages: &mut Vec<(&'static str, Duration)>| {
+        stages.push((name, stage_started.elapsed()));
+        stage_started = Instant::now();
+    };
     progress.stage("reading export", ExportFile::ALL.len() as u64);
     let mut errors = RowErrors::default();
+    // Each file's structural scan is single-threaded: scan them side by side.
+    let read: Vec<(Result<Option<RawFile>, IngestError>, RowErrors)> =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = ExportFile::ALL
+                .iter()
+                .map(|&file| {
+                    scope.spawn(move || {
+                        let mut file_errors = RowErrors::default();
+                        let raw = read_export_file(input, file, &mut file_errors);
+                        (raw, file_errors)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
     let mut raw_files = Vec::with_capacity(ExportFile::ALL.len());
-    for file in ExportFile::ALL {
-        let raw =
-            read_export_file(input, file, &mut errors)?.unwrap_or_else(|| RawFile::absent(file));
-        raw_files.push(raw);
+    for ((raw, file_errors), file) in read.into_iter().zip(ExportFile::ALL) {
+        errors.absorb(file_errors);
+        raw_files.push(raw?.unwrap_or_else(|| RawFile::absent(file)));
         progress.advance(1);
     }
     let [patients_raw, diagnosis_raw, genetic_raw, phenotype_raw] =
@@ -80,22 +108,48 @@ pub fn ingest(
             message: "export files".into(),
         })?;
 
+    lap("read", &mut stages);
     let total_rows = [&patients_raw, &diagnosis_raw, &genetic_raw, &phenotype_raw]
         .iter()
         .map(|r| r.rows() as u64)
         .sum();
     progress.stage("checking rows", total_rows);
-    validate::check_cells(&patients_raw, &mut errors);
-    validate::check_patient_rules(&patients_raw, &mut errors);
-    let index = validate::PatientIndex::build(&patients_raw, &mut errors);
-    progress.advance(patients_raw.rows() as u64);
     let dependents = [&diagnosis_raw, &genetic_raw, &phenotype_raw];
+    let join = |handle: std::thread::ScopedJoinHandle<'_, RowErrors>| {
+        handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    };
+    // Cell formats need no other file: check all files while patient.csv is indexed.
+    let index = std::thread::scope(|scope| {
+        let patient_cells = scope.spawn(|| {
+            let mut cell_errors = RowErrors::default();
+            validate::check_cells(&patients_raw, &mut cell_errors);
+            validate::check_patient_rules(&patients_raw, &mut cell_errors);
+            cell_errors
+        });
+        let dependent_cells: Vec<_> = dependents
+            .iter()
+            .map(|raw| scope.spawn(move || validate::check_dependent_cells(raw)))
+            .collect();
+        let index = validate::PatientIndex::build(&patients_raw, &mut errors);
+        errors.absorb(join(patient_cells));
+        for cells in dependent_cells {
+            errors.absorb(join(cells));
+        }
+        index
+    });
+    progress.advance(patients_raw.rows() as u64);
+    let index_ref = &index;
     let checked: Vec<(RowErrors, Vec<Option<u32>>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = dependents
             .iter()
             .map(|raw| {
-                let index = &index;
-                scope.spawn(move || validate::check_dependent_file(raw, index))
+                scope.spawn(move || {
+                    let mut reference_errors = RowErrors::default();
+                    let rows = validate::resolve_patients(raw, index_ref, &mut reference_errors);
+                    (reference_errors, rows)
+                })
             })
             .collect();
         handles
@@ -107,12 +161,13 @@ pub fn ingest(
             .collect()
     });
     let mut resolved = Vec::with_capacity(checked.len());
-    for ((file_errors, rows), raw) in checked.into_iter().zip(dependents) {
-        errors.absorb(file_errors);
+    for ((reference_errors, rows), raw) in checked.into_iter().zip(dependents) {
+        errors.absorb(reference_errors);
         progress.advance(raw.rows() as u64);
         resolved.push(rows);
     }
     errors.into_result()?;
+    lap("check", &mut stages);
 
     progress.stage("pseudonymising", 4);
     let write_error = |table| {
@@ -124,15 +179,23 @@ pub fn ingest(
     let patients =
         transform::patient_table(&patients_raw, &index, key).map_err(write_error("patient"))?;
     progress.advance(1);
-    let diagnosis = transform::diagnosis_table(&diagnosis_raw, &resolved[0], &patients)
-        .map_err(write_error("diagnosis"))?;
-    progress.advance(1);
-    let genetic = transform::genetic_finding_table(&genetic_raw, &resolved[1], &patients)
-        .map_err(write_error("genetic_finding"))?;
-    progress.advance(1);
-    let phenotype = transform::phenotype_table(&phenotype_raw, &resolved[2], &patients)
-        .map_err(write_error("phenotype"))?;
-    progress.advance(1);
+    let (diagnosis, genetic, phenotype) = std::thread::scope(|scope| {
+        let patients = &patients;
+        let diagnosis =
+            scope.spawn(|| transform::diagnosis_table(&diagnosis_raw, &resolved[0], patients));
+        let genetic =
+            scope.spawn(|| transform::genetic_finding_table(&genetic_raw, &resolved[1], patients));
+        let phenotype = transform::phenotype_table(&phenotype_raw, &resolved[2], patients);
+        let join = |h: std::thread::ScopedJoinHandle<'_, _>| {
+            h.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        };
+        (join(diagnosis), join(genetic), phenotype)
+    });
+    let diagnosis = diagnosis.map_err(write_error("diagnosis"))?;
+    let genetic = genetic.map_err(write_error("genetic_finding"))?;
+    let phenotype = phenotype.map_err(write_error("phenotype"))?;
+    progress.advance(3);
 
     let tables: [(&'static str, RecordBatch); 4] = [
         ("patient", patients.batch),
@@ -140,9 +203,11 @@ pub fn ingest(
         ("genetic_finding", genetic),
         ("phenotype", phenotype),
     ];
+    lap("pseudonymise", &mut stages);
     progress.stage("writing store", 1);
     store::replace_tables(out, &tables)?;
     progress.advance(1);
+    lap("write", &mut stages);
     progress.finish();
 
     let raws = [&patients_raw, &diagnosis_raw, &genetic_raw, &phenotype_raw];
@@ -160,6 +225,7 @@ pub fn ingest(
             .collect(),
         bytes_read: raws.iter().map(|r| r.bytes).sum(),
         elapsed: started.elapsed(),
+        stages,
     };
     tracing::info!(
         patients = report.patients_read,

@@ -168,18 +168,15 @@ pub(crate) fn resolve_patients(
     resolved
 }
 
-/// Runs every rule of one dependent file (diagnosis, genetic finding, phenotype).
-pub(crate) fn check_dependent_file(
-    raw: &RawFile,
-    index: &PatientIndex<'_>,
-) -> (RowErrors, Vec<Option<u32>>) {
+/// The cell rules of one dependent file (diagnosis, genetic finding, phenotype); its
+/// references to patient.csv are checked by [`resolve_patients`].
+pub(crate) fn check_dependent_cells(raw: &RawFile) -> RowErrors {
     let mut errors = RowErrors::default();
     check_cells(raw, &mut errors);
     if raw.file == ExportFile::Diagnosis {
         check_diagnosis_rules(raw, &mut errors);
     }
-    let resolved = resolve_patients(raw, index, &mut errors);
-    (errors, resolved)
+    errors
 }
 
 /// Birth year and month of a valid `birth_date` cell.
