@@ -37,6 +37,7 @@ pub mod session;
 pub mod steward_key;
 pub mod store;
 pub mod synth;
+mod threads;
 
 /// The Arrow schemas of the store, shared with the query side.
 pub use ern_queries::schema;

@@ -22,6 +22,7 @@ use crate::export::ExportFile;
 use crate::progress::Progress;
 use crate::pseudonym::Pseudonymiser;
 use crate::store;
+use crate::threads::join;
 
 /// What one ingest read, left out and wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,13 +89,7 @@ pub fn ingest(
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
+            handles.into_iter().map(join).collect()
         });
     let mut raw_files = Vec::with_capacity(ExportFile::ALL.len());
     for ((raw, file_errors), file) in read.into_iter().zip(ExportFile::ALL) {
@@ -115,11 +110,6 @@ pub fn ingest(
         .sum();
     progress.stage("checking rows", total_rows);
     let dependents = [&diagnosis_raw, &genetic_raw, &phenotype_raw];
-    let join = |handle: std::thread::ScopedJoinHandle<'_, RowErrors>| {
-        handle
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    };
     // Cell formats need no other file: check all files while patient.csv is indexed.
     let index = std::thread::scope(|scope| {
         let patient_cells = scope.spawn(|| {
@@ -152,13 +142,7 @@ pub fn ingest(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
+        handles.into_iter().map(join).collect()
     });
     let mut resolved = Vec::with_capacity(checked.len());
     for ((reference_errors, rows), raw) in checked.into_iter().zip(dependents) {
@@ -186,10 +170,6 @@ pub fn ingest(
         let genetic =
             scope.spawn(|| transform::genetic_finding_table(&genetic_raw, &resolved[1], patients));
         let phenotype = transform::phenotype_table(&phenotype_raw, &resolved[2], patients);
-        let join = |h: std::thread::ScopedJoinHandle<'_, _>| {
-            h.join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        };
         (join(diagnosis), join(genetic), phenotype)
     });
     let diagnosis = diagnosis.map_err(write_error("diagnosis"))?;

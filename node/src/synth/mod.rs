@@ -149,13 +149,7 @@ pub fn synthesize(
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
+            handles.into_iter().map(crate::threads::join).collect()
         });
         for result in results {
             summaries.push(result?);
