@@ -3,10 +3,14 @@
 //! # Layout
 //! - `commands`: one module per subcommand, each turning arguments into calls on the
 //!   library crates and their results into terminal output.
+//! - `client`: connecting to a coordinator with a token.
+//! - `output`: result tables as table, CSV, JSON, Parquet or Arrow.
 //! - `progress_bar`: indicatif bars for the libraries' progress reports.
 //! - `table`: how tables print.
 
+mod client;
 mod commands;
+mod output;
 mod progress_bar;
 mod table;
 
@@ -34,7 +38,25 @@ enum Command {
     /// Node operations on a hospital's machine.
     #[command(subcommand)]
     Node(commands::node::NodeCommand),
-    /// Run the showcase: synthetic hospitals answer three research questions together.
+    /// The coordinator: serve the network, enrol the first users.
+    #[command(subcommand)]
+    Coordinator(commands::coordinator::CoordinatorCommand),
+    /// Submit a question to the network (researcher).
+    Submit(commands::researcher::SubmitArgs),
+    /// Where a question stands, site by site (researcher).
+    Status(commands::researcher::QueryIdArgs),
+    /// The merged table of a finished question (researcher).
+    Results(commands::researcher::ResultsArgs),
+    /// Your questions (researcher).
+    List(commands::researcher::ListArgs),
+    /// Review, approve or reject the questions for your site (data steward).
+    #[command(subcommand)]
+    Steward(commands::steward::StewardCommand),
+    /// Nodes, users and the audit trail (registry operator).
+    #[command(subcommand)]
+    Operator(commands::operator::OperatorCommand),
+    /// Run the showcase: a coordinator and synthetic hospitals answer research questions
+    /// together over gRPC on loopback.
     Demo(commands::demo::DemoArgs),
 }
 
@@ -52,6 +74,13 @@ fn main() -> std::process::ExitCode {
         Command::Ingest(args) => commands::ingest::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Node(command) => commands::node::run(command),
+        Command::Coordinator(command) => commands::coordinator::run(command),
+        Command::Submit(args) => commands::researcher::submit(args),
+        Command::Status(args) => commands::researcher::status(args),
+        Command::Results(args) => commands::researcher::results(args),
+        Command::List(args) => commands::researcher::list(args),
+        Command::Steward(command) => commands::steward::run(command),
+        Command::Operator(command) => commands::operator::run(command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

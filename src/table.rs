@@ -19,13 +19,12 @@ pub(crate) fn new_table(header: &[&str], numeric: &[&str]) -> Table {
     table
 }
 
-/// Arrow record batches as a terminal table; floats with up to 3 decimals.
-pub(crate) fn from_batches(batches: &[arrow::array::RecordBatch]) -> anyhow::Result<Table> {
+/// Arrow record batches (of `schema`) as a terminal table; floats with up to 3 decimals.
+pub(crate) fn from_batches(
+    schema: &arrow::datatypes::SchemaRef,
+    batches: &[arrow::array::RecordBatch],
+) -> anyhow::Result<Table> {
     use arrow::util::display::{ArrayFormatter, FormatOptions};
-    let Some(first) = batches.first() else {
-        return Ok(new_table(&["(no rows)"], &[]));
-    };
-    let schema = first.schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     let numeric: Vec<&str> = schema
         .fields()

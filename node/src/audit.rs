@@ -174,6 +174,19 @@ impl AuditLog {
 
 /// Checks the whole chain of the log at `path`; names the first bad entry.
 pub fn verify(path: &Path) -> Result<ChainSummary, AuditError> {
+    walk(path, |_| ())
+}
+
+/// Every entry of the log at `path`, after checking the whole chain (a steward's view:
+/// what was asked, what was released, how many groups were suppressed).
+pub fn read_entries(path: &Path) -> Result<Vec<AuditEntry>, AuditError> {
+    let mut entries = Vec::new();
+    walk(path, |entry| entries.push(entry.clone()))?;
+    Ok(entries)
+}
+
+/// Walks the chain, checking every entry and handing it to `visit`.
+fn walk(path: &Path, mut visit: impl FnMut(&AuditEntry)) -> Result<ChainSummary, AuditError> {
     let file = File::open(path).map_err(|source| AuditError::Io {
         path: path.to_path_buf(),
         source,
@@ -211,6 +224,7 @@ pub fn verify(path: &Path) -> Result<ChainSummary, AuditError> {
                 "does not chain to the entry before it (entries were removed or replaced)".into(),
             ));
         }
+        visit(&entry);
         prev = entry.hash;
         expected_seq += 1;
     }

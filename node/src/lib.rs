@@ -21,15 +21,19 @@
 //! - [`engine`]: runs approved queries, suppresses groups under k.
 //! - [`session`]: the locked-down DataFusion session over the store.
 //! - [`audit`]: the hash-chained audit log.
+//! - [`config`]: `node.toml`, the node's own trusted configuration.
+//! - [`link`]: the outbound stream to the coordinator.
 //! - [`reference`]: the shipped Orphanet cardiac classification.
 //! - [`synth`]: synthetic site exports for demos, tests and benchmarks.
 //! - [`progress`]: progress reporting for long work.
 
 pub mod approval;
 pub mod audit;
+pub mod config;
 pub mod engine;
 pub mod export;
 pub mod ingest;
+pub mod link;
 pub mod progress;
 pub mod pseudonym;
 pub mod reference;

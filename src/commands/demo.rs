@@ -1,43 +1,86 @@
-//! `ern demo`: the showcase of a federated round.
+//! `ern demo`: a whole federated round in one process, over real gRPC on loopback.
 //!
-//! Synthetic hospitals get their registries, pseudonymisation keys, stores and steward
-//! keys; each showcase question is validated as the coordinator would, signed by every
-//! site's steward, run by every site's node engine (approval check, rules, k), and the
-//! released partials are merged into one table. Today the nodes run in this process; the
-//! network round over gRPC, with nodes dialling out to a coordinator, replaces that hop.
+//! A coordinator serves on 127.0.0.1; every hospital gets its registry (synthetic, or an
+//! export from `--exports`), a pseudonymisation key, a store, a steward key pair and a
+//! node that dials out to the coordinator through the production link code. A researcher
+//! submits each question through the Researcher API, each site's steward signs an
+//! approval locally and sends it through the Steward API, the nodes run the work and the
+//! coordinator merges. The number of suppressed groups is read from the sites' own audit
+//! logs, as their stewards would: the coordinator never learns it.
 
-use std::path::Path;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
+use ern_coordinator::model::Role;
+use ern_coordinator::{Coordinator, Db, Timing, auth, server};
 use ern_node::approval;
-use ern_node::engine::{NodeEngine, NodePolicy, QueryRequest};
+use ern_node::audit::{self, AUDIT_FILE};
+use ern_node::engine::{NodeEngine, NodePolicy};
+use ern_node::link::{self, LinkSettings};
 use ern_node::pseudonym;
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
 use ern_node::synth::{self, SynthConfig};
-use ern_queries::catalog::planning_state;
-use ern_queries::split::merge;
+use ern_proto::arrow_ipc;
+use ern_proto::v1;
 
 use super::ingest::ingest_export;
+use crate::client::{self, Connection, rpc_error};
+use crate::commands::researcher::coverage_table;
+use crate::output::{self, Format};
 use crate::progress_bar::Bar;
-use crate::table::{from_batches, new_table};
+use crate::table::new_table;
+
+/// Output formats of the demo's result tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DemoFormat {
+    /// Tables for the terminal.
+    Table,
+    /// CSV with a header row.
+    Csv,
+    /// A JSON array of row objects.
+    Json,
+}
+
+impl From<DemoFormat> for Format {
+    fn from(format: DemoFormat) -> Format {
+        match format {
+            DemoFormat::Table => Format::Table,
+            DemoFormat::Csv => Format::Csv,
+            DemoFormat::Json => Format::Json,
+        }
+    }
+}
 
 /// Arguments of `ern demo`.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
-    /// Number of hospitals.
+    /// Number of synthetic hospitals (ignored with --exports).
     #[arg(long, default_value_t = 3)]
     sites: usize,
-    /// Patients over all hospitals.
+    /// Patients over all synthetic hospitals.
     #[arg(long, default_value_t = 30_000)]
     patients: usize,
     /// Seed of the synthetic registries.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Use these exports instead: one sub-directory per site (its name is the site id),
+    /// each an export in the interchange format.
+    #[arg(long)]
+    exports: Option<PathBuf>,
+    /// Run the question in this file instead of the showcase. Everything but the merged
+    /// table then goes to stderr.
+    #[arg(long)]
+    sql: Option<PathBuf>,
     /// Minimum distinct patients per released group, at every node.
     #[arg(long, default_value_t = 5)]
     k: u32,
+    /// How result tables print.
+    #[arg(long, value_enum, default_value_t = DemoFormat::Table)]
+    format: DemoFormat,
 }
 
 /// The showcase questions: (title, SQL).
@@ -63,11 +106,15 @@ const SHOWCASE: &[(&str, &str)] = &[
     ),
 ];
 
-/// One demo hospital: its node engine and its steward's key.
+/// How long the demo waits for the nodes to connect and for a question to finish.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// One demo hospital: its id, store and steward key, and its steward's token.
 struct Site {
     id: String,
-    engine: NodeEngine,
-    steward: StewardSigningKey,
+    store: PathBuf,
+    steward_key: StewardSigningKey,
+    steward: Connection,
 }
 
 pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -78,122 +125,306 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
     runtime.block_on(demo(args))
 }
 
+/// Narration goes to stdout for the showcase, to stderr when stdout holds a result.
+fn narrator(scripted: bool) -> Box<dyn Write> {
+    if scripted {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    }
+}
+
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let scripted = args.sql.is_some();
+    let mut say = narrator(scripted);
+    let questions: Vec<(String, String)> = match &args.sql {
+        Some(path) => {
+            let sql = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            vec![(format!("Question from {}", path.display()), sql)]
+        }
+        None => SHOWCASE
+            .iter()
+            .map(|(title, sql)| (title.to_string(), sql.to_string()))
+            .collect(),
+    };
     let work = tempfile::tempdir().context("creating a temporary directory")?;
+    let exports = site_exports(&args, work.path(), &mut say)?;
+
+    // The coordinator, on a loopback port of its own.
+    let db = Db::open(&work.path().join("coordinator.db"))
+        .context("creating the coordinator database")?;
+    let core = Arc::new(Coordinator::new(db, Timing::default())?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding a loopback port")?;
+    let address = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve(Arc::clone(&core), listener, async {
+        let _ = stopped.await;
+    }));
+    writeln!(say, "Coordinator serving gRPC on {address}")?;
+    let enrol = |name: &str, role: Role, site: &str| {
+        auth::enrol(core.db(), name, role, site, now())
+            .map_err(|status| anyhow::anyhow!("enrolling {name}: {}", status.message()))
+    };
+    let researcher = Connection {
+        coordinator: address.clone(),
+        token: enrol("researcher", Role::Researcher, "")?,
+    };
+
+    // The hospitals: store, steward, node dialling out.
+    let mut stores = new_table(
+        &["site", "patients read", "left out (consent)", "stored"],
+        &["patients read", "left out (consent)", "stored"],
+    );
+    let mut sites = Vec::with_capacity(exports.len());
+    let mut nodes = Vec::with_capacity(exports.len());
+    for (id, export) in &exports {
+        let dir = work.path().join(id);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let key = dir.join("pseudonym.key");
+        pseudonym::generate_key_file(&key).context("creating a site key")?;
+        let store = dir.join("store");
+        let ingested = ingest_export(export, &key, &store)?;
+        stores.add_row(vec![
+            id.clone(),
+            ingested.patients_read.to_string(),
+            ingested.patients_left_out.to_string(),
+            (ingested.patients_read - ingested.patients_left_out).to_string(),
+        ]);
+        generate_steward_key(&dir.join("steward")).context("creating a steward key")?;
+        let steward_key =
+            StewardSigningKey::load(&dir.join("steward.key")).context("loading the steward key")?;
+        let mut policy = NodePolicy::new(id, vec![steward_key.public_key()]);
+        policy.k = args.k;
+        let engine = NodeEngine::open(&store, policy)
+            .await
+            .with_context(|| format!("opening the node of {id}"))?;
+        let node_token = enrol(&format!("node-{id}"), Role::Node, id)?;
+        nodes.push(tokio::spawn(link::run(
+            Arc::new(engine),
+            LinkSettings::new(&address, &node_token),
+        )));
+        sites.push(Site {
+            id: id.clone(),
+            store,
+            steward_key,
+            steward: Connection {
+                coordinator: address.clone(),
+                token: enrol(&format!("steward-{id}"), Role::Steward, id)?,
+            },
+        });
+    }
+    writeln!(say, "{stores}")?;
+    wait_for_nodes(&core, &sites).await?;
+    writeln!(
+        say,
+        "{} nodes connected (each dialled out; none listens)",
+        sites.len()
+    )?;
+
+    let mut outcome = Ok(());
+    for (number, (title, sql)) in questions.iter().enumerate() {
+        writeln!(say, "\nQuestion {}: {title}\n  {}", number + 1, sql.trim())?;
+        if let Err(error) = ask(
+            &researcher,
+            &sites,
+            title,
+            sql,
+            args.format.into(),
+            scripted,
+            &mut say,
+        )
+        .await
+        {
+            outcome = Err(error);
+            break;
+        }
+    }
+    if outcome.is_ok() {
+        writeln!(
+            say,
+            "\nEvery group above has at least k = {} patients at each hospital that contributed to it; smaller groups never left their hospital.",
+            args.k
+        )?;
+        writeln!(say, "Done in {:.1} s.", started.elapsed().as_secs_f64())?;
+    }
+    for node in nodes {
+        node.abort();
+    }
+    let _ = stop.send(());
+    let _ = server.await;
+    outcome
+}
+
+/// The exports to serve: `--exports DIR`'s sub-directories, or fresh synthetic ones.
+fn site_exports(
+    args: &DemoArgs,
+    work: &Path,
+    say: &mut dyn Write,
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    if let Some(dir) = &args.exports {
+        let mut exports = Vec::new();
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                let id = entry.file_name().to_string_lossy().into_owned();
+                anyhow::ensure!(
+                    approval::is_valid_id(&id),
+                    "{}: a site directory's name is its site id: 1-128 printable characters without spaces",
+                    entry.path().display()
+                );
+                exports.push((id, entry.path()));
+            }
+        }
+        exports.sort();
+        anyhow::ensure!(
+            !exports.is_empty(),
+            "{} holds no site directories",
+            dir.display()
+        );
+        writeln!(
+            say,
+            "Serving {} site exports from {}",
+            exports.len(),
+            dir.display()
+        )?;
+        return Ok(exports);
+    }
+    writeln!(
+        say,
+        "Building {} synthetic hospital registries ({} patients of rare cardiac diseases)",
+        args.sites, args.patients
+    )?;
     let config = SynthConfig {
         sites: args.sites,
         patients: args.patients,
         seed: args.seed,
     };
-    println!(
-        "Building {} synthetic hospital registries ({} patients of rare cardiac diseases)",
-        args.sites, args.patients
-    );
-    let exports = synth::synthesize(config, &work.path().join("exports"), &Bar::new())
+    let exports = synth::synthesize(config, &work.join("exports"), &Bar::new())
         .context("generating synthetic exports")?;
-    let mut sites = Vec::with_capacity(exports.len());
-    let mut stores = new_table(
-        &["site", "patients read", "left out (consent)", "stored"],
-        &["patients read", "left out (consent)", "stored"],
-    );
-    for (index, export) in exports.iter().enumerate() {
-        let id = format!("hospital-{}", index + 1);
-        let site = open_site(
-            &id,
-            &export.dir,
-            &work.path().join(&id),
-            args.k,
-            &mut stores,
-        )
-        .await?;
-        sites.push(site);
-    }
-    println!("{stores}");
-    let planning = planning_state().context("building the planning context")?;
-    let expires = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
-    for (number, (title, sql)) in SHOWCASE.iter().enumerate() {
-        println!("\nQuestion {}: {title}\n  {sql}", number + 1);
-        let query = ern_queries::validate(sql, &planning)
-            .await
-            .map_err(|refusal| anyhow::anyhow!("{refusal}"))?;
-        let mut released = Vec::new();
-        let mut coverage = new_table(
-            &["site", "outcome", "groups released", "groups suppressed"],
-            &["groups released", "groups suppressed"],
+    Ok(exports
+        .into_iter()
+        .enumerate()
+        .map(|(index, export)| (format!("hospital-{}", index + 1), export.dir))
+        .collect())
+}
+
+async fn wait_for_nodes(core: &Coordinator, sites: &[Site]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT;
+    while !sites.iter().all(|s| core.is_connected(&s.id)) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the nodes did not connect in time"
         );
-        for site in &sites {
-            let approval = approval::sign(&site.steward, sql, &site.id, "demo-study", expires)?;
-            let request = QueryRequest {
-                sql: sql.to_string(),
-                study_id: "demo-study".into(),
-                approval,
-            };
-            match site.engine.execute(&request).await {
-                Ok(result) => {
-                    coverage.add_row(vec![
-                        site.id.clone(),
-                        "answered".into(),
-                        result.groups_released.to_string(),
-                        result.groups_suppressed.to_string(),
-                    ]);
-                    released.extend(result.batches);
-                }
-                Err(error) => {
-                    coverage.add_row(vec![
-                        site.id.clone(),
-                        format!("refused: {}", error.rule_name()),
-                        "-".into(),
-                        "-".into(),
-                    ]);
-                }
-            }
-        }
-        let merged = merge(&query, released)
-            .await
-            .context("merging the sites' results")?;
-        println!("{coverage}");
-        println!("{}", from_batches(&merged)?);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!(
-        "\nEvery group above has at least k = {} patients at each hospital that contributed to it; smaller groups never left their hospital.",
-        args.k
-    );
-    println!("Done in {:.1} s.", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// Keys, store and node engine for one hospital.
-async fn open_site(
-    id: &str,
-    export: &Path,
-    dir: &Path,
-    k: u32,
-    report: &mut comfy_table::Table,
-) -> anyhow::Result<Site> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let key = dir.join("pseudonym.key");
-    pseudonym::generate_key_file(&key).context("creating a site key")?;
-    let store = dir.join("store");
-    let ingested = ingest_export(export, &key, &store)?;
-    report.add_row(vec![
-        id.to_string(),
-        ingested.patients_read.to_string(),
-        ingested.patients_left_out.to_string(),
-        (ingested.patients_read - ingested.patients_left_out).to_string(),
-    ]);
-    let prefix = dir.join("steward");
-    generate_steward_key(&prefix).context("creating a steward key")?;
-    let steward =
-        StewardSigningKey::load(&dir.join("steward.key")).context("loading the steward key")?;
-    let mut policy = NodePolicy::new(id, vec![steward.public_key()]);
-    policy.k = k;
-    let engine = NodeEngine::open(&store, policy)
+/// One question through the whole lifecycle, printed.
+async fn ask(
+    researcher: &Connection,
+    sites: &[Site],
+    title: &str,
+    sql: &str,
+    format: Format,
+    scripted: bool,
+    say: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut client = client::researcher(researcher).await?;
+    let submitted = client
+        .submit(v1::SubmitRequest {
+            sql: sql.to_string(),
+            title: title.to_string(),
+            purpose: "ern demo".into(),
+            sites: Vec::new(),
+            deadline_seconds: 3600,
+        })
         .await
-        .with_context(|| format!("opening the node of {id}"))?;
-    Ok(Site {
-        id: id.to_string(),
-        engine,
-        steward,
-    })
+        .map_err(rpc_error)?
+        .into_inner();
+    let query_id = submitted.query_id;
+    let expires = now() + 3600;
+    for site in sites {
+        let mut steward = client::steward(&site.steward).await?;
+        let review = steward
+            .show_query(v1::ShowQueryRequest {
+                query_id: query_id.clone(),
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        let signed = approval::sign(
+            &site.steward_key,
+            &review.sql,
+            &review.site,
+            &query_id,
+            expires,
+        )?;
+        steward
+            .approve(v1::ApproveRequest {
+                query_id: query_id.clone(),
+                expires_at: expires,
+                key_id: signed.key_id,
+                signature: signed.signature,
+            })
+            .await
+            .map_err(rpc_error)?;
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = client
+            .get_status(v1::GetStatusRequest {
+                query_id: query_id.clone(),
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        if status.state == v1::QueryState::Complete as i32 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "question {query_id} did not finish in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let results = client
+        .get_results(v1::GetResultsRequest {
+            query_id: query_id.clone(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    writeln!(say, "{}", coverage_table(&results.coverage))?;
+    let mut suppressed = new_table(
+        &["site", "groups suppressed (from the site's audit log)"],
+        &[],
+    );
+    for site in sites {
+        let entries = audit::read_entries(&site.store.join(AUDIT_FILE))?;
+        let count: u64 = entries
+            .iter()
+            .filter(|e| e.study == query_id)
+            .map(|e| e.groups_suppressed)
+            .sum();
+        suppressed.add_row(vec![site.id.clone(), count.to_string()]);
+    }
+    writeln!(say, "{suppressed}")?;
+    let (schema, batches) = arrow_ipc::decode(&results.arrow_ipc).context("decoding the result")?;
+    if scripted {
+        say.flush()?;
+        output::write_to(&schema, &batches, format, None)
+    } else {
+        output::write_table(&schema, &batches, format, say)
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -5,10 +5,20 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use ern_node::audit::{self, AUDIT_FILE};
+use ern_node::config::NodeConfig;
+use ern_node::engine::NodeEngine;
+use ern_node::link::{self, LinkSettings};
 
 /// Node commands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum NodeCommand {
+    /// Dial out to the coordinator and answer approved questions until interrupted. Opens
+    /// no listening port.
+    Serve {
+        /// The node's configuration file (node.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Inspect the node's tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -27,6 +37,7 @@ pub(crate) enum AuditCommand {
 
 pub(crate) fn run(command: NodeCommand) -> anyhow::Result<()> {
     match command {
+        NodeCommand::Serve { config } => serve(&config),
         NodeCommand::Audit(AuditCommand::Verify { store }) => {
             let log = store.join(AUDIT_FILE);
             let summary =
@@ -39,4 +50,25 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
+    let config = NodeConfig::load(config_path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let site = config.policy.site_id.clone();
+        let engine = NodeEngine::open(&config.store, config.policy)
+            .await
+            .with_context(|| format!("opening the store {}", config.store.display()))?;
+        eprintln!("node {site} dialling {}", config.coordinator);
+        let settings = LinkSettings::new(&config.coordinator, &config.token);
+        tokio::select! {
+            () = link::run(std::sync::Arc::new(engine), settings) => {}
+            _ = tokio::signal::ctrl_c() => eprintln!("node {site} stopped"),
+        }
+        Ok(())
+    })
 }

@@ -1,0 +1,113 @@
+//! Bearer tokens: issued once, stored only as SHA-256 hashes, checked on every call.
+//!
+//! A token is `ern_` followed by 64 hex characters of ring's SystemRandom. The database
+//! finds the user by the token's hash; the stored hash is then compared with the computed
+//! one in constant time (`subtle`), so no timing difference depends on how much of a guessed
+//! token was right. Tokens never appear in logs or errors.
+
+use ring::digest::{SHA256, digest};
+use ring::rand::{SecureRandom, SystemRandom};
+use subtle::ConstantTimeEq;
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+use crate::db::Db;
+use crate::model::{Role, User};
+
+/// Prefix of every token.
+pub const TOKEN_PREFIX: &str = "ern_";
+
+/// A new random token.
+pub fn new_token() -> Result<String, ring::error::Unspecified> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new().fill(&mut bytes)?;
+    Ok(format!("{TOKEN_PREFIX}{}", hex::encode(bytes)))
+}
+
+/// The stored form of a token.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    digest(&SHA256, token.as_bytes()).as_ref().to_vec()
+}
+
+/// The token of a request's `authorization: Bearer …` metadata.
+fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
+    let value = metadata.get("authorization").ok_or_else(|| {
+        Status::unauthenticated("no authorization: send `authorization: Bearer <token>`")
+    })?;
+    let text = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+    text.strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer <token>`"))
+}
+
+/// The user behind a request, whatever its role.
+pub fn authenticate(db: &Db, metadata: &MetadataMap) -> Result<User, Status> {
+    let token = bearer(metadata)?;
+    let hash = token_hash(token);
+    let found = db.user_by_token_hash(&hash).map_err(|error| {
+        tracing::error!(%error, "looking up a token");
+        Status::internal("the coordinator could not check the token")
+    })?;
+    match found {
+        Some((user, stored)) if bool::from(stored.ct_eq(&hash)) => Ok(user),
+        _ => Err(Status::unauthenticated("unknown token")),
+    }
+}
+
+/// The user behind a request, who must have `role`.
+pub fn require(db: &Db, metadata: &MetadataMap, role: Role) -> Result<User, Status> {
+    let user = authenticate(db, metadata)?;
+    if user.role != role {
+        return Err(Status::permission_denied(format!(
+            "this call needs the {} role; {} is a {}",
+            role.as_str(),
+            user.name,
+            user.role.as_str()
+        )));
+    }
+    Ok(user)
+}
+
+/// Checks a user name, role and site before enrolment.
+pub fn check_new_user(name: &str, role: Role, site: &str) -> Result<(), String> {
+    let valid_id = |text: &str| {
+        (1..=128).contains(&text.chars().count())
+            && text.chars().all(|c| !c.is_control() && !c.is_whitespace())
+    };
+    if !valid_id(name) {
+        return Err("a user name is 1-128 printable characters without spaces".into());
+    }
+    match (role.has_site(), site.is_empty()) {
+        (true, true) => Err(format!("a {} needs a site", role.as_str())),
+        (false, false) => Err(format!("a {} has no site", role.as_str())),
+        (true, false) if !valid_id(site) => {
+            Err("a site id is 1-128 printable characters without spaces".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Enrols a user and returns its token (shown once; only its hash is kept).
+pub fn enrol(db: &Db, name: &str, role: Role, site: &str, now: u64) -> Result<String, Status> {
+    check_new_user(name, role, site).map_err(Status::invalid_argument)?;
+    let token = new_token().map_err(|_| Status::internal("no random source for a token"))?;
+    let user = User {
+        name: name.to_string(),
+        role,
+        site: site.to_string(),
+        created_at: now,
+    };
+    let added = db.add_user(&user, &token_hash(&token)).map_err(|error| {
+        tracing::error!(%error, "adding a user");
+        Status::internal("the coordinator could not store the user")
+    })?;
+    if !added {
+        return Err(Status::already_exists(format!(
+            "a user named {name} exists"
+        )));
+    }
+    Ok(token)
+}

@@ -1,0 +1,395 @@
+//! The query lifecycle at the coordinator: submissions, decisions, dispatch to connected
+//! nodes, answers, deadlines and the merge.
+//!
+//! Every step writes the database first and acts second, so the tables are always the
+//! truth: a piece of work is marked dispatched before it is sent (and put back if the
+//! node's stream ends), an answer is stored before the question is merged, and a merge
+//! that a crash interrupted is simply done again by the next tick.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionState;
+use ern_proto::arrow_ipc;
+use ern_proto::v1;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::db::{Db, DbError, Event, NodeRecord, StoredResult};
+use crate::model::{SiteState, StoredQuery, now_seconds};
+
+/// Lifecycle timing.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// How long a dispatched piece of work may go unanswered.
+    pub site_timeout: Duration,
+    /// A question's deadline when the researcher gives none.
+    pub default_deadline: Duration,
+    /// Seconds between node heartbeats.
+    pub heartbeat: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            site_timeout: Duration::from_secs(300),
+            default_deadline: Duration::from_secs(7 * 24 * 3600),
+            heartbeat: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The sender of one node's stream.
+type NodeSender = mpsc::Sender<Result<v1::CoordinatorMessage, Status>>;
+
+/// One open node stream.
+#[derive(Debug)]
+struct Connection {
+    generation: u64,
+    sender: NodeSender,
+    last_seen: u64,
+}
+
+/// The coordinator's shared core, behind every service.
+#[derive(Debug)]
+pub struct Coordinator {
+    db: Db,
+    timing: Timing,
+    planning: SessionState,
+    nodes: Mutex<HashMap<String, Connection>>,
+    generations: AtomicU64,
+}
+
+/// Storage failures become a generic internal error; the detail goes to the log.
+pub(crate) fn internal(error: DbError) -> Status {
+    tracing::error!(%error, "coordinator storage");
+    Status::internal("the coordinator's storage failed; the operator can see the detail in its log")
+}
+
+impl Coordinator {
+    /// A coordinator over `db`.
+    pub fn new(db: Db, timing: Timing) -> Result<Self, DataFusionError> {
+        Ok(Coordinator {
+            db,
+            timing,
+            planning: ern_queries::catalog::planning_state()?,
+            nodes: Mutex::new(HashMap::new()),
+            generations: AtomicU64::new(1),
+        })
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The timing settings.
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// The planning state used to validate and merge.
+    pub fn planning(&self) -> &SessionState {
+        &self.planning
+    }
+
+    fn nodes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Connection>> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a site's node has an open stream.
+    pub fn is_connected(&self, site: &str) -> bool {
+        self.nodes().contains_key(site)
+    }
+
+    /// Registers a node's new stream (replacing an older one of the same site) and
+    /// returns its generation. Work sent on an older stream is sent again.
+    pub fn node_connected(
+        &self,
+        site: &str,
+        k: u32,
+        version: &str,
+        sender: NodeSender,
+    ) -> Result<u64, Status> {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let now = now_seconds();
+        self.db
+            .touch_node(&NodeRecord {
+                site: site.to_string(),
+                last_seen: now,
+                k,
+                version: version.to_string(),
+            })
+            .map_err(internal)?;
+        self.db.requeue_dispatched(site, now).map_err(internal)?;
+        self.db
+            .record_event(&Event {
+                at: now,
+                actor: format!("node:{site}"),
+                kind: "connected".into(),
+                query_id: String::new(),
+                site: site.to_string(),
+                detail: format!("k={k}"),
+            })
+            .map_err(internal)?;
+        self.nodes().insert(
+            site.to_string(),
+            Connection {
+                generation,
+                sender,
+                last_seen: now,
+            },
+        );
+        tracing::info!(site, k, version, "node connected");
+        Ok(generation)
+    }
+
+    /// Forgets a node's stream, if it is still the current one, and puts its unanswered
+    /// work back in the queue.
+    pub fn node_disconnected(&self, site: &str, generation: u64) {
+        let removed = {
+            let mut nodes = self.nodes();
+            match nodes.get(site) {
+                Some(connection) if connection.generation == generation => {
+                    nodes.remove(site);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if removed {
+            tracing::info!(site, "node disconnected");
+            let now = now_seconds();
+            if let Err(error) = self.db.requeue_dispatched(site, now) {
+                tracing::error!(%error, site, "requeueing work of a disconnected node");
+            }
+            let _ = self.db.record_event(&Event {
+                at: now,
+                actor: format!("node:{site}"),
+                kind: "disconnected".into(),
+                query_id: String::new(),
+                site: site.to_string(),
+                detail: String::new(),
+            });
+        }
+    }
+
+    /// Notes a sign of life from a node.
+    pub fn node_seen(&self, site: &str, generation: u64) {
+        let now = now_seconds();
+        if let Some(connection) = self.nodes().get_mut(site)
+            && connection.generation == generation
+        {
+            connection.last_seen = now;
+        }
+        if let Err(error) = self.db.node_seen(site, now) {
+            tracing::warn!(%error, site, "recording a heartbeat");
+        }
+    }
+
+    /// Sends every approved piece of work of `site` to its node, if connected.
+    pub async fn dispatch(&self, site: &str) -> Result<usize, Status> {
+        let sender = match self.nodes().get(site) {
+            Some(connection) => connection.sender.clone(),
+            None => return Ok(0),
+        };
+        let now = now_seconds();
+        let work = self.db.approved_work(site, now).map_err(internal)?;
+        let mut sent = 0;
+        for item in work {
+            if !self
+                .db
+                .mark_dispatched(&item.query_id, site, now)
+                .map_err(internal)?
+            {
+                continue;
+            }
+            let message = v1::CoordinatorMessage {
+                message: Some(v1::coordinator_message::Message::Work(v1::Work {
+                    query_id: item.query_id.clone(),
+                    sql: item.sql,
+                    approval: Some(v1::Approval {
+                        study_id: item.query_id.clone(),
+                        site_id: site.to_string(),
+                        query_hash: item.query_hash,
+                        expires_at: item.expires_at,
+                        key_id: item.key_id,
+                        signature: item.signature,
+                    }),
+                })),
+            };
+            if sender.send(Ok(message)).await.is_err() {
+                // The stream ended under us; the next connection gets the work.
+                self.db.requeue_dispatched(site, now).map_err(internal)?;
+                break;
+            }
+            tracing::debug!(site, query = %item.query_id, "dispatched");
+            sent += 1;
+        }
+        Ok(sent)
+    }
+
+    /// Stores a node's answer and merges the question if it was the last one.
+    pub async fn handle_result(&self, site: &str, result: v1::WorkResult) -> Result<(), Status> {
+        use v1::work_result::Outcome;
+        let now = now_seconds();
+        let (state, detail, partial) = match result.outcome {
+            Some(Outcome::Released(released)) => match self
+                .check_partial(&result.query_id, &released.arrow_ipc)
+                .await
+            {
+                Ok(()) => (SiteState::Answered, String::new(), Some(released.arrow_ipc)),
+                Err(reason) => {
+                    tracing::warn!(site, query = %result.query_id, reason, "malformed partials");
+                    (SiteState::Failed, "malformed-result".to_string(), None)
+                }
+            },
+            Some(Outcome::Refused(refused)) => (SiteState::Refused, refused.rule, None),
+            Some(Outcome::Failed(failed)) => (SiteState::Failed, failed.reference, None),
+            None => (SiteState::Failed, "empty-result".to_string(), None),
+        };
+        let recorded = self
+            .db
+            .record_answer(
+                &result.query_id,
+                site,
+                state,
+                &detail,
+                partial.as_deref(),
+                now,
+            )
+            .map_err(internal)?;
+        if recorded {
+            tracing::info!(site, query = %result.query_id, state = state.as_str(), "answer");
+            self.finalize(&result.query_id).await?;
+        }
+        Ok(())
+    }
+
+    /// A released partial must decode and have the columns the question implies.
+    async fn check_partial(&self, query_id: &str, bytes: &[u8]) -> Result<(), String> {
+        let (schema, _) = arrow_ipc::decode(bytes).map_err(|e| e.to_string())?;
+        let query = self
+            .db
+            .query(query_id)
+            .map_err(|e| e.to_string())?
+            .ok_or("unknown question")?;
+        let validated = ern_queries::validate(&query.sql, &self.planning)
+            .await
+            .map_err(|refusal| refusal.to_string())?;
+        let expected = ern_queries::split::released_schema(&validated.barrier)
+            .map_err(|e| e.to_string())?
+            .fields()
+            .len();
+        if schema.fields().len() != expected {
+            return Err(format!(
+                "{} columns, {expected} expected",
+                schema.fields().len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Merges a question whose sites have all finished, and stores the table.
+    pub async fn finalize(&self, query_id: &str) -> Result<bool, Status> {
+        let Some(query) = self.db.query(query_id).map_err(internal)? else {
+            return Ok(false);
+        };
+        if query.complete {
+            return Ok(false);
+        }
+        let targets = self.db.targets(query_id).map_err(internal)?;
+        if !targets.iter().all(|t| t.state.is_final()) {
+            return Ok(false);
+        }
+        let result = self.merge(&query, &targets).await?;
+        let stored = self.db.store_result(query_id, &result).map_err(internal)?;
+        if stored {
+            tracing::info!(query = query_id, rows = result.rows, "merged");
+        }
+        Ok(stored)
+    }
+
+    async fn merge(
+        &self,
+        query: &StoredQuery,
+        targets: &[crate::model::Target],
+    ) -> Result<StoredResult, Status> {
+        let merge_failed = |error: String| {
+            tracing::error!(query = %query.id, error, "merge");
+            Status::internal(
+                "merging the sites' answers failed; the operator can see the detail in its log",
+            )
+        };
+        let validated = ern_queries::validate(&query.sql, &self.planning)
+            .await
+            .map_err(|refusal| merge_failed(refusal.to_string()))?;
+        let mut batches = Vec::new();
+        for target in targets {
+            if let (SiteState::Answered, Some(bytes)) = (target.state, &target.partial) {
+                let (_, site_batches) =
+                    arrow_ipc::decode(bytes).map_err(|e| merge_failed(e.to_string()))?;
+                batches.extend(site_batches);
+            }
+        }
+        let merged = ern_queries::split::merge(&validated, batches)
+            .await
+            .map_err(|e| merge_failed(e.to_string()))?;
+        let schema = match merged.first() {
+            Some(batch) => batch.schema(),
+            None => std::sync::Arc::new(validated.plan.schema().as_arrow().clone()),
+        };
+        let rows = merged.iter().map(|b| b.num_rows() as u64).sum();
+        let arrow_ipc =
+            arrow_ipc::encode(&schema, &merged).map_err(|e| merge_failed(e.to_string()))?;
+        Ok(StoredResult {
+            arrow_ipc,
+            rows,
+            merged_at: now_seconds(),
+        })
+    }
+
+    /// Periodic work: deadlines, site timeouts, stale streams, merges a crash left undone.
+    pub async fn tick(&self) {
+        let now = now_seconds();
+        let timeout = self.timing.site_timeout.as_secs();
+        match self.db.expire(now, now.saturating_sub(timeout)) {
+            Ok(touched) => {
+                for query_id in touched {
+                    tracing::info!(query = %query_id, "deadline or site timeout");
+                }
+            }
+            Err(error) => tracing::error!(%error, "expiring work"),
+        }
+        // A stream silent for three heartbeats is dead even if TCP has not noticed.
+        let stale_after = 3 * self.timing.heartbeat.as_secs().max(1);
+        let stale: Vec<(String, u64)> = self
+            .nodes()
+            .iter()
+            .filter(|(_, c)| now.saturating_sub(c.last_seen) > stale_after)
+            .map(|(site, c)| (site.clone(), c.generation))
+            .collect();
+        for (site, generation) in stale {
+            tracing::warn!(
+                site,
+                "node silent for three heartbeats; dropping its stream"
+            );
+            self.node_disconnected(&site, generation);
+        }
+        match self.db.open_queries() {
+            Ok(open) => {
+                for query_id in open {
+                    if let Err(status) = self.finalize(&query_id).await {
+                        tracing::error!(query = %query_id, message = status.message(), "finalizing");
+                    }
+                }
+            }
+            Err(error) => tracing::error!(%error, "listing open questions"),
+        }
+    }
+}

@@ -1,0 +1,894 @@
+//! The coordinator's durable state in embedded SQLite: users, questions, their target
+//! sites with approvals as received and partials as released, merged results, nodes and
+//! the lifecycle audit trail.
+//!
+//! Durability is the point of this module: the database runs in WAL mode with
+//! `synchronous = FULL`, and every state change that the lifecycle depends on (a
+//! submission with its targets, an approval, a released partial, a merged result) commits
+//! in one transaction before the caller is answered. A `kill -9` at any moment therefore
+//! loses nothing that was acknowledged, and the lifecycle resumes from the tables.
+//!
+//! Migrations are numbered SQL scripts applied in order; `PRAGMA user_version` records
+//! how many have run.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::model::{Role, SiteState, StoredQuery, Target, User};
+
+/// Schema migrations, in order. Never edit one that has shipped; append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        site TEXT NOT NULL DEFAULT '',
+        token_hash BLOB NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE queries (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        sql TEXT NOT NULL,
+        query_hash TEXT NOT NULL,
+        submitted_by TEXT NOT NULL,
+        submitted_at INTEGER NOT NULL,
+        deadline INTEGER NOT NULL,
+        complete INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE targets (
+        query_id TEXT NOT NULL REFERENCES queries(id),
+        site TEXT NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        updated_at INTEGER NOT NULL,
+        dispatched_at INTEGER,
+        approved_by TEXT,
+        approval_expires INTEGER,
+        approval_key_id TEXT,
+        approval_signature BLOB,
+        partial BLOB,
+        PRIMARY KEY (query_id, site)
+    );
+    CREATE INDEX targets_by_site ON targets(site, state);
+    CREATE TABLE results (
+        query_id TEXT PRIMARY KEY REFERENCES queries(id),
+        arrow_ipc BLOB NOT NULL,
+        rows INTEGER NOT NULL,
+        merged_at INTEGER NOT NULL
+    );
+    CREATE TABLE nodes (
+        site TEXT PRIMARY KEY,
+        last_seen INTEGER NOT NULL,
+        k INTEGER NOT NULL,
+        version TEXT NOT NULL
+    );
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        query_id TEXT NOT NULL DEFAULT '',
+        site TEXT NOT NULL DEFAULT '',
+        detail TEXT NOT NULL DEFAULT ''
+    );",
+];
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite failed.
+    #[error("coordinator database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A row holds a value this version does not understand.
+    #[error("coordinator database holds an unknown {what} {value:?}")]
+    Corrupt {
+        /// Which kind of value.
+        what: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// The database was written by a newer version.
+    #[error("the coordinator database has schema version {found}; this build knows {known}")]
+    TooNew {
+        /// Version found.
+        found: usize,
+        /// Latest version known.
+        known: usize,
+    },
+}
+
+/// One lifecycle event for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// When.
+    pub at: u64,
+    /// Who.
+    pub actor: String,
+    /// What kind.
+    pub kind: String,
+    /// The question, or empty.
+    pub query_id: String,
+    /// The site, or empty.
+    pub site: String,
+    /// A rule, reason or reference; never a data value.
+    pub detail: String,
+}
+
+/// A node's last known state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Site id.
+    pub site: String,
+    /// Last message, seconds since the epoch.
+    pub last_seen: u64,
+    /// The k it reported.
+    pub k: u32,
+    /// Its version.
+    pub version: String,
+}
+
+/// A piece of approved work ready for a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkItem {
+    /// The question.
+    pub query_id: String,
+    /// Its SQL.
+    pub sql: String,
+    /// Its canonical hash.
+    pub query_hash: String,
+    /// Approval expiry.
+    pub expires_at: u64,
+    /// Approving key id.
+    pub key_id: String,
+    /// Signature.
+    pub signature: Vec<u8>,
+}
+
+/// A steward's approval as the coordinator received it (it cannot verify it: only the
+/// node holds its stewards' public keys).
+#[derive(Debug, Clone, Copy)]
+pub struct ReceivedApproval<'a> {
+    /// The approving steward's user name.
+    pub approved_by: &'a str,
+    /// End of validity.
+    pub expires_at: u64,
+    /// Signing key id.
+    pub key_id: &'a str,
+    /// Ed25519 signature.
+    pub signature: &'a [u8],
+}
+
+/// The audit trail in short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSummary {
+    /// Events by kind.
+    pub counts: Vec<(String, u64)>,
+    /// The latest events, newest first.
+    pub recent: Vec<Event>,
+}
+
+/// A stored merged result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResult {
+    /// Arrow IPC stream bytes.
+    pub arrow_ipc: Vec<u8>,
+    /// Rows.
+    pub rows: u64,
+    /// When merged.
+    pub merged_at: u64,
+}
+
+/// The coordinator database. One connection behind a mutex: every operation is a short
+/// transaction, and SQLite serialises writers anyway.
+#[derive(Debug)]
+pub struct Db {
+    conn: Mutex<Connection>,
+}
+
+fn role_from(text: String) -> Result<Role, DbError> {
+    Role::parse(&text).ok_or(DbError::Corrupt {
+        what: "role",
+        value: text,
+    })
+}
+
+fn state_from(text: String) -> Result<SiteState, DbError> {
+    SiteState::parse(&text).ok_or(DbError::Corrupt {
+        what: "site state",
+        value: text,
+    })
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and applies migrations.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database, for tests of this crate.
+    pub fn open_in_memory() -> Result<Self, DbError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self, DbError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version > MIGRATIONS.len() {
+            return Err(DbError::TooNew {
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        for (index, script) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(script)?;
+            tx.pragma_update(None, "user_version", index + 1)?;
+            tx.commit()?;
+        }
+        Ok(Db {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a transaction half-applied (SQLite
+        // rolls back an uncommitted transaction), so a poisoned lock is still usable.
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    // -- users -------------------------------------------------------------------------
+
+    /// Adds a user; false if the name is taken.
+    pub fn add_user(&self, user: &User, token_hash: &[u8]) -> Result<bool, DbError> {
+        let conn = self.conn();
+        let changed = conn.execute(
+            "INSERT OR IGNORE INTO users (name, role, site, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![user.name, user.role.as_str(), user.site, token_hash, user.created_at as i64],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// The user whose token hashes to `token_hash`, with the stored hash.
+    pub fn user_by_token_hash(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<Option<(User, Vec<u8>)>, DbError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT name, role, site, created_at, token_hash FROM users WHERE token_hash = ?1",
+                params![token_hash],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, Vec<u8>>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(name, role, site, created_at, hash)| {
+            Ok((
+                User {
+                    name,
+                    role: role_from(role)?,
+                    site,
+                    created_at: created_at as u64,
+                },
+                hash,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Result<Vec<User>, DbError> {
+        let conn = self.conn();
+        let mut statement =
+            conn.prepare("SELECT name, role, site, created_at FROM users ORDER BY name")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut users = Vec::new();
+        for row in rows {
+            let (name, role, site, created_at) = row?;
+            users.push(User {
+                name,
+                role: role_from(role)?,
+                site,
+                created_at: created_at as u64,
+            });
+        }
+        Ok(users)
+    }
+
+    /// Sites with an enrolled node, sorted.
+    pub fn sites(&self) -> Result<Vec<String>, DbError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT DISTINCT site FROM users WHERE role = 'node' AND site <> '' ORDER BY site",
+        )?;
+        let sites = statement
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(sites)
+    }
+
+    // -- queries -----------------------------------------------------------------------
+
+    /// Stores a submission with its targets, all awaiting approval, in one transaction.
+    pub fn insert_query(&self, query: &StoredQuery, sites: &[String]) -> Result<(), DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO queries (id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                query.id,
+                query.title,
+                query.purpose,
+                query.sql,
+                query.query_hash,
+                query.submitted_by,
+                query.submitted_at as i64,
+                query.deadline as i64
+            ],
+        )?;
+        for site in sites {
+            tx.execute(
+                "INSERT INTO targets (query_id, site, state, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    query.id,
+                    site,
+                    SiteState::AwaitingApproval.as_str(),
+                    query.submitted_at as i64
+                ],
+            )?;
+        }
+        insert_event(
+            &tx,
+            &Event {
+                at: query.submitted_at,
+                actor: query.submitted_by.clone(),
+                kind: "submitted".into(),
+                query_id: query.id.clone(),
+                site: String::new(),
+                detail: String::new(),
+            },
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// One question.
+    pub fn query(&self, id: &str) -> Result<Option<StoredQuery>, DbError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete
+                 FROM queries WHERE id = ?1",
+                params![id],
+                query_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Questions submitted by `user`, newest first.
+    pub fn queries_by(&self, user: &str) -> Result<Vec<StoredQuery>, DbError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete
+             FROM queries WHERE submitted_by = ?1 ORDER BY submitted_at DESC, rowid DESC",
+        )?;
+        let rows = statement.query_map(params![user], query_from_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Questions not yet complete.
+    pub fn open_queries(&self) -> Result<Vec<String>, DbError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare("SELECT id FROM queries WHERE complete = 0")?;
+        let rows = statement.query_map([], |row| row.get(0))?;
+        Ok(rows.collect::<Result<Vec<String>, _>>()?)
+    }
+
+    /// The targets of one question, by site.
+    pub fn targets(&self, query_id: &str) -> Result<Vec<Target>, DbError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT site, state, detail, updated_at, partial FROM targets WHERE query_id = ?1 ORDER BY site",
+        )?;
+        let rows = statement.query_map(params![query_id], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, Option<Vec<u8>>>(4)?,
+            ))
+        })?;
+        let mut targets = Vec::new();
+        for row in rows {
+            let (site, state, detail, updated_at, partial) = row?;
+            targets.push(Target {
+                query_id: query_id.to_string(),
+                site,
+                state: state_from(state)?,
+                detail,
+                updated_at: updated_at as u64,
+                partial,
+            });
+        }
+        Ok(targets)
+    }
+
+    /// Questions waiting for `site`'s steward, oldest first.
+    pub fn pending_for_site(&self, site: &str, now: u64) -> Result<Vec<StoredQuery>, DbError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT q.id, q.title, q.purpose, q.sql, q.query_hash, q.submitted_by, q.submitted_at, q.deadline, q.complete
+             FROM queries q JOIN targets t ON t.query_id = q.id
+             WHERE t.site = ?1 AND t.state = ?2 AND q.deadline > ?3
+             ORDER BY q.submitted_at, q.rowid",
+        )?;
+        let rows = statement.query_map(
+            params![site, SiteState::AwaitingApproval.as_str(), now as i64],
+            query_from_row,
+        )?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Moves a target from `from` to `to` with `detail`, recording an event, if it is in
+    /// state `from`. Returns whether it moved.
+    pub fn transition(
+        &self,
+        query_id: &str,
+        site: &str,
+        from: &[SiteState],
+        to: SiteState,
+        event: &Event,
+    ) -> Result<bool, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let moved = transition_in(&tx, query_id, site, from, to, &event.detail, event.at)?;
+        if moved {
+            insert_event(&tx, event)?;
+        }
+        tx.commit()?;
+        Ok(moved)
+    }
+
+    /// Records an approval as received and moves the target to approved, if it awaits one.
+    pub fn approve(
+        &self,
+        query_id: &str,
+        site: &str,
+        approval: &ReceivedApproval<'_>,
+        now: u64,
+    ) -> Result<bool, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE targets SET state = ?3, updated_at = ?4, approved_by = ?5, approval_expires = ?6,
+                 approval_key_id = ?7, approval_signature = ?8, detail = ''
+             WHERE query_id = ?1 AND site = ?2 AND state = ?9",
+            params![
+                query_id,
+                site,
+                SiteState::Approved.as_str(),
+                now as i64,
+                approval.approved_by,
+                approval.expires_at as i64,
+                approval.key_id,
+                approval.signature,
+                SiteState::AwaitingApproval.as_str()
+            ],
+        )?;
+        if changed == 1 {
+            insert_event(
+                &tx,
+                &Event {
+                    at: now,
+                    actor: approval.approved_by.to_string(),
+                    kind: "approved".into(),
+                    query_id: query_id.to_string(),
+                    site: site.to_string(),
+                    detail: format!("key {}", approval.key_id),
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok(changed == 1)
+    }
+
+    /// Approved work for `site` whose question has not passed its deadline.
+    pub fn approved_work(&self, site: &str, now: u64) -> Result<Vec<WorkItem>, DbError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT q.id, q.sql, q.query_hash, t.approval_expires, t.approval_key_id, t.approval_signature
+             FROM targets t JOIN queries q ON q.id = t.query_id
+             WHERE t.site = ?1 AND t.state = ?2 AND q.deadline > ?3
+             ORDER BY t.updated_at, q.rowid",
+        )?;
+        let rows = statement.query_map(
+            params![site, SiteState::Approved.as_str(), now as i64],
+            |row| {
+                Ok(WorkItem {
+                    query_id: row.get(0)?,
+                    sql: row.get(1)?,
+                    query_hash: row.get(2)?,
+                    expires_at: row.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
+                    key_id: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    signature: row.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Marks approved work as sent to the node; false if it was no longer approved (so
+    /// no piece of work is sent twice on one connection).
+    pub fn mark_dispatched(&self, query_id: &str, site: &str, now: u64) -> Result<bool, DbError> {
+        let conn = self.conn();
+        let changed = conn.execute(
+            "UPDATE targets SET state = ?3, dispatched_at = ?4, updated_at = ?4
+             WHERE query_id = ?1 AND site = ?2 AND state = ?5",
+            params![
+                query_id,
+                site,
+                SiteState::Dispatched.as_str(),
+                now as i64,
+                SiteState::Approved.as_str()
+            ],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Puts every piece of work dispatched to `site` back to approved (its connection
+    /// ended before an answer), so it is sent again on the next connection.
+    pub fn requeue_dispatched(&self, site: &str, now: u64) -> Result<usize, DbError> {
+        let conn = self.conn();
+        Ok(conn.execute(
+            "UPDATE targets SET state = ?2, updated_at = ?3, dispatched_at = NULL WHERE site = ?1 AND state = ?4",
+            params![
+                site,
+                SiteState::Approved.as_str(),
+                now as i64,
+                SiteState::Dispatched.as_str()
+            ],
+        )?)
+    }
+
+    /// Stores a node's answer for dispatched work; false if the work was not dispatched
+    /// (late, duplicate or unknown answers are ignored).
+    pub fn record_answer(
+        &self,
+        query_id: &str,
+        site: &str,
+        state: SiteState,
+        detail: &str,
+        partial: Option<&[u8]>,
+        now: u64,
+    ) -> Result<bool, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE targets SET state = ?3, detail = ?4, partial = ?5, updated_at = ?6
+             WHERE query_id = ?1 AND site = ?2 AND state = ?7",
+            params![
+                query_id,
+                site,
+                state.as_str(),
+                detail,
+                partial,
+                now as i64,
+                SiteState::Dispatched.as_str()
+            ],
+        )?;
+        if changed == 1 {
+            insert_event(
+                &tx,
+                &Event {
+                    at: now,
+                    actor: format!("node:{site}"),
+                    kind: state.as_str().to_string(),
+                    query_id: query_id.to_string(),
+                    site: site.to_string(),
+                    detail: detail.to_string(),
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok(changed == 1)
+    }
+
+    /// Expires unfinished targets of questions past their deadline and fails dispatched
+    /// work older than `dispatched_before`. Returns the questions touched.
+    pub fn expire(&self, now: u64, dispatched_before: u64) -> Result<Vec<String>, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut touched = Vec::new();
+        {
+            let mut statement = tx.prepare(
+                "SELECT t.query_id, t.site FROM targets t JOIN queries q ON q.id = t.query_id
+                 WHERE q.deadline <= ?1 AND t.state IN (?2, ?3, ?4)",
+            )?;
+            let rows = statement.query_map(
+                params![
+                    now as i64,
+                    SiteState::AwaitingApproval.as_str(),
+                    SiteState::Approved.as_str(),
+                    SiteState::Dispatched.as_str()
+                ],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+            )?;
+            let expired = rows.collect::<Result<Vec<_>, _>>()?;
+            for (query_id, site) in expired {
+                transition_in(
+                    &tx,
+                    &query_id,
+                    &site,
+                    &[
+                        SiteState::AwaitingApproval,
+                        SiteState::Approved,
+                        SiteState::Dispatched,
+                    ],
+                    SiteState::Expired,
+                    "deadline",
+                    now,
+                )?;
+                insert_event(
+                    &tx,
+                    &Event {
+                        at: now,
+                        actor: "coordinator".into(),
+                        kind: "expired".into(),
+                        query_id: query_id.clone(),
+                        site,
+                        detail: "deadline".into(),
+                    },
+                )?;
+                touched.push(query_id);
+            }
+            let mut statement = tx.prepare(
+                "SELECT query_id, site FROM targets WHERE state = ?1 AND dispatched_at < ?2",
+            )?;
+            let rows = statement.query_map(
+                params![SiteState::Dispatched.as_str(), dispatched_before as i64],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+            )?;
+            let late = rows.collect::<Result<Vec<_>, _>>()?;
+            for (query_id, site) in late {
+                transition_in(
+                    &tx,
+                    &query_id,
+                    &site,
+                    &[SiteState::Dispatched],
+                    SiteState::Failed,
+                    "timeout",
+                    now,
+                )?;
+                insert_event(
+                    &tx,
+                    &Event {
+                        at: now,
+                        actor: "coordinator".into(),
+                        kind: "failed".into(),
+                        query_id: query_id.clone(),
+                        site,
+                        detail: "timeout".into(),
+                    },
+                )?;
+                touched.push(query_id);
+            }
+        }
+        tx.commit()?;
+        touched.sort();
+        touched.dedup();
+        Ok(touched)
+    }
+
+    /// Stores the merged table and marks the question complete, in one transaction.
+    pub fn store_result(&self, query_id: &str, result: &StoredResult) -> Result<bool, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE queries SET complete = 1 WHERE id = ?1 AND complete = 0",
+            params![query_id],
+        )?;
+        if changed == 1 {
+            tx.execute(
+                "INSERT INTO results (query_id, arrow_ipc, rows, merged_at) VALUES (?1, ?2, ?3, ?4)",
+                params![query_id, result.arrow_ipc, result.rows as i64, result.merged_at as i64],
+            )?;
+            insert_event(
+                &tx,
+                &Event {
+                    at: result.merged_at,
+                    actor: "coordinator".into(),
+                    kind: "merged".into(),
+                    query_id: query_id.to_string(),
+                    site: String::new(),
+                    detail: format!("{} rows", result.rows),
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok(changed == 1)
+    }
+
+    /// A question's merged table.
+    pub fn result(&self, query_id: &str) -> Result<Option<StoredResult>, DbError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT arrow_ipc, rows, merged_at FROM results WHERE query_id = ?1",
+                params![query_id],
+                |row| {
+                    Ok(StoredResult {
+                        arrow_ipc: row.get(0)?,
+                        rows: row.get::<_, i64>(1)? as u64,
+                        merged_at: row.get::<_, i64>(2)? as u64,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    // -- nodes and events --------------------------------------------------------------
+
+    /// Records that a site's node was heard from.
+    pub fn touch_node(&self, node: &NodeRecord) -> Result<(), DbError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO nodes (site, last_seen, k, version) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(site) DO UPDATE SET last_seen = excluded.last_seen, k = excluded.k, version = excluded.version",
+            params![node.site, node.last_seen as i64, node.k, node.version],
+        )?;
+        Ok(())
+    }
+
+    /// Updates only a node's last-seen time.
+    pub fn node_seen(&self, site: &str, now: u64) -> Result<(), DbError> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE nodes SET last_seen = ?2 WHERE site = ?1",
+            params![site, now as i64],
+        )?;
+        Ok(())
+    }
+
+    /// What is known of a site's node.
+    pub fn node(&self, site: &str) -> Result<Option<NodeRecord>, DbError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT site, last_seen, k, version FROM nodes WHERE site = ?1",
+                params![site],
+                |row| {
+                    Ok(NodeRecord {
+                        site: row.get(0)?,
+                        last_seen: row.get::<_, i64>(1)? as u64,
+                        k: row.get(2)?,
+                        version: row.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Dispatched, unanswered work per site.
+    pub fn in_flight(&self, site: &str) -> Result<u32, DbError> {
+        let conn = self.conn();
+        Ok(conn.query_row(
+            "SELECT COUNT(*) FROM targets WHERE site = ?1 AND state = ?2",
+            params![site, SiteState::Dispatched.as_str()],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Records an event on its own.
+    pub fn record_event(&self, event: &Event) -> Result<(), DbError> {
+        let conn = self.conn();
+        insert_event(&conn, event)?;
+        Ok(())
+    }
+
+    /// Event counts by kind, and the latest `recent` events, newest first.
+    pub fn audit_summary(&self, recent: u32) -> Result<AuditSummary, DbError> {
+        let conn = self.conn();
+        let mut statement =
+            conn.prepare("SELECT kind, COUNT(*) FROM events GROUP BY kind ORDER BY kind")?;
+        let counts = statement
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut statement = conn.prepare(
+            "SELECT at, actor, kind, query_id, site, detail FROM events ORDER BY seq DESC LIMIT ?1",
+        )?;
+        let events = statement
+            .query_map(params![recent], |row| {
+                Ok(Event {
+                    at: row.get::<_, i64>(0)? as u64,
+                    actor: row.get(1)?,
+                    kind: row.get(2)?,
+                    query_id: row.get(3)?,
+                    site: row.get(4)?,
+                    detail: row.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AuditSummary {
+            counts,
+            recent: events,
+        })
+    }
+}
+
+fn query_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredQuery> {
+    Ok(StoredQuery {
+        id: row.get(0)?,
+        title: row.get(1)?,
+        purpose: row.get(2)?,
+        sql: row.get(3)?,
+        query_hash: row.get(4)?,
+        submitted_by: row.get(5)?,
+        submitted_at: row.get::<_, i64>(6)? as u64,
+        deadline: row.get::<_, i64>(7)? as u64,
+        complete: row.get::<_, i64>(8)? != 0,
+    })
+}
+
+fn transition_in(
+    conn: &Connection,
+    query_id: &str,
+    site: &str,
+    from: &[SiteState],
+    to: SiteState,
+    detail: &str,
+    now: u64,
+) -> Result<bool, DbError> {
+    for state in from {
+        let changed = conn.execute(
+            "UPDATE targets SET state = ?3, detail = ?4, updated_at = ?5 WHERE query_id = ?1 AND site = ?2 AND state = ?6",
+            params![query_id, site, to.as_str(), detail, now as i64, state.as_str()],
+        )?;
+        if changed == 1 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn insert_event(conn: &Connection, event: &Event) -> Result<(), DbError> {
+    conn.execute(
+        "INSERT INTO events (at, actor, kind, query_id, site, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            event.at as i64,
+            event.actor,
+            event.kind,
+            event.query_id,
+            event.site,
+            event.detail
+        ],
+    )?;
+    Ok(())
+}

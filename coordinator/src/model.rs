@@ -1,0 +1,213 @@
+//! The coordinator's vocabulary: roles, users, questions and their per-site states, with
+//! their stored names and their wire (proto) forms.
+
+use ern_proto::v1;
+
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Submits questions and reads results.
+    Researcher,
+    /// Approves or rejects questions for one site.
+    Steward,
+    /// Runs the network.
+    Operator,
+    /// A hospital node of one site.
+    Node,
+}
+
+impl Role {
+    /// The stored and command-line name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Researcher => "researcher",
+            Role::Steward => "steward",
+            Role::Operator => "operator",
+            Role::Node => "node",
+        }
+    }
+
+    /// Parses a stored or command-line name.
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "researcher" => Some(Role::Researcher),
+            "steward" => Some(Role::Steward),
+            "operator" => Some(Role::Operator),
+            "node" => Some(Role::Node),
+            _ => None,
+        }
+    }
+
+    /// Whether users of this role belong to one site.
+    pub fn has_site(self) -> bool {
+        matches!(self, Role::Steward | Role::Node)
+    }
+
+    /// The wire form.
+    pub fn to_proto(self) -> v1::Role {
+        match self {
+            Role::Researcher => v1::Role::Researcher,
+            Role::Steward => v1::Role::Steward,
+            Role::Operator => v1::Role::Operator,
+            Role::Node => v1::Role::Node,
+        }
+    }
+
+    /// From the wire form.
+    pub fn from_proto(role: v1::Role) -> Option<Role> {
+        match role {
+            v1::Role::Researcher => Some(Role::Researcher),
+            v1::Role::Steward => Some(Role::Steward),
+            v1::Role::Operator => Some(Role::Operator),
+            v1::Role::Node => Some(Role::Node),
+            v1::Role::Unspecified => None,
+        }
+    }
+}
+
+/// A user (or node) known to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Unique name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Site, for stewards and nodes; empty otherwise.
+    pub site: String,
+    /// When enrolled.
+    pub created_at: u64,
+}
+
+/// Where a question stands at one site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SiteState {
+    /// Waiting for the site's steward.
+    AwaitingApproval,
+    /// Approved, waiting for the node.
+    Approved,
+    /// Sent to the node.
+    Dispatched,
+    /// The node released aggregates.
+    Answered,
+    /// The node refused.
+    Refused,
+    /// The steward rejected.
+    Rejected,
+    /// The node failed or timed out.
+    Failed,
+    /// The deadline passed.
+    Expired,
+}
+
+impl SiteState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SiteState::AwaitingApproval => "awaiting-approval",
+            SiteState::Approved => "approved",
+            SiteState::Dispatched => "dispatched",
+            SiteState::Answered => "answered",
+            SiteState::Refused => "refused",
+            SiteState::Rejected => "rejected",
+            SiteState::Failed => "failed",
+            SiteState::Expired => "expired",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(text: &str) -> Option<SiteState> {
+        [
+            SiteState::AwaitingApproval,
+            SiteState::Approved,
+            SiteState::Dispatched,
+            SiteState::Answered,
+            SiteState::Refused,
+            SiteState::Rejected,
+            SiteState::Failed,
+            SiteState::Expired,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
+    }
+
+    /// Whether the site is done with the question.
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            SiteState::AwaitingApproval | SiteState::Approved | SiteState::Dispatched
+        )
+    }
+
+    /// The wire form.
+    pub fn to_proto(self) -> v1::SiteState {
+        match self {
+            SiteState::AwaitingApproval => v1::SiteState::AwaitingApproval,
+            SiteState::Approved => v1::SiteState::Approved,
+            SiteState::Dispatched => v1::SiteState::Dispatched,
+            SiteState::Answered => v1::SiteState::Answered,
+            SiteState::Refused => v1::SiteState::Refused,
+            SiteState::Rejected => v1::SiteState::Rejected,
+            SiteState::Failed => v1::SiteState::Failed,
+            SiteState::Expired => v1::SiteState::Expired,
+        }
+    }
+}
+
+/// A submitted question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredQuery {
+    /// Id (also the study id stewards sign).
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Purpose.
+    pub purpose: String,
+    /// Exact SQL.
+    pub sql: String,
+    /// Canonical hash.
+    pub query_hash: String,
+    /// Submitting user.
+    pub submitted_by: String,
+    /// Submission time.
+    pub submitted_at: u64,
+    /// Deadline.
+    pub deadline: u64,
+    /// Whether merged.
+    pub complete: bool,
+}
+
+/// One site's part in a question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The question.
+    pub query_id: String,
+    /// The site.
+    pub site: String,
+    /// Its state.
+    pub state: SiteState,
+    /// Rule, reason or reference.
+    pub detail: String,
+    /// Last change.
+    pub updated_at: u64,
+    /// Released partials (Arrow IPC), once answered.
+    pub partial: Option<Vec<u8>>,
+}
+
+impl Target {
+    /// The wire form.
+    pub fn to_proto(&self) -> v1::SiteStatus {
+        v1::SiteStatus {
+            site: self.site.clone(),
+            state: self.state.to_proto() as i32,
+            detail: self.detail.clone(),
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

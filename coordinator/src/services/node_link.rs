@@ -1,0 +1,101 @@
+//! The NodeLink service: the stream a hospital node opens to the coordinator. The node
+//! proves its site with its token (bound to one site at enrolment) and its Hello; the
+//! coordinator then pushes approved work down the stream and reads answers and
+//! heartbeats from it.
+
+use std::sync::Arc;
+
+use ern_proto::v1;
+use ern_proto::v1::node_link_server::NodeLink;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth;
+use crate::core::Coordinator;
+use crate::model::Role;
+
+/// Messages queued towards one node before the coordinator waits for it to read.
+const OUTBOUND_QUEUE: usize = 256;
+
+/// The NodeLink service over the shared core.
+#[derive(Debug, Clone)]
+pub struct NodeLinkService {
+    core: Arc<Coordinator>,
+}
+
+impl NodeLinkService {
+    /// A service over `core`.
+    pub fn new(core: Arc<Coordinator>) -> Self {
+        NodeLinkService { core }
+    }
+}
+
+#[tonic::async_trait]
+impl NodeLink for NodeLinkService {
+    type OpenStreamStream = ReceiverStream<Result<v1::CoordinatorMessage, Status>>;
+
+    async fn open_stream(
+        &self,
+        request: Request<Streaming<v1::NodeMessage>>,
+    ) -> Result<Response<Self::OpenStreamStream>, Status> {
+        let node = auth::require(self.core.db(), request.metadata(), Role::Node)?;
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(v1::NodeMessage {
+                message: Some(v1::node_message::Message::Hello(hello)),
+            }) => hello,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on a node stream must be Hello",
+                ));
+            }
+        };
+        if hello.site_id != node.site {
+            tracing::warn!(token_site = %node.site, claimed = %hello.site_id, "node claimed another site");
+            return Err(Status::permission_denied(format!(
+                "this node token is bound to site {}, not {}",
+                node.site, hello.site_id
+            )));
+        }
+        let site = node.site;
+        let (sender, receiver) = mpsc::channel(OUTBOUND_QUEUE);
+        sender
+            .send(Ok(v1::CoordinatorMessage {
+                message: Some(v1::coordinator_message::Message::Welcome(v1::Welcome {
+                    site_id: site.clone(),
+                    heartbeat_seconds: self.core.timing().heartbeat.as_secs() as u32,
+                })),
+            }))
+            .await
+            .map_err(|_| Status::unavailable("the stream closed during the handshake"))?;
+        let generation = self
+            .core
+            .node_connected(&site, hello.k, &hello.version, sender)?;
+        let core = Arc::clone(&self.core);
+        tokio::spawn(async move {
+            if let Err(status) = core.dispatch(&site).await {
+                tracing::error!(site, message = status.message(), "dispatching on connect");
+            }
+            loop {
+                match inbound.message().await {
+                    Ok(Some(message)) => {
+                        core.node_seen(&site, generation);
+                        if let Some(v1::node_message::Message::Result(result)) = message.message
+                            && let Err(status) = core.handle_result(&site, result).await
+                        {
+                            tracing::error!(site, message = status.message(), "storing an answer");
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(site, message = status.message(), "node stream ended");
+                        break;
+                    }
+                }
+            }
+            core.node_disconnected(&site, generation);
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}

@@ -1,0 +1,203 @@
+//! The Researcher service: submit, status, results, list. A researcher sees only the
+//! questions they submitted.
+
+use std::sync::Arc;
+
+use ern_proto::v1;
+use ern_proto::v1::researcher_server::Researcher;
+use ring::rand::{SecureRandom, SystemRandom};
+use tonic::{Request, Response, Status};
+
+use crate::auth;
+use crate::core::{Coordinator, internal};
+use crate::db::Event;
+use crate::model::{Role, StoredQuery, User, now_seconds};
+
+/// Longest title and purpose, in characters.
+const MAX_TEXT: usize = 2000;
+
+/// The Researcher service over the shared core.
+#[derive(Debug, Clone)]
+pub struct ResearcherService {
+    core: Arc<Coordinator>,
+}
+
+impl ResearcherService {
+    /// A service over `core`.
+    pub fn new(core: Arc<Coordinator>) -> Self {
+        ResearcherService { core }
+    }
+
+    /// A question of `user`, or NOT_FOUND (another researcher's question looks absent).
+    fn own_query(&self, user: &User, query_id: &str) -> Result<StoredQuery, Status> {
+        match self.core.db().query(query_id).map_err(internal)? {
+            Some(query) if query.submitted_by == user.name => Ok(query),
+            _ => Err(Status::not_found(format!(
+                "you have no question {query_id}"
+            ))),
+        }
+    }
+
+    fn status_of(&self, query: &StoredQuery) -> Result<v1::QueryStatus, Status> {
+        let targets = self.core.db().targets(&query.id).map_err(internal)?;
+        Ok(v1::QueryStatus {
+            query_id: query.id.clone(),
+            title: query.title.clone(),
+            state: query_state(query.complete) as i32,
+            sites: targets.iter().map(|t| t.to_proto()).collect(),
+            submitted_at: query.submitted_at,
+            deadline: query.deadline,
+            query_hash: query.query_hash.clone(),
+        })
+    }
+}
+
+fn query_state(complete: bool) -> v1::QueryState {
+    if complete {
+        v1::QueryState::Complete
+    } else {
+        v1::QueryState::Running
+    }
+}
+
+/// A fresh question id: `q-` and 12 hex characters.
+fn new_query_id() -> Result<String, Status> {
+    let mut bytes = [0u8; 6];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Status::internal("no random source for a question id"))?;
+    Ok(format!("q-{}", hex::encode(bytes)))
+}
+
+#[tonic::async_trait]
+impl Researcher for ResearcherService {
+    async fn submit(
+        &self,
+        request: Request<v1::SubmitRequest>,
+    ) -> Result<Response<v1::SubmitResponse>, Status> {
+        let user = auth::require(self.core.db(), request.metadata(), Role::Researcher)?;
+        let submit = request.into_inner();
+        let title = submit.title.trim().to_string();
+        if title.is_empty() {
+            return Err(Status::invalid_argument("a question needs a title"));
+        }
+        if title.chars().count() > MAX_TEXT || submit.purpose.chars().count() > MAX_TEXT {
+            return Err(Status::invalid_argument(format!(
+                "the title and the purpose are at most {MAX_TEXT} characters each"
+            )));
+        }
+        let now = now_seconds();
+        if let Err(refusal) = ern_queries::validate(&submit.sql, self.core.planning()).await {
+            let _ = self.core.db().record_event(&Event {
+                at: now,
+                actor: user.name.clone(),
+                kind: "refused-at-submit".into(),
+                query_id: String::new(),
+                site: String::new(),
+                detail: refusal.rule.name().to_string(),
+            });
+            return Err(Status::invalid_argument(refusal.to_string()));
+        }
+        let enrolled = self.core.db().sites().map_err(internal)?;
+        let mut sites = if submit.sites.is_empty() {
+            enrolled.clone()
+        } else {
+            submit.sites.iter().map(|s| s.trim().to_string()).collect()
+        };
+        sites.sort();
+        sites.dedup();
+        if let Some(unknown) = sites.iter().find(|s| !enrolled.contains(s)) {
+            return Err(Status::invalid_argument(format!(
+                "no site {unknown} is enrolled in this network"
+            )));
+        }
+        if sites.is_empty() {
+            return Err(Status::failed_precondition(
+                "no site is enrolled in this network yet",
+            ));
+        }
+        let wait = if submit.deadline_seconds == 0 {
+            self.core.timing().default_deadline.as_secs()
+        } else {
+            submit.deadline_seconds
+        };
+        let query = StoredQuery {
+            id: new_query_id()?,
+            title,
+            purpose: submit.purpose.trim().to_string(),
+            query_hash: ern_queries::query_hash(&submit.sql),
+            sql: submit.sql,
+            submitted_by: user.name.clone(),
+            submitted_at: now,
+            deadline: now.saturating_add(wait),
+            complete: false,
+        };
+        self.core
+            .db()
+            .insert_query(&query, &sites)
+            .map_err(internal)?;
+        tracing::info!(query = %query.id, researcher = %user.name, sites = sites.len(), "submitted");
+        Ok(Response::new(v1::SubmitResponse {
+            query_id: query.id,
+            query_hash: query.query_hash,
+            sites,
+            deadline: query.deadline,
+        }))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::QueryStatus>, Status> {
+        let user = auth::require(self.core.db(), request.metadata(), Role::Researcher)?;
+        let query = self.own_query(&user, &request.get_ref().query_id)?;
+        Ok(Response::new(self.status_of(&query)?))
+    }
+
+    async fn get_results(
+        &self,
+        request: Request<v1::GetResultsRequest>,
+    ) -> Result<Response<v1::QueryResults>, Status> {
+        let user = auth::require(self.core.db(), request.metadata(), Role::Researcher)?;
+        let query = self.own_query(&user, &request.get_ref().query_id)?;
+        let targets = self.core.db().targets(&query.id).map_err(internal)?;
+        let Some(result) = self.core.db().result(&query.id).map_err(internal)? else {
+            let waiting = targets.iter().filter(|t| !t.state.is_final()).count();
+            return Err(Status::failed_precondition(format!(
+                "question {} is not complete: {waiting} of {} sites have not finished",
+                query.id,
+                targets.len()
+            )));
+        };
+        Ok(Response::new(v1::QueryResults {
+            query_id: query.id,
+            arrow_ipc: result.arrow_ipc,
+            rows: result.rows,
+            coverage: targets.iter().map(|t| t.to_proto()).collect(),
+            merged_at: result.merged_at,
+        }))
+    }
+
+    async fn list_queries(
+        &self,
+        request: Request<v1::ListQueriesRequest>,
+    ) -> Result<Response<v1::ListQueriesResponse>, Status> {
+        let user = auth::require(self.core.db(), request.metadata(), Role::Researcher)?;
+        let mut queries = Vec::new();
+        for query in self.core.db().queries_by(&user.name).map_err(internal)? {
+            let targets = self.core.db().targets(&query.id).map_err(internal)?;
+            queries.push(v1::QuerySummary {
+                query_id: query.id,
+                title: query.title,
+                state: query_state(query.complete) as i32,
+                submitted_at: query.submitted_at,
+                sites: targets.len() as u32,
+                answered: targets
+                    .iter()
+                    .filter(|t| t.state == crate::model::SiteState::Answered)
+                    .count() as u32,
+            });
+        }
+        Ok(Response::new(v1::ListQueriesResponse { queries }))
+    }
+}

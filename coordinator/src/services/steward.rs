@@ -1,0 +1,211 @@
+//! The Steward service: a site's data stewards review and decide the questions that
+//! target their site, and no other site's. Approvals are signed on the steward's machine;
+//! the coordinator stores them as received and forwards them to the node, which alone
+//! verifies them against its own steward keys.
+
+use std::sync::Arc;
+
+use ern_proto::v1;
+use ern_proto::v1::steward_server::Steward;
+use tonic::{Request, Response, Status};
+
+use crate::auth;
+use crate::core::{Coordinator, internal};
+use crate::db::{Event, ReceivedApproval};
+use crate::model::{Role, SiteState, StoredQuery, Target, User, now_seconds};
+
+/// Longest rejection reason, in characters.
+const MAX_REASON: usize = 2000;
+
+/// The Steward service over the shared core.
+#[derive(Debug, Clone)]
+pub struct StewardService {
+    core: Arc<Coordinator>,
+}
+
+impl StewardService {
+    /// A service over `core`.
+    pub fn new(core: Arc<Coordinator>) -> Self {
+        StewardService { core }
+    }
+
+    /// A question that targets the steward's site, with that site's target; NOT_FOUND
+    /// otherwise (another site's work looks absent).
+    fn site_query(&self, user: &User, query_id: &str) -> Result<(StoredQuery, Target), Status> {
+        let not_found =
+            || Status::not_found(format!("no question {query_id} for site {}", user.site));
+        let query = self
+            .core
+            .db()
+            .query(query_id)
+            .map_err(internal)?
+            .ok_or_else(not_found)?;
+        let target = self
+            .core
+            .db()
+            .targets(query_id)
+            .map_err(internal)?
+            .into_iter()
+            .find(|t| t.site == user.site)
+            .ok_or_else(not_found)?;
+        Ok((query, target))
+    }
+}
+
+fn not_awaiting(query_id: &str, target: &Target) -> Status {
+    Status::failed_precondition(format!(
+        "question {query_id} is {} at site {}, not awaiting approval",
+        target.state.as_str(),
+        target.site
+    ))
+}
+
+#[tonic::async_trait]
+impl Steward for StewardService {
+    async fn list_pending(
+        &self,
+        request: Request<v1::ListPendingRequest>,
+    ) -> Result<Response<v1::ListPendingResponse>, Status> {
+        let user = auth::require(self.core.db(), request.metadata(), Role::Steward)?;
+        let pending = self
+            .core
+            .db()
+            .pending_for_site(&user.site, now_seconds())
+            .map_err(internal)?;
+        Ok(Response::new(v1::ListPendingResponse {
+            queries: pending
+                .into_iter()
+                .map(|q| v1::PendingQuery {
+                    query_id: q.id,
+                    title: q.title,
+                    submitted_by: q.submitted_by,
+                    submitted_at: q.submitted_at,
+                    deadline: q.deadline,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn show_query(
+        &self,
+        request: Request<v1::ShowQueryRequest>,
+    ) -> Result<Response<v1::QueryReview>, Status> {
+        let user = auth::require(self.core.db(), request.metadata(), Role::Steward)?;
+        let (query, target) = self.site_query(&user, &request.get_ref().query_id)?;
+        let report = match ern_queries::validate(&query.sql, self.core.planning()).await {
+            Ok(validated) => validated.report,
+            // Accepted at submission, so this means the rules changed since; say so.
+            Err(refusal) => return Err(Status::failed_precondition(refusal.to_string())),
+        };
+        let k = self
+            .core
+            .db()
+            .node(&user.site)
+            .map_err(internal)?
+            .map_or(0, |node| node.k);
+        Ok(Response::new(v1::QueryReview {
+            query_id: query.id,
+            title: query.title,
+            purpose: query.purpose,
+            sql: query.sql,
+            query_hash: query.query_hash,
+            site: user.site.clone(),
+            tables: report.tables.into_iter().collect(),
+            columns: report.columns.into_iter().collect(),
+            aggregates: report.aggregates,
+            group_by: report.group_by,
+            k,
+            submitted_by: query.submitted_by,
+            deadline: query.deadline,
+            status: Some(target.to_proto()),
+        }))
+    }
+
+    async fn approve(
+        &self,
+        request: Request<v1::ApproveRequest>,
+    ) -> Result<Response<v1::DecisionResponse>, Status> {
+        let user = auth::require(self.core.db(), request.metadata(), Role::Steward)?;
+        let approve = request.into_inner();
+        let (query, target) = self.site_query(&user, &approve.query_id)?;
+        let now = now_seconds();
+        if approve.signature.len() != 64 {
+            return Err(Status::invalid_argument(
+                "an approval signature is 64 bytes (Ed25519)",
+            ));
+        }
+        if approve.key_id.len() != 16 || !approve.key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(
+                "a steward key id is 16 hex characters",
+            ));
+        }
+        if approve.expires_at <= now {
+            return Err(Status::invalid_argument("the approval has already expired"));
+        }
+        let approved = self
+            .core
+            .db()
+            .approve(
+                &query.id,
+                &user.site,
+                &ReceivedApproval {
+                    approved_by: &user.name,
+                    expires_at: approve.expires_at,
+                    key_id: &approve.key_id,
+                    signature: &approve.signature,
+                },
+                now,
+            )
+            .map_err(internal)?;
+        if !approved {
+            return Err(not_awaiting(&query.id, &target));
+        }
+        tracing::info!(query = %query.id, site = %user.site, steward = %user.name, "approved");
+        self.core.dispatch(&user.site).await?;
+        let (_, target) = self.site_query(&user, &query.id)?;
+        Ok(Response::new(v1::DecisionResponse {
+            status: Some(target.to_proto()),
+        }))
+    }
+
+    async fn reject(
+        &self,
+        request: Request<v1::RejectRequest>,
+    ) -> Result<Response<v1::DecisionResponse>, Status> {
+        let user = auth::require(self.core.db(), request.metadata(), Role::Steward)?;
+        let reject = request.into_inner();
+        let reason = reject.reason.trim().to_string();
+        if reason.is_empty() || reason.chars().count() > MAX_REASON {
+            return Err(Status::invalid_argument(format!(
+                "a rejection needs a reason of 1-{MAX_REASON} characters"
+            )));
+        }
+        let (query, target) = self.site_query(&user, &reject.query_id)?;
+        let moved = self
+            .core
+            .db()
+            .transition(
+                &query.id,
+                &user.site,
+                &[SiteState::AwaitingApproval],
+                SiteState::Rejected,
+                &Event {
+                    at: now_seconds(),
+                    actor: user.name.clone(),
+                    kind: "rejected".into(),
+                    query_id: query.id.clone(),
+                    site: user.site.clone(),
+                    detail: reason,
+                },
+            )
+            .map_err(internal)?;
+        if !moved {
+            return Err(not_awaiting(&query.id, &target));
+        }
+        self.core.finalize(&query.id).await?;
+        let (_, target) = self.site_query(&user, &query.id)?;
+        Ok(Response::new(v1::DecisionResponse {
+            status: Some(target.to_proto()),
+        }))
+    }
+}

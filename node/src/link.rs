@@ -1,0 +1,245 @@
+//! The node's one connection to the world: an outbound gRPC stream to the coordinator.
+//!
+//! Hospitals accept no inbound connections, so the node dials out, says Hello with its
+//! site id and k, and keeps the stream open: approved work arrives on it, answers and
+//! heartbeats go back on it. Each piece of work runs through the [`NodeEngine`], which
+//! checks the approval against this node's own steward keys before anything else; the
+//! coordinator is not trusted to have checked anything. When the stream breaks, the node
+//! dials again with exponential backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ern_proto::arrow_ipc;
+use ern_proto::v1;
+use ern_proto::v1::node_link_client::NodeLinkClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Endpoint;
+
+use crate::approval::Approval;
+use crate::engine::{ExecuteError, NodeEngine, QueryRequest};
+
+/// The version a node reports in its Hello.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How a node reaches its coordinator.
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    /// The coordinator's URL, e.g. `http://coordinator.example.org:50051`.
+    pub coordinator: String,
+    /// The node's bearer token.
+    pub token: String,
+    /// First wait after a failed connection.
+    pub min_backoff: Duration,
+    /// Longest wait between attempts.
+    pub max_backoff: Duration,
+}
+
+impl LinkSettings {
+    /// Settings with the default backoff (0.2 s doubling to 30 s).
+    pub fn new(coordinator: &str, token: &str) -> Self {
+        LinkSettings {
+            coordinator: coordinator.to_string(),
+            token: token.to_string(),
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why one connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The coordinator's address is not a valid URL.
+    #[error("the coordinator address is not a valid URL")]
+    BadAddress,
+    /// The token cannot travel in a header.
+    #[error("the node token holds characters a header cannot")]
+    BadToken,
+    /// The connection failed.
+    #[error("connecting: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    /// The coordinator answered with an error (e.g. an unknown token or another site).
+    #[error("the coordinator said {code:?}: {message}")]
+    Status {
+        /// The gRPC code.
+        code: tonic::Code,
+        /// Its message.
+        message: String,
+    },
+    /// The coordinator broke the protocol.
+    #[error("protocol: {0}")]
+    Protocol(&'static str),
+}
+
+impl From<tonic::Status> for LinkError {
+    fn from(status: tonic::Status) -> Self {
+        LinkError::Status {
+            code: status.code(),
+            message: status.message().to_string(),
+        }
+    }
+}
+
+/// Keeps this node connected to its coordinator and serves its work, forever.
+pub async fn run(engine: Arc<NodeEngine>, settings: LinkSettings) {
+    let mut backoff = settings.min_backoff;
+    loop {
+        let mut welcomed = false;
+        match session(&engine, &settings, &mut welcomed).await {
+            Ok(()) => tracing::info!("the coordinator closed the stream; reconnecting"),
+            Err(error) => tracing::warn!(%error, "node link down"),
+        }
+        if welcomed {
+            backoff = settings.min_backoff;
+        }
+        tokio::time::sleep(jitter(backoff)).await;
+        backoff = (backoff * 2).min(settings.max_backoff);
+    }
+}
+
+/// `wait` give or take a fifth, so many nodes do not redial in lockstep.
+fn jitter(wait: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let factor = 0.8 + 0.4 * f64::from(nanos % 1000) / 1000.0;
+    wait.mul_f64(factor)
+}
+
+/// One connection, until it ends. Sets `welcomed` once the coordinator accepted us.
+async fn session(
+    engine: &Arc<NodeEngine>,
+    settings: &LinkSettings,
+    welcomed: &mut bool,
+) -> Result<(), LinkError> {
+    let endpoint = Endpoint::from_shared(settings.coordinator.clone())
+        .map_err(|_| LinkError::BadAddress)?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    let channel = endpoint.connect().await?;
+    let bearer: MetadataValue<_> = format!("Bearer {}", settings.token)
+        .parse()
+        .map_err(|_| LinkError::BadToken)?;
+    let mut client =
+        NodeLinkClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+            Ok(request)
+        });
+    let (outbound, receiver) = mpsc::channel(64);
+    let policy = engine.policy();
+    let hello = v1::NodeMessage {
+        message: Some(v1::node_message::Message::Hello(v1::Hello {
+            site_id: policy.site_id.clone(),
+            k: policy.k,
+            version: VERSION.to_string(),
+        })),
+    };
+    outbound
+        .send(hello)
+        .await
+        .map_err(|_| LinkError::Protocol("the outbound queue closed"))?;
+    let mut inbound = client
+        .open_stream(ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    let heartbeat = match inbound.message().await? {
+        Some(v1::CoordinatorMessage {
+            message: Some(v1::coordinator_message::Message::Welcome(welcome)),
+        }) => Duration::from_secs(u64::from(welcome.heartbeat_seconds.max(1))),
+        _ => {
+            return Err(LinkError::Protocol(
+                "the coordinator did not answer Hello with Welcome",
+            ));
+        }
+    };
+    *welcomed = true;
+    tracing::info!(site = %policy.site_id, coordinator = %settings.coordinator, "connected");
+    let mut ticker = tokio::time::interval(heartbeat);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            message = inbound.message() => {
+                match message? {
+                    Some(v1::CoordinatorMessage { message: Some(v1::coordinator_message::Message::Work(work)) }) => {
+                        let engine = Arc::clone(engine);
+                        let outbound = outbound.clone();
+                        tokio::spawn(async move {
+                            let result = run_work(&engine, work).await;
+                            let _ = outbound.send(v1::NodeMessage {
+                                message: Some(v1::node_message::Message::Result(result)),
+                            }).await;
+                        });
+                    }
+                    Some(_) => {}
+                    None => return Ok(()),
+                }
+            }
+            _ = ticker.tick() => {
+                let beat = v1::NodeMessage {
+                    message: Some(v1::node_message::Message::Heartbeat(v1::Heartbeat {
+                        at: now_seconds(),
+                    })),
+                };
+                if outbound.send(beat).await.is_err() {
+                    return Err(LinkError::Protocol("the outbound queue closed"));
+                }
+            }
+        }
+    }
+}
+
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Runs one piece of work through the engine and shapes the answer for the wire.
+pub async fn run_work(engine: &NodeEngine, work: v1::Work) -> v1::WorkResult {
+    use v1::work_result::Outcome;
+    let approval = work.approval.unwrap_or_default();
+    let request = QueryRequest {
+        sql: work.sql,
+        study_id: work.query_id.clone(),
+        approval: Approval {
+            study_id: approval.study_id,
+            site_id: approval.site_id,
+            query_hash: approval.query_hash,
+            expires_at: approval.expires_at,
+            key_id: approval.key_id,
+            signature: approval.signature,
+        },
+    };
+    let outcome = match engine.execute(&request).await {
+        Ok(released) => match arrow_ipc::encode(&released.schema, &released.batches) {
+            Ok(arrow_ipc) => Outcome::Released(v1::Released {
+                arrow_ipc,
+                groups: released.groups_released as u64,
+            }),
+            Err(error) => {
+                tracing::error!(%error, "encoding released partials");
+                Outcome::Failed(v1::Failed {
+                    reference: "encoding".into(),
+                })
+            }
+        },
+        Err(error @ (ExecuteError::Approval(_) | ExecuteError::Refused(_))) => {
+            Outcome::Refused(v1::Refused {
+                rule: error.rule_name(),
+                message: error.to_string(),
+            })
+        }
+        Err(ExecuteError::Failed { reference }) => Outcome::Failed(v1::Failed { reference }),
+    };
+    v1::WorkResult {
+        query_id: work.query_id,
+        outcome: Some(outcome),
+    }
+}

@@ -1,0 +1,23 @@
+//! The gRPC contract every side of the ern network shares: package `ern.v1`, generated
+//! from `proto/ern/v1/ern.proto` at build time (no system protoc needed).
+//!
+//! The `.proto` file is the documentation of every message and field; clients in other
+//! languages are generated from it, or discovered through server reflection with
+//! [`FILE_DESCRIPTOR_SET`].
+
+pub mod arrow_ipc;
+
+/// Package `ern.v1`: messages, clients (`*_client`) and servers (`*_server`).
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::all
+)]
+pub mod v1 {
+    tonic::include_proto!("ern.v1");
+}
+
+/// The encoded `FileDescriptorSet` of `ern.v1`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ern_descriptor.bin"));

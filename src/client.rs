@@ -1,0 +1,167 @@
+//! Connecting the command line to a coordinator: address and token from flags or
+//! `ERN_COORDINATOR` / `ERN_TOKEN`, a bearer header on every call, and gRPC errors turned
+//! into plain sentences.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use ern_proto::v1::operator_client::OperatorClient;
+use ern_proto::v1::researcher_client::ResearcherClient;
+use ern_proto::v1::steward_client::StewardClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+/// Where the coordinator is and who is calling.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Connection {
+    /// The coordinator's URL.
+    #[arg(
+        long,
+        env = "ERN_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub(crate) coordinator: String,
+    /// Your bearer token (from `ern operator user add`).
+    #[arg(long, env = "ERN_TOKEN", hide_env_values = true)]
+    pub(crate) token: String,
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub(crate) struct Bearer(MetadataValue<Ascii>);
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Tokens never reach logs.
+        f.write_str("Bearer(…)")
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel with the caller's token.
+pub(crate) type Authed = InterceptedService<Channel, Bearer>;
+
+/// Opens a channel to the coordinator.
+pub(crate) async fn channel(connection: &Connection) -> anyhow::Result<(Channel, Bearer)> {
+    let endpoint = Endpoint::from_shared(connection.coordinator.clone())
+        .with_context(|| format!("{:?} is not a coordinator URL", connection.coordinator))?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120));
+    let channel = endpoint.connect().await.with_context(|| {
+        format!(
+            "connecting to the coordinator at {}",
+            connection.coordinator
+        )
+    })?;
+    let header = format!("Bearer {}", connection.token.trim())
+        .parse()
+        .context("the token holds characters a header cannot")?;
+    Ok((channel, Bearer(header)))
+}
+
+/// A researcher's client.
+pub(crate) async fn researcher(
+    connection: &Connection,
+) -> anyhow::Result<ResearcherClient<Authed>> {
+    let (channel, bearer) = channel(connection).await?;
+    Ok(ResearcherClient::with_interceptor(channel, bearer))
+}
+
+/// A steward's client.
+pub(crate) async fn steward(connection: &Connection) -> anyhow::Result<StewardClient<Authed>> {
+    let (channel, bearer) = channel(connection).await?;
+    Ok(StewardClient::with_interceptor(channel, bearer))
+}
+
+/// An operator's client.
+pub(crate) async fn operator(connection: &Connection) -> anyhow::Result<OperatorClient<Authed>> {
+    let (channel, bearer) = channel(connection).await?;
+    Ok(OperatorClient::with_interceptor(channel, bearer))
+}
+
+/// A gRPC error as a sentence: what kind of failure, then the coordinator's message.
+pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    let kind = match status.code() {
+        tonic::Code::InvalidArgument => "refused",
+        tonic::Code::Unauthenticated => "not authenticated",
+        tonic::Code::PermissionDenied => "not allowed",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::FailedPrecondition => "not possible now",
+        tonic::Code::AlreadyExists => "already exists",
+        tonic::Code::Unavailable => "coordinator unavailable",
+        tonic::Code::ResourceExhausted => "limit reached",
+        tonic::Code::DeadlineExceeded => "timed out",
+        _ => "coordinator error",
+    };
+    anyhow::anyhow!("{kind}: {}", status.message())
+}
+
+/// A single-threaded runtime for one command's calls.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub(crate) fn format_time(seconds: u64) -> String {
+    if seconds == 0 {
+        return "-".into();
+    }
+    let days = (seconds / 86_400) as i64;
+    let rest = seconds % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Parses a duration such as `7d`, `12h`, `30m` or `90s`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 7d, 12h, 30m or 90s"))?;
+    let seconds = match unit {
+        "d" => value * 86_400,
+        "h" => value * 3600,
+        "m" => value * 60,
+        "s" | "" => value,
+        _ => return Err(format!("{text:?}: the unit is d, h, m or s")),
+    };
+    if seconds == 0 {
+        return Err("a duration must be positive".into());
+    }
+    Ok(Duration::from_secs(seconds))
+}

@@ -1,0 +1,100 @@
+//! What the registry operator runs on the coordinator's machine: `ern coordinator serve`
+//! and, to enrol the first operator before anyone holds a token, `ern coordinator user
+//! add` (it writes to the coordinator's database directly).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use ern_coordinator::model::{Role, now_seconds};
+use ern_coordinator::{Coordinator, CoordinatorConfig, Db, auth, server};
+
+use super::operator::parse_role;
+
+/// Coordinator commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CoordinatorCommand {
+    /// Serve the network's gRPC API until interrupted.
+    Serve(ServeArgs),
+    /// Users, on the coordinator's machine.
+    #[command(subcommand)]
+    User(LocalUserCommand),
+}
+
+/// Arguments of `ern coordinator serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The coordinator's configuration file.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+/// Local user commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum LocalUserCommand {
+    /// Enrol a user or node directly in the database (e.g. the first operator); prints
+    /// its token once.
+    Add(LocalAddArgs),
+}
+
+/// Arguments of `ern coordinator user add`.
+#[derive(Debug, Args)]
+pub(crate) struct LocalAddArgs {
+    /// Unique user name.
+    name: String,
+    /// researcher, steward, operator or node.
+    #[arg(long, value_parser = parse_role)]
+    role: Role,
+    /// The site, for stewards and nodes.
+    #[arg(long, default_value = "")]
+    site: String,
+    /// The coordinator's configuration file.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+pub(crate) fn run(command: CoordinatorCommand) -> anyhow::Result<()> {
+    match command {
+        CoordinatorCommand::Serve(args) => serve(args),
+        CoordinatorCommand::User(LocalUserCommand::Add(args)) => {
+            let config = CoordinatorConfig::load(&args.config)?;
+            let db = Db::open(&config.database)
+                .with_context(|| format!("opening {}", config.database.display()))?;
+            let token = auth::enrol(&db, &args.name, args.role, args.site.trim(), now_seconds())
+                .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
+            println!("{token}");
+            eprintln!(
+                "enrolled {} as {}; the token above is shown only once",
+                args.name,
+                args.role.as_str()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = CoordinatorConfig::load(&args.config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let db = Db::open(&config.database)
+            .with_context(|| format!("opening {}", config.database.display()))?;
+        let core = Arc::new(Coordinator::new(db, config.timing.clone())?);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let address = listener.local_addr()?;
+        tracing::info!(%address, "coordinator serving");
+        eprintln!("coordinator serving on {address}");
+        server::serve(core, listener, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+        eprintln!("coordinator stopped");
+        Ok(())
+    })
+}

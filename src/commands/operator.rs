@@ -1,0 +1,187 @@
+//! What registry operators run: `ern operator nodes | user add | users | audit`.
+
+use clap::{Args, Subcommand};
+use ern_coordinator::model::Role;
+use ern_proto::v1;
+
+use crate::client::{self, Connection, format_time, rpc_error};
+use crate::table::new_table;
+
+/// Operator commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum OperatorCommand {
+    /// Every enrolled site and the state of its node.
+    Nodes(ConnectionArgs),
+    /// Users and node tokens.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Every user (tokens are never shown again).
+    Users(ConnectionArgs),
+    /// The coordinator's audit trail: counts by kind and the latest events.
+    Audit(AuditArgs),
+}
+
+/// Just the connection.
+#[derive(Debug, Args)]
+pub(crate) struct ConnectionArgs {
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// User commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum UserCommand {
+    /// Enrol a user or a node; prints its token once.
+    Add(AddUserArgs),
+}
+
+/// Arguments of `ern operator user add`.
+#[derive(Debug, Args)]
+pub(crate) struct AddUserArgs {
+    /// Unique user name.
+    name: String,
+    /// researcher, steward, operator or node.
+    #[arg(long, value_parser = parse_role)]
+    role: Role,
+    /// The site, for stewards and nodes.
+    #[arg(long, default_value = "")]
+    site: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Arguments of `ern operator audit`.
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    /// How many recent events to show.
+    #[arg(long, default_value_t = 20)]
+    recent: u32,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Parses a role name.
+pub(crate) fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a role: use researcher, steward, operator or node"))
+}
+
+pub(crate) fn run(command: OperatorCommand) -> anyhow::Result<()> {
+    let runtime = client::runtime()?;
+    runtime.block_on(async {
+        match command {
+            OperatorCommand::Nodes(args) => nodes(args).await,
+            OperatorCommand::User(UserCommand::Add(args)) => add_user(args).await,
+            OperatorCommand::Users(args) => users(args).await,
+            OperatorCommand::Audit(args) => audit(args).await,
+        }
+    })
+}
+
+async fn nodes(args: ConnectionArgs) -> anyhow::Result<()> {
+    let mut operator = client::operator(&args.connection).await?;
+    let nodes = operator
+        .list_nodes(v1::ListNodesRequest {})
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let mut table = new_table(
+        &[
+            "site",
+            "connected",
+            "last seen",
+            "k",
+            "version",
+            "in flight",
+        ],
+        &["k", "in flight"],
+    );
+    for node in nodes.nodes {
+        table.add_row(vec![
+            node.site,
+            if node.connected { "yes" } else { "no" }.to_string(),
+            format_time(node.last_seen),
+            node.k.to_string(),
+            node.version,
+            node.in_flight.to_string(),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+async fn add_user(args: AddUserArgs) -> anyhow::Result<()> {
+    let mut operator = client::operator(&args.connection).await?;
+    let added = operator
+        .add_user(v1::AddUserRequest {
+            name: args.name.clone(),
+            role: args.role.to_proto() as i32,
+            site: args.site.clone(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    println!("{}", added.token);
+    eprintln!(
+        "enrolled {} as {}; the token above is shown only once",
+        added.name,
+        args.role.as_str()
+    );
+    Ok(())
+}
+
+async fn users(args: ConnectionArgs) -> anyhow::Result<()> {
+    let mut operator = client::operator(&args.connection).await?;
+    let users = operator
+        .list_users(v1::ListUsersRequest {})
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let mut table = new_table(&["name", "role", "site", "enrolled"], &[]);
+    for user in users.users {
+        let role = v1::Role::try_from(user.role)
+            .ok()
+            .and_then(Role::from_proto)
+            .map_or("unknown", Role::as_str);
+        table.add_row(vec![
+            user.name,
+            role.to_string(),
+            user.site,
+            format_time(user.created_at),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+async fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let mut operator = client::operator(&args.connection).await?;
+    let summary = operator
+        .audit_summary(v1::AuditSummaryRequest {
+            recent: args.recent,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let mut counts = new_table(&["event", "count"], &["count"]);
+    for count in summary.counts {
+        counts.add_row(vec![count.kind, count.count.to_string()]);
+    }
+    println!("{counts}");
+    let mut recent = new_table(
+        &["time", "actor", "event", "question", "site", "detail"],
+        &[],
+    );
+    for event in summary.recent {
+        recent.add_row(vec![
+            format_time(event.at),
+            event.actor,
+            event.kind,
+            event.query_id,
+            event.site,
+            event.detail,
+        ]);
+    }
+    println!("{recent}");
+    Ok(())
+}

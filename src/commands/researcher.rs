@@ -1,0 +1,219 @@
+//! What researchers run: `ern submit`, `ern status`, `ern results`, `ern list`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{ArgGroup, Args};
+use ern_proto::arrow_ipc;
+use ern_proto::v1;
+
+use crate::client::{self, Connection, format_time, parse_duration, rpc_error};
+use crate::output::{self, Format};
+use crate::table::new_table;
+
+/// Arguments of `ern submit`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("query").required(true).args(["sql", "sql_text"])))]
+pub(crate) struct SubmitArgs {
+    /// A file holding the SQL question.
+    #[arg(long)]
+    sql: Option<PathBuf>,
+    /// The SQL question itself.
+    #[arg(long)]
+    sql_text: Option<String>,
+    /// A short title stewards see.
+    #[arg(long)]
+    title: String,
+    /// Why you ask, for the stewards.
+    #[arg(long, default_value = "")]
+    purpose: String,
+    /// Sites to ask, comma-separated (default: every enrolled site).
+    #[arg(long, value_delimiter = ',')]
+    sites: Vec<String>,
+    /// How long to wait for approvals and answers (e.g. 7d, 12h; default: the
+    /// coordinator's).
+    #[arg(long, value_parser = parse_duration)]
+    deadline: Option<std::time::Duration>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Arguments naming one question.
+#[derive(Debug, Args)]
+pub(crate) struct QueryIdArgs {
+    /// The question's id (from `ern submit` or `ern list`).
+    id: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Arguments of `ern results`.
+#[derive(Debug, Args)]
+pub(crate) struct ResultsArgs {
+    /// The question's id.
+    id: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Write to this file instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Arguments of `ern list`.
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    connection: Connection,
+}
+
+pub(crate) fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let sql = match (&args.sql, &args.sql_text) {
+        (Some(path), _) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        (None, Some(text)) => text.clone(),
+        (None, None) => anyhow::bail!("give --sql FILE or --sql-text TEXT"),
+    };
+    client::runtime()?.block_on(async {
+        let mut researcher = client::researcher(&args.connection).await?;
+        let response = researcher
+            .submit(v1::SubmitRequest {
+                sql,
+                title: args.title.clone(),
+                purpose: args.purpose.clone(),
+                sites: args.sites.clone(),
+                deadline_seconds: args.deadline.map_or(0, |d| d.as_secs()),
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        println!("{}", response.query_id);
+        eprintln!(
+            "submitted to {} (waits until {}); query hash {}",
+            response.sites.join(", "),
+            format_time(response.deadline),
+            response.query_hash
+        );
+        Ok(())
+    })
+}
+
+/// Site-by-site coverage as a table.
+pub(crate) fn coverage_table(sites: &[v1::SiteStatus]) -> comfy_table::Table {
+    let mut table = new_table(&["site", "state", "detail", "since"], &[]);
+    for site in sites {
+        table.add_row(vec![
+            site.site.clone(),
+            site_state_name(site.state).to_string(),
+            site.detail.clone(),
+            format_time(site.updated_at),
+        ]);
+    }
+    table
+}
+
+/// A site state for people.
+pub(crate) fn site_state_name(state: i32) -> &'static str {
+    match v1::SiteState::try_from(state).unwrap_or(v1::SiteState::Unspecified) {
+        v1::SiteState::AwaitingApproval => "awaiting approval",
+        v1::SiteState::Approved => "approved, waiting for the node",
+        v1::SiteState::Dispatched => "running at the site",
+        v1::SiteState::Answered => "answered",
+        v1::SiteState::Refused => "refused by the node",
+        v1::SiteState::Rejected => "rejected by the steward",
+        v1::SiteState::Failed => "failed",
+        v1::SiteState::Expired => "expired",
+        v1::SiteState::Unspecified => "unknown",
+    }
+}
+
+fn query_state_name(state: i32) -> &'static str {
+    match v1::QueryState::try_from(state).unwrap_or(v1::QueryState::Unspecified) {
+        v1::QueryState::Running => "running",
+        v1::QueryState::Complete => "complete",
+        v1::QueryState::Unspecified => "unknown",
+    }
+}
+
+pub(crate) fn status(args: QueryIdArgs) -> anyhow::Result<()> {
+    client::runtime()?.block_on(async {
+        let mut researcher = client::researcher(&args.connection).await?;
+        let status = researcher
+            .get_status(v1::GetStatusRequest {
+                query_id: args.id.clone(),
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        println!("{} — {}", status.query_id, status.title);
+        println!(
+            "state: {}; submitted {}; deadline {}",
+            query_state_name(status.state),
+            format_time(status.submitted_at),
+            format_time(status.deadline)
+        );
+        println!("{}", coverage_table(&status.sites));
+        Ok(())
+    })
+}
+
+pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<()> {
+    client::runtime()?.block_on(async {
+        let mut researcher = client::researcher(&args.connection).await?;
+        let results = researcher
+            .get_results(v1::GetResultsRequest {
+                query_id: args.id.clone(),
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        let (schema, batches) =
+            arrow_ipc::decode(&results.arrow_ipc).context("decoding the result table")?;
+        if args.format.is_binary() && args.out.is_none() {
+            use std::io::IsTerminal;
+            anyhow::ensure!(
+                !std::io::stdout().is_terminal(),
+                "{:?} is binary: give --out FILE or redirect stdout",
+                args.format
+            );
+        }
+        if args.format == Format::Table {
+            println!("{}", coverage_table(&results.coverage));
+        }
+        output::write_to(&schema, &batches, args.format, args.out.as_deref())?;
+        if let Some(path) = &args.out {
+            eprintln!("{} rows written to {}", results.rows, path.display());
+        }
+        Ok(())
+    })
+}
+
+pub(crate) fn list(args: ListArgs) -> anyhow::Result<()> {
+    client::runtime()?.block_on(async {
+        let mut researcher = client::researcher(&args.connection).await?;
+        let list = researcher
+            .list_queries(v1::ListQueriesRequest {})
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        let mut table = new_table(
+            &["id", "title", "state", "sites", "answered", "submitted"],
+            &["sites", "answered"],
+        );
+        for query in list.queries {
+            table.add_row(vec![
+                query.query_id,
+                query.title,
+                query_state_name(query.state).to_string(),
+                query.sites.to_string(),
+                query.answered.to_string(),
+                format_time(query.submitted_at),
+            ]);
+        }
+        println!("{table}");
+        Ok(())
+    })
+}

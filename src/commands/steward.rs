@@ -1,0 +1,221 @@
+//! What data stewards run: `ern steward pending | show | approve | reject`.
+//!
+//! `approve` signs on the steward's own machine: it fetches the question, recomputes the
+//! query hash from the SQL it received (never trusting the coordinator's), signs the
+//! statement with the local private key and sends only the signature.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use ern_node::approval;
+use ern_node::steward_key::StewardSigningKey;
+use ern_proto::v1;
+
+use crate::client::{self, Connection, format_time, parse_duration, rpc_error};
+use crate::commands::researcher::{coverage_table, site_state_name};
+use crate::table::new_table;
+
+/// Steward commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum StewardCommand {
+    /// Questions waiting for your site's decision.
+    Pending(PendingArgs),
+    /// One question: SQL, validation report, the k your node applies.
+    Show(ShowArgs),
+    /// Sign an approval locally and send it.
+    Approve(ApproveArgs),
+    /// Reject a question for your site, with a reason the researcher sees.
+    Reject(RejectArgs),
+}
+
+/// Arguments of `ern steward pending`.
+#[derive(Debug, Args)]
+pub(crate) struct PendingArgs {
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Arguments of `ern steward show`.
+#[derive(Debug, Args)]
+pub(crate) struct ShowArgs {
+    /// The question's id.
+    id: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Arguments of `ern steward approve`.
+#[derive(Debug, Args)]
+pub(crate) struct ApproveArgs {
+    /// The question's id.
+    id: String,
+    /// Your private key (PREFIX.key from `ern keygen steward`); it never leaves this machine.
+    #[arg(long)]
+    key: PathBuf,
+    /// How long the approval stays valid (e.g. 7d, 12h).
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    expires: Duration,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Arguments of `ern steward reject`.
+#[derive(Debug, Args)]
+pub(crate) struct RejectArgs {
+    /// The question's id.
+    id: String,
+    /// Why; the researcher sees it.
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+pub(crate) fn run(command: StewardCommand) -> anyhow::Result<()> {
+    let runtime = client::runtime()?;
+    match command {
+        StewardCommand::Pending(args) => runtime.block_on(pending(args)),
+        StewardCommand::Show(args) => runtime.block_on(show(args)),
+        StewardCommand::Approve(args) => runtime.block_on(approve(args)),
+        StewardCommand::Reject(args) => runtime.block_on(reject(args)),
+    }
+}
+
+async fn pending(args: PendingArgs) -> anyhow::Result<()> {
+    let mut steward = client::steward(&args.connection).await?;
+    let pending = steward
+        .list_pending(v1::ListPendingRequest {})
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let mut table = new_table(
+        &["id", "title", "submitted by", "submitted", "deadline"],
+        &[],
+    );
+    for query in pending.queries {
+        table.add_row(vec![
+            query.query_id,
+            query.title,
+            query.submitted_by,
+            format_time(query.submitted_at),
+            format_time(query.deadline),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+async fn show(args: ShowArgs) -> anyhow::Result<()> {
+    let mut steward = client::steward(&args.connection).await?;
+    let review = steward
+        .show_query(v1::ShowQueryRequest {
+            query_id: args.id.clone(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    println!("{} — {}", review.query_id, review.title);
+    if !review.purpose.is_empty() {
+        println!("purpose: {}", review.purpose);
+    }
+    println!(
+        "submitted by {}; deadline {}",
+        review.submitted_by,
+        format_time(review.deadline)
+    );
+    println!("\n{}\n", review.sql.trim());
+    let local_hash = ern_queries::query_hash(&review.sql);
+    println!("query hash: {local_hash}");
+    if local_hash != review.query_hash {
+        println!(
+            "WARNING: the coordinator reported another hash ({})",
+            review.query_hash
+        );
+    }
+    let mut report = new_table(&["validation report", ""], &[]);
+    report.add_row(vec!["tables".to_string(), review.tables.join(", ")]);
+    report.add_row(vec!["columns".to_string(), review.columns.join(", ")]);
+    report.add_row(vec![
+        "released aggregates".to_string(),
+        review.aggregates.join(", "),
+    ]);
+    report.add_row(vec!["grouped by".to_string(), review.group_by.join(", ")]);
+    report.add_row(vec![
+        "k at your node".to_string(),
+        if review.k == 0 {
+            "unknown (your node has not connected yet)".to_string()
+        } else {
+            format!("{} distinct patients per released group", review.k)
+        },
+    ]);
+    println!("{report}");
+    if let Some(status) = review.status {
+        println!("your site: {}", site_state_name(status.state));
+    }
+    Ok(())
+}
+
+async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
+    let key = StewardSigningKey::load(&args.key)
+        .with_context(|| format!("loading {}", args.key.display()))?;
+    let mut steward = client::steward(&args.connection).await?;
+    let review = steward
+        .show_query(v1::ShowQueryRequest {
+            query_id: args.id.clone(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let expires_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + args.expires.as_secs();
+    let signed = approval::sign(
+        &key,
+        &review.sql,
+        &review.site,
+        &review.query_id,
+        expires_at,
+    )
+    .context("signing the approval")?;
+    let decision = steward
+        .approve(v1::ApproveRequest {
+            query_id: review.query_id.clone(),
+            expires_at,
+            key_id: signed.key_id.clone(),
+            signature: signed.signature,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    println!(
+        "approved {} for {} with key {} until {}",
+        review.query_id,
+        review.site,
+        signed.key_id,
+        format_time(expires_at)
+    );
+    if let Some(status) = decision.status {
+        println!("{}", coverage_table(&[status]));
+    }
+    Ok(())
+}
+
+async fn reject(args: RejectArgs) -> anyhow::Result<()> {
+    let mut steward = client::steward(&args.connection).await?;
+    let decision = steward
+        .reject(v1::RejectRequest {
+            query_id: args.id.clone(),
+            reason: args.reason.clone(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    println!("rejected {}", args.id);
+    if let Some(status) = decision.status {
+        println!("{}", coverage_table(&[status]));
+    }
+    Ok(())
+}
