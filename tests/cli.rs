@@ -1,28 +1,11 @@
 //! The `ern` binary as an operator uses it: keys, synthetic exports and ingest, driven as
 //! a subprocess and checked by its exit code, its output and the files it leaves.
 
+mod harness;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn ern(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ern"))
-        .args(args)
-        .env("ERN_LOG", "warn")
-        .output()
-        .expect("run ern")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
+use harness::{ern, path, stderr, stdout};
 
 #[cfg(unix)]
 fn mode(p: &Path) -> u32 {
@@ -236,6 +219,21 @@ fn every_command_has_help() {
         vec!["ingest", "--help"],
         vec!["demo", "--help"],
         vec!["node", "audit", "verify", "--help"],
+        vec!["node", "serve", "--help"],
+        vec!["coordinator", "serve", "--help"],
+        vec!["coordinator", "user", "add", "--help"],
+        vec!["submit", "--help"],
+        vec!["status", "--help"],
+        vec!["results", "--help"],
+        vec!["list", "--help"],
+        vec!["steward", "pending", "--help"],
+        vec!["steward", "show", "--help"],
+        vec!["steward", "approve", "--help"],
+        vec!["steward", "reject", "--help"],
+        vec!["operator", "nodes", "--help"],
+        vec!["operator", "user", "add", "--help"],
+        vec!["operator", "users", "--help"],
+        vec!["operator", "audit", "--help"],
     ] {
         let output = ern(&args);
         assert!(output.status.success(), "{args:?}");
@@ -290,4 +288,95 @@ fn the_demo_answers_its_three_questions_from_every_site() {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
     assert!(!text.contains("refused"), "{text}");
+}
+
+#[test]
+fn the_scripted_demo_prints_only_the_merged_table_on_stdout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exports = dir.path().join("exports");
+    let synth = ern(&[
+        "synth",
+        "--sites",
+        "3",
+        "--patients",
+        "3000",
+        "--seed",
+        "5",
+        "--out",
+        path(&exports),
+    ]);
+    assert!(synth.status.success(), "{}", stderr(&synth));
+    let sql = dir.path().join("question.sql");
+    std::fs::write(
+        &sql,
+        "SELECT p.sex, (p.birth_year / 20) * 20 AS band, COUNT(DISTINCT p.pid) AS patients \
+         FROM patient p GROUP BY p.sex, (p.birth_year / 20) * 20 ORDER BY p.sex, band",
+    )
+    .expect("sql");
+    let output = ern(&[
+        "demo",
+        "--exports",
+        path(&exports),
+        "--sql",
+        path(&sql),
+        "--format",
+        "csv",
+        "--k",
+        "7",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("sex,band,patients"), "{text}");
+    let mut released = std::collections::BTreeMap::new();
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells.len(), 3, "{line}");
+        released.insert(
+            (cells[0].to_string(), cells[1].parse::<i64>().expect("band")),
+            cells[2].parse::<u64>().expect("count"),
+        );
+    }
+    let sites: Vec<_> = ["site-1", "site-2", "site-3"]
+        .iter()
+        .map(|site| exports.join(site))
+        .collect();
+    let sites: Vec<&Path> = sites.iter().map(|p| p.as_path()).collect();
+    let expected = harness::expected_sex_band(&sites, 7);
+    assert_eq!(released, expected);
+    assert!(stderr(&output).contains("answered"), "{}", stderr(&output));
+}
+
+#[test]
+fn the_scripted_demo_refuses_a_bad_question_with_nothing_on_stdout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exports = dir.path().join("exports");
+    let synth = ern(&[
+        "synth",
+        "--sites",
+        "2",
+        "--patients",
+        "400",
+        "--seed",
+        "5",
+        "--out",
+        path(&exports),
+    ]);
+    assert!(synth.status.success(), "{}", stderr(&synth));
+    let sql = dir.path().join("question.sql");
+    std::fs::write(&sql, "SELECT MAX(birth_year) AS oldest FROM patient").expect("sql");
+    let output = ern(&[
+        "demo",
+        "--exports",
+        path(&exports),
+        "--sql",
+        path(&sql),
+        "--format",
+        "csv",
+    ]);
+    assert!(!output.status.success());
+    assert!(stdout(&output).is_empty(), "{}", stdout(&output));
+    let message = stderr(&output);
+    assert!(message.contains("rule 4"), "{message}");
+    assert!(message.contains("MAX"), "{message}");
 }

@@ -1,0 +1,453 @@
+//! A real ern network for end-to-end tests: the `ern` binary started as separate
+//! processes (one coordinator, one node per site) with their own config files, talking
+//! gRPC over loopback, and driven through the same commands a user types.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `ern` binary under test.
+pub(crate) fn ern_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ern")
+}
+
+/// Runs `ern` with `args` and no coordinator environment.
+pub(crate) fn ern(args: &[&str]) -> Output {
+    Command::new(ern_bin())
+        .args(args)
+        .env("ERN_LOG", "warn")
+        .env_remove("ERN_TOKEN")
+        .env_remove("ERN_COORDINATOR")
+        .output()
+        .expect("run ern")
+}
+
+/// Text of stdout.
+pub(crate) fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Text of stderr.
+pub(crate) fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A path as text.
+pub(crate) fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Asserts success and returns stdout.
+#[track_caller]
+pub(crate) fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "ern failed\nstdout: {}\nstderr: {}",
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes.
+#[track_caller]
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A free loopback port.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+/// One site of the test network.
+#[derive(Debug, Clone)]
+pub(crate) struct Site {
+    /// Site id.
+    pub(crate) id: String,
+    /// Its raw export.
+    pub(crate) export: PathBuf,
+    /// Its directory (store, keys, node.toml).
+    pub(crate) dir: PathBuf,
+    /// The steward's private key.
+    pub(crate) steward_key: PathBuf,
+    /// The steward's token.
+    pub(crate) steward_token: String,
+    /// The node's token.
+    pub(crate) node_token: String,
+}
+
+/// A coordinator and its sites, as processes.
+pub(crate) struct Network {
+    /// Everything lives here.
+    pub(crate) dir: tempfile::TempDir,
+    /// The coordinator's URL.
+    pub(crate) url: String,
+    port: u16,
+    /// coordinator.toml.
+    pub(crate) coordinator_config: PathBuf,
+    coordinator: Option<Child>,
+    nodes: HashMap<String, Child>,
+    /// The operator's token.
+    pub(crate) operator: String,
+    /// A researcher's token.
+    pub(crate) researcher: String,
+    /// The sites.
+    pub(crate) sites: Vec<Site>,
+    /// The minimum group size every node applies.
+    pub(crate) k: u32,
+}
+
+impl Network {
+    /// Synthesises `sites` exports, ingests them, creates keys and configs, starts the
+    /// coordinator and enrols everyone. Nodes are not started.
+    pub(crate) fn new(sites: usize, patients: usize, k: u32) -> Network {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().to_path_buf();
+        let exports = root.join("exports");
+        ok(ern(&[
+            "synth",
+            "--sites",
+            &sites.to_string(),
+            "--patients",
+            &patients.to_string(),
+            "--seed",
+            "11",
+            "--out",
+            path(&exports),
+        ]));
+        let port = free_port();
+        let coordinator_config = root.join("coordinator.toml");
+        std::fs::write(
+            &coordinator_config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\ndatabase = \"coordinator.db\"\nsite_timeout_seconds = 60\nheartbeat_seconds = 1\n"
+            ),
+        )
+        .expect("coordinator.toml");
+        let operator = ok(ern(&[
+            "coordinator",
+            "user",
+            "add",
+            "admin",
+            "--role",
+            "operator",
+            "--config",
+            path(&coordinator_config),
+        ]))
+        .trim()
+        .to_string();
+        let mut network = Network {
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            coordinator_config,
+            coordinator: None,
+            nodes: HashMap::new(),
+            operator,
+            researcher: String::new(),
+            sites: Vec::new(),
+            k,
+        };
+        network.start_coordinator();
+        network.researcher = network.add_user("ada", "researcher", "");
+        for index in 1..=sites {
+            let id = format!("site-{index}");
+            let site_dir = root.join(&id);
+            std::fs::create_dir_all(&site_dir).expect("site dir");
+            let key = site_dir.join("pseudonym.key");
+            ok(ern(&["keygen", "pseudonym", "--out", path(&key)]));
+            let export = exports.join(format!("site-{index}"));
+            ok(ern(&[
+                "ingest",
+                "--input",
+                path(&export),
+                "--key",
+                path(&key),
+                "--out",
+                path(&site_dir.join("store")),
+            ]));
+            ok(ern(&[
+                "keygen",
+                "steward",
+                "--out",
+                path(&site_dir.join("steward")),
+            ]));
+            let steward_token = network.add_user(&format!("steward-{index}"), "steward", &id);
+            let node_token = network.add_user(&format!("node-{index}"), "node", &id);
+            std::fs::write(site_dir.join("node.token"), format!("{node_token}\n")).expect("token");
+            std::fs::write(
+                site_dir.join("node.toml"),
+                format!(
+                    "site_id = \"{id}\"\nstore = \"store\"\nstewards = [\"steward.pub\"]\nk = {k}\ncoordinator = \"{}\"\ntoken_file = \"node.token\"\n",
+                    network.url
+                ),
+            )
+            .expect("node.toml");
+            network.sites.push(Site {
+                id,
+                export,
+                steward_key: site_dir.join("steward.key"),
+                dir: site_dir,
+                steward_token,
+                node_token,
+            });
+        }
+        network
+    }
+
+    /// The site with this id.
+    pub(crate) fn site(&self, id: &str) -> &Site {
+        self.sites.iter().find(|s| s.id == id).expect("known site")
+    }
+
+    /// Enrols a user through the operator API; returns the token.
+    pub(crate) fn add_user(&self, name: &str, role: &str, site: &str) -> String {
+        let mut args = vec!["operator", "user", "add", name, "--role", role];
+        if !site.is_empty() {
+            args.extend(["--site", site]);
+        }
+        ok(self.ern_as(&self.operator, &args)).trim().to_string()
+    }
+
+    /// Runs `ern` with `args` as the holder of `token` (through ERN_COORDINATOR and
+    /// ERN_TOKEN, as a user would).
+    pub(crate) fn ern_as(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(ern_bin())
+            .args(args)
+            .env("ERN_LOG", "warn")
+            .env("ERN_COORDINATOR", &self.url)
+            .env("ERN_TOKEN", token)
+            .output()
+            .expect("run ern")
+    }
+
+    /// Starts (or restarts) the coordinator process and waits until it accepts
+    /// connections.
+    pub(crate) fn start_coordinator(&mut self) {
+        assert!(self.coordinator.is_none(), "coordinator already running");
+        let child = Command::new(ern_bin())
+            .args([
+                "coordinator",
+                "serve",
+                "--config",
+                path(&self.coordinator_config),
+            ])
+            .env("ERN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join("coordinator.log"))
+                    .expect("log file"),
+            ))
+            .spawn()
+            .expect("start coordinator");
+        self.coordinator = Some(child);
+        let port = self.port;
+        wait_until("the coordinator to listen", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    /// kill -9 of the coordinator.
+    pub(crate) fn kill_coordinator(&mut self) {
+        if let Some(mut child) = self.coordinator.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// Starts a site's node process (`ern node serve --config node.toml`).
+    pub(crate) fn start_node(&mut self, id: &str) {
+        let site = self.site(id).clone();
+        let child = Command::new(ern_bin())
+            .args([
+                "node",
+                "serve",
+                "--config",
+                path(&site.dir.join("node.toml")),
+            ])
+            .env("ERN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(site.dir.join("node.log"))
+                    .expect("log file"),
+            ))
+            .spawn()
+            .expect("start node");
+        self.nodes.insert(id.to_string(), child);
+    }
+
+    /// Starts a node and waits until the coordinator lists it as connected.
+    pub(crate) fn start_node_connected(&mut self, id: &str) {
+        self.start_node(id);
+        self.wait_connected(id);
+    }
+
+    /// Waits until the coordinator lists the site's node as connected.
+    pub(crate) fn wait_connected(&self, id: &str) {
+        wait_until(
+            &format!("node {id} to connect"),
+            Duration::from_secs(30),
+            || self.node_connected(id),
+        );
+    }
+
+    /// Whether `ern operator nodes` shows the site connected.
+    pub(crate) fn node_connected(&self, id: &str) -> bool {
+        let table = ok(self.ern_as(&self.operator, &["operator", "nodes"]));
+        table.lines().any(|line| {
+            let cells: Vec<&str> = line.split(['│', '┆']).map(str::trim).collect();
+            cells.len() > 2 && cells[1] == id && cells[2] == "yes"
+        })
+    }
+
+    /// Submits `sql` as the researcher; returns the question id.
+    pub(crate) fn submit(&self, sql: &str, title: &str, sites: &[&str]) -> String {
+        let joined = sites.join(",");
+        let mut args = vec!["submit", "--sql-text", sql, "--title", title];
+        if !sites.is_empty() {
+            args.extend(["--sites", &joined]);
+        }
+        ok(self.ern_as(&self.researcher, &args)).trim().to_string()
+    }
+
+    /// The site's steward approves `id` with the site's own key.
+    pub(crate) fn approve(&self, site: &str, id: &str) -> Output {
+        let site = self.site(site);
+        self.ern_as(
+            &site.steward_token,
+            &["steward", "approve", id, "--key", path(&site.steward_key)],
+        )
+    }
+
+    /// State of each site in `ern status ID`, by site id.
+    pub(crate) fn site_states(&self, id: &str) -> BTreeMap<String, (String, String)> {
+        let table = ok(self.ern_as(&self.researcher, &["status", id]));
+        let mut states = BTreeMap::new();
+        for line in table.lines() {
+            let cells: Vec<&str> = line.split(['│', '┆']).map(str::trim).collect();
+            if cells.len() > 3 && cells[1].starts_with("site-") {
+                states.insert(
+                    cells[1].to_string(),
+                    (cells[2].to_string(), cells[3].to_string()),
+                );
+            }
+        }
+        states
+    }
+
+    /// Whether `ern status ID` says complete.
+    pub(crate) fn is_complete(&self, id: &str) -> bool {
+        ok(self.ern_as(&self.researcher, &["status", id])).contains("state: complete")
+    }
+
+    /// Waits for a question to complete.
+    pub(crate) fn wait_complete(&self, id: &str) {
+        wait_until(
+            &format!("question {id} to complete"),
+            Duration::from_secs(60),
+            || self.is_complete(id),
+        );
+    }
+
+    /// The merged table as CSV rows (header dropped).
+    pub(crate) fn results_csv(&self, id: &str) -> Vec<Vec<String>> {
+        let text = ok(self.ern_as(&self.researcher, &["results", id, "--format", "csv"]));
+        parse_csv(&text)
+    }
+
+    /// Stops a node process.
+    pub(crate) fn stop_node(&mut self, id: &str) {
+        if let Some(mut child) = self.nodes.remove(id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for (_, mut child) in self.nodes.drain() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.kill_coordinator();
+    }
+}
+
+/// CSV text to rows, header dropped.
+pub(crate) fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    reader
+        .records()
+        .map(|r| r.expect("csv row").iter().map(str::to_string).collect())
+        .collect()
+}
+
+/// The test question: patients by sex and 20-year birth band.
+pub(crate) const SEX_BAND_SQL: &str = "SELECT p.sex, (p.birth_year / 20) * 20 AS band, COUNT(DISTINCT p.pid) AS patients FROM patient p GROUP BY p.sex, (p.birth_year / 20) * 20 ORDER BY p.sex, band";
+
+/// The answer to [`SEX_BAND_SQL`] computed independently from the raw exports of `sites`:
+/// consenting patients counted per (sex, band) at each site, groups under `k` dropped at
+/// that site, the rest summed.
+pub(crate) fn expected_sex_band(exports: &[&Path], k: u64) -> BTreeMap<(String, i64), u64> {
+    let mut pooled = BTreeMap::new();
+    for export in exports {
+        let mut reader = csv::Reader::from_path(export.join("patient.csv")).expect("patient.csv");
+        let headers = reader.headers().expect("header").clone();
+        let column = |name: &str| headers.iter().position(|h| h == name).expect("column");
+        let (sex, birth, vital, consent) = (
+            column("sex"),
+            column("birth_date"),
+            column("vital_status"),
+            column("consent_data_reuse"),
+        );
+        let mut site: BTreeMap<(String, i64), u64> = BTreeMap::new();
+        for record in reader.records() {
+            let record = record.expect("row");
+            if &record[consent] != "yes" || &record[vital] == "opted_out" {
+                continue;
+            }
+            let year: i64 = record[birth][..4].parse().expect("year");
+            *site
+                .entry((record[sex].to_string(), year / 20 * 20))
+                .or_default() += 1;
+        }
+        for (key, count) in site {
+            if count >= k {
+                *pooled.entry(key).or_default() += count;
+            }
+        }
+    }
+    pooled
+}
+
+/// CSV rows of the test question as a map.
+pub(crate) fn sex_band_rows(rows: &[Vec<String>]) -> BTreeMap<(String, i64), u64> {
+    rows.iter()
+        .map(|r| {
+            (
+                (r[0].clone(), r[1].parse().expect("band")),
+                r[2].parse().expect("count"),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,373 @@
+//! The network end to end: a coordinator and hospital nodes as separate `ern` processes
+//! with config files, talking gRPC over loopback, driven through the commands that
+//! researchers, stewards and operators type.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Network, SEX_BAND_SQL, expected_sex_band, ok, sex_band_rows, stderr, stdout};
+
+#[test]
+fn lifecycle_with_a_rejection_an_offline_site_and_an_unknown_steward_key() {
+    let mut net = Network::new(4, 2400, 5);
+    for site in ["site-1", "site-2", "site-4"] {
+        net.start_node_connected(site);
+    }
+    let id = net.submit(SEX_BAND_SQL, "Patients by sex and birth band", &[]);
+    assert!(id.starts_with("q-"), "{id}");
+
+    // site-1: the steward sees the question, reviews it, approves it.
+    let steward_1 = net.site("site-1").steward_token.clone();
+    let pending = ok(net.ern_as(&steward_1, &["steward", "pending"]));
+    assert!(pending.contains(&id), "{pending}");
+    let shown = ok(net.ern_as(&steward_1, &["steward", "show", &id]));
+    assert!(shown.contains("COUNT(DISTINCT p.pid)"), "{shown}");
+    assert!(
+        shown.contains("5 distinct patients per released group"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&ern_queries::query_hash(SEX_BAND_SQL)),
+        "{shown}"
+    );
+    ok(net.approve("site-1", &id));
+
+    // site-2: rejected with a reason.
+    let steward_2 = net.site("site-2").steward_token.clone();
+    ok(net.ern_as(
+        &steward_2,
+        &[
+            "steward",
+            "reject",
+            &id,
+            "--reason",
+            "outside our ethics approval",
+        ],
+    ));
+
+    // site-3: approved while its node is offline.
+    ok(net.approve("site-3", &id));
+
+    // site-4: signed with a key the node does not know.
+    let rogue = net.dir.path().join("rogue");
+    ok(harness::ern(&[
+        "keygen",
+        "steward",
+        "--out",
+        harness::path(&rogue),
+    ]));
+    let steward_4 = net.site("site-4").steward_token.clone();
+    ok(net.ern_as(
+        &steward_4,
+        &[
+            "steward",
+            "approve",
+            &id,
+            "--key",
+            harness::path(&rogue.with_extension("key")),
+        ],
+    ));
+
+    harness::wait_until(
+        "site-1 and site-4 to finish",
+        Duration::from_secs(30),
+        || {
+            let states = net.site_states(&id);
+            states["site-1"].0 == "answered" && states["site-4"].0 == "refused by the node"
+        },
+    );
+    let states = net.site_states(&id);
+    assert_eq!(states["site-2"].0, "rejected by the steward");
+    assert_eq!(states["site-2"].1, "outside our ethics approval");
+    assert_eq!(states["site-3"].0, "approved, waiting for the node");
+    assert_eq!(states["site-4"].1, "approval-unknown-key");
+    let early = net.ern_as(&net.researcher, &["results", &id]);
+    assert!(!early.status.success());
+    assert!(
+        stderr(&early).contains("not complete"),
+        "{}",
+        stderr(&early)
+    );
+
+    // site-3 comes online and catches up.
+    net.start_node(&"site-3".to_string());
+    net.wait_complete(&id);
+    let states = net.site_states(&id);
+    assert_eq!(states["site-3"].0, "answered");
+
+    let rows = net.results_csv(&id);
+    let exports = [
+        net.site("site-1").export.as_path(),
+        net.site("site-3").export.as_path(),
+    ];
+    let expected = expected_sex_band(&exports, 5);
+    assert!(!expected.is_empty());
+    assert_eq!(sex_band_rows(&rows), expected);
+
+    // Every output format.
+    let json = ok(net.ern_as(&net.researcher, &["results", &id, "--format", "json"]));
+    assert!(
+        json.trim_start().starts_with('[') && json.contains("\"patients\""),
+        "{json}"
+    );
+    for (format, magic) in [("parquet", &b"PAR1"[..]), ("arrow", &b"ARROW1"[..])] {
+        let file = net.dir.path().join(format!("result.{format}"));
+        ok(net.ern_as(
+            &net.researcher,
+            &[
+                "results",
+                &id,
+                "--format",
+                format,
+                "--out",
+                harness::path(&file),
+            ],
+        ));
+        let bytes = std::fs::read(&file).expect("result file");
+        assert_eq!(&bytes[..magic.len()], magic, "{format}");
+    }
+    let table = ok(net.ern_as(&net.researcher, &["results", &id]));
+    assert!(
+        table.contains("patients") && table.contains("site-3"),
+        "{table}"
+    );
+    let list = ok(net.ern_as(&net.researcher, &["list"]));
+    assert!(list.contains(&id) && list.contains("complete"), "{list}");
+    let audit = ok(net.ern_as(&net.operator, &["operator", "audit", "--recent", "100"]));
+    for kind in [
+        "submitted",
+        "approved",
+        "rejected",
+        "refused",
+        "answered",
+        "merged",
+    ] {
+        assert!(audit.contains(kind), "no {kind} event in\n{audit}");
+    }
+}
+
+#[test]
+fn kill_9_of_the_coordinator_between_approval_and_result_loses_nothing() {
+    let mut net = Network::new(2, 1500, 5);
+    let id = net.submit(SEX_BAND_SQL, "Survives a crash", &[]);
+    ok(net.approve("site-1", &id));
+    ok(net.approve("site-2", &id));
+    net.kill_coordinator();
+    net.start_coordinator();
+    let states = net.site_states(&id);
+    assert_eq!(states["site-1"].0, "approved, waiting for the node");
+    assert_eq!(states["site-2"].0, "approved, waiting for the node");
+    net.start_node("site-1");
+    net.start_node("site-2");
+    net.wait_complete(&id);
+    let expected = expected_sex_band(
+        &[
+            net.site("site-1").export.as_path(),
+            net.site("site-2").export.as_path(),
+        ],
+        5,
+    );
+    assert_eq!(sex_band_rows(&net.results_csv(&id)), expected);
+
+    // And again once the result is stored: it is still there after another kill -9.
+    net.kill_coordinator();
+    net.start_coordinator();
+    assert_eq!(sex_band_rows(&net.results_csv(&id)), expected);
+}
+
+#[test]
+fn a_restarted_node_picks_up_work_approved_while_it_was_down() {
+    let mut net = Network::new(1, 800, 5);
+    net.start_node_connected("site-1");
+    net.stop_node("site-1");
+    let id = net.submit(SEX_BAND_SQL, "Node restarts", &[]);
+    ok(net.approve("site-1", &id));
+    net.start_node("site-1");
+    net.wait_complete(&id);
+    assert_eq!(net.site_states(&id)["site-1"].0, "answered");
+}
+
+#[test]
+fn roles_and_sites_are_enforced() {
+    let mut net = Network::new(2, 600, 5);
+    net.start_node_connected("site-1");
+    let id = net.submit(SEX_BAND_SQL, "Only for site 2", &["site-2"]);
+    let steward_1 = net.site("site-1").steward_token.clone();
+    let key_1 = net.site("site-1").steward_key.clone();
+
+    // A researcher cannot approve.
+    let denied = net.ern_as(
+        &net.researcher,
+        &["steward", "approve", &id, "--key", harness::path(&key_1)],
+    );
+    assert!(!denied.status.success());
+    assert!(
+        stderr(&denied).contains("not allowed"),
+        "{}",
+        stderr(&denied)
+    );
+
+    // A steward of site-1 can neither see nor approve site-2's work.
+    assert!(!ok(net.ern_as(&steward_1, &["steward", "pending"])).contains(&id));
+    for args in [
+        vec!["steward", "show", id.as_str()],
+        vec![
+            "steward",
+            "approve",
+            id.as_str(),
+            "--key",
+            harness::path(&key_1),
+        ],
+        vec!["steward", "reject", id.as_str(), "--reason", "no"],
+    ] {
+        let out = net.ern_as(&steward_1, &args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr(&out).contains("not found"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    // Nor read a researcher's results.
+    let out = net.ern_as(&steward_1, &["results", &id]);
+    assert!(stderr(&out).contains("not allowed"), "{}", stderr(&out));
+
+    // A node token cannot call user APIs.
+    let node_1 = net.site("site-1").node_token.clone();
+    for args in [
+        vec!["operator", "user", "add", "mallory", "--role", "operator"],
+        vec!["list"],
+        vec!["steward", "pending"],
+    ] {
+        let out = net.ern_as(&node_1, &args);
+        assert!(
+            stderr(&out).contains("not allowed"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    // An unknown token is not authenticated.
+    let out = net.ern_as("ern_0000", &["list"]);
+    assert!(
+        stderr(&out).contains("not authenticated"),
+        "{}",
+        stderr(&out)
+    );
+    // Only operators enrol.
+    let out = net.ern_as(
+        &net.researcher,
+        &["operator", "user", "add", "eve", "--role", "operator"],
+    );
+    assert!(stderr(&out).contains("not allowed"), "{}", stderr(&out));
+
+    // A node cannot claim another site: site-1's token in site-2's config.
+    let site_2 = net.site("site-2").dir.clone();
+    std::fs::write(site_2.join("node.token"), format!("{node_1}\n")).expect("token");
+    net.start_node("site-2");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!net.node_connected("site-2"));
+    let log = std::fs::read_to_string(site_2.join("node.log")).unwrap_or_default();
+    assert!(log.contains("bound to site site-1"), "{log}");
+
+    // The approval by site-2's own steward is still pending its real node.
+    ok(net.approve("site-2", &id));
+    assert_eq!(
+        net.site_states(&id)["site-2"].0,
+        "approved, waiting for the node"
+    );
+}
+
+#[test]
+fn a_refused_question_is_refused_at_submission_with_its_rule() {
+    let net = Network::new(1, 300, 5);
+    let out = net.ern_as(
+        &net.researcher,
+        &[
+            "submit",
+            "--sql-text",
+            "SELECT pid FROM patient",
+            "--title",
+            "rows",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(stdout(&out).is_empty());
+    let message = stderr(&out);
+    assert!(
+        message.contains("refused") && message.contains("rule 2"),
+        "{message}"
+    );
+    let audit = ok(net.ern_as(&net.operator, &["operator", "audit"]));
+    assert!(audit.contains("refused-at-submit"), "{audit}");
+}
+
+#[test]
+fn health_checking_and_reflection_answer_standard_clients() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let net = Network::new(1, 200, 5);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(net.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let mut health = HealthClient::new(channel.clone());
+        for service in [
+            "ern.v1.Researcher",
+            "ern.v1.Steward",
+            "ern.v1.Operator",
+            "ern.v1.NodeLink",
+        ] {
+            let response = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .expect("health check")
+                .into_inner();
+            assert_eq!(response.status, ServingStatus::Serving as i32, "{service}");
+        }
+        let mut reflection = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = reflection
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let response = responses
+            .message()
+            .await
+            .expect("reply")
+            .expect("one reply");
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("not a service list");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for service in [
+            "ern.v1.Researcher",
+            "ern.v1.Steward",
+            "ern.v1.Operator",
+            "ern.v1.NodeLink",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(
+                names.iter().any(|n| n == service),
+                "{service} missing from {names:?}"
+            );
+        }
+    });
+}
