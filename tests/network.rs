@@ -91,7 +91,7 @@ fn lifecycle_with_a_rejection_an_offline_site_and_an_unknown_steward_key() {
     );
 
     // site-3 comes online and catches up.
-    net.start_node(&"site-3".to_string());
+    net.start_node("site-3");
     net.wait_complete(&id);
     let states = net.site_states(&id);
     assert_eq!(states["site-3"].0, "answered");
