@@ -7,15 +7,16 @@
 //! that a crash interrupted is simply done again by the next tick.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
 use ern_proto::arrow_ipc;
 use ern_proto::v1;
-use tokio::sync::mpsc;
+use ern_queries::ValidatedQuery;
+use tokio::sync::{Notify, mpsc};
 use tonic::Status;
 
 use crate::db::{Db, DbError, Event, NodeRecord, StoredResult};
@@ -61,6 +62,10 @@ pub struct Coordinator {
     planning: SessionState,
     nodes: Mutex<HashMap<String, Connection>>,
     generations: AtomicU64,
+    /// Validated plans of open questions, so answers are checked and merged without
+    /// planning the SQL again for every site.
+    validated: Mutex<HashMap<String, Arc<ValidatedQuery>>>,
+    merged: Notify,
 }
 
 /// Storage failures become a generic internal error; the detail goes to the log.
@@ -78,6 +83,8 @@ impl Coordinator {
             planning: ern_queries::catalog::planning_state()?,
             nodes: Mutex::new(HashMap::new()),
             generations: AtomicU64::new(1),
+            validated: Mutex::new(HashMap::new()),
+            merged: Notify::new(),
         })
     }
 
@@ -279,7 +286,8 @@ impl Coordinator {
             .query(query_id)
             .map_err(|e| e.to_string())?
             .ok_or("unknown question")?;
-        let validated = ern_queries::validate(&query.sql, &self.planning)
+        let validated = self
+            .validated(&query)
             .await
             .map_err(|refusal| refusal.to_string())?;
         let expected = ern_queries::split::released_schema(&validated.barrier)
@@ -311,6 +319,8 @@ impl Coordinator {
         let stored = self.db.store_result(query_id, &result).map_err(internal)?;
         if stored {
             tracing::info!(query = query_id, rows = result.rows, "merged");
+            self.validated_cache().remove(query_id);
+            self.merged.notify_waiters();
         }
         Ok(stored)
     }
@@ -326,7 +336,8 @@ impl Coordinator {
                 "merging the sites' answers failed; the operator can see the detail in its log",
             )
         };
-        let validated = ern_queries::validate(&query.sql, &self.planning)
+        let validated = self
+            .validated(query)
             .await
             .map_err(|refusal| merge_failed(refusal.to_string()))?;
         let mut batches = Vec::new();
@@ -342,7 +353,7 @@ impl Coordinator {
             .map_err(|e| merge_failed(e.to_string()))?;
         let schema = match merged.first() {
             Some(batch) => batch.schema(),
-            None => std::sync::Arc::new(validated.plan.schema().as_arrow().clone()),
+            None => Arc::new(validated.plan.schema().as_arrow().clone()),
         };
         let rows = merged.iter().map(|b| b.num_rows() as u64).sum();
         let arrow_ipc =
@@ -352,6 +363,44 @@ impl Coordinator {
             rows,
             merged_at: now_seconds(),
         })
+    }
+
+    fn validated_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ValidatedQuery>>> {
+        self.validated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The validated plan of an open question, planned once.
+    async fn validated(
+        &self,
+        query: &StoredQuery,
+    ) -> Result<Arc<ValidatedQuery>, ern_queries::Refusal> {
+        if let Some(found) = self.validated_cache().get(&query.id) {
+            return Ok(Arc::clone(found));
+        }
+        let validated = Arc::new(ern_queries::validate(&query.sql, &self.planning).await?);
+        self.validated_cache()
+            .insert(query.id.clone(), Arc::clone(&validated));
+        Ok(validated)
+    }
+
+    /// Waits until `query_id` has a merged result stored.
+    pub async fn wait_merged(&self, query_id: &str) -> Result<(), Status> {
+        loop {
+            let notified = self.merged.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self
+                .db
+                .query(query_id)
+                .map_err(internal)?
+                .is_some_and(|q| q.complete)
+            {
+                return Ok(());
+            }
+            notified.await;
+        }
     }
 
     /// Periodic work: deadlines, site timeouts, stale streams, merges a crash left undone.

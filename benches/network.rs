@@ -1,0 +1,260 @@
+//! Network benchmark: dispatch-to-merged-result latency of a count question through the
+//! real coordinator and real nodes talking gRPC over loopback (nodes dial out through the
+//! production link code), against plain DataFusion over every site's Parquet in one
+//! process, measured in the same run.
+//!
+//! `cargo bench --bench network` runs the configurations: 3, 24 and 200 nodes of
+//! 10k patients, and 8 nodes of 250k. `cargo bench --bench network -- SITES PATIENTS
+//! [REPEATS]` runs one.
+//!
+//! Each site's store is the same ingested registry, hard-linked (a node's cost does not
+//! depend on whose patients it holds); each node has its own audit log and engine.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::prelude::SessionContext;
+use ern_coordinator::db::ReceivedApproval;
+use ern_coordinator::model::{Role, StoredQuery};
+use ern_coordinator::{Coordinator, Db, Timing, auth, server};
+use ern_node::engine::{NodeEngine, NodePolicy};
+use ern_node::link::{self, LinkSettings};
+use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
+use ern_node::synth::{self, SynthConfig};
+use ern_node::{approval, progress, pseudonym};
+
+const SQL: &str = "SELECT p.sex, COUNT(*) AS patients FROM patient p GROUP BY p.sex";
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let configs: Vec<(usize, usize, usize)> = match args.as_slice() {
+        [] => vec![
+            (3, 10_000, 30),
+            (24, 10_000, 30),
+            (200, 10_000, 15),
+            (8, 250_000, 15),
+        ],
+        [sites, patients] => vec![(parse(sites), parse(patients), 20)],
+        [sites, patients, repeats, ..] => vec![(parse(sites), parse(patients), parse(repeats))],
+        _ => unreachable!(),
+    };
+    println!("| sites × patients | federated p50 | federated p95 | plain DataFusion p50 | ratio |");
+    println!("|---|---|---|---|---|");
+    let mut per_node = Vec::new();
+    for (sites, patients, repeats) in configs {
+        let (federated, plain) = runtime.block_on(measure(sites, patients, repeats));
+        let (p50, p95) = (percentile(&federated, 0.5), percentile(&federated, 0.95));
+        let base = percentile(&plain, 0.5);
+        println!(
+            "| {sites} × {patients} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}× |",
+            ms(p50),
+            ms(p95),
+            ms(base),
+            p50.as_secs_f64() / base.as_secs_f64()
+        );
+        if patients == 10_000 {
+            per_node.push((sites, p50));
+        }
+    }
+    if let (Some(first), Some(last)) = (per_node.first(), per_node.last())
+        && last.0 > first.0
+    {
+        let added = (last.1.as_secs_f64() - first.1.as_secs_f64()) / (last.0 - first.0) as f64;
+        println!(
+            "\nadded per extra node ({} → {} nodes of 10k): {:.3} ms",
+            first.0,
+            last.0,
+            added * 1e3
+        );
+    }
+}
+
+fn parse(text: &str) -> usize {
+    text.parse().expect("a number")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn percentile(samples: &[Duration], q: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// One registry of `patients`, ingested once and hard-linked into `sites` stores.
+fn stores(work: &Path, sites: usize, patients: usize) -> Vec<PathBuf> {
+    let exports = synth::synthesize(
+        SynthConfig {
+            sites: 1,
+            patients,
+            seed: 3,
+        },
+        &work.join("exports"),
+        &progress::NoProgress,
+    )
+    .expect("synth");
+    let key = work.join("pseudonym.key");
+    pseudonym::generate_key_file(&key).expect("key");
+    let pseudonymiser = pseudonym::Pseudonymiser::from_key_file(&key).expect("key");
+    let template = work.join("template");
+    ern_node::ingest::ingest(
+        &exports[0].dir,
+        &pseudonymiser,
+        &template,
+        &progress::NoProgress,
+    )
+    .expect("ingest");
+    (0..sites)
+        .map(|index| {
+            let store = work.join(format!("store-{index}"));
+            std::fs::create_dir_all(&store).expect("store dir");
+            for entry in std::fs::read_dir(&template).expect("template") {
+                let entry = entry.expect("entry");
+                if entry.path().extension().is_some_and(|e| e == "parquet") {
+                    std::fs::hard_link(entry.path(), store.join(entry.file_name())).expect("link");
+                }
+            }
+            store
+        })
+        .collect()
+}
+
+async fn measure(sites: usize, patients: usize, repeats: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let work = tempfile::tempdir().expect("temp dir");
+    eprintln!("preparing {sites} sites of {patients} patients");
+    let stores = stores(work.path(), sites, patients);
+
+    let db = Db::open(&work.path().join("coordinator.db")).expect("db");
+    let core = Arc::new(Coordinator::new(db, Timing::default()).expect("coordinator"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(server::serve(
+        Arc::clone(&core),
+        listener,
+        std::future::pending(),
+    ));
+    generate_steward_key(&work.path().join("steward")).expect("steward key");
+    let steward = StewardSigningKey::load(&work.path().join("steward.key")).expect("key");
+    let ids: Vec<String> = (0..sites).map(|i| format!("site-{i}")).collect();
+    for (id, store) in ids.iter().zip(&stores) {
+        let token =
+            auth::enrol(core.db(), &format!("node-{id}"), Role::Node, id, 0).expect("enrol");
+        let engine = NodeEngine::open(store, NodePolicy::new(id, vec![steward.public_key()]))
+            .await
+            .expect("engine");
+        tokio::spawn(link::run(
+            Arc::new(engine),
+            LinkSettings::new(&address, &token),
+        ));
+    }
+    while !ids.iter().all(|id| core.is_connected(id)) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let plain = plain_context(&stores).await;
+    let mut federated = Vec::with_capacity(repeats);
+    let mut baseline = Vec::with_capacity(repeats);
+    for round in 0..repeats + 2 {
+        let query_id = format!("q-bench{round}");
+        let now = ern_coordinator::model::now_seconds();
+        core.db()
+            .insert_query(
+                &StoredQuery {
+                    id: query_id.clone(),
+                    title: "bench".into(),
+                    purpose: String::new(),
+                    sql: SQL.into(),
+                    query_hash: ern_queries::query_hash(SQL),
+                    submitted_by: "bench".into(),
+                    submitted_at: now,
+                    deadline: now + 3600,
+                    complete: false,
+                },
+                &ids,
+            )
+            .expect("insert");
+        for id in &ids {
+            let signed = approval::sign(&steward, SQL, id, &query_id, now + 3600).expect("sign");
+            core.db()
+                .approve(
+                    &query_id,
+                    id,
+                    &ReceivedApproval {
+                        approved_by: "steward",
+                        expires_at: signed.expires_at,
+                        key_id: &signed.key_id,
+                        signature: &signed.signature,
+                    },
+                    now,
+                )
+                .expect("approve");
+        }
+        let started = Instant::now();
+        let mut dispatches = tokio::task::JoinSet::new();
+        for id in &ids {
+            let core = Arc::clone(&core);
+            let id = id.clone();
+            dispatches.spawn(async move { core.dispatch(&id).await });
+        }
+        while let Some(done) = dispatches.join_next().await {
+            done.expect("join").expect("dispatch");
+        }
+        core.wait_merged(&query_id).await.expect("merged");
+        let elapsed = started.elapsed();
+
+        let started = Instant::now();
+        let batches = plain
+            .sql(SQL)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        let plain_elapsed = started.elapsed();
+        assert!(!batches.is_empty());
+        // The first two rounds warm caches on both sides.
+        if round >= 2 {
+            federated.push(elapsed);
+            baseline.push(plain_elapsed);
+        }
+    }
+    (federated, baseline)
+}
+
+/// Plain DataFusion with every site's patient table as one listing table.
+async fn plain_context(stores: &[PathBuf]) -> SessionContext {
+    let ctx = SessionContext::new();
+    let urls = stores
+        .iter()
+        .map(|s| {
+            ListingTableUrl::parse(s.join("patient.parquet").to_str().expect("utf-8")).expect("url")
+        })
+        .collect::<Vec<_>>();
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .infer_schema(&ctx.state())
+        .await
+        .expect("schema");
+    let table = ListingTable::try_new(config).expect("table");
+    ctx.register_table("patient", Arc::new(table))
+        .expect("register");
+    ctx
+}
