@@ -1,0 +1,251 @@
+//! The NodeLink stream against a real coordinator on loopback, with a hand-driven node:
+//! the handshake's checks, and answers that are malformed or not owed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ern_coordinator::db::ReceivedApproval;
+use ern_coordinator::model::{Role, SiteState, StoredQuery, now_seconds};
+use ern_coordinator::{Coordinator, Db, Timing, auth, server};
+use ern_proto::v1;
+use ern_proto::v1::node_link_client::NodeLinkClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+
+const SQL: &str = "SELECT p.sex, COUNT(*) AS n FROM patient p GROUP BY p.sex";
+
+struct Harness {
+    core: Arc<Coordinator>,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Harness {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = Db::open(&dir.path().join("c.db")).expect("db");
+    let core = Arc::new(Coordinator::new(db, Timing::default()).expect("core"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(server::serve(
+        Arc::clone(&core),
+        listener,
+        std::future::pending(),
+    ));
+    Harness {
+        core,
+        url,
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    fn submit_approved(&self, id: &str, sites: &[&str]) {
+        let now = now_seconds();
+        let sites: Vec<String> = sites.iter().map(|s| s.to_string()).collect();
+        self.core
+            .db()
+            .insert_query(
+                &StoredQuery {
+                    id: id.into(),
+                    title: "t".into(),
+                    purpose: String::new(),
+                    sql: SQL.into(),
+                    query_hash: ern_queries::query_hash(SQL),
+                    submitted_by: "ada".into(),
+                    submitted_at: now,
+                    deadline: now + 3600,
+                    complete: false,
+                },
+                &sites,
+            )
+            .expect("insert");
+        for site in &sites {
+            let approval = ReceivedApproval {
+                approved_by: "s",
+                expires_at: now + 3600,
+                key_id: "0123456789abcdef",
+                signature: &[1u8; 64],
+            };
+            assert!(
+                self.core
+                    .db()
+                    .approve(id, site, &approval, now)
+                    .expect("approve")
+            );
+        }
+    }
+
+    fn state(&self, id: &str, site: &str) -> (SiteState, String) {
+        let target = self
+            .core
+            .db()
+            .targets(id)
+            .expect("targets")
+            .into_iter()
+            .find(|t| t.site == site)
+            .expect("target");
+        (target.state, target.detail)
+    }
+
+    /// Opens a node stream with `token`, sending `first`; returns the outbound sender and
+    /// the response.
+    async fn open(
+        &self,
+        token: &str,
+        first: v1::NodeMessage,
+    ) -> (
+        mpsc::Sender<v1::NodeMessage>,
+        Result<tonic::Streaming<v1::CoordinatorMessage>, tonic::Status>,
+    ) {
+        let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let bearer: MetadataValue<_> = format!("Bearer {token}").parse().expect("header");
+        let mut client =
+            NodeLinkClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+                r.metadata_mut().insert("authorization", bearer.clone());
+                Ok(r)
+            });
+        let (sender, receiver) = mpsc::channel(16);
+        sender.send(first).await.expect("queue");
+        let response = client
+            .open_stream(ReceiverStream::new(receiver))
+            .await
+            .map(tonic::Response::into_inner);
+        (sender, response)
+    }
+}
+
+fn hello(site: &str) -> v1::NodeMessage {
+    v1::NodeMessage {
+        message: Some(v1::node_message::Message::Hello(v1::Hello {
+            site_id: site.into(),
+            k: 5,
+            version: "test".into(),
+        })),
+    }
+}
+
+fn released(query_id: &str, bytes: Vec<u8>) -> v1::NodeMessage {
+    v1::NodeMessage {
+        message: Some(v1::node_message::Message::Result(v1::WorkResult {
+            query_id: query_id.into(),
+            outcome: Some(v1::work_result::Outcome::Released(v1::Released {
+                arrow_ipc: bytes,
+                groups: 1,
+            })),
+        })),
+    }
+}
+
+async fn eventually(mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("condition not reached");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_must_say_hello_for_its_own_site_with_a_node_token() {
+    let h = start().await;
+    let node_a = auth::enrol(h.core.db(), "node-a", Role::Node, "a", 0).expect("enrol");
+    let steward = auth::enrol(h.core.db(), "steward-a", Role::Steward, "a", 0).expect("enrol");
+
+    let (_tx, other_site) = h.open(&node_a, hello("b")).await;
+    let status = other_site.expect_err("another site");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status.message().contains("bound to site a"),
+        "{}",
+        status.message()
+    );
+
+    let (_tx, no_hello) = h.open(&node_a, released("q-x", vec![1, 2, 3])).await;
+    assert_eq!(
+        no_hello.expect_err("no hello").code(),
+        tonic::Code::InvalidArgument
+    );
+
+    let (_tx, steward_stream) = h.open(&steward, hello("a")).await;
+    assert_eq!(
+        steward_stream.expect_err("a steward").code(),
+        tonic::Code::PermissionDenied
+    );
+
+    let (_tx, bad_token) = h.open("ern_nope", hello("a")).await;
+    assert_eq!(
+        bad_token.expect_err("bad token").code(),
+        tonic::Code::Unauthenticated
+    );
+    assert!(!h.core.is_connected("a") && !h.core.is_connected("b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_or_unowed_answers_change_nothing_they_should_not() {
+    let h = start().await;
+    let node_a = auth::enrol(h.core.db(), "node-a", Role::Node, "a", 0).expect("enrol");
+    h.submit_approved("q-1", &["a", "b"]);
+    h.submit_approved("q-2", &["b"]);
+
+    let (sender, inbound) = h.open(&node_a, hello("a")).await;
+    let mut inbound = inbound.expect("stream");
+    let welcome = inbound.message().await.expect("read").expect("welcome");
+    assert!(matches!(
+        welcome.message,
+        Some(v1::coordinator_message::Message::Welcome(_))
+    ));
+    let work = inbound.message().await.expect("read").expect("work");
+    let Some(v1::coordinator_message::Message::Work(work)) = work.message else {
+        panic!("expected work");
+    };
+    assert_eq!(work.query_id, "q-1");
+    assert_eq!(work.sql, SQL);
+    let approval = work.approval.expect("approval");
+    assert_eq!(
+        (approval.site_id.as_str(), approval.study_id.as_str()),
+        ("a", "q-1")
+    );
+
+    // An answer for a question this site was never sent is ignored.
+    sender
+        .send(released("q-2", vec![0; 8]))
+        .await
+        .expect("send");
+    // Garbage in place of Arrow IPC fails the site, and only the site.
+    sender
+        .send(released("q-1", b"not arrow".to_vec()))
+        .await
+        .expect("send");
+    eventually(|| h.state("q-1", "a").0 == SiteState::Failed).await;
+    assert_eq!(h.state("q-1", "a").1, "malformed-result");
+    assert_eq!(h.state("q-2", "b").0, SiteState::Approved);
+    assert_eq!(h.state("q-1", "b").0, SiteState::Approved);
+    // The coordinator still serves, and the node's stream is still open.
+    assert!(h.core.is_connected("a"));
+    let channel = tonic::transport::Endpoint::from_shared(h.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "ern.v1.Researcher".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    drop(sender);
+    eventually(|| !h.core.is_connected("a")).await;
+}

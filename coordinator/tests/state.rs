@@ -1,0 +1,209 @@
+//! The coordinator's SQLite state on a real database file: migrations, hashed tokens, and
+//! the per-site state machine that the lifecycle's guarantees rest on.
+
+use ern_coordinator::auth;
+use ern_coordinator::db::{Db, Event, ReceivedApproval};
+use ern_coordinator::model::{Role, SiteState, StoredQuery};
+
+fn query(id: &str, now: u64, deadline: u64) -> StoredQuery {
+    StoredQuery {
+        id: id.into(),
+        title: "t".into(),
+        purpose: String::new(),
+        sql: "SELECT COUNT(*) AS n FROM patient".into(),
+        query_hash: ern_queries::query_hash("SELECT COUNT(*) AS n FROM patient"),
+        submitted_by: "ada".into(),
+        submitted_at: now,
+        deadline,
+        complete: false,
+    }
+}
+
+fn approval() -> ReceivedApproval<'static> {
+    ReceivedApproval {
+        approved_by: "steward-a",
+        expires_at: 2_000_000_000,
+        key_id: "0123456789abcdef",
+        signature: &[7u8; 64],
+    }
+}
+
+fn event(kind: &str) -> Event {
+    Event {
+        at: 1,
+        actor: "x".into(),
+        kind: kind.into(),
+        query_id: String::new(),
+        site: String::new(),
+        detail: "reason".into(),
+    }
+}
+
+fn state(db: &Db, id: &str, site: &str) -> SiteState {
+    db.targets(id)
+        .expect("targets")
+        .into_iter()
+        .find(|t| t.site == site)
+        .expect("target")
+        .state
+}
+
+#[test]
+fn the_schema_migrates_once_and_survives_reopening() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("c.db");
+    {
+        let db = Db::open(&path).expect("create");
+        db.insert_query(&query("q-1", 10, 100), &["a".into()])
+            .expect("insert");
+    }
+    let db = Db::open(&path).expect("reopen");
+    assert_eq!(db.query("q-1").expect("read").expect("kept").title, "t");
+    let conn = rusqlite::Connection::open(&path).expect("sqlite");
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, 1);
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .expect("mode");
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn a_database_from_a_newer_version_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("c.db");
+    drop(Db::open(&path).expect("create"));
+    let conn = rusqlite::Connection::open(&path).expect("sqlite");
+    conn.pragma_update(None, "user_version", 99).expect("bump");
+    drop(conn);
+    let error = Db::open(&path).expect_err("too new");
+    assert!(error.to_string().contains("schema version 99"), "{error}");
+}
+
+#[test]
+fn tokens_are_stored_only_as_hashes_and_unknown_ones_fail() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("c.db");
+    let db = Db::open(&path).expect("db");
+    let token = auth::enrol(&db, "ada", Role::Researcher, "", 5).expect("enrol");
+    assert!(token.starts_with("ern_") && token.len() == 68, "{token}");
+    let (user, hash) = db
+        .user_by_token_hash(&auth::token_hash(&token))
+        .expect("lookup")
+        .expect("found");
+    assert_eq!(user.name, "ada");
+    assert_eq!(hash, auth::token_hash(&token));
+    assert!(
+        db.user_by_token_hash(&auth::token_hash("ern_guess"))
+            .expect("lookup")
+            .is_none()
+    );
+    drop(db);
+    for file in std::fs::read_dir(dir.path()).expect("dir") {
+        let bytes = std::fs::read(file.expect("entry").path()).expect("read");
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "the token is stored in clear"
+        );
+    }
+    // Names are unique; sites are required exactly for stewards and nodes.
+    let db = Db::open(&path).expect("db");
+    assert!(auth::enrol(&db, "ada", Role::Operator, "", 5).is_err());
+    assert!(auth::enrol(&db, "sam", Role::Steward, "", 5).is_err());
+    assert!(auth::enrol(&db, "ray", Role::Researcher, "site-a", 5).is_err());
+    assert!(auth::enrol(&db, "with space", Role::Researcher, "", 5).is_err());
+}
+
+#[test]
+fn a_site_moves_only_along_the_lifecycle() {
+    let db = Db::open_in_memory().expect("db");
+    db.insert_query(&query("q-1", 10, 1000), &["a".into(), "b".into()])
+        .expect("insert");
+    assert_eq!(state(&db, "q-1", "a"), SiteState::AwaitingApproval);
+
+    // No answer is accepted for work that was never dispatched.
+    assert!(
+        !db.record_answer("q-1", "a", SiteState::Answered, "", Some(b"x"), 11)
+            .expect("answer")
+    );
+    assert!(db.approve("q-1", "a", &approval(), 12).expect("approve"));
+    // An approval is recorded once.
+    assert!(
+        !db.approve("q-1", "a", &approval(), 13)
+            .expect("approve again")
+    );
+    assert_eq!(db.approved_work("a", 14).expect("work").len(), 1);
+    assert!(db.mark_dispatched("q-1", "a", 15).expect("dispatch"));
+    // The same work is not dispatched twice.
+    assert!(!db.mark_dispatched("q-1", "a", 15).expect("dispatch again"));
+    // The node's stream breaks: the work goes back to the queue.
+    assert_eq!(db.requeue_dispatched("a", 16).expect("requeue"), 1);
+    assert_eq!(state(&db, "q-1", "a"), SiteState::Approved);
+    assert!(db.mark_dispatched("q-1", "a", 17).expect("dispatch"));
+    assert!(
+        db.record_answer("q-1", "a", SiteState::Answered, "", Some(b"ipc"), 18)
+            .expect("answer")
+    );
+    // A late duplicate answer changes nothing.
+    assert!(
+        !db.record_answer("q-1", "a", SiteState::Failed, "late", None, 19)
+            .expect("dup")
+    );
+    let a = db.targets("q-1").expect("targets").remove(0);
+    assert_eq!(
+        (a.state, a.partial.as_deref()),
+        (SiteState::Answered, Some(&b"ipc"[..]))
+    );
+
+    // A rejection only from awaiting approval.
+    assert!(
+        db.transition(
+            "q-1",
+            "b",
+            &[SiteState::AwaitingApproval],
+            SiteState::Rejected,
+            &event("rejected")
+        )
+        .expect("reject")
+    );
+    assert!(
+        !db.approve("q-1", "b", &approval(), 20)
+            .expect("approve rejected")
+    );
+    let b = db.targets("q-1").expect("targets").remove(1);
+    assert_eq!(
+        (b.state, b.detail.as_str()),
+        (SiteState::Rejected, "reason")
+    );
+}
+
+#[test]
+fn deadlines_expire_waiting_sites_and_site_timeouts_fail_silent_ones() {
+    let db = Db::open_in_memory().expect("db");
+    db.insert_query(&query("q-old", 10, 100), &["a".into(), "b".into()])
+        .expect("insert");
+    db.insert_query(&query("q-new", 10, 10_000), &["a".into()])
+        .expect("insert");
+    assert!(db.approve("q-old", "b", &approval(), 20).expect("approve"));
+    assert!(db.approve("q-new", "a", &approval(), 20).expect("approve"));
+    assert!(db.mark_dispatched("q-new", "a", 30).expect("dispatch"));
+
+    // At t = 50 nothing is due yet.
+    assert!(db.expire(50, 0).expect("expire").is_empty());
+    // At t = 200 q-old is past its deadline; q-new's dispatch (t = 30) is older than the
+    // site timeout allows (dispatched before t = 40).
+    let touched = db.expire(200, 40).expect("expire");
+    assert_eq!(touched, vec!["q-new".to_string(), "q-old".to_string()]);
+    assert_eq!(state(&db, "q-old", "a"), SiteState::Expired);
+    assert_eq!(state(&db, "q-old", "b"), SiteState::Expired);
+    let new = db.targets("q-new").expect("targets").remove(0);
+    assert_eq!(
+        (new.state, new.detail.as_str()),
+        (SiteState::Failed, "timeout")
+    );
+    // Expired work is not handed to a node that connects later.
+    assert!(db.approved_work("b", 201).expect("work").is_empty());
+    assert!(db.pending_for_site("a", 201).expect("pending").is_empty());
+}
