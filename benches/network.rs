@@ -234,6 +234,19 @@ async fn measure(sites: usize, patients: usize, repeats: usize) -> (Vec<Duration
             baseline.push(plain_elapsed);
         }
     }
+    let mut node_ms: Vec<u64> = Vec::new();
+    for store in &stores {
+        let entries = ern_node::audit::read_entries(&store.join(ern_node::audit::AUDIT_FILE))
+            .expect("audit log");
+        node_ms.extend(entries.iter().map(|e| e.duration_ms));
+    }
+    node_ms.sort_unstable();
+    eprintln!(
+        "node execute time (audit log): p50 {} ms, max {} ms over {} runs",
+        node_ms[node_ms.len() / 2],
+        node_ms[node_ms.len() - 1],
+        node_ms.len()
+    );
     (federated, baseline)
 }
 

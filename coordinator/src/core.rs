@@ -308,7 +308,8 @@ impl Coordinator {
         let Some(query) = self.db.query(query_id).map_err(internal)? else {
             return Ok(false);
         };
-        if query.complete {
+        // Cheap first: most answers are not the last one.
+        if query.complete || self.db.unfinished_sites(query_id).map_err(internal)? > 0 {
             return Ok(false);
         }
         let targets = self.db.targets(query_id).map_err(internal)?;

@@ -2,11 +2,18 @@
 //! sites with approvals as received and partials as released, merged results, nodes and
 //! the lifecycle audit trail.
 //!
-//! Durability is the point of this module: the database runs in WAL mode with
-//! `synchronous = FULL`, and every state change that the lifecycle depends on (a
-//! submission with its targets, an approval, a released partial, a merged result) commits
-//! in one transaction before the caller is answered. A `kill -9` at any moment therefore
-//! loses nothing that was acknowledged, and the lifecycle resumes from the tables.
+//! Durability is the point of this module: the database runs in WAL mode, and every state
+//! change that the lifecycle depends on (a submission with its targets, an approval, a
+//! released partial, a merged result) commits in one transaction before the caller is
+//! answered. A `kill -9` at any moment therefore loses nothing that was acknowledged, and
+//! the lifecycle resumes from the tables.
+//!
+//! What people hand over (users, submissions, approvals, rejections, merged results)
+//! commits with `synchronous = FULL`: on disk before the call returns, even across a power
+//! cut. Marks that the network can redo (a piece of work sent to a node, a node's answer)
+//! commit with `synchronous = NORMAL`, which WAL makes safe against a process crash but not
+//! a power cut: after one, such work is simply sent again and answered again, which the
+//! nodes and the state machine allow.
 //!
 //! Migrations are numbered SQL scripts applied in order; `PRAGMA user_version` records
 //! how many have run.
@@ -238,6 +245,14 @@ impl Db {
         })
     }
 
+    /// The connection, for a change that can be redone by the network (see the module
+    /// documentation): committed without waiting for the disk. Back to FULL on drop.
+    fn relaxed_conn(&self) -> Result<RelaxedGuard<'_>, DbError> {
+        let guard = self.conn();
+        guard.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(RelaxedGuard(guard))
+    }
+
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a transaction half-applied (SQLite
         // rolls back an uncommitted transaction), so a poisoned lock is still usable.
@@ -439,6 +454,21 @@ impl Db {
         Ok(targets)
     }
 
+    /// How many sites of a question have not finished.
+    pub fn unfinished_sites(&self, query_id: &str) -> Result<u32, DbError> {
+        let conn = self.conn();
+        Ok(conn.query_row(
+            "SELECT COUNT(*) FROM targets WHERE query_id = ?1 AND state IN (?2, ?3, ?4)",
+            params![
+                query_id,
+                SiteState::AwaitingApproval.as_str(),
+                SiteState::Approved.as_str(),
+                SiteState::Dispatched.as_str()
+            ],
+            |row| row.get(0),
+        )?)
+    }
+
     /// Questions waiting for `site`'s steward, oldest first.
     pub fn pending_for_site(&self, site: &str, now: u64) -> Result<Vec<StoredQuery>, DbError> {
         let conn = self.conn();
@@ -546,7 +576,7 @@ impl Db {
     /// Marks approved work as sent to the node; false if it was no longer approved (so
     /// no piece of work is sent twice on one connection).
     pub fn mark_dispatched(&self, query_id: &str, site: &str, now: u64) -> Result<bool, DbError> {
-        let conn = self.conn();
+        let conn = self.relaxed_conn()?;
         let changed = conn.execute(
             "UPDATE targets SET state = ?3, dispatched_at = ?4, updated_at = ?4
              WHERE query_id = ?1 AND site = ?2 AND state = ?5",
@@ -564,7 +594,7 @@ impl Db {
     /// Puts every piece of work dispatched to `site` back to approved (its connection
     /// ended before an answer), so it is sent again on the next connection.
     pub fn requeue_dispatched(&self, site: &str, now: u64) -> Result<usize, DbError> {
-        let conn = self.conn();
+        let conn = self.relaxed_conn()?;
         Ok(conn.execute(
             "UPDATE targets SET state = ?2, updated_at = ?3, dispatched_at = NULL WHERE site = ?1 AND state = ?4",
             params![
@@ -587,7 +617,7 @@ impl Db {
         partial: Option<&[u8]>,
         now: u64,
     ) -> Result<bool, DbError> {
-        let mut conn = self.conn();
+        let mut conn = self.relaxed_conn()?;
         let tx = conn.transaction()?;
         let changed = tx.execute(
             "UPDATE targets SET state = ?3, detail = ?4, partial = ?5, updated_at = ?6
@@ -840,6 +870,30 @@ impl Db {
             counts,
             recent: events,
         })
+    }
+}
+
+/// The connection with `synchronous = NORMAL`, restored to FULL when dropped.
+struct RelaxedGuard<'a>(MutexGuard<'a, Connection>);
+
+impl std::ops::Deref for RelaxedGuard<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RelaxedGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.0
+    }
+}
+
+impl Drop for RelaxedGuard<'_> {
+    fn drop(&mut self) {
+        if let Err(error) = self.0.pragma_update(None, "synchronous", "FULL") {
+            tracing::error!(%error, "restoring synchronous = FULL");
+        }
     }
 }
 
