@@ -79,18 +79,7 @@ fn keygen_steward_writes_a_pkcs8_key_and_a_public_key_and_prints_the_key_id() {
 fn synth_then_ingest_reports_what_it_stored() {
     let dir = tempfile::tempdir().expect("temp dir");
     let exports = dir.path().join("exports");
-    let synth = ern(&[
-        "synth",
-        "--sites",
-        "2",
-        "--patients",
-        "2000",
-        "--seed",
-        "3",
-        "--out",
-        path(&exports),
-    ]);
-    assert!(synth.status.success(), "{}", stderr(&synth));
+    harness::synth(&exports, 2, 2000, 3);
     assert!(
         exports.join("site-1/patient.csv").exists()
             && exports.join("site-2/phenotype.csv").exists()
@@ -294,18 +283,7 @@ fn the_demo_answers_its_three_questions_from_every_site() {
 fn the_scripted_demo_prints_only_the_merged_table_on_stdout() {
     let dir = tempfile::tempdir().expect("temp dir");
     let exports = dir.path().join("exports");
-    let synth = ern(&[
-        "synth",
-        "--sites",
-        "3",
-        "--patients",
-        "3000",
-        "--seed",
-        "5",
-        "--out",
-        path(&exports),
-    ]);
-    assert!(synth.status.success(), "{}", stderr(&synth));
+    harness::synth(&exports, 3, 3000, 5);
     let sql = dir.path().join("question.sql");
     std::fs::write(
         &sql,
@@ -351,18 +329,7 @@ fn the_scripted_demo_prints_only_the_merged_table_on_stdout() {
 fn the_scripted_demo_refuses_a_bad_question_with_nothing_on_stdout() {
     let dir = tempfile::tempdir().expect("temp dir");
     let exports = dir.path().join("exports");
-    let synth = ern(&[
-        "synth",
-        "--sites",
-        "2",
-        "--patients",
-        "400",
-        "--seed",
-        "5",
-        "--out",
-        path(&exports),
-    ]);
-    assert!(synth.status.success(), "{}", stderr(&synth));
+    harness::synth(&exports, 2, 400, 5);
     let sql = dir.path().join("question.sql");
     std::fs::write(&sql, "SELECT MAX(birth_year) AS oldest FROM patient").expect("sql");
     let output = ern(&[

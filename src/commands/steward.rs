@@ -13,7 +13,9 @@ use ern_node::approval;
 use ern_node::steward_key::StewardSigningKey;
 use ern_proto::v1;
 
-use crate::client::{self, Connection, format_time, parse_duration, rpc_error};
+use ern_proto::v1::steward_client::StewardClient;
+
+use crate::client::{self, Authed, Connection, format_time, parse_duration, rpc_error};
 use crate::commands::researcher::{coverage_table, site_state_name};
 use crate::table::new_table;
 
@@ -83,6 +85,20 @@ pub(crate) fn run(command: StewardCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The question as the coordinator shows it to this steward.
+async fn fetch_review(
+    steward: &mut StewardClient<Authed>,
+    id: &str,
+) -> anyhow::Result<v1::QueryReview> {
+    Ok(steward
+        .show_query(v1::ShowQueryRequest {
+            query_id: id.to_string(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner())
+}
+
 async fn pending(args: PendingArgs) -> anyhow::Result<()> {
     let mut steward = client::steward(&args.connection).await?;
     let pending = steward
@@ -109,13 +125,7 @@ async fn pending(args: PendingArgs) -> anyhow::Result<()> {
 
 async fn show(args: ShowArgs) -> anyhow::Result<()> {
     let mut steward = client::steward(&args.connection).await?;
-    let review = steward
-        .show_query(v1::ShowQueryRequest {
-            query_id: args.id.clone(),
-        })
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+    let review = fetch_review(&mut steward, &args.id).await?;
     println!("{} — {}", review.query_id, review.title);
     if !review.purpose.is_empty() {
         println!("purpose: {}", review.purpose);
@@ -161,13 +171,7 @@ async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
     let key = StewardSigningKey::load(&args.key)
         .with_context(|| format!("loading {}", args.key.display()))?;
     let mut steward = client::steward(&args.connection).await?;
-    let review = steward
-        .show_query(v1::ShowQueryRequest {
-            query_id: args.id.clone(),
-        })
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+    let review = fetch_review(&mut steward, &args.id).await?;
     let expires_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs()

@@ -63,6 +63,39 @@ pub(crate) fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMu
     }
 }
 
+/// `ern synth` of `sites` exports with `patients` in all into `out`.
+#[track_caller]
+pub(crate) fn synth(out: &Path, sites: usize, patients: usize, seed: u64) {
+    ok(ern(&[
+        "synth",
+        "--sites",
+        &sites.to_string(),
+        "--patients",
+        &patients.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        path(out),
+    ]));
+}
+
+/// Starts `ern` with `args` in the background, its stderr appended to `log`.
+pub(crate) fn spawn_logged(args: &[&str], log: &Path) -> Child {
+    Command::new(ern_bin())
+        .args(args)
+        .env("ERN_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("log file"),
+        ))
+        .spawn()
+        .expect("start ern")
+}
+
 /// A free loopback port.
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -117,17 +150,7 @@ impl Network {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().to_path_buf();
         let exports = root.join("exports");
-        ok(ern(&[
-            "synth",
-            "--sites",
-            &sites.to_string(),
-            "--patients",
-            &patients.to_string(),
-            "--seed",
-            "11",
-            "--out",
-            path(&exports),
-        ]));
+        synth(&exports, sites, patients, 11);
         let port = free_port();
         let coordinator_config = root.join("coordinator.toml");
         std::fs::write(
@@ -238,24 +261,15 @@ impl Network {
     /// connections.
     pub(crate) fn start_coordinator(&mut self) {
         assert!(self.coordinator.is_none(), "coordinator already running");
-        let child = Command::new(ern_bin())
-            .args([
+        let child = spawn_logged(
+            &[
                 "coordinator",
                 "serve",
                 "--config",
                 path(&self.coordinator_config),
-            ])
-            .env("ERN_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.dir.path().join("coordinator.log"))
-                    .expect("log file"),
-            ))
-            .spawn()
-            .expect("start coordinator");
+            ],
+            &self.dir.path().join("coordinator.log"),
+        );
         self.coordinator = Some(child);
         let port = self.port;
         wait_until("the coordinator to listen", Duration::from_secs(20), || {
@@ -274,24 +288,15 @@ impl Network {
     /// Starts a site's node process (`ern node serve --config node.toml`).
     pub(crate) fn start_node(&mut self, id: &str) {
         let site = self.site(id).clone();
-        let child = Command::new(ern_bin())
-            .args([
+        let child = spawn_logged(
+            &[
                 "node",
                 "serve",
                 "--config",
                 path(&site.dir.join("node.toml")),
-            ])
-            .env("ERN_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(site.dir.join("node.log"))
-                    .expect("log file"),
-            ))
-            .spawn()
-            .expect("start node");
+            ],
+            &site.dir.join("node.log"),
+        );
         self.nodes.insert(id.to_string(), child);
     }
 
