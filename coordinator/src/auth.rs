@@ -5,6 +5,7 @@
 //! one in constant time (`subtle`), so no timing difference depends on how much of a guessed
 //! token was right. Tokens never appear in logs or errors.
 
+use ern_queries::ids::is_valid_id;
 use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
@@ -73,17 +74,13 @@ pub fn require(db: &Db, metadata: &MetadataMap, role: Role) -> Result<User, Stat
 
 /// Checks a user name, role and site before enrolment.
 pub fn check_new_user(name: &str, role: Role, site: &str) -> Result<(), String> {
-    let valid_id = |text: &str| {
-        (1..=128).contains(&text.chars().count())
-            && text.chars().all(|c| !c.is_control() && !c.is_whitespace())
-    };
-    if !valid_id(name) {
+    if !is_valid_id(name) {
         return Err("a user name is 1-128 printable characters without spaces".into());
     }
     match (role.has_site(), site.is_empty()) {
         (true, true) => Err(format!("a {} needs a site", role.as_str())),
         (false, false) => Err(format!("a {} has no site", role.as_str())),
-        (true, false) if !valid_id(site) => {
+        (true, false) if !is_valid_id(site) => {
             Err("a site id is 1-128 printable characters without spaces".into())
         }
         _ => Ok(()),

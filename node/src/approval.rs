@@ -75,10 +75,7 @@ impl ApprovalError {
 }
 
 /// True for an id that can stand on a line of the statement.
-pub fn is_valid_id(id: &str) -> bool {
-    (1..=128).contains(&id.chars().count())
-        && id.chars().all(|c| !c.is_control() && !c.is_whitespace())
-}
+pub use ern_queries::ids::is_valid_id;
 
 /// The exact bytes a steward signs.
 pub fn statement(query_hash: &str, site_id: &str, study_id: &str, expires_at: u64) -> Vec<u8> {

@@ -144,7 +144,8 @@ impl std::fmt::Debug for NodeEngine {
     }
 }
 
-fn now_seconds() -> u64 {
+/// Seconds since the Unix epoch.
+pub(crate) fn now_seconds() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

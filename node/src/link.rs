@@ -19,7 +19,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Endpoint;
 
 use crate::approval::Approval;
-use crate::engine::{ExecuteError, NodeEngine, QueryRequest};
+use crate::engine::{ExecuteError, NodeEngine, QueryRequest, now_seconds};
 
 /// The version a node reports in its Hello.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -193,12 +193,6 @@ async fn session(
             }
         }
     }
-}
-
-fn now_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Runs one piece of work through the engine and shapes the answer for the wire.

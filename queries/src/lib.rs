@@ -19,6 +19,7 @@
 //! - [`validate`]: parse, plan, walk the plan.
 //! - [`split`]: the per-site plan and the merge of partial results.
 //! - [`hash`]: the canonical query hash that approvals sign.
+//! - [`ids`]: the shape of site, study and user ids.
 //! - [`casefile`]: the steward-readable format of the validation and attack suites.
 //! - [`schema`]: the Arrow schemas of the node tables (the data contract).
 
@@ -26,6 +27,7 @@ pub mod allowlist;
 pub mod casefile;
 pub mod catalog;
 pub mod hash;
+pub mod ids;
 pub mod rules;
 pub mod schema;
 pub mod split;

@@ -11,11 +11,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use ern_coordinator::model::Role;
+use ern_coordinator::model::{Role, now_seconds as now};
 use ern_coordinator::{Coordinator, Db, Timing, auth, server};
 use ern_node::approval;
 use ern_node::audit::{self, AUDIT_FILE};
@@ -421,10 +421,4 @@ async fn ask(
     } else {
         output::write_table(&schema, &batches, format, say)
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
