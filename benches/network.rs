@@ -21,12 +21,13 @@ use datafusion::datasource::listing::{
 use datafusion::prelude::SessionContext;
 use ern_coordinator::db::ReceivedApproval;
 use ern_coordinator::model::{Role, StoredQuery};
-use ern_coordinator::{Coordinator, Db, Timing, auth, server};
+use ern_coordinator::{Coordinator, Db, Timing, Transport, auth, server};
 use ern_node::engine::{NodeEngine, NodePolicy};
 use ern_node::link::{self, LinkSettings};
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
 use ern_node::synth::{self, SynthConfig};
 use ern_node::{approval, progress, pseudonym};
+use ern_proto::transport::BearerToken;
 
 const SQL: &str = "SELECT p.sex, COUNT(*) AS patients FROM patient p GROUP BY p.sex";
 
@@ -147,6 +148,7 @@ async fn measure(sites: usize, patients: usize, repeats: usize) -> (Vec<Duration
     tokio::spawn(server::serve(
         Arc::clone(&core),
         listener,
+        Transport::Plaintext,
         std::future::pending(),
     ));
     generate_steward_key(&work.path().join("steward")).expect("steward key");
@@ -160,7 +162,7 @@ async fn measure(sites: usize, patients: usize, repeats: usize) -> (Vec<Duration
             .expect("engine");
         tokio::spawn(link::run(
             Arc::new(engine),
-            LinkSettings::new(&address, &token),
+            LinkSettings::new(&address, BearerToken::new(&token).expect("token"), None),
         ));
     }
     while !ids.iter().all(|id| core.is_connected(id)) {

@@ -1,21 +1,23 @@
-//! Connecting the command line to a coordinator: address and token from flags or
-//! `ERN_COORDINATOR` / `ERN_TOKEN`, a bearer header on every call, and gRPC errors turned
-//! into plain sentences.
+//! Connecting the command line to a coordinator: address, token and network CA from
+//! flags or `ERN_COORDINATOR` / `ERN_TOKEN` / `ERN_CA`, TLS (plaintext only to loopback),
+//! a bearer header and a deadline on every call, and gRPC errors turned into plain
+//! sentences.
 
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use anyhow::Context;
 use clap::Args;
+use ern_proto::transport::{self, BearerToken, ClientTls};
 use ern_proto::v1::operator_client::OperatorClient;
 use ern_proto::v1::researcher_client::ResearcherClient;
 use ern_proto::v1::steward_client::StewardClient;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Where the coordinator is and who is calling.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub(crate) struct Connection {
     /// The coordinator's URL.
     #[arg(
@@ -27,50 +29,46 @@ pub(crate) struct Connection {
     /// Your bearer token (from `ern operator user add`).
     #[arg(long, env = "ERN_TOKEN", hide_env_values = true)]
     pub(crate) token: String,
+    /// The network CA certificate (PEM), needed for https:// coordinators.
+    #[arg(long, env = "ERN_CA")]
+    pub(crate) ca: Option<PathBuf>,
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-pub(crate) struct Bearer(MetadataValue<Ascii>);
-
-impl std::fmt::Debug for Bearer {
+impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Tokens never reach logs.
-        f.write_str("Bearer(…)")
+        f.debug_struct("Connection")
+            .field("coordinator", &self.coordinator)
+            .field("ca", &self.ca)
+            .finish_non_exhaustive()
     }
 }
 
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
+/// The deadline of every call the command line makes.
+const CALL_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A channel with the caller's token.
-pub(crate) type Authed = InterceptedService<Channel, Bearer>;
+pub(crate) type Authed = InterceptedService<Channel, BearerToken>;
 
 /// Opens a channel to the coordinator.
-pub(crate) async fn channel(connection: &Connection) -> anyhow::Result<(Channel, Bearer)> {
-    let endpoint = Endpoint::from_shared(connection.coordinator.clone())
-        .with_context(|| format!("{:?} is not a coordinator URL", connection.coordinator))?
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(120));
+pub(crate) async fn channel(connection: &Connection) -> anyhow::Result<(Channel, BearerToken)> {
+    let tls = match &connection.ca {
+        Some(path) => Some(ClientTls {
+            ca_pem: std::fs::read(path)
+                .with_context(|| format!("reading the network CA {}", path.display()))?,
+            ..ClientTls::default()
+        }),
+        None => None,
+    };
+    let endpoint =
+        transport::endpoint(&connection.coordinator, tls.as_ref())?.timeout(CALL_DEADLINE);
     let channel = endpoint.connect().await.with_context(|| {
         format!(
             "connecting to the coordinator at {}",
             connection.coordinator
         )
     })?;
-    let header = format!("Bearer {}", connection.token.trim())
-        .parse()
-        .context("the token holds characters a header cannot")?;
-    Ok((channel, Bearer(header)))
+    Ok((channel, BearerToken::new(&connection.token)?))
 }
 
 /// A researcher's client.

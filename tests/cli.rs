@@ -76,6 +76,59 @@ fn keygen_steward_writes_a_pkcs8_key_and_a_public_key_and_prints_the_key_id() {
 }
 
 #[test]
+fn keygen_tls_makes_a_network_and_adds_sites_without_overwriting() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = dir.path().join("tls");
+    let first = ern(&["keygen", "tls", "--out", path(&tls), "--site", "site-1"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    for file in [
+        "ca.pem",
+        "ca.key",
+        "coordinator.pem",
+        "coordinator.key",
+        "node-site-1.pem",
+        "node-site-1.key",
+    ] {
+        let text = std::fs::read_to_string(tls.join(file)).expect(file);
+        assert!(text.starts_with("-----BEGIN "), "{file}");
+        #[cfg(unix)]
+        if file.ends_with(".key") {
+            assert_eq!(mode(&tls.join(file)), 0o600, "{file}");
+        }
+    }
+    let ca_before = std::fs::read(tls.join("ca.pem")).expect("ca");
+
+    // A second run reuses the CA and adds a site.
+    let second = ern(&["keygen", "tls", "--out", path(&tls), "--site", "site-2"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(tls.join("node-site-2.pem").exists());
+    assert_eq!(std::fs::read(tls.join("ca.pem")).expect("ca"), ca_before);
+
+    // Asking again for an existing file writes nothing at all.
+    let again = ern(&[
+        "keygen",
+        "tls",
+        "--out",
+        path(&tls),
+        "--site",
+        "site-3",
+        "--site",
+        "site-1",
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("nothing was written"),
+        "{}",
+        stderr(&again)
+    );
+    assert!(!tls.join("node-site-3.pem").exists());
+
+    // A site id that cannot be a file name is refused.
+    let odd = ern(&["keygen", "tls", "--out", path(&tls), "--site", "../x"]);
+    assert!(!odd.status.success());
+}
+
+#[test]
 fn synth_then_ingest_reports_what_it_stored() {
     let dir = tempfile::tempdir().expect("temp dir");
     let exports = dir.path().join("exports");

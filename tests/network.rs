@@ -145,6 +145,14 @@ fn lifecycle_with_a_rejection_an_offline_site_and_an_unknown_steward_key() {
     ] {
         assert!(audit.contains(kind), "no {kind} event in\n{audit}");
     }
+    // Tokens and keys never reach a log.
+    let logs = net.logs();
+    assert!(logs.contains("connected"), "the logs hold the run:\n{logs}");
+    let secrets = net.secrets();
+    assert!(secrets.len() > 10);
+    for secret in secrets {
+        assert!(!logs.contains(&secret), "a token or key reached a log");
+    }
 }
 
 #[test]
@@ -261,14 +269,18 @@ fn roles_and_sites_are_enforced() {
     );
     assert!(stderr(&out).contains("not allowed"), "{}", stderr(&out));
 
-    // A node cannot claim another site: site-1's token in site-2's config.
+    // A node cannot claim another site: site-1's token in site-2's config (with site-2's
+    // certificate, which names site-2).
     let site_2 = net.site("site-2").dir.clone();
     std::fs::write(site_2.join("node.token"), format!("{node_1}\n")).expect("token");
     net.start_node("site-2");
     std::thread::sleep(Duration::from_secs(2));
     assert!(!net.node_connected("site-2"));
     let log = std::fs::read_to_string(site_2.join("node.log")).unwrap_or_default();
-    assert!(log.contains("bound to site site-1"), "{log}");
+    assert!(
+        log.contains("certificate is bound to site site-2, its token to site site-1"),
+        "{log}"
+    );
 
     // The approval by site-2's own steward is still pending its real node.
     ok(net.approve("site-2", &id));
@@ -317,11 +329,15 @@ fn health_checking_and_reflection_answer_standard_clients() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(net.url.clone())
+        let trust = ern_proto::transport::ClientTls {
+            ca_pem: std::fs::read(&net.ca).expect("network CA"),
+            ..Default::default()
+        };
+        let channel = ern_proto::transport::endpoint(&net.url, Some(&trust))
             .expect("url")
             .connect()
             .await
-            .expect("connect");
+            .expect("connect over TLS");
         let mut health = HealthClient::new(channel.clone());
         for service in [
             "ern.v1.Researcher",

@@ -6,7 +6,22 @@
 //! site_timeout_seconds = 300      # a dispatched question may take this long at a site
 //! default_deadline_hours = 168    # how long a question waits for approvals by default
 //! heartbeat_seconds = 10          # nodes send a heartbeat this often
+//!
+//! [tls]                           # TLS on every endpoint (see `ern keygen tls`)
+//! cert = "tls/coordinator.pem"    # the coordinator's certificate
+//! key = "tls/coordinator.key"     # its private key
+//! client_ca = "tls/ca.pem"        # the network CA: node certificates must chain to it
+//!
+//! [limits]                        # all optional; these are the defaults
+//! max_message_bytes = 4194304     # largest gRPC message decoded
+//! max_sql_bytes = 65536           # largest question
+//! submits_per_minute = 60         # per user, also the burst
+//! rpc_timeout_seconds = 30        # deadline of every call (node streams excepted)
 //! ```
+//!
+//! Without `[tls]` the coordinator refuses to start unless `plaintext = true` is set and
+//! `listen` is a loopback address: plaintext never leaves the machine, and it is logged
+//! as a warning every start.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +30,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::core::Timing;
+use crate::limits::Limits;
 
 /// Errors reading a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +64,67 @@ struct RawConfig {
     default_deadline_hours: u64,
     #[serde(default = "default_heartbeat")]
     heartbeat_seconds: u64,
+    #[serde(default)]
+    plaintext: bool,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_message_bytes: usize,
+    max_sql_bytes: usize,
+    submits_per_minute: u32,
+    rpc_timeout_seconds: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let limits = Limits::default();
+        RawLimits {
+            max_message_bytes: limits.max_message_bytes,
+            max_sql_bytes: limits.max_sql_bytes,
+            submits_per_minute: limits.submits_per_minute,
+            rpc_timeout_seconds: limits.rpc_timeout.as_secs(),
+        }
+    }
+}
+
+/// The coordinator's certificate, key and the CA its nodes' certificates chain to, PEM.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The server certificate (chain).
+    pub cert_pem: Vec<u8>,
+    /// Its private key. Secret.
+    pub key_pem: Vec<u8>,
+    /// The network CA, for node client certificates.
+    pub client_ca_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys never reach logs.
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
+/// How the coordinator's endpoints are reached.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// TLS on every endpoint; nodes authenticate with client certificates.
+    Tls(ServerTls),
+    /// Plaintext, on a loopback address only (tests, demos, a single machine).
+    Plaintext,
 }
 
 fn default_site_timeout() -> u64 {
@@ -69,6 +146,10 @@ pub struct CoordinatorConfig {
     pub database: PathBuf,
     /// Lifecycle timing.
     pub timing: Timing,
+    /// TLS or (loopback only) plaintext.
+    pub transport: Transport,
+    /// Sizes, rates and deadlines.
+    pub limits: Limits,
 }
 
 impl CoordinatorConfig {
@@ -94,15 +175,126 @@ impl CoordinatorConfig {
                 "timeouts, deadlines and heartbeats must be positive",
             ));
         }
+        let limits = &raw.limits;
+        if limits.max_message_bytes == 0
+            || limits.max_sql_bytes == 0
+            || limits.submits_per_minute == 0
+            || limits.rpc_timeout_seconds == 0
+        {
+            return Err(invalid("limits must be positive"));
+        }
         let base = path.parent().unwrap_or(Path::new("."));
+        let transport = match (&raw.tls, raw.plaintext) {
+            (Some(_), true) => {
+                return Err(invalid("set either [tls] or plaintext = true, not both"));
+            }
+            (None, false) => {
+                return Err(invalid(
+                    "no [tls] section: configure TLS (see `ern keygen tls`), or set \
+                     plaintext = true to serve without encryption on a loopback address",
+                ));
+            }
+            (None, true) if !raw.listen.ip().is_loopback() => {
+                return Err(invalid(
+                    "plaintext = true is allowed only on a loopback listen address \
+                     (127.0.0.1 or ::1); configure [tls] to serve a network",
+                ));
+            }
+            (None, true) => Transport::Plaintext,
+            (Some(tls), false) => {
+                let read = |file: &Path| {
+                    let file = base.join(file);
+                    std::fs::read(&file).map_err(|source| ConfigError::Read { path: file, source })
+                };
+                Transport::Tls(ServerTls {
+                    cert_pem: read(&tls.cert)?,
+                    key_pem: read(&tls.key)?,
+                    client_ca_pem: read(&tls.client_ca)?,
+                })
+            }
+        };
         Ok(CoordinatorConfig {
             listen: raw.listen,
             database: base.join(raw.database),
+            transport,
+            limits: Limits {
+                max_message_bytes: raw.limits.max_message_bytes,
+                max_sql_bytes: raw.limits.max_sql_bytes,
+                submits_per_minute: raw.limits.submits_per_minute,
+                rpc_timeout: Duration::from_secs(raw.limits.rpc_timeout_seconds),
+            },
             timing: Timing {
                 site_timeout: Duration::from_secs(raw.site_timeout_seconds),
                 default_deadline: Duration::from_secs(raw.default_deadline_hours * 3600),
                 heartbeat: Duration::from_secs(raw.heartbeat_seconds),
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<CoordinatorConfig, ConfigError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for file in ["c.pem", "c.key", "ca.pem"] {
+            std::fs::write(dir.path().join(file), "pem").expect("write");
+        }
+        let path = dir.path().join("coordinator.toml");
+        std::fs::write(&path, text).expect("write");
+        CoordinatorConfig::load(&path)
+    }
+
+    const TLS: &str = "[tls]\ncert = \"c.pem\"\nkey = \"c.key\"\nclient_ca = \"ca.pem\"\n";
+
+    fn message(result: Result<CoordinatorConfig, ConfigError>) -> String {
+        result.expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn plaintext_only_when_asked_for_and_only_on_loopback() {
+        let base = "database = \"c.db\"\n";
+        let config = load(&format!(
+            "listen = \"127.0.0.1:1\"\n{base}plaintext = true\n"
+        ))
+        .expect("loopback plaintext");
+        assert!(matches!(config.transport, Transport::Plaintext));
+        assert!(message(load(&format!("listen = \"127.0.0.1:1\"\n{base}"))).contains("no [tls]"));
+        assert!(
+            message(load(&format!(
+                "listen = \"0.0.0.0:1\"\n{base}plaintext = true\n"
+            )))
+            .contains("only on a loopback")
+        );
+        assert!(
+            message(load(&format!(
+                "listen = \"127.0.0.1:1\"\n{base}plaintext = true\n{TLS}"
+            )))
+            .contains("not both")
+        );
+        let config =
+            load(&format!("listen = \"0.0.0.0:1\"\n{base}{TLS}")).expect("TLS on any address");
+        assert!(matches!(config.transport, Transport::Tls(_)));
+        assert_eq!(config.limits, Limits::default());
+    }
+
+    #[test]
+    fn limits_are_read_and_must_be_positive() {
+        let base = "listen = \"127.0.0.1:1\"\ndatabase = \"c.db\"\nplaintext = true\n";
+        let config = load(&format!(
+            "{base}[limits]\nmax_sql_bytes = 100\nsubmits_per_minute = 2\n"
+        ))
+        .expect("limits");
+        assert_eq!(config.limits.max_sql_bytes, 100);
+        assert_eq!(config.limits.submits_per_minute, 2);
+        assert!(
+            message(load(&format!("{base}[limits]\nrpc_timeout_seconds = 0\n")))
+                .contains("positive")
+        );
+        assert!(
+            load(&format!("{base}[limits]\nmax_sql = 1\n")).is_err(),
+            "unknown key"
+        );
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::{Notify, mpsc};
 use tonic::Status;
 
 use crate::db::{Db, DbError, Event, NodeRecord, StoredResult};
+use crate::limits::{Limits, SubmitLimiter};
 use crate::model::{SiteState, StoredQuery, now_seconds};
 
 /// Lifecycle timing.
@@ -52,6 +53,8 @@ struct Connection {
     generation: u64,
     sender: NodeSender,
     last_seen: u64,
+    /// Most pieces of work the node runs at once (from its Hello).
+    max_concurrent: usize,
 }
 
 /// The coordinator's shared core, behind every service.
@@ -59,6 +62,11 @@ struct Connection {
 pub struct Coordinator {
     db: Db,
     timing: Timing,
+    limits: Limits,
+    submissions: SubmitLimiter,
+    /// Serialises dispatch, so a node's concurrency limit holds when an approval and an
+    /// answer arrive at the same moment.
+    dispatching: tokio::sync::Mutex<()>,
     planning: SessionState,
     nodes: Mutex<HashMap<String, Connection>>,
     generations: AtomicU64,
@@ -77,15 +85,36 @@ pub(crate) fn internal(error: DbError) -> Status {
 impl Coordinator {
     /// A coordinator over `db`.
     pub fn new(db: Db, timing: Timing) -> Result<Self, DataFusionError> {
+        let limits = Limits::default();
         Ok(Coordinator {
             db,
             timing,
+            submissions: SubmitLimiter::new(limits.submits_per_minute),
+            limits,
+            dispatching: tokio::sync::Mutex::new(()),
             planning: ern_queries::catalog::planning_state()?,
             nodes: Mutex::new(HashMap::new()),
             generations: AtomicU64::new(1),
             validated: Mutex::new(HashMap::new()),
             merged: Notify::new(),
         })
+    }
+
+    /// The same coordinator under `limits`.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.submissions = SubmitLimiter::new(limits.submits_per_minute);
+        self.limits = limits;
+        self
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The per-user submission allowance.
+    pub fn submissions(&self) -> &SubmitLimiter {
+        &self.submissions
     }
 
     /// The database.
@@ -119,10 +148,10 @@ impl Coordinator {
     pub fn node_connected(
         &self,
         site: &str,
-        k: u32,
-        version: &str,
+        hello: &v1::Hello,
         sender: NodeSender,
     ) -> Result<u64, Status> {
+        let (k, version) = (hello.k, hello.version.as_str());
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let now = now_seconds();
         self.db
@@ -150,6 +179,7 @@ impl Coordinator {
                 generation,
                 sender,
                 last_seen: now,
+                max_concurrent: hello.max_concurrent.max(1) as usize,
             },
         );
         tracing::info!(site, k, version, "node connected");
@@ -199,16 +229,23 @@ impl Coordinator {
         }
     }
 
-    /// Sends every approved piece of work of `site` to its node, if connected.
+    /// Sends approved work of `site` to its node, if connected, as far as the node's
+    /// concurrency allows; the rest goes when answers come back.
     pub async fn dispatch(&self, site: &str) -> Result<usize, Status> {
-        let sender = match self.nodes().get(site) {
-            Some(connection) => connection.sender.clone(),
+        let _one_at_a_time = self.dispatching.lock().await;
+        let (sender, max_concurrent) = match self.nodes().get(site) {
+            Some(connection) => (connection.sender.clone(), connection.max_concurrent),
             None => return Ok(0),
         };
+        let room =
+            max_concurrent.saturating_sub(self.db.in_flight(site).map_err(internal)? as usize);
+        if room == 0 {
+            return Ok(0);
+        }
         let now = now_seconds();
         let work = self.db.approved_work(site, now).map_err(internal)?;
         let mut sent = 0;
-        for item in work {
+        for item in work.into_iter().take(room) {
             if !self
                 .db
                 .mark_dispatched(&item.query_id, site, now)
@@ -273,6 +310,8 @@ impl Coordinator {
             .map_err(internal)?;
         if recorded {
             tracing::info!(site, query = %result.query_id, state = state.as_str(), "answer");
+            // The node has room again.
+            self.dispatch(site).await?;
             self.finalize(&result.query_id).await?;
         }
         Ok(())
@@ -415,6 +454,13 @@ impl Coordinator {
                 }
             }
             Err(error) => tracing::error!(%error, "expiring work"),
+        }
+        // Timeouts free room on nodes; also catches any work a race left approved.
+        let connected: Vec<String> = self.nodes().keys().cloned().collect();
+        for site in connected {
+            if let Err(status) = self.dispatch(&site).await {
+                tracing::error!(site, message = status.message(), "dispatching on tick");
+            }
         }
         // A stream silent for three heartbeats is dead even if TCP has not noticed.
         let stale_after = 3 * self.timing.heartbeat.as_secs().max(1);

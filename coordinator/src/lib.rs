@@ -10,10 +10,12 @@ pub mod auth;
 pub mod config;
 pub mod core;
 pub mod db;
+pub mod limits;
 pub mod model;
+pub mod pki;
 pub mod server;
 pub mod services;
 
-pub use config::CoordinatorConfig;
+pub use config::{CoordinatorConfig, Transport};
 pub use core::{Coordinator, Timing};
 pub use db::Db;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ern_coordinator::db::ReceivedApproval;
 use ern_coordinator::model::{Role, SiteState, StoredQuery, now_seconds};
-use ern_coordinator::{Coordinator, Db, Timing, auth, server};
+use ern_coordinator::{Coordinator, Db, Timing, Transport, auth, server};
 use ern_proto::v1;
 use ern_proto::v1::node_link_client::NodeLinkClient;
 use tokio::sync::mpsc;
@@ -32,6 +32,7 @@ async fn start() -> Harness {
     tokio::spawn(server::serve(
         Arc::clone(&core),
         listener,
+        Transport::Plaintext,
         std::future::pending(),
     ));
     Harness {
@@ -122,12 +123,33 @@ impl Harness {
 }
 
 fn hello(site: &str) -> v1::NodeMessage {
+    hello_with(site, 8)
+}
+
+fn hello_with(site: &str, max_concurrent: u32) -> v1::NodeMessage {
     v1::NodeMessage {
         message: Some(v1::node_message::Message::Hello(v1::Hello {
             site_id: site.into(),
             k: 5,
             version: "test".into(),
+            max_concurrent,
         })),
+    }
+}
+
+/// The next Work on a node stream, if one arrives within `wait`.
+async fn next_work(
+    inbound: &mut tonic::Streaming<v1::CoordinatorMessage>,
+    wait: Duration,
+) -> Option<v1::Work> {
+    loop {
+        match tokio::time::timeout(wait, inbound.message()).await {
+            Ok(Ok(Some(v1::CoordinatorMessage {
+                message: Some(v1::coordinator_message::Message::Work(work)),
+            }))) => return Some(work),
+            Ok(Ok(Some(_))) => continue,
+            _ => return None,
+        }
     }
 }
 
@@ -248,4 +270,39 @@ async fn malformed_or_unowed_answers_change_nothing_they_should_not() {
     );
     drop(sender);
     eventually(|| !h.core.is_connected("a")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_never_gets_more_work_at_once_than_it_said_it_runs() {
+    let h = start().await;
+    let node_a = auth::enrol(h.core.db(), "node-a", Role::Node, "a", 0).expect("enrol");
+    for id in ["q-1", "q-2", "q-3"] {
+        h.submit_approved(id, &["a"]);
+    }
+    let (sender, inbound) = h.open(&node_a, hello_with("a", 1)).await;
+    let mut inbound = inbound.expect("stream");
+    let mut answered = Vec::new();
+    for _ in 0..3 {
+        let work = next_work(&mut inbound, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("work after {answered:?}"));
+        // While it is unanswered, nothing else arrives, even when the tick runs.
+        assert!(
+            next_work(&mut inbound, Duration::from_millis(700))
+                .await
+                .is_none(),
+            "a second piece of work arrived while {} was running",
+            work.query_id
+        );
+        sender
+            .send(released(&work.query_id, b"not arrow".to_vec()))
+            .await
+            .expect("send");
+        answered.push(work.query_id);
+    }
+    answered.sort();
+    assert_eq!(answered, ["q-1", "q-2", "q-3"]);
+    for id in ["q-1", "q-2", "q-3"] {
+        eventually(|| h.state(id, "a").0 == SiteState::Failed).await;
+    }
 }

@@ -8,18 +8,28 @@
 //! memory_limit_mb = 1024                 # memory for one query
 //! time_limit_seconds = 60                # time for one query
 //! max_groups = 10000                     # most groups one query may release
-//! coordinator = "http://127.0.0.1:50051" # where to dial out to
+//! max_concurrent_queries = 2             # questions run at once
+//! coordinator = "https://coordinator.example.org:50051" # where to dial out to
 //! token_file = "node.token"              # this node's token (from `ern operator user add`)
+//!
+//! [tls]                                  # mutual TLS (see `ern keygen tls`)
+//! ca = "tls/ca.pem"                      # the network CA: the only root trusted
+//! cert = "tls/node-hospital-1.pem"       # this node's certificate (names its site)
+//! key = "tls/node-hospital-1.key"        # its private key
+//! # domain = "coordinator.example.org"   # if the certificate names another host than the URL
 //! ```
 //!
 //! Relative paths are relative to the file's directory. Only `site_id`, `store`,
-//! `stewards`, `coordinator` and `token_file` are required; nothing the coordinator
-//! sends can change any of these.
+//! `stewards`, `coordinator` and `token_file` are required, and either `[tls]` or, for
+//! an `http://` coordinator on a loopback address only, `plaintext = true`. Nothing the
+//! coordinator sends can change any of these.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use ern_proto::transport::{BearerToken, ClientTls, is_plaintext};
 
 use crate::engine::{MIN_K, NodePolicy};
 use crate::steward_key::{StewardKeyError, StewardPublicKey};
@@ -62,8 +72,26 @@ struct RawNodeConfig {
     time_limit_seconds: u64,
     #[serde(default = "default_groups")]
     max_groups: usize,
+    #[serde(default = "default_concurrent")]
+    max_concurrent_queries: usize,
     coordinator: String,
     token_file: PathBuf,
+    #[serde(default)]
+    plaintext: bool,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    domain: Option<String>,
+}
+
+fn default_concurrent() -> usize {
+    2
 }
 
 fn default_k() -> u32 {
@@ -89,7 +117,11 @@ pub struct NodeConfig {
     /// The coordinator's URL.
     pub coordinator: String,
     /// The node's bearer token.
-    pub token: String,
+    pub token: BearerToken,
+    /// The network CA and this node's certificate; `None` for loopback plaintext.
+    pub tls: Option<ClientTls>,
+    /// Questions run at once.
+    pub max_concurrent: usize,
 }
 
 impl NodeConfig {
@@ -114,7 +146,11 @@ impl NodeConfig {
         if raw.k < MIN_K {
             return Err(invalid(format!("k must be at least {MIN_K}")));
         }
-        if raw.time_limit_seconds == 0 || raw.memory_limit_mb == 0 || raw.max_groups == 0 {
+        if raw.time_limit_seconds == 0
+            || raw.memory_limit_mb == 0
+            || raw.max_groups == 0
+            || raw.max_concurrent_queries == 0
+        {
             return Err(invalid("limits must be positive".into()));
         }
         let stewards = raw
@@ -122,13 +158,18 @@ impl NodeConfig {
             .iter()
             .map(|p| StewardPublicKey::load(&base.join(p)))
             .collect::<Result<Vec<_>, _>>()?;
-        let token = read(&base.join(&raw.token_file))?.trim().to_string();
-        if token.is_empty() {
+        let token = read(&base.join(&raw.token_file))?;
+        if token.trim().is_empty() {
             return Err(invalid(format!(
                 "the token file {} is empty",
                 raw.token_file.display()
             )));
         }
+        let token = BearerToken::new(&token).map_err(|e| invalid(e.to_string()))?;
+        let tls = transport(&raw, base).map_err(|message| match message {
+            TransportProblem::Invalid(message) => invalid(message),
+            TransportProblem::Read(error) => error,
+        })?;
         let mut policy = NodePolicy::new(&raw.site_id, stewards);
         policy.k = raw.k;
         policy.memory_limit = raw.memory_limit_mb << 20;
@@ -139,6 +180,107 @@ impl NodeConfig {
             policy,
             coordinator: raw.coordinator,
             token,
+            tls,
+            max_concurrent: raw.max_concurrent_queries,
         })
+    }
+}
+
+enum TransportProblem {
+    Invalid(String),
+    Read(NodeConfigError),
+}
+
+/// TLS for `https://` coordinators, plaintext only when asked for and only to loopback.
+fn transport(raw: &RawNodeConfig, base: &Path) -> Result<Option<ClientTls>, TransportProblem> {
+    let plaintext = is_plaintext(&raw.coordinator)
+        .map_err(|error| TransportProblem::Invalid(format!("coordinator: {error}")))?;
+    match (plaintext, &raw.tls, raw.plaintext) {
+        (false, Some(tls), false) => {
+            let read = |file: &Path| {
+                let file = base.join(file);
+                std::fs::read(&file).map_err(|source| {
+                    TransportProblem::Read(NodeConfigError::Read { path: file, source })
+                })
+            };
+            Ok(Some(ClientTls {
+                ca_pem: read(&tls.ca)?,
+                identity: Some((read(&tls.cert)?, read(&tls.key)?)),
+                domain: tls.domain.clone(),
+            }))
+        }
+        (true, None, true) => Ok(None),
+        (false, None, _) => Err(TransportProblem::Invalid(
+            "an https:// coordinator needs a [tls] section (ca, cert, key)".into(),
+        )),
+        (true, None, false) => Err(TransportProblem::Invalid(
+            "an http:// coordinator is plaintext: set plaintext = true to allow it on \
+             loopback, or use https:// and [tls]"
+                .into(),
+        )),
+        (_, Some(_), _) => Err(TransportProblem::Invalid(
+            "set either [tls] with an https:// coordinator or plaintext = true with an \
+             http:// one on loopback"
+                .into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steward_key::generate_steward_key;
+
+    fn load(tail: &str) -> Result<NodeConfig, NodeConfigError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        generate_steward_key(&dir.path().join("s")).expect("steward key");
+        std::fs::write(dir.path().join("node.token"), "ern_abc\n").expect("token");
+        for file in ["ca.pem", "n.pem", "n.key"] {
+            std::fs::write(dir.path().join(file), "pem").expect("write");
+        }
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "site_id = \"a\"\nstore = \"store\"\nstewards = [\"s.pub\"]\ntoken_file = \"node.token\"\n{tail}"
+            ),
+        )
+        .expect("write");
+        NodeConfig::load(&path)
+    }
+
+    const TLS: &str = "[tls]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n";
+
+    fn refused(tail: &str) -> String {
+        load(tail).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn https_needs_tls_and_plaintext_needs_loopback_and_a_say_so() {
+        let config = load(&format!(
+            "coordinator = \"https://coordinator.example.org:443\"\n{TLS}"
+        ))
+        .expect("TLS");
+        assert!(config.tls.is_some_and(|tls| tls.identity.is_some()));
+        let config = load("coordinator = \"http://127.0.0.1:1\"\nplaintext = true\n")
+            .expect("loopback plaintext");
+        assert!(config.tls.is_none());
+        assert!(refused("coordinator = \"https://c.example.org:1\"\n").contains("[tls]"));
+        assert!(refused("coordinator = \"http://127.0.0.1:1\"\n").contains("plaintext = true"));
+        assert!(
+            refused("coordinator = \"http://10.1.2.3:1\"\nplaintext = true\n")
+                .contains("not loopback")
+        );
+        assert!(
+            refused(&format!("coordinator = \"http://127.0.0.1:1\"\n{TLS}")).contains("either")
+        );
+    }
+
+    #[test]
+    fn the_token_never_prints() {
+        let config =
+            load("coordinator = \"http://127.0.0.1:1\"\nplaintext = true\n").expect("config");
+        assert!(!format!("{config:?}").contains("ern_abc"));
+        assert_eq!(config.max_concurrent, 2);
     }
 }

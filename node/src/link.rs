@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ern_proto::arrow_ipc;
+use ern_proto::transport::{self, BearerToken, ClientTls, TransportError};
 use ern_proto::v1;
 use ern_proto::v1::node_link_client::NodeLinkClient;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
-use tonic::transport::Endpoint;
 
 use crate::approval::Approval;
 use crate::engine::{ExecuteError, NodeEngine, QueryRequest, now_seconds};
@@ -27,10 +26,14 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How a node reaches its coordinator.
 #[derive(Debug, Clone)]
 pub struct LinkSettings {
-    /// The coordinator's URL, e.g. `http://coordinator.example.org:50051`.
+    /// The coordinator's URL, e.g. `https://coordinator.example.org:50051`.
     pub coordinator: String,
     /// The node's bearer token.
-    pub token: String,
+    pub token: BearerToken,
+    /// The network CA and this node's certificate (`None`: plaintext on loopback).
+    pub tls: Option<ClientTls>,
+    /// Questions run at once; announced to the coordinator, enforced here too.
+    pub max_concurrent: usize,
     /// First wait after a failed connection.
     pub min_backoff: Duration,
     /// Longest wait between attempts.
@@ -38,11 +41,14 @@ pub struct LinkSettings {
 }
 
 impl LinkSettings {
-    /// Settings with the default backoff (0.2 s doubling to 30 s).
-    pub fn new(coordinator: &str, token: &str) -> Self {
+    /// Settings with the default backoff (0.2 s doubling to 30 s) and two questions at
+    /// a time.
+    pub fn new(coordinator: &str, token: BearerToken, tls: Option<ClientTls>) -> Self {
         LinkSettings {
             coordinator: coordinator.to_string(),
-            token: token.to_string(),
+            token,
+            tls,
+            max_concurrent: 2,
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
         }
@@ -52,12 +58,9 @@ impl LinkSettings {
 /// Why one connection ended.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    /// The coordinator's address is not a valid URL.
-    #[error("the coordinator address is not a valid URL")]
-    BadAddress,
-    /// The token cannot travel in a header.
-    #[error("the node token holds characters a header cannot")]
-    BadToken,
+    /// The coordinator's address or the TLS settings are not usable.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     /// The connection failed.
     #[error("connecting: {0}")]
     Connect(#[from] tonic::transport::Error),
@@ -86,9 +89,10 @@ impl From<tonic::Status> for LinkError {
 /// Keeps this node connected to its coordinator and serves its work, forever.
 pub async fn run(engine: Arc<NodeEngine>, settings: LinkSettings) {
     let mut backoff = settings.min_backoff;
+    let slots = Arc::new(Semaphore::new(settings.max_concurrent.max(1)));
     loop {
         let mut welcomed = false;
-        match session(&engine, &settings, &mut welcomed).await {
+        match session(&engine, &settings, &slots, &mut welcomed).await {
             Ok(()) => tracing::info!("the coordinator closed the stream; reconnecting"),
             Err(error) => tracing::warn!(%error, "node link down"),
         }
@@ -113,25 +117,14 @@ fn jitter(wait: Duration) -> Duration {
 async fn session(
     engine: &Arc<NodeEngine>,
     settings: &LinkSettings,
+    slots: &Arc<Semaphore>,
     welcomed: &mut bool,
 ) -> Result<(), LinkError> {
-    let endpoint = Endpoint::from_shared(settings.coordinator.clone())
-        .map_err(|_| LinkError::BadAddress)?
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
+    let endpoint = transport::endpoint(&settings.coordinator, settings.tls.as_ref())?
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true);
     let channel = endpoint.connect().await?;
-    let bearer: MetadataValue<_> = format!("Bearer {}", settings.token)
-        .parse()
-        .map_err(|_| LinkError::BadToken)?;
-    let mut client =
-        NodeLinkClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
-            request
-                .metadata_mut()
-                .insert("authorization", bearer.clone());
-            Ok(request)
-        });
+    let mut client = NodeLinkClient::with_interceptor(channel, settings.token.clone());
     let (outbound, receiver) = mpsc::channel(64);
     let policy = engine.policy();
     let hello = v1::NodeMessage {
@@ -139,6 +132,7 @@ async fn session(
             site_id: policy.site_id.clone(),
             k: policy.k,
             version: VERSION.to_string(),
+            max_concurrent: settings.max_concurrent as u32,
         })),
     };
     outbound
@@ -170,7 +164,10 @@ async fn session(
                     Some(v1::CoordinatorMessage { message: Some(v1::coordinator_message::Message::Work(work)) }) => {
                         let engine = Arc::clone(engine);
                         let outbound = outbound.clone();
+                        let slots = Arc::clone(slots);
                         tokio::spawn(async move {
+                            // The coordinator respects the limit too; this holds even if not.
+                            let _slot = slots.acquire_owned().await;
                             let result = run_work(&engine, work).await;
                             let _ = outbound.send(v1::NodeMessage {
                                 message: Some(v1::node_message::Message::Result(result)),

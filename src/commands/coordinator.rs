@@ -83,14 +83,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let db = Db::open(&config.database)
             .with_context(|| format!("opening {}", config.database.display()))?;
-        let core = Arc::new(Coordinator::new(db, config.timing.clone())?);
+        let core = Arc::new(
+            Coordinator::new(db, config.timing.clone())?.with_limits(config.limits.clone()),
+        );
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let address = listener.local_addr()?;
         tracing::info!(%address, "coordinator serving");
         eprintln!("coordinator serving on {address}");
-        server::serve(core, listener, async {
+        server::serve(core, listener, config.transport.clone(), async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;

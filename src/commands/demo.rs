@@ -1,8 +1,10 @@
 //! `ern demo`: a whole federated round in one process, over real gRPC on loopback.
 //!
-//! A coordinator serves on 127.0.0.1; every hospital gets its registry (synthetic, or an
+//! A coordinator serves on 127.0.0.1 over TLS with a freshly made network CA (as
+//! `ern keygen tls` makes it); every hospital gets its registry (synthetic, or an
 //! export from `--exports`), a pseudonymisation key, a store, a steward key pair and a
-//! node that dials out to the coordinator through the production link code. A researcher
+//! node that dials out to the coordinator through the production link code, presenting
+//! its site's client certificate (mutual TLS). A researcher
 //! submits each question through the Researcher API, each site's steward signs an
 //! approval locally and sends it through the Steward API, the nodes run the work and the
 //! coordinator merges. The number of suppressed groups is read from the sites' own audit
@@ -15,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use ern_coordinator::config::ServerTls;
 use ern_coordinator::model::{Role, now_seconds as now};
-use ern_coordinator::{Coordinator, Db, Timing, auth, server};
+use ern_coordinator::{Coordinator, Db, Timing, Transport, auth, server};
 use ern_node::approval;
 use ern_node::audit::{self, AUDIT_FILE};
 use ern_node::engine::{NodeEngine, NodePolicy};
@@ -25,9 +28,11 @@ use ern_node::pseudonym;
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
 use ern_node::synth::{self, SynthConfig};
 use ern_proto::arrow_ipc;
+use ern_proto::transport::{BearerToken, ClientTls};
 use ern_proto::v1;
 
 use super::ingest::ingest_export;
+use super::keygen::{self, CA_CERT, TlsArgs};
 use crate::client::{self, Connection, rpc_error};
 use crate::commands::researcher::coverage_table;
 use crate::output::{self, Format};
@@ -159,12 +164,36 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding a loopback port")?;
-    let address = format!("http://{}", listener.local_addr()?);
+    let address = format!("https://{}", listener.local_addr()?);
+    let tls_dir = work.path().join("tls");
+    keygen::generate_tls(&TlsArgs {
+        out: tls_dir.clone(),
+        network: "demo".into(),
+        server_names: Vec::new(),
+        sites: exports.iter().map(|(id, _)| id.clone()).collect(),
+    })?;
+    let read = |name: &str| {
+        let path = tls_dir.join(name);
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let transport = Transport::Tls(ServerTls {
+        cert_pem: read(keygen::SERVER_CERT)?,
+        key_pem: read(keygen::SERVER_KEY)?,
+        client_ca_pem: read(CA_CERT)?,
+    });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve(Arc::clone(&core), listener, async {
-        let _ = stopped.await;
-    }));
-    writeln!(say, "Coordinator serving gRPC on {address}")?;
+    let server = tokio::spawn(server::serve(
+        Arc::clone(&core),
+        listener,
+        transport,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    writeln!(
+        say,
+        "Coordinator serving gRPC on {address} (TLS; nodes authenticate with certificates of a network CA made for this demo)"
+    )?;
     let enrol = |name: &str, role: Role, site: &str| {
         auth::enrol(core.db(), name, role, site, now())
             .map_err(|status| anyhow::anyhow!("enrolling {name}: {}", status.message()))
@@ -172,6 +201,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let researcher = Connection {
         coordinator: address.clone(),
         token: enrol("researcher", Role::Researcher, "")?,
+        ca: Some(tls_dir.join(CA_CERT)),
     };
 
     // The hospitals: store, steward, node dialling out.
@@ -203,9 +233,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("opening the node of {id}"))?;
         let node_token = enrol(&format!("node-{id}"), Role::Node, id)?;
+        let stem = keygen::node_stem(id)?;
+        let node_tls = ClientTls {
+            ca_pem: read(CA_CERT)?,
+            identity: Some((read(&format!("{stem}.pem"))?, read(&format!("{stem}.key"))?)),
+            domain: None,
+        };
         nodes.push(tokio::spawn(link::run(
             Arc::new(engine),
-            LinkSettings::new(&address, &node_token),
+            LinkSettings::new(&address, BearerToken::new(&node_token)?, Some(node_tls)),
         )));
         sites.push(Site {
             id: id.clone(),
@@ -214,6 +250,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             steward: Connection {
                 coordinator: address.clone(),
                 token: enrol(&format!("steward-{id}"), Role::Steward, id)?,
+                ca: Some(tls_dir.join(CA_CERT)),
             },
         });
     }

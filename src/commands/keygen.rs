@@ -1,9 +1,11 @@
-//! `ern keygen`: the two kinds of key a network needs.
+//! `ern keygen`: the keys a network needs: pseudonymisation keys, steward signing keys,
+//! and the network's TLS certificates.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+use ern_coordinator::pki::NetworkCa;
 use ern_node::{pseudonym, steward_key};
 
 /// Which key to create.
@@ -23,6 +25,111 @@ pub(crate) enum Keygen {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The network's TLS certificates: a CA (DIR/ca.pem, DIR/ca.key), the coordinator's
+    /// server certificate (DIR/coordinator.pem, .key) and one client certificate per node
+    /// (DIR/node-SITE.pem, .key), bound to its site. Run again on the same DIR to add
+    /// sites: the existing CA is reused and no file is ever overwritten.
+    Tls(TlsArgs),
+}
+
+/// Arguments of `ern keygen tls`.
+#[derive(Debug, Args)]
+pub(crate) struct TlsArgs {
+    /// Directory of the certificates; created if absent.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// The network's name, in the CA's subject (new CA only).
+    #[arg(long, default_value = "ern")]
+    pub(crate) network: String,
+    /// A DNS name or IP address clients use to reach the coordinator (repeatable). A new
+    /// CA with none given gets a server certificate for localhost and 127.0.0.1.
+    #[arg(long = "server-name")]
+    pub(crate) server_names: Vec<String>,
+    /// A site to issue a node certificate for (repeatable).
+    #[arg(long = "site")]
+    pub(crate) sites: Vec<String>,
+}
+
+/// The CA certificate file in a TLS directory.
+pub(crate) const CA_CERT: &str = "ca.pem";
+/// The CA key file.
+pub(crate) const CA_KEY: &str = "ca.key";
+/// The coordinator's certificate file.
+pub(crate) const SERVER_CERT: &str = "coordinator.pem";
+/// The coordinator's key file.
+pub(crate) const SERVER_KEY: &str = "coordinator.key";
+
+/// File stem of a node certificate: `node-SITE`, for sites that are safe file names.
+pub(crate) fn node_stem(site: &str) -> anyhow::Result<String> {
+    let safe = !site.is_empty()
+        && !site.starts_with('.')
+        && site
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    anyhow::ensure!(
+        safe,
+        "site {site:?}: certificate files need a site id of letters, digits, '-', '_' and '.'"
+    );
+    Ok(format!("node-{site}"))
+}
+
+/// Creates the network's certificates in `args.out`; returns the files written.
+pub(crate) fn generate_tls(args: &TlsArgs) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = &args.out;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (ca_cert, ca_key) = (dir.join(CA_CERT), dir.join(CA_KEY));
+    let mut files: Vec<(PathBuf, String, bool)> = Vec::new();
+    let (ca, new_ca) = if ca_cert.exists() || ca_key.exists() {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let ca = NetworkCa::from_pem(&read(&ca_cert)?, &read(&ca_key)?)
+            .with_context(|| format!("loading the CA in {}", dir.display()))?;
+        (ca, false)
+    } else {
+        let (ca, issued) = NetworkCa::generate(&args.network)?;
+        files.push((ca_cert, issued.cert_pem, false));
+        files.push((ca_key, issued.key_pem, true));
+        (ca, true)
+    };
+    let server_names = if args.server_names.is_empty() && new_ca {
+        vec!["localhost".to_string(), "127.0.0.1".to_string()]
+    } else {
+        args.server_names.clone()
+    };
+    if !server_names.is_empty() {
+        let issued = ca.issue_server(&server_names)?;
+        files.push((dir.join(SERVER_CERT), issued.cert_pem, false));
+        files.push((dir.join(SERVER_KEY), issued.key_pem, true));
+    }
+    for site in &args.sites {
+        let stem = node_stem(site)?;
+        let issued = ca.issue_node(site)?;
+        files.push((dir.join(format!("{stem}.pem")), issued.cert_pem, false));
+        files.push((dir.join(format!("{stem}.key")), issued.key_pem, true));
+    }
+    // All or nothing: refuse before writing if any file exists.
+    if let Some((existing, _, _)) = files.iter().find(|(path, _, _)| path.exists()) {
+        anyhow::bail!(
+            "{} exists; nothing was written (certificates are never overwritten)",
+            existing.display()
+        );
+    }
+    let mut written = Vec::with_capacity(files.len());
+    for (path, contents, secret) in files {
+        let result = if secret {
+            pseudonym::write_secret_file(&path, contents.as_bytes())
+        } else {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, contents.as_bytes()))
+        };
+        result.with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 pub(crate) fn run(keygen: Keygen) -> anyhow::Result<()> {
@@ -42,6 +149,20 @@ pub(crate) fn run(keygen: Keygen) -> anyhow::Result<()> {
                 out.display()
             );
             println!("key id: {}", public.key_id());
+        }
+        Keygen::Tls(args) => {
+            let written = generate_tls(&args)?;
+            for path in &written {
+                let kind = if path.extension().is_some_and(|e| e == "key") {
+                    "private key, mode 0600: keep it on its machine"
+                } else {
+                    "certificate"
+                };
+                println!("wrote {} ({kind})", path.display());
+            }
+            if written.is_empty() {
+                println!("nothing to issue: give --server-name or --site");
+            }
         }
     }
     Ok(())

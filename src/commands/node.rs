@@ -64,7 +64,8 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("opening the store {}", config.store.display()))?;
         eprintln!("node {site} dialling {}", config.coordinator);
-        let settings = LinkSettings::new(&config.coordinator, &config.token);
+        let mut settings = LinkSettings::new(&config.coordinator, config.token, config.tls);
+        settings.max_concurrent = config.max_concurrent;
         tokio::select! {
             () = link::run(std::sync::Arc::new(engine), settings) => {}
             _ = tokio::signal::ctrl_c() => eprintln!("node {site} stopped"),

@@ -22,6 +22,7 @@ pub(crate) fn ern(args: &[&str]) -> Output {
         .env("ERN_LOG", "warn")
         .env_remove("ERN_TOKEN")
         .env_remove("ERN_COORDINATOR")
+        .env_remove("ERN_CA")
         .output()
         .expect("run ern")
 }
@@ -128,6 +129,8 @@ pub(crate) struct Network {
     pub(crate) dir: tempfile::TempDir,
     /// The coordinator's URL.
     pub(crate) url: String,
+    /// The network CA certificate.
+    pub(crate) ca: PathBuf,
     port: u16,
     /// coordinator.toml.
     pub(crate) coordinator_config: PathBuf,
@@ -152,11 +155,19 @@ impl Network {
         let exports = root.join("exports");
         synth(&exports, sites, patients, 11);
         let port = free_port();
+        // The network's certificates, as an operator makes them.
+        let tls = root.join("tls");
+        let mut keygen = vec!["keygen", "tls", "--out", path(&tls)];
+        let ids: Vec<String> = (1..=sites).map(|index| format!("site-{index}")).collect();
+        for id in &ids {
+            keygen.extend(["--site", id.as_str()]);
+        }
+        ok(ern(&keygen));
         let coordinator_config = root.join("coordinator.toml");
         std::fs::write(
             &coordinator_config,
             format!(
-                "listen = \"127.0.0.1:{port}\"\ndatabase = \"coordinator.db\"\nsite_timeout_seconds = 60\nheartbeat_seconds = 1\n"
+                "listen = \"127.0.0.1:{port}\"\ndatabase = \"coordinator.db\"\nsite_timeout_seconds = 60\nheartbeat_seconds = 1\n\n[tls]\ncert = \"tls/coordinator.pem\"\nkey = \"tls/coordinator.key\"\nclient_ca = \"tls/ca.pem\"\n"
             ),
         )
         .expect("coordinator.toml");
@@ -174,7 +185,8 @@ impl Network {
         .to_string();
         let mut network = Network {
             dir,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("https://127.0.0.1:{port}"),
+            ca: tls.join("ca.pem"),
             port,
             coordinator_config,
             coordinator: None,
@@ -214,7 +226,7 @@ impl Network {
             std::fs::write(
                 site_dir.join("node.toml"),
                 format!(
-                    "site_id = \"{id}\"\nstore = \"store\"\nstewards = [\"steward.pub\"]\nk = {k}\ncoordinator = \"{}\"\ntoken_file = \"node.token\"\n",
+                    "site_id = \"{id}\"\nstore = \"store\"\nstewards = [\"steward.pub\"]\nk = {k}\ncoordinator = \"{}\"\ntoken_file = \"node.token\"\n\n[tls]\nca = \"../tls/ca.pem\"\ncert = \"../tls/node-{id}.pem\"\nkey = \"../tls/node-{id}.key\"\n",
                     network.url
                 ),
             )
@@ -229,6 +241,42 @@ impl Network {
             });
         }
         network
+    }
+
+    /// Everything the coordinator and the nodes have logged so far.
+    pub(crate) fn logs(&self) -> String {
+        let mut files = vec![self.dir.path().join("coordinator.log")];
+        files.extend(self.sites.iter().map(|site| site.dir.join("node.log")));
+        files
+            .iter()
+            .filter_map(|file| std::fs::read_to_string(file).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every secret the network holds: tokens, and the private keys' PEM bodies.
+    pub(crate) fn secrets(&self) -> Vec<String> {
+        let mut secrets = vec![self.operator.clone(), self.researcher.clone()];
+        for site in &self.sites {
+            secrets.push(site.steward_token.clone());
+            secrets.push(site.node_token.clone());
+            for key in [
+                site.steward_key.clone(),
+                site.dir.join("pseudonym.key"),
+                self.dir
+                    .path()
+                    .join("tls")
+                    .join(format!("node-{}.key", site.id)),
+            ] {
+                let text = std::fs::read_to_string(&key).expect("key file");
+                secrets.extend(
+                    text.lines()
+                        .filter(|line| !line.starts_with("-----") && line.len() > 16)
+                        .map(str::to_string),
+                );
+            }
+        }
+        secrets
     }
 
     /// The site with this id.
@@ -252,6 +300,7 @@ impl Network {
             .args(args)
             .env("ERN_LOG", "warn")
             .env("ERN_COORDINATOR", &self.url)
+            .env("ERN_CA", &self.ca)
             .env("ERN_TOKEN", token)
             .output()
             .expect("run ern")

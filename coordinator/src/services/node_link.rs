@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth;
 use crate::core::Coordinator;
 use crate::model::Role;
+use crate::pki;
 
 /// Messages queued towards one node before the coordinator waits for it to read.
 const OUTBOUND_QUEUE: usize = 256;
@@ -22,12 +23,46 @@ const OUTBOUND_QUEUE: usize = 256;
 #[derive(Debug, Clone)]
 pub struct NodeLinkService {
     core: Arc<Coordinator>,
+    require_certificate: bool,
 }
 
 impl NodeLinkService {
-    /// A service over `core`.
-    pub fn new(core: Arc<Coordinator>) -> Self {
-        NodeLinkService { core }
+    /// A service over `core`. With `require_certificate` (TLS), a node must present a
+    /// client certificate of the network CA naming its site.
+    pub fn new(core: Arc<Coordinator>, require_certificate: bool) -> Self {
+        NodeLinkService {
+            core,
+            require_certificate,
+        }
+    }
+}
+
+/// Under mutual TLS, the site named by the node's certificate must be its token's.
+fn check_certificate<T>(
+    request: &Request<T>,
+    token_site: &str,
+    required: bool,
+) -> Result<(), Status> {
+    let Some(chain) = request.peer_certs() else {
+        if required {
+            return Err(Status::unauthenticated(
+                "nodes must present their site's client certificate (mutual TLS)",
+            ));
+        }
+        return Ok(());
+    };
+    let certificate_site = chain.first().and_then(|leaf| pki::node_site_of(leaf));
+    match certificate_site {
+        Some(site) if site == token_site => Ok(()),
+        Some(site) => {
+            tracing::warn!(token_site, certificate_site = %site, "node certificate of another site");
+            Err(Status::permission_denied(format!(
+                "this node's certificate is bound to site {site}, its token to site {token_site}"
+            )))
+        }
+        None => Err(Status::permission_denied(
+            "the client certificate is not a node certificate of this network",
+        )),
     }
 }
 
@@ -40,6 +75,7 @@ impl NodeLink for NodeLinkService {
         request: Request<Streaming<v1::NodeMessage>>,
     ) -> Result<Response<Self::OpenStreamStream>, Status> {
         let node = auth::require(self.core.db(), request.metadata(), Role::Node)?;
+        check_certificate(&request, &node.site, self.require_certificate)?;
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(v1::NodeMessage {
@@ -69,9 +105,7 @@ impl NodeLink for NodeLinkService {
             }))
             .await
             .map_err(|_| Status::unavailable("the stream closed during the handshake"))?;
-        let generation = self
-            .core
-            .node_connected(&site, hello.k, &hello.version, sender)?;
+        let generation = self.core.node_connected(&site, &hello, sender)?;
         let core = Arc::clone(&self.core);
         tokio::spawn(async move {
             if let Err(status) = core.dispatch(&site).await {

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::auth;
 use crate::core::{Coordinator, internal};
 use crate::db::Event;
+use crate::limits::check_sql_size;
 use crate::model::{Role, StoredQuery, User, now_seconds};
 
 /// Longest title and purpose, in characters.
@@ -76,7 +77,9 @@ impl Researcher for ResearcherService {
         request: Request<v1::SubmitRequest>,
     ) -> Result<Response<v1::SubmitResponse>, Status> {
         let user = auth::require(self.core.db(), request.metadata(), Role::Researcher)?;
+        self.core.submissions().check(&user.name)?;
         let submit = request.into_inner();
+        check_sql_size(&submit.sql, self.core.limits())?;
         let title = submit.title.trim().to_string();
         if title.is_empty() {
             return Err(Status::invalid_argument("a question needs a title"));

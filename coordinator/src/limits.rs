@@ -1,0 +1,112 @@
+//! The coordinator's limits: how big a message and a question may be, how often one user
+//! may submit, how long any call may take. They keep one careless or hostile caller from
+//! starving everyone else; each refusal names the limit, never anyone's data.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use tonic::Status;
+
+/// The limits, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest gRPC message the coordinator decodes, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest SQL text of one question, in bytes.
+    pub max_sql_bytes: usize,
+    /// Submissions one user may make per minute (also the burst).
+    pub submits_per_minute: u32,
+    /// Longest any call may take before it fails with DEADLINE_EXCEEDED (node streams,
+    /// which live for days, are exempt once opened).
+    pub rpc_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 4 << 20,
+            max_sql_bytes: 64 << 10,
+            submits_per_minute: 60,
+            rpc_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Per-user submission rate limiting (a token bucket per user).
+#[derive(Debug)]
+pub struct SubmitLimiter {
+    limiter: DefaultKeyedRateLimiter<String>,
+    clock: DefaultClock,
+}
+
+impl SubmitLimiter {
+    /// A limiter allowing `per_minute` submissions per user per minute, in bursts of
+    /// up to as many.
+    pub fn new(per_minute: u32) -> Self {
+        let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+        SubmitLimiter {
+            limiter: DefaultKeyedRateLimiter::hashmap(Quota::per_minute(per_minute)),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Takes one submission from `user`'s allowance, or says RESOURCE_EXHAUSTED with the
+    /// time to wait.
+    pub fn check(&self, user: &str) -> Result<(), Status> {
+        match self.limiter.check_key(&user.to_string()) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                Err(Status::resource_exhausted(format!(
+                    "submission rate limit: too many questions in the last minute; \
+                     try again in {:.1} s",
+                    wait.as_secs_f64().max(0.1)
+                )))
+            }
+        }
+    }
+}
+
+/// Refuses SQL longer than the limit, naming the limit and the size (never the text).
+pub fn check_sql_size(sql: &str, limits: &Limits) -> Result<(), Status> {
+    if sql.len() > limits.max_sql_bytes {
+        return Err(Status::invalid_argument(format!(
+            "SQL size limit: the question is {} bytes; this network accepts at most {}",
+            sql.len(),
+            limits.max_sql_bytes
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_user_has_their_own_allowance() {
+        let limiter = SubmitLimiter::new(3);
+        for _ in 0..3 {
+            limiter.check("ana").expect("within the burst");
+        }
+        let refused = limiter.check("ana").expect_err("over the burst");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("rate limit"));
+        limiter.check("ben").expect("another user is unaffected");
+    }
+
+    #[test]
+    fn sql_over_the_limit_is_refused_by_size() {
+        let limits = Limits {
+            max_sql_bytes: 10,
+            ..Limits::default()
+        };
+        check_sql_size("SELECT 1", &limits).expect("small");
+        let refused = check_sql_size("SELECT 12345", &limits).expect_err("large");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().contains("12 bytes"));
+        assert!(!refused.message().contains("SELECT"));
+    }
+}

@@ -1,0 +1,350 @@
+//! Transport security and limits on a real coordinator over loopback TLS: the handshake
+//! with the right and a wrong CA, plaintext against TLS, node certificates bound to
+//! their site, oversized questions and rate-limited users, and a server that keeps
+//! serving everyone else throughout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ern_coordinator::config::ServerTls;
+use ern_coordinator::limits::Limits;
+use ern_coordinator::model::Role;
+use ern_coordinator::pki::{IssuedCertificate, NetworkCa};
+use ern_coordinator::{Coordinator, Db, Timing, Transport, auth, server};
+use ern_proto::transport::{self, BearerToken, ClientTls};
+use ern_proto::v1;
+use ern_proto::v1::node_link_client::NodeLinkClient;
+use ern_proto::v1::researcher_client::ResearcherClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const SQL: &str = "SELECT sex, COUNT(*) AS n FROM patient GROUP BY sex";
+
+struct Network {
+    core: Arc<Coordinator>,
+    url: String,
+    ca: NetworkCa,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(limits: Limits) -> Network {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = Db::open(&dir.path().join("c.db")).expect("db");
+    let core = Arc::new(
+        Coordinator::new(db, Timing::default())
+            .expect("core")
+            .with_limits(limits),
+    );
+    let (ca, _) = NetworkCa::generate("test").expect("ca");
+    let server_cert = ca
+        .issue_server(&["localhost".into(), "127.0.0.1".into()])
+        .expect("server certificate");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("https://{}", listener.local_addr().expect("address"));
+    let transport = Transport::Tls(ServerTls {
+        cert_pem: server_cert.cert_pem.into_bytes(),
+        key_pem: server_cert.key_pem.into_bytes(),
+        client_ca_pem: ca.cert_pem().as_bytes().to_vec(),
+    });
+    tokio::spawn(server::serve(
+        Arc::clone(&core),
+        listener,
+        transport,
+        std::future::pending(),
+    ));
+    for site in ["a", "b"] {
+        auth::enrol(core.db(), &format!("node-{site}"), Role::Node, site, 0).expect("enrol");
+    }
+    Network {
+        core,
+        url,
+        ca,
+        _dir: dir,
+    }
+}
+
+impl Network {
+    fn trust(&self) -> ClientTls {
+        ClientTls {
+            ca_pem: self.ca.cert_pem().as_bytes().to_vec(),
+            ..ClientTls::default()
+        }
+    }
+
+    fn user(&self, name: &str, role: Role, site: &str) -> BearerToken {
+        let token = auth::enrol(self.core.db(), name, role, site, 0).expect("enrol");
+        BearerToken::new(&token).expect("token")
+    }
+
+    async fn researcher(
+        &self,
+        token: BearerToken,
+    ) -> ResearcherClient<
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+    > {
+        let channel = transport::endpoint(&self.url, Some(&self.trust()))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("TLS handshake with the network CA");
+        ResearcherClient::with_interceptor(channel, token)
+    }
+
+    /// Opens a node stream presenting `certificate` (if any) with `token`, saying Hello
+    /// for `site`; returns the first message or the error.
+    async fn node_stream(
+        &self,
+        certificate: Option<&IssuedCertificate>,
+        token: &str,
+        site: &str,
+    ) -> Result<v1::CoordinatorMessage, tonic::Status> {
+        let mut tls = self.trust();
+        tls.identity = certificate.map(|c| {
+            (
+                c.cert_pem.clone().into_bytes(),
+                c.key_pem.clone().into_bytes(),
+            )
+        });
+        let channel = transport::endpoint(&self.url, Some(&tls))
+            .expect("endpoint")
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut client =
+            NodeLinkClient::with_interceptor(channel, BearerToken::new(token).expect("token"));
+        let (sender, receiver) = mpsc::channel(4);
+        sender
+            .send(v1::NodeMessage {
+                message: Some(v1::node_message::Message::Hello(v1::Hello {
+                    site_id: site.into(),
+                    k: 5,
+                    version: "test".into(),
+                    max_concurrent: 1,
+                })),
+            })
+            .await
+            .expect("queue");
+        let mut inbound = client
+            .open_stream(ReceiverStream::new(receiver))
+            .await?
+            .into_inner();
+        let first = inbound.message().await?;
+        // Keep the stream open a moment so the coordinator registers it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(sender);
+        first.ok_or_else(|| tonic::Status::unavailable("stream closed"))
+    }
+
+    fn node_token(&self, site: &str) -> String {
+        auth::enrol(
+            self.core.db(),
+            &format!("node-{site}-again"),
+            Role::Node,
+            site,
+            0,
+        )
+        .expect("enrol")
+    }
+}
+
+fn submit(title: &str, sql: &str) -> v1::SubmitRequest {
+    v1::SubmitRequest {
+        sql: sql.into(),
+        title: title.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_needs_the_network_ca_and_tls() {
+    let net = start(Limits::default()).await;
+    let token = net.user("ada", Role::Researcher, "");
+
+    let mut researcher = net.researcher(token.clone()).await;
+    researcher
+        .list_queries(v1::ListQueriesRequest::default())
+        .await
+        .expect("a call over TLS");
+
+    // A client that trusts another CA refuses the coordinator's certificate.
+    let (stranger, _) = NetworkCa::generate("other").expect("other ca");
+    let wrong = ClientTls {
+        ca_pem: stranger.cert_pem().as_bytes().to_vec(),
+        ..ClientTls::default()
+    };
+    let refused = transport::endpoint(&net.url, Some(&wrong))
+        .expect("endpoint")
+        .connect()
+        .await;
+    assert!(refused.is_err(), "a wrong CA must fail the handshake");
+
+    // Plaintext to the TLS port gets nowhere.
+    let plaintext_url = net.url.replace("https://", "http://");
+    let channel = transport::endpoint(&plaintext_url, None)
+        .expect("loopback plaintext endpoint")
+        .connect()
+        .await;
+    if let Ok(channel) = channel {
+        let mut client = ResearcherClient::with_interceptor(channel, token.clone());
+        let call = tokio::time::timeout(
+            Duration::from_secs(15),
+            client.list_queries(v1::ListQueriesRequest::default()),
+        )
+        .await;
+        assert!(
+            !matches!(call, Ok(Ok(_))),
+            "a plaintext call to a TLS endpoint must fail"
+        );
+    }
+
+    // And the coordinator still serves TLS clients afterwards.
+    researcher
+        .list_queries(v1::ListQueriesRequest::default())
+        .await
+        .expect("still serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_certificate_binds_the_node_to_its_site() {
+    let net = start(Limits::default()).await;
+    let cert_a = net.ca.issue_node("a").expect("node a");
+    let token_a = net.node_token("a");
+    let token_b = net.node_token("b");
+
+    // Site A's certificate with site B's token: refused.
+    let status = net
+        .node_stream(Some(&cert_a), &token_b, "b")
+        .await
+        .expect_err("A's certificate cannot act as B");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status.message().contains("bound to site a"),
+        "{}",
+        status.message()
+    );
+    assert!(!net.core.is_connected("b"));
+
+    // No certificate at all: refused, even with a valid node token.
+    let status = net
+        .node_stream(None, &token_a, "a")
+        .await
+        .expect_err("a node must present a certificate");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+
+    // A certificate of another CA does not even complete the handshake.
+    let (stranger, _) = NetworkCa::generate("other").expect("other ca");
+    let forged = stranger.issue_node("a").expect("forged");
+    assert!(
+        net.node_stream(Some(&forged), &token_a, "a").await.is_err(),
+        "a certificate of another CA must be refused"
+    );
+
+    // A server certificate of the right CA is not a node certificate.
+    let server_cert = net
+        .ca
+        .issue_server(&["localhost".into()])
+        .expect("server certificate");
+    assert!(
+        net.node_stream(Some(&server_cert), &token_a, "a")
+            .await
+            .is_err(),
+        "a server certificate cannot authenticate a node"
+    );
+
+    // The right certificate, token and site: welcomed.
+    let welcome = net
+        .node_stream(Some(&cert_a), &token_a, "a")
+        .await
+        .expect("site A's node is welcome");
+    assert!(matches!(
+        welcome.message,
+        Some(v1::coordinator_message::Message::Welcome(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_questions_and_eager_users_are_refused_and_others_are_served() {
+    let limits = Limits {
+        max_sql_bytes: 200,
+        submits_per_minute: 3,
+        ..Limits::default()
+    };
+    let net = start(limits).await;
+    let mut eager = net
+        .researcher(net.user("eager", Role::Researcher, ""))
+        .await;
+    let mut patient = net
+        .researcher(net.user("patient", Role::Researcher, ""))
+        .await;
+
+    let oversized = format!("{SQL} {}", "-- padding\n".repeat(40));
+    let status = eager
+        .submit(submit("big", &oversized))
+        .await
+        .expect_err("oversized");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("SQL size limit"),
+        "{}",
+        status.message()
+    );
+
+    // The oversized attempt counted; two more fit in the burst of three.
+    for n in 0..2 {
+        eager
+            .submit(submit(&format!("q{n}"), SQL))
+            .await
+            .expect("within the rate limit");
+    }
+    let status = eager
+        .submit(submit("one too many", SQL))
+        .await
+        .expect_err("over the rate limit");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        status.message().contains("rate limit"),
+        "{}",
+        status.message()
+    );
+
+    // Someone else is unaffected.
+    patient
+        .submit(submit("mine", SQL))
+        .await
+        .expect("another user still submits");
+    let listed = eager
+        .list_queries(v1::ListQueriesRequest::default())
+        .await
+        .expect("reading is not rate limited")
+        .into_inner();
+    assert_eq!(listed.queries.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_limit_is_refused_without_harm() {
+    let limits = Limits {
+        max_message_bytes: 64 << 10,
+        max_sql_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let net = start(limits).await;
+    let mut researcher = net.researcher(net.user("ada", Role::Researcher, "")).await;
+    let huge = format!("{SQL} /* {} */", "x".repeat(100 << 10));
+    let status = researcher
+        .submit(submit("huge", &huge))
+        .await
+        .expect_err("over the message limit");
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{status:?}"
+    );
+    researcher
+        .submit(submit("small", SQL))
+        .await
+        .expect("the server keeps serving");
+}
