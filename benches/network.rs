@@ -10,7 +10,7 @@
 //! Each site's store is the same ingested registry, hard-linked (a node's cost does not
 //! depend on whose patients it holds); each node has its own audit log and engine.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,9 +25,11 @@ use ern_coordinator::{Coordinator, Db, Timing, Transport, auth, server};
 use ern_node::engine::{NodeEngine, NodePolicy};
 use ern_node::link::{self, LinkSettings};
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
-use ern_node::synth::{self, SynthConfig};
-use ern_node::{approval, progress, pseudonym};
+use ern_node::approval;
 use ern_proto::transport::BearerToken;
+
+mod common;
+use common::{ms, percentile, stores};
 
 const SQL: &str = "SELECT p.sex, COUNT(*) AS patients FROM patient p GROUP BY p.sex";
 
@@ -84,54 +86,6 @@ fn main() {
 
 fn parse(text: &str) -> usize {
     text.parse().expect("a number")
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn percentile(samples: &[Duration], q: f64) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-/// One registry of `patients`, ingested once and hard-linked into `sites` stores.
-fn stores(work: &Path, sites: usize, patients: usize) -> Vec<PathBuf> {
-    let exports = synth::synthesize(
-        SynthConfig {
-            sites: 1,
-            patients,
-            seed: 3,
-        },
-        &work.join("exports"),
-        &progress::NoProgress,
-    )
-    .expect("synth");
-    let key = work.join("pseudonym.key");
-    pseudonym::generate_key_file(&key).expect("key");
-    let pseudonymiser = pseudonym::Pseudonymiser::from_key_file(&key).expect("key");
-    let template = work.join("template");
-    ern_node::ingest::ingest(
-        &exports[0].dir,
-        &pseudonymiser,
-        &template,
-        &progress::NoProgress,
-    )
-    .expect("ingest");
-    (0..sites)
-        .map(|index| {
-            let store = work.join(format!("store-{index}"));
-            std::fs::create_dir_all(&store).expect("store dir");
-            for entry in std::fs::read_dir(&template).expect("template") {
-                let entry = entry.expect("entry");
-                if entry.path().extension().is_some_and(|e| e == "parquet") {
-                    std::fs::hard_link(entry.path(), store.join(entry.file_name())).expect("link");
-                }
-            }
-            store
-        })
-        .collect()
 }
 
 async fn measure(sites: usize, patients: usize, repeats: usize) -> (Vec<Duration>, Vec<Duration>) {

@@ -1,0 +1,61 @@
+//! What the benchmarks share: percentiles, and site stores made from one ingested
+//! registry.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ern_node::synth::{self, SynthConfig};
+use ern_node::{progress, pseudonym};
+
+/// Milliseconds of a duration.
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The `q` quantile (0..=1) of `samples`, nearest rank.
+pub(crate) fn percentile(samples: &[Duration], q: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// One registry of `patients`, ingested once and hard-linked into `sites` stores.
+pub(crate) fn stores(work: &Path, sites: usize, patients: usize) -> Vec<PathBuf> {
+    let exports = synth::synthesize(
+        SynthConfig {
+            sites: 1,
+            patients,
+            seed: 3,
+        },
+        &work.join("exports"),
+        &progress::NoProgress,
+    )
+    .expect("synth");
+    let key = work.join("pseudonym.key");
+    pseudonym::generate_key_file(&key).expect("key");
+    let pseudonymiser = pseudonym::Pseudonymiser::from_key_file(&key).expect("key");
+    let template = work.join("template");
+    ern_node::ingest::ingest(
+        &exports[0].dir,
+        &pseudonymiser,
+        &template,
+        &progress::NoProgress,
+    )
+    .expect("ingest");
+    (0..sites)
+        .map(|index| {
+            let store = work.join(format!("store-{index}"));
+            std::fs::create_dir_all(&store).expect("store dir");
+            for entry in std::fs::read_dir(&template).expect("template") {
+                let entry = entry.expect("entry");
+                if entry.path().extension().is_some_and(|e| e == "parquet") {
+                    std::fs::hard_link(entry.path(), store.join(entry.file_name())).expect("link");
+                }
+            }
+            store
+        })
+        .collect()
+}
+
