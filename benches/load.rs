@@ -42,7 +42,7 @@ const QUESTIONS: [&str; 3] = [
 ];
 const PATIENTS_PER_SITE: usize = 2000;
 const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
-const POLL: Duration = Duration::from_millis(20);
+const POLL: Duration = Duration::from_millis(50);
 
 type Authed = InterceptedService<Channel, BearerToken>;
 
@@ -58,7 +58,9 @@ struct Recorder(Arc<Mutex<Record>>);
 
 impl Recorder {
     fn lock(&self) -> std::sync::MutexGuard<'_, Record> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Times `call`, recording its latency under `kind` or its error.
@@ -197,8 +199,14 @@ async fn run(researchers: usize, questions: usize, sites: usize) {
                 Some(node_tls),
             ),
         ));
-        let token = auth::enrol(core.db(), &format!("steward-{site}"), Role::Steward, &site, 0)
-            .expect("enrol");
+        let token = auth::enrol(
+            core.db(),
+            &format!("steward-{site}"),
+            Role::Steward,
+            &site,
+            0,
+        )
+        .expect("enrol");
         let (channel, bearer) = connect(token).await;
         stewards.push(Steward {
             site,

@@ -22,10 +22,10 @@ use datafusion::prelude::SessionContext;
 use ern_coordinator::db::ReceivedApproval;
 use ern_coordinator::model::{Role, StoredQuery};
 use ern_coordinator::{Coordinator, Db, Timing, Transport, auth, server};
+use ern_node::approval;
 use ern_node::engine::{NodeEngine, NodePolicy};
 use ern_node::link::{self, LinkSettings};
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
-use ern_node::approval;
 use ern_proto::transport::BearerToken;
 
 mod common;

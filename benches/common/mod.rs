@@ -58,4 +58,3 @@ pub(crate) fn stores(work: &Path, sites: usize, patients: usize) -> Vec<PathBuf>
         })
         .collect()
 }
-

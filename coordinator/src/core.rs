@@ -64,9 +64,9 @@ pub struct Coordinator {
     timing: Timing,
     limits: Limits,
     submissions: SubmitLimiter,
-    /// Serialises dispatch, so a node's concurrency limit holds when an approval and an
-    /// answer arrive at the same moment.
-    dispatching: tokio::sync::Mutex<()>,
+    /// Serialises dispatch per site, so a node's concurrency limit holds when an approval
+    /// and an answer arrive at the same moment; sites do not wait for each other.
+    dispatching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     planning: SessionState,
     nodes: Mutex<HashMap<String, Connection>>,
     generations: AtomicU64,
@@ -91,7 +91,7 @@ impl Coordinator {
             timing,
             submissions: SubmitLimiter::new(limits.submits_per_minute),
             limits,
-            dispatching: tokio::sync::Mutex::new(()),
+            dispatching: Mutex::new(HashMap::new()),
             planning: ern_queries::catalog::planning_state()?,
             nodes: Mutex::new(HashMap::new()),
             generations: AtomicU64::new(1),
@@ -232,7 +232,14 @@ impl Coordinator {
     /// Sends approved work of `site` to its node, if connected, as far as the node's
     /// concurrency allows; the rest goes when answers come back.
     pub async fn dispatch(&self, site: &str) -> Result<usize, Status> {
-        let _one_at_a_time = self.dispatching.lock().await;
+        let site_lock = Arc::clone(
+            self.dispatching
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(site.to_string())
+                .or_default(),
+        );
+        let _one_at_a_time = site_lock.lock().await;
         let (sender, max_concurrent) = match self.nodes().get(site) {
             Some(connection) => (connection.sender.clone(), connection.max_concurrent),
             None => return Ok(0),

@@ -348,3 +348,55 @@ async fn a_message_over_the_size_limit_is_refused_without_harm() {
         .await
         .expect("the server keeps serving");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_have_a_deadline_but_a_node_stream_outlives_it() {
+    let limits = Limits {
+        rpc_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let net = start(limits).await;
+    let certificate = net.ca.issue_node("a").expect("node a");
+    let mut tls = net.trust();
+    tls.identity = Some((
+        certificate.cert_pem.into_bytes(),
+        certificate.key_pem.into_bytes(),
+    ));
+    let channel = transport::endpoint(&net.url, Some(&tls))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let token = BearerToken::new(&net.node_token("a")).expect("token");
+    let mut client = NodeLinkClient::with_interceptor(channel, token);
+    let (sender, receiver) = mpsc::channel(4);
+    sender
+        .send(v1::NodeMessage {
+            message: Some(v1::node_message::Message::Hello(v1::Hello {
+                site_id: "a".into(),
+                k: 5,
+                version: "test".into(),
+                max_concurrent: 1,
+            })),
+        })
+        .await
+        .expect("queue");
+    let mut inbound = client
+        .open_stream(ReceiverStream::new(receiver))
+        .await
+        .expect("stream")
+        .into_inner();
+    inbound.message().await.expect("welcome").expect("welcome");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        net.core.is_connected("a"),
+        "the stream outlived the deadline"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), inbound.message())
+            .await
+            .is_err(),
+        "the stream is open and quiet, not ended"
+    );
+    drop(sender);
+}

@@ -20,6 +20,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::approval::Approval;
 use crate::engine::{ExecuteError, NodeEngine, QueryRequest, now_seconds};
 
+/// How long the coordinator has to answer Hello.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The version a node reports in its Hello.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -143,7 +146,10 @@ async fn session(
         .open_stream(ReceiverStream::new(receiver))
         .await?
         .into_inner();
-    let heartbeat = match inbound.message().await? {
+    let welcome = tokio::time::timeout(WELCOME_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| LinkError::Protocol("no Welcome within 30 s"))?;
+    let heartbeat = match welcome? {
         Some(v1::CoordinatorMessage {
             message: Some(v1::coordinator_message::Message::Welcome(welcome)),
         }) => Duration::from_secs(u64::from(welcome.heartbeat_seconds.max(1))),
