@@ -18,6 +18,12 @@ use ern_proto::v1::researcher_client::ResearcherClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+/// A node stream's sender and inbound messages.
+type NodeStream = (
+    mpsc::Sender<v1::NodeMessage>,
+    tonic::Streaming<v1::CoordinatorMessage>,
+);
+
 const SQL: &str = "SELECT sex, COUNT(*) AS n FROM patient GROUP BY sex";
 
 struct Network {
@@ -93,13 +99,13 @@ impl Network {
     }
 
     /// Opens a node stream presenting `certificate` (if any) with `token`, saying Hello
-    /// for `site`; returns the first message or the error.
-    async fn node_stream(
+    /// for `site`; returns the open stream (and its sender, which keeps it open).
+    async fn open_node_stream(
         &self,
         certificate: Option<&IssuedCertificate>,
         token: &str,
         site: &str,
-    ) -> Result<v1::CoordinatorMessage, tonic::Status> {
+    ) -> Result<NodeStream, tonic::Status> {
         let mut tls = self.trust();
         tls.identity = certificate.map(|c| {
             (
@@ -126,10 +132,21 @@ impl Network {
             })
             .await
             .expect("queue");
-        let mut inbound = client
+        let inbound = client
             .open_stream(ReceiverStream::new(receiver))
             .await?
             .into_inner();
+        Ok((sender, inbound))
+    }
+
+    /// Opens a node stream and returns its first message or the error.
+    async fn node_stream(
+        &self,
+        certificate: Option<&IssuedCertificate>,
+        token: &str,
+        site: &str,
+    ) -> Result<v1::CoordinatorMessage, tonic::Status> {
+        let (sender, mut inbound) = self.open_node_stream(certificate, token, site).await?;
         let first = inbound.message().await?;
         // Keep the stream open a moment so the coordinator registers it.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -350,42 +367,17 @@ async fn a_message_over_the_size_limit_is_refused_without_harm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_have_a_deadline_but_a_node_stream_outlives_it() {
+async fn a_node_stream_outlives_the_call_deadline() {
     let limits = Limits {
         rpc_timeout: Duration::from_secs(1),
         ..Limits::default()
     };
     let net = start(limits).await;
     let certificate = net.ca.issue_node("a").expect("node a");
-    let mut tls = net.trust();
-    tls.identity = Some((
-        certificate.cert_pem.into_bytes(),
-        certificate.key_pem.into_bytes(),
-    ));
-    let channel = transport::endpoint(&net.url, Some(&tls))
-        .expect("endpoint")
-        .connect()
+    let (sender, mut inbound) = net
+        .open_node_stream(Some(&certificate), &net.node_token("a"), "a")
         .await
-        .expect("connect");
-    let token = BearerToken::new(&net.node_token("a")).expect("token");
-    let mut client = NodeLinkClient::with_interceptor(channel, token);
-    let (sender, receiver) = mpsc::channel(4);
-    sender
-        .send(v1::NodeMessage {
-            message: Some(v1::node_message::Message::Hello(v1::Hello {
-                site_id: "a".into(),
-                k: 5,
-                version: "test".into(),
-                max_concurrent: 1,
-            })),
-        })
-        .await
-        .expect("queue");
-    let mut inbound = client
-        .open_stream(ReceiverStream::new(receiver))
-        .await
-        .expect("stream")
-        .into_inner();
+        .expect("stream");
     inbound.message().await.expect("welcome").expect("welcome");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
