@@ -11,13 +11,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::SessionContext;
 use ern_queries::split;
-use ern_queries::{Refusal, Rule};
+use ern_queries::{Refusal, Rule, SiteFacts};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::approval::{self, Approval, ApprovalError};
@@ -133,6 +134,7 @@ pub struct NodeEngine {
     ctx: SessionContext,
     policy: NodePolicy,
     audit: AuditLog,
+    facts: SiteFacts,
 }
 
 impl std::fmt::Debug for NodeEngine {
@@ -140,6 +142,7 @@ impl std::fmt::Debug for NodeEngine {
         f.debug_struct("NodeEngine")
             .field("policy", &self.policy)
             .field("audit", &self.audit)
+            .field("facts", &self.facts)
             .finish_non_exhaustive()
     }
 }
@@ -176,12 +179,30 @@ impl NodeEngine {
         }
         let ctx = node_session(store_dir, policy.memory_limit).await?;
         let audit = AuditLog::open(store_dir)?;
-        Ok(NodeEngine { ctx, policy, audit })
+        let facts = verified_facts(&ctx).await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "could not check the patient table; counting distinct pids");
+            SiteFacts::default()
+        });
+        tracing::info!(
+            one_row_per_patient = ?facts.one_row_per_patient,
+            "store opened"
+        );
+        Ok(NodeEngine {
+            ctx,
+            policy,
+            audit,
+            facts,
+        })
     }
 
     /// This node's policy.
     pub fn policy(&self) -> &NodePolicy {
         &self.policy
+    }
+
+    /// What this node verified about its store when it opened it.
+    pub fn site_facts(&self) -> &SiteFacts {
+        &self.facts
     }
 
     /// Runs one request end to end and audits it.
@@ -247,7 +268,8 @@ impl NodeEngine {
             entry.detail = Some(detail);
             ExecuteError::Failed { reference }
         };
-        let plan = split::site_plan(&query.barrier).map_err(|e| fail(entry, e.to_string()))?;
+        let plan = split::site_plan(&query.barrier, &self.facts)
+            .map_err(|e| fail(entry, e.to_string()))?;
         SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -294,6 +316,34 @@ impl NodeEngine {
         }
         Ok(released)
     }
+}
+
+/// Checks, once per opening, that the patient table holds each pid exactly once (ingest
+/// guarantees it: local ids are unique in the export, and a store is only ever replaced
+/// by a whole new ingest). Only then do site plans count patient rows instead of distinct
+/// pids there; a store that fails the check (or a check that cannot run, e.g. under a
+/// tiny memory limit) is still served, with distinct counts.
+async fn verified_facts(ctx: &SessionContext) -> Result<SiteFacts, DataFusionError> {
+    let table = "patient";
+    let counts = ctx
+        .sql(&format!(
+            "SELECT COUNT(*) = COUNT(DISTINCT pid) AS unique_pids FROM {table}"
+        ))
+        .await?
+        .collect()
+        .await?;
+    let unique = counts.first().is_some_and(|batch| {
+        batch.num_rows() == 1
+            && batch
+                .column(0)
+                .as_boolean_opt()
+                .is_some_and(|column| column.is_valid(0) && column.value(0))
+    });
+    if !unique {
+        tracing::warn!("the store's patient table holds a pid more than once");
+        return Ok(SiteFacts::default());
+    }
+    Ok(SiteFacts::with_unique_pid_tables([table]))
 }
 
 /// Rule 6: drops every group whose smallest hidden patient count is under `k`, then the

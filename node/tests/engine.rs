@@ -556,3 +556,57 @@ async fn a_sum_needs_k_patients_with_a_value() {
         );
     }
 }
+
+#[tokio::test]
+async fn patients_are_counted_distinctly_unless_the_store_proves_one_row_each() {
+    let fixture = fixture(600);
+    assert_eq!(
+        fixture
+            .engine()
+            .await
+            .site_facts()
+            .one_row_per_patient
+            .iter()
+            .collect::<Vec<_>>(),
+        vec!["patient"],
+        "an ingested store holds one row per patient"
+    );
+
+    // A store whose patient table holds every patient twice (no ingest writes one).
+    let patient = ern_node::store::table_path(&fixture.store, "patient");
+    let rows = plain_context(&fixture.store)
+        .await
+        .table("patient")
+        .await
+        .expect("table")
+        .collect()
+        .await
+        .expect("rows");
+    let mut doubled = rows.clone();
+    doubled.extend(rows);
+    let batch =
+        datafusion::arrow::compute::concat_batches(&doubled[0].schema(), &doubled).expect("concat");
+    ern_node::store::write_table(&patient, "patient", &batch).expect("write");
+
+    let engine = fixture.engine().await;
+    assert!(engine.site_facts().one_row_per_patient.is_empty());
+    let sql = "SELECT sex, COUNT(DISTINCT pid) AS patients FROM patient GROUP BY sex";
+    let released = engine
+        .execute(&fixture.request(sql))
+        .await
+        .expect("released");
+    let independent = plain_context(&fixture.store)
+        .await
+        .sql(sql)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    let expected: Vec<Vec<String>> = sorted_rows(&independent)
+        .into_iter()
+        .filter(|r| r[1].parse::<i64>().expect("count") >= 5)
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(sorted_rows(&released.batches), expected);
+}

@@ -18,6 +18,7 @@
 //! - [`catalog`]: the schema-only planning context.
 //! - [`validate`]: parse, plan, walk the plan.
 //! - [`split`]: the per-site plan and the merge of partial results.
+//! - [`uniqueness`]: where a site may count patients without a distinct count.
 //! - [`hash`]: the canonical query hash that approvals sign.
 //! - [`ids`]: the shape of site, study and user ids.
 //! - [`casefile`]: the steward-readable format of the validation and attack suites.
@@ -31,8 +32,10 @@ pub mod ids;
 pub mod rules;
 pub mod schema;
 pub mod split;
+pub mod uniqueness;
 pub mod validate;
 
 pub use hash::{POLICY_VERSION, query_hash};
 pub use rules::{Refusal, Rule};
+pub use uniqueness::SiteFacts;
 pub use validate::{ValidatedQuery, validate};

@@ -8,6 +8,7 @@
 //! HAVING, ORDER BY, LIMIT, output names) on the network totals, with DataFusion over an
 //! in-memory table.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -21,6 +22,7 @@ use datafusion::logical_expr::{Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBu
 use datafusion::prelude::SessionContext;
 
 use crate::catalog::session_config;
+use crate::uniqueness::{SiteFacts, unique_columns};
 use crate::validate::{AggregateKind, Barrier, ValidatedQuery};
 
 /// Prefix of the hidden per-group patient counts in a site plan's output.
@@ -50,26 +52,64 @@ fn partial_name(index: usize) -> String {
     format!("__p{index}")
 }
 
+/// The first argument of an aggregate call.
+fn argument_of(expr: &Expr) -> Option<Expr> {
+    match expr {
+        Expr::AggregateFunction(AggregateFunction { params, .. }) => params.args.first().cloned(),
+        _ => None,
+    }
+}
+
+/// The number of distinct patients in `pid`: a plain count of its non-null values where
+/// the rows hold each patient at most once (see [`crate::uniqueness`]).
+fn patients_in(pid: &Column, unique: &BTreeSet<Column>) -> Expr {
+    if unique.contains(pid) {
+        count(Expr::Column(pid.clone()))
+    } else {
+        count_distinct(Expr::Column(pid.clone()))
+    }
+}
+
+/// [`patients_in`] over the rows where `condition` holds.
+///
+/// The builder's `build` sets DISTINCT from its own flag (false unless asked), whatever
+/// the expression it started from said, so the flag is set here explicitly.
+fn patients_where(
+    pid: &Column,
+    unique: &BTreeSet<Column>,
+    condition: Expr,
+) -> Result<Expr, DataFusionError> {
+    let builder = count(Expr::Column(pid.clone())).filter(condition);
+    if unique.contains(pid) {
+        builder.build()
+    } else {
+        builder.distinct().build()
+    }
+}
+
 /// The partial aggregates a barrier aggregate is sent as.
-fn partials(kind: &AggregateKind, expr: &Expr) -> Vec<Expr> {
+fn partials(kind: &AggregateKind, expr: &Expr, unique: &BTreeSet<Column>) -> Vec<Expr> {
     match kind {
-        AggregateKind::Count | AggregateKind::CountDistinctPid | AggregateKind::Sum => {
-            vec![expr.clone()]
-        }
+        AggregateKind::CountDistinctPid => match argument_of(expr) {
+            Some(Expr::Column(pid)) if unique.contains(&pid) => vec![patients_in(&pid, unique)],
+            _ => vec![expr.clone()],
+        },
+        AggregateKind::Count | AggregateKind::Sum => vec![expr.clone()],
         AggregateKind::Avg => {
-            let argument = match expr {
-                Expr::AggregateFunction(AggregateFunction { params, .. }) => {
-                    params.args.first().cloned()
-                }
-                _ => None,
-            };
-            let argument = argument.unwrap_or_else(|| datafusion::logical_expr::lit(0));
+            let argument = argument_of(expr).unwrap_or_else(|| datafusion::logical_expr::lit(0));
             vec![
                 sum(cast(argument.clone(), DataType::Float64)),
                 count(argument),
             ]
         }
     }
+}
+
+/// One hidden patient count: the distinct patients in `pid`, or only those of them with a
+/// value for `with_value`.
+struct HiddenCount {
+    pid: Column,
+    with_value: Option<Expr>,
 }
 
 /// The hidden patient counts of a group; the node releases a group only when the smallest
@@ -80,37 +120,15 @@ fn partials(kind: &AggregateKind, expr: &Expr) -> Vec<Expr> {
 /// - For every released aggregate over an argument (`COUNT(x)`, `SUM(x)`, `AVG(x)`), the
 ///   patients for whom the argument is not null: a sum over a group of a thousand
 ///   patients of whom one has a value is that one patient's value.
-///
-/// A class count that a released `COUNT(DISTINCT pid)` already computes is not computed
-/// twice: it is returned as the index of that partial.
-fn hidden_counts(barrier: &Barrier) -> Result<(Vec<Expr>, Vec<usize>), SplitError> {
-    // Where each aggregate's first partial sits.
-    let mut offsets = Vec::with_capacity(barrier.aggregates.len());
-    let mut offset = 0;
-    for aggregate in &barrier.aggregates {
-        offsets.push(offset);
-        offset += if aggregate.kind == AggregateKind::Avg {
-            2
-        } else {
-            1
-        };
-    }
-    let argument_of = |expr: &Expr| match expr {
-        Expr::AggregateFunction(AggregateFunction { params, .. }) => params.args.first().cloned(),
-        _ => None,
-    };
-    let mut counts = Vec::new();
-    let mut copies = Vec::new();
-    for pid in &barrier.pids {
-        let released = barrier.aggregates.iter().zip(&offsets).find(|(a, _)| {
-            a.kind == AggregateKind::CountDistinctPid
-                && matches!(argument_of(&a.expr), Some(Expr::Column(c)) if &c == pid)
-        });
-        match released {
-            Some((_, &partial)) => copies.push(partial),
-            None => counts.push(count_distinct(Expr::Column(pid.clone()))),
-        }
-    }
+fn hidden_counts(barrier: &Barrier) -> Vec<HiddenCount> {
+    let mut counts: Vec<HiddenCount> = barrier
+        .pids
+        .iter()
+        .map(|pid| HiddenCount {
+            pid: pid.clone(),
+            with_value: None,
+        })
+        .collect();
     for aggregate in &barrier.aggregates {
         let Some(argument) = argument_of(&aggregate.expr) else {
             continue;
@@ -121,64 +139,190 @@ fn hidden_counts(barrier: &Barrier) -> Result<(Vec<Expr>, Vec<usize>), SplitErro
             continue;
         }
         for pid in &barrier.pids {
-            counts.push(
-                count_distinct(Expr::Column(pid.clone()))
-                    .filter(argument.clone().is_not_null())
-                    .build()?,
-            );
+            counts.push(HiddenCount {
+                pid: pid.clone(),
+                with_value: Some(argument.clone()),
+            });
         }
     }
-    let counts = counts
-        .into_iter()
-        .enumerate()
-        .map(|(i, count)| count.alias(format!("{HIDDEN_PATIENTS}_{i}")))
-        .collect();
-    Ok((counts, copies))
+    counts
+}
+
+/// Where `expr` sits in `computed`, adding it if no expression of the same name is there.
+fn position_of(computed: &mut Vec<Expr>, expr: Expr) -> usize {
+    let name = expr.schema_name().to_string();
+    match computed
+        .iter()
+        .position(|e| e.schema_name().to_string() == name)
+    {
+        Some(index) => index,
+        None => {
+            computed.push(expr);
+            computed.len() - 1
+        }
+    }
 }
 
 /// The per-site plan: group keys `__g0…`, partials `__p0…`, and the hidden patient
-/// counts `__patients_…` (see [`hidden_counts`]), in that order.
-pub fn site_plan(barrier: &Barrier) -> Result<LogicalPlan, SplitError> {
-    let mut aggregates: Vec<Expr> = barrier
+/// counts `__patients_…` (see [`hidden_counts`]), in that order. `facts` is what the
+/// site has verified about its own tables; [`SiteFacts::default`] assumes nothing.
+///
+/// Two shapes, same output:
+/// - Where the rows hold each patient at most once, or several pid classes must each be
+///   counted, one aggregation (see [`one_phase_site_plan`]).
+/// - Otherwise, one row per group and patient first, then the groups (see
+///   [`per_patient_site_plan`]): no per-group hash set of pids at all.
+///
+/// Every aggregation computes each distinct expression once, under its own name, as
+/// DataFusion's SQL planner does, and a projection above it gives the output names:
+/// optimiser rules recognise only unaliased aggregates.
+pub fn site_plan(barrier: &Barrier, facts: &SiteFacts) -> Result<LogicalPlan, SplitError> {
+    let unique = unique_columns(&barrier.input, facts);
+    match barrier.pids.as_slice() {
+        [pid] if !unique.contains(pid) => per_patient_site_plan(barrier, pid),
+        _ => one_phase_site_plan(barrier, &unique),
+    }
+}
+
+/// One aggregation over the input; where a pid column is `unique`, a count of its
+/// non-null values stands for the distinct count.
+fn one_phase_site_plan(
+    barrier: &Barrier,
+    unique: &BTreeSet<Column>,
+) -> Result<LogicalPlan, SplitError> {
+    let mut computed = Vec::new();
+    let partial_at: Vec<usize> = barrier
         .aggregates
         .iter()
-        .flat_map(|a| partials(&a.kind, &a.expr))
-        .enumerate()
-        .map(|(j, partial)| partial.alias(partial_name(j)))
+        .flat_map(|a| partials(&a.kind, &a.expr, unique))
+        .map(|partial| position_of(&mut computed, partial))
         .collect();
-    let (hidden, copies) = hidden_counts(barrier)?;
-    aggregates.extend(hidden);
+    let mut hidden_at = Vec::new();
+    for hidden in hidden_counts(barrier) {
+        let count = match hidden.with_value {
+            None => patients_in(&hidden.pid, unique),
+            Some(value) => patients_where(&hidden.pid, unique, value.is_not_null())?,
+        };
+        hidden_at.push(position_of(&mut computed, count));
+    }
     let aggregated = LogicalPlanBuilder::from(barrier.input.as_ref().clone())
-        .aggregate(barrier.group_exprs.clone(), aggregates)?
+        .aggregate(barrier.group_exprs.clone(), computed)?
         .build()?;
-    let groups = barrier.group_exprs.len();
-    let mut renamed: Vec<Expr> = aggregated
-        .schema()
-        .columns()
+    named_outputs(
+        aggregated,
+        barrier.group_exprs.len(),
+        &partial_at,
+        &hidden_at,
+    )
+}
+
+/// How a group's output is made from the per-patient rows of [`per_patient_site_plan`].
+enum FromPatients {
+    /// The sum of a per-patient partial (COUNT and SUM add up).
+    Sum(usize),
+    /// The number of patient rows: the distinct patients.
+    Patients,
+    /// The patient rows whose per-patient count (of a value) is positive.
+    PatientsWith(usize),
+}
+
+/// For a single pid class whose rows may repeat a patient: first one row per group and
+/// patient with that patient's partials (`COUNT(x)`, `SUM(x)`), then per group the sums
+/// of those partials and the counts of patient rows. The rewrite DataFusion applies to a
+/// lone `COUNT(DISTINCT pid)`, extended to the counts of patients with a value.
+fn per_patient_site_plan(barrier: &Barrier, pid: &Column) -> Result<LogicalPlan, SplitError> {
+    let mut per_patient = Vec::new();
+    let mut partial_recipes = Vec::new();
+    for aggregate in &barrier.aggregates {
+        if aggregate.kind == AggregateKind::CountDistinctPid {
+            partial_recipes.push(FromPatients::Patients);
+            continue;
+        }
+        for partial in partials(&aggregate.kind, &aggregate.expr, &BTreeSet::new()) {
+            partial_recipes.push(FromPatients::Sum(position_of(&mut per_patient, partial)));
+        }
+    }
+    let hidden_recipes: Vec<FromPatients> = hidden_counts(barrier)
         .into_iter()
-        .enumerate()
-        .map(|(index, column)| {
-            if index < groups {
-                Expr::Column(column).alias(group_name(index))
-            } else {
-                Expr::Column(column)
-            }
+        .map(|hidden| match hidden.with_value {
+            None => FromPatients::Patients,
+            Some(value) => FromPatients::PatientsWith(position_of(&mut per_patient, count(value))),
         })
         .collect();
-    for (i, partial) in copies.into_iter().enumerate() {
-        renamed.push(
-            col(Column::from_name(partial_name(partial)))
-                .alias(format!("{HIDDEN_PATIENTS}_copy_{i}")),
-        );
-    }
+    let mut inner_groups = barrier.group_exprs.clone();
+    inner_groups.push(Expr::Column(pid.clone()));
+    let patients = LogicalPlanBuilder::from(barrier.input.as_ref().clone())
+        .aggregate(inner_groups, per_patient)?
+        .build()?;
+    let columns = patients.schema().columns();
+    let groups = barrier.group_exprs.len();
+    let patient = Expr::Column(columns[groups].clone());
+    let value = |at: usize| Expr::Column(columns[groups + 1 + at].clone());
+    let mut computed = Vec::new();
+    let mut place = |recipe: &FromPatients| -> Result<usize, DataFusionError> {
+        let expr = match recipe {
+            FromPatients::Sum(at) => sum(value(*at)),
+            FromPatients::Patients => count(patient.clone()),
+            FromPatients::PatientsWith(at) => count(patient.clone())
+                .filter(value(*at).gt(datafusion::logical_expr::lit(0i64)))
+                .build()?,
+        };
+        Ok(position_of(&mut computed, expr))
+    };
+    let partial_at = partial_recipes
+        .iter()
+        .map(&mut place)
+        .collect::<Result<Vec<_>, _>>()?;
+    let hidden_at = hidden_recipes
+        .iter()
+        .map(&mut place)
+        .collect::<Result<Vec<_>, _>>()?;
+    let group_columns: Vec<Expr> = columns[..groups]
+        .iter()
+        .cloned()
+        .map(Expr::Column)
+        .collect();
+    let aggregated = LogicalPlanBuilder::from(patients)
+        .aggregate(group_columns, computed)?
+        .build()?;
+    named_outputs(aggregated, groups, &partial_at, &hidden_at)
+}
+
+/// The site plan's output over an aggregation: its group columns as `__g…`, the computed
+/// expressions at `partial_at` as `__p…` and at `hidden_at` as `__patients_…`.
+fn named_outputs(
+    aggregated: LogicalPlan,
+    groups: usize,
+    partial_at: &[usize],
+    hidden_at: &[usize],
+) -> Result<LogicalPlan, SplitError> {
+    let columns = aggregated.schema().columns();
+    let computed_column = |at: usize| Expr::Column(columns[groups + at].clone());
+    let outputs: Vec<Expr> = columns[..groups]
+        .iter()
+        .enumerate()
+        .map(|(index, column)| Expr::Column(column.clone()).alias(group_name(index)))
+        .chain(
+            partial_at
+                .iter()
+                .enumerate()
+                .map(|(j, &at)| computed_column(at).alias(partial_name(j))),
+        )
+        .chain(
+            hidden_at
+                .iter()
+                .enumerate()
+                .map(|(k, &at)| computed_column(at).alias(format!("{HIDDEN_PATIENTS}_{k}"))),
+        )
+        .collect();
     Ok(LogicalPlanBuilder::from(aggregated)
-        .project(renamed)?
+        .project(outputs)?
         .build()?)
 }
 
 /// The schema of what a node releases: the site plan's output without the hidden counts.
 pub fn released_schema(barrier: &Barrier) -> Result<SchemaRef, SplitError> {
-    let plan = site_plan(barrier)?;
+    let plan = site_plan(barrier, &SiteFacts::default())?;
     let arrow_schema = plan.schema().as_arrow();
     let fields: Vec<_> = arrow_schema
         .fields()

@@ -224,8 +224,11 @@ async fn random_sql_never_panics_and_accepted_sql_always_splits() {
             match validate(&candidate, &state).await {
                 Ok(query) => {
                     accepted += 1;
-                    let plan =
-                        site_plan(&query.barrier).unwrap_or_else(|e| panic!("{candidate}: {e}"));
+                    let plan = site_plan(
+                        &query.barrier,
+                        &ern_queries::SiteFacts::with_unique_pid_tables(["patient"]),
+                    )
+                    .unwrap_or_else(|e| panic!("{candidate}: {e}"));
                     let shown = plan.display_indent().to_string();
                     assert!(
                         !query

@@ -191,7 +191,8 @@ async fn merged_partials_equal_the_pooled_computation() {
             let query = validate(sql, &ctx.state())
                 .await
                 .unwrap_or_else(|r| panic!("{sql}: {r}"));
-            let plan = site_plan(&query.barrier).expect("site plan");
+            let plan =
+                site_plan(&query.barrier, &ern_queries::SiteFacts::default()).expect("site plan");
             for batch in ctx
                 .execute_logical_plan(plan)
                 .await
@@ -267,4 +268,169 @@ async fn partials_of_the_wrong_shape_are_rejected() {
         RecordBatch::try_from_iter(vec![("x", Arc::new(Int32Array::from(vec![1])) as ArrayRef)])
             .expect("batch");
     assert!(merge(&query, vec![wrong]).await.is_err());
+}
+
+/// Queries, and whether knowing that `patient` holds one row per patient makes their
+/// site plan cheaper: one aggregation instead of a per-patient one first, or plain counts
+/// instead of distinct ones.
+const UNIQUENESS_QUERIES: &[(&str, bool)] = &[
+    (
+        "SELECT p.sex, COUNT(*) AS patients FROM patient p GROUP BY p.sex",
+        true,
+    ),
+    (
+        "SELECT p.sex, COUNT(DISTINCT p.pid) AS patients, AVG(p.birth_year) AS y FROM patient p WHERE p.birth_year > 1950 GROUP BY p.sex",
+        true,
+    ),
+    (
+        "SELECT q.decade, COUNT(DISTINCT q.id) AS patients FROM (SELECT p.pid AS id, (p.birth_year / 10) * 10 AS decade FROM patient p) q GROUP BY q.decade",
+        true,
+    ),
+    (
+        "SELECT p.sex, COUNT(*) AS patients, SUM(x.n) AS diagnoses FROM patient p LEFT JOIN (SELECT d.pid, COUNT(*) AS n FROM diagnosis d WHERE d.code = 'ORPHA:154' GROUP BY d.pid) x ON p.pid = x.pid GROUP BY p.sex",
+        true,
+    ),
+    // One row per patient by its GROUP BY pid, with or without facts: no cheaper with them.
+    (
+        "SELECT t.codes, COUNT(*) AS patients FROM (SELECT pid, COUNT(DISTINCT code) AS codes FROM diagnosis GROUP BY pid) t GROUP BY t.codes",
+        false,
+    ),
+    (
+        "SELECT p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON p.pid = d.pid GROUP BY p.sex",
+        false,
+    ),
+    (
+        "SELECT d.code, COUNT(*) AS n FROM diagnosis d GROUP BY d.code",
+        false,
+    ),
+    (
+        "SELECT p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN patient q ON p.sex = q.sex GROUP BY p.sex",
+        false,
+    ),
+    (
+        "SELECT t.code, COUNT(*) AS patients FROM (SELECT pid, code FROM diagnosis GROUP BY pid, code) t GROUP BY t.code",
+        false,
+    ),
+];
+
+async fn site_rows(
+    ctx: &SessionContext,
+    plan: datafusion::logical_expr::LogicalPlan,
+) -> Vec<Vec<String>> {
+    let batches = ctx
+        .execute_logical_plan(plan)
+        .await
+        .expect("run")
+        .collect()
+        .await
+        .expect("collect");
+    let mut rows = rows(&batches);
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn counting_rows_where_pids_are_unique_gives_the_distinct_counts() {
+    let site = site_data("u", 400, 7);
+    let ctx = context_with(vec![site.patient.clone()], vec![site.diagnosis.clone()]);
+    let facts = ern_queries::SiteFacts::with_unique_pid_tables(["patient"]);
+    for (sql, one_row_per_patient) in UNIQUENESS_QUERIES {
+        let query = validate(sql, &ctx.state())
+            .await
+            .unwrap_or_else(|r| panic!("{sql}: {r}"));
+        let plain = site_plan(&query.barrier, &ern_queries::SiteFacts::default()).expect("plan");
+        let with_facts = site_plan(&query.barrier, &facts).expect("plan");
+        // Aggregations, and distinct counts (a hash set of pids per group) in them.
+        let cost = |plan: &datafusion::logical_expr::LogicalPlan| {
+            let text = plan.display_indent().to_string();
+            (
+                text.matches("Aggregate:").count(),
+                text.matches("count(DISTINCT").count(),
+            )
+        };
+        let (facts_cost, plain_cost) = (cost(&with_facts), cost(&plain));
+        assert!(
+            facts_cost.0 <= plain_cost.0 && facts_cost.1 <= plain_cost.1,
+            "{sql}"
+        );
+        assert_eq!(
+            facts_cost != plain_cost,
+            *one_row_per_patient,
+            "{sql}: {}",
+            with_facts.display_indent()
+        );
+        let (expected, got) = (
+            site_rows(&ctx, plain).await,
+            site_rows(&ctx, with_facts).await,
+        );
+        assert!(!expected.is_empty(), "{sql}");
+        assert_eq!(got, expected, "{sql}: hidden or released counts differ");
+    }
+}
+
+#[tokio::test]
+async fn a_released_patient_count_and_the_hidden_one_are_computed_once_per_patient_row() {
+    let planning = planning_state().expect("planning");
+    let query = validate(
+        "SELECT d.code, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON p.pid = d.pid GROUP BY d.code, p.sex",
+        &planning,
+    )
+    .await
+    .expect("valid");
+    let plan = site_plan(&query.barrier, &ern_queries::SiteFacts::default()).expect("plan");
+    let text = plan.display_indent().to_string();
+    assert!(
+        !text.contains("DISTINCT"),
+        "no hash set of pids per group: {text}"
+    );
+    let top = text
+        .lines()
+        .find(|line| line.trim_start().starts_with("Aggregate:"))
+        .expect("an aggregate");
+    assert_eq!(top.matches("count(").count(), 1, "{text}");
+    let names: Vec<String> = plan
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, ["__g0", "__g1", "__p0", "__patients_0"]);
+}
+
+/// The hidden count behind `AVG(x)` counts distinct patients with a value, not rows: a
+/// patient with four diagnoses is one patient.
+#[tokio::test]
+async fn hidden_counts_behind_an_argument_count_patients_not_rows() {
+    let site = site_data("h", 300, 11);
+    let ctx = context_with(vec![site.patient.clone()], vec![site.diagnosis.clone()]);
+    let sql = "SELECT p.sex, AVG(d.age_at_onset) AS onset FROM patient p JOIN diagnosis d ON p.pid = d.pid GROUP BY p.sex";
+    let query = validate(sql, &ctx.state()).await.expect("valid");
+    let expected = ctx
+        .sql("SELECT p.sex, COUNT(DISTINCT p.pid), COUNT(DISTINCT CASE WHEN d.age_at_onset IS NOT NULL THEN p.pid END), COUNT(d.age_at_onset) FROM patient p JOIN diagnosis d ON p.pid = d.pid GROUP BY p.sex")
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    let mut expected = rows(&expected);
+    expected.sort();
+    for facts in [
+        ern_queries::SiteFacts::default(),
+        ern_queries::SiteFacts::with_unique_pid_tables(["patient"]),
+    ] {
+        let plan = site_plan(&query.barrier, &facts).expect("plan");
+        let got = site_rows(&ctx, plan).await;
+        // sex, sum, count, then the hidden counts: everyone, and those with a value.
+        let hidden: Vec<Vec<String>> = got
+            .iter()
+            .map(|r| vec![r[0].clone(), r[3].clone(), r[4].clone(), r[2].clone()])
+            .collect();
+        assert_eq!(hidden, expected);
+        for row in &expected {
+            assert_ne!(
+                row[2], row[3],
+                "the fixture must give patients several rows"
+            );
+        }
+    }
 }
