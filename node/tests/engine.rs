@@ -610,3 +610,48 @@ async fn patients_are_counted_distinctly_unless_the_store_proves_one_row_each() 
     assert!(!expected.is_empty());
     assert_eq!(sorted_rows(&released.batches), expected);
 }
+
+/// The trap of a join that repeats a patient: a group whose value rows are many but whose
+/// patients with a value are few must still be suppressed.
+#[tokio::test]
+async fn repeated_rows_of_one_patient_do_not_reach_k() {
+    let fixture = fixture(3000);
+    let engine = fixture.engine().await;
+    let from = "FROM patient p JOIN diagnosis d ON p.pid = d.pid JOIN phenotype f ON p.pid = f.pid GROUP BY p.sex, d.code";
+    let sql = format!("SELECT p.sex, d.code, SUM(d.age_at_onset) AS total {from}");
+    let released = engine.execute(&fixture.request(&sql)).await.expect("ran");
+    let independent = plain_context(&fixture.store)
+        .await
+        .sql(&format!(
+            "SELECT p.sex, d.code, COUNT(DISTINCT CASE WHEN d.age_at_onset IS NOT NULL THEN p.pid END) AS patients, COUNT(d.age_at_onset) AS value_rows {from}"
+        ))
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    let groups: std::collections::HashMap<(String, String), (i64, i64)> = text_rows(&independent)
+        .into_iter()
+        .map(|r| {
+            (
+                (r[0].clone(), r[1].clone()),
+                (r[2].parse().expect("n"), r[3].parse().expect("rows")),
+            )
+        })
+        .collect();
+    let traps = groups
+        .values()
+        .filter(|(patients, rows)| *patients < 5 && *rows >= 5)
+        .count();
+    assert!(traps > 0, "the fixture must hold the trap");
+    assert!(released.groups_released > 0);
+    for row in text_rows(&released.batches) {
+        let (patients, _) = groups[&(row[0].clone(), row[1].clone())];
+        assert!(
+            patients >= 5,
+            "({}, {}) released a sum over {patients} patients with a value",
+            row[0],
+            row[1]
+        );
+    }
+}
