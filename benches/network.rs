@@ -9,6 +9,12 @@
 //!
 //! Each site's store is the same ingested registry, hard-linked (a node's cost does not
 //! depend on whose patients it holds); each node has its own audit log and engine.
+//!
+//! The coordinator, the nodes and the plain baseline run on three tokio runtimes with
+//! named threads, so the CPU each side spends on a question is measured apart from the
+//! wall-clock latency: on this bench every node shares the coordinator's cores, while in
+//! a network each hospital computes on its own machine and only the coordinator's work
+//! is shared.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,7 +35,29 @@ use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
 use ern_proto::transport::BearerToken;
 
 mod common;
-use common::{ms, percentile, stores};
+use common::{cpu_by_thread, ms, percentile, stores};
+
+/// Thread-name prefixes of the coordinator's and the nodes' runtimes.
+const COORDINATOR_THREADS: &str = "ern-coord";
+const NODE_THREADS: &str = "ern-node";
+
+fn runtime(name: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// One configuration's measurements.
+struct Measured {
+    federated: Vec<Duration>,
+    plain: Vec<Duration>,
+    /// Coordinator CPU per question and node.
+    coordinator_cpu: Duration,
+    /// Node CPU per question and node.
+    node_cpu: Duration,
+}
 
 const SQL: &str = "SELECT p.sex, COUNT(*) AS patients FROM patient p GROUP BY p.sex";
 
@@ -38,10 +66,9 @@ fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let coordinator = runtime(COORDINATOR_THREADS);
+    let nodes = runtime(NODE_THREADS);
+    let plain = runtime("ern-plain");
     let configs: Vec<(usize, usize, usize)> = match args.as_slice() {
         [] => vec![
             (3, 10_000, 30),
@@ -53,22 +80,36 @@ fn main() {
         [sites, patients, repeats, ..] => vec![(parse(sites), parse(patients), parse(repeats))],
         _ => unreachable!(),
     };
-    println!("| sites × patients | federated p50 | federated p95 | plain DataFusion p50 | ratio |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| sites × patients | federated p50 | federated p95 | plain DataFusion p50 | ratio | coordinator CPU / node | node CPU / node |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     let mut per_node = Vec::new();
     for (sites, patients, repeats) in configs {
-        let (federated, plain) = runtime.block_on(measure(sites, patients, repeats));
-        let (p50, p95) = (percentile(&federated, 0.5), percentile(&federated, 0.95));
-        let base = percentile(&plain, 0.5);
+        let task = measure(
+            sites,
+            patients,
+            repeats,
+            nodes.handle().clone(),
+            plain.handle().clone(),
+        );
+        let measured = coordinator
+            .block_on(coordinator.spawn(task))
+            .expect("measure");
+        let federated = &measured.federated;
+        let (p50, p95) = (percentile(federated, 0.5), percentile(federated, 0.95));
+        let base = percentile(&measured.plain, 0.5);
         println!(
-            "| {sites} × {patients} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}× |",
+            "| {sites} × {patients} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}× | {:.3} ms | {:.3} ms |",
             ms(p50),
             ms(p95),
             ms(base),
-            p50.as_secs_f64() / base.as_secs_f64()
+            p50.as_secs_f64() / base.as_secs_f64(),
+            ms(measured.coordinator_cpu),
+            ms(measured.node_cpu),
         );
         if patients == 10_000 {
-            per_node.push((sites, p50));
+            per_node.push((sites, p50, measured.coordinator_cpu));
         }
     }
     if let (Some(first), Some(last)) = (per_node.first(), per_node.last())
@@ -76,10 +117,12 @@ fn main() {
     {
         let added = (last.1.as_secs_f64() - first.1.as_secs_f64()) / (last.0 - first.0) as f64;
         println!(
-            "\nadded per extra node ({} → {} nodes of 10k): {:.3} ms",
+            "\nadded per extra node ({} → {} nodes of 10k): {:.3} ms of latency on this machine; coordinator CPU per node {:.3} ms at {} nodes",
             first.0,
             last.0,
-            added * 1e3
+            added * 1e3,
+            ms(last.2),
+            last.0
         );
     }
 }
@@ -88,7 +131,13 @@ fn parse(text: &str) -> usize {
     text.parse().expect("a number")
 }
 
-async fn measure(sites: usize, patients: usize, repeats: usize) -> (Vec<Duration>, Vec<Duration>) {
+async fn measure(
+    sites: usize,
+    patients: usize,
+    repeats: usize,
+    nodes: tokio::runtime::Handle,
+    plain_runtime: tokio::runtime::Handle,
+) -> Measured {
     let work = tempfile::tempdir().expect("temp dir");
     eprintln!("preparing {sites} sites of {patients} patients");
     let stores = stores(work.path(), sites, patients);
@@ -111,13 +160,15 @@ async fn measure(sites: usize, patients: usize, repeats: usize) -> (Vec<Duration
     for (id, store) in ids.iter().zip(&stores) {
         let token =
             auth::enrol(core.db(), &format!("node-{id}"), Role::Node, id, 0).expect("enrol");
-        let engine = NodeEngine::open(store, NodePolicy::new(id, vec![steward.public_key()]))
-            .await
-            .expect("engine");
-        tokio::spawn(link::run(
-            Arc::new(engine),
-            LinkSettings::new(&address, BearerToken::new(&token).expect("token"), None),
-        ));
+        let (store, policy) = (
+            store.clone(),
+            NodePolicy::new(id, vec![steward.public_key()]),
+        );
+        let settings = LinkSettings::new(&address, BearerToken::new(&token).expect("token"), None);
+        nodes.spawn(async move {
+            let engine = NodeEngine::open(&store, policy).await.expect("engine");
+            link::run(Arc::new(engine), settings).await
+        });
     }
     while !ids.iter().all(|id| core.is_connected(id)) {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -126,6 +177,7 @@ async fn measure(sites: usize, patients: usize, repeats: usize) -> (Vec<Duration
     let plain = plain_context(&stores).await;
     let mut federated = Vec::with_capacity(repeats);
     let mut baseline = Vec::with_capacity(repeats);
+    let (mut coordinator_cpu, mut node_cpu) = (Duration::ZERO, Duration::ZERO);
     for round in 0..repeats + 2 {
         let query_id = format!("q-bench{round}");
         let now = ern_coordinator::model::now_seconds();
@@ -161,6 +213,7 @@ async fn measure(sites: usize, patients: usize, repeats: usize) -> (Vec<Duration
                 )
                 .expect("approve");
         }
+        let cpu_before = cpu_by_thread(&[COORDINATOR_THREADS, NODE_THREADS]);
         let started = Instant::now();
         let mut dispatches = tokio::task::JoinSet::new();
         for id in &ids {
@@ -173,23 +226,33 @@ async fn measure(sites: usize, patients: usize, repeats: usize) -> (Vec<Duration
         }
         core.wait_merged(&query_id).await.expect("merged");
         let elapsed = started.elapsed();
+        let cpu_after = cpu_by_thread(&[COORDINATOR_THREADS, NODE_THREADS]);
 
-        let started = Instant::now();
-        let batches = plain
-            .sql(SQL)
+        let ctx = plain.clone();
+        let (plain_elapsed, batches) = plain_runtime
+            .spawn(async move {
+                let started = Instant::now();
+                let batches = ctx
+                    .sql(SQL)
+                    .await
+                    .expect("plan")
+                    .collect()
+                    .await
+                    .expect("run");
+                (started.elapsed(), batches)
+            })
             .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("run");
-        let plain_elapsed = started.elapsed();
+            .expect("plain");
         assert!(!batches.is_empty());
         // The first two rounds warm caches on both sides.
         if round >= 2 {
             federated.push(elapsed);
             baseline.push(plain_elapsed);
+            coordinator_cpu += cpu_after[0].saturating_sub(cpu_before[0]);
+            node_cpu += cpu_after[1].saturating_sub(cpu_before[1]);
         }
     }
+    let answers = (repeats * sites) as u32;
     let mut node_ms: Vec<u64> = Vec::new();
     for store in &stores {
         let entries = ern_node::audit::read_entries(&store.join(ern_node::audit::AUDIT_FILE))
@@ -203,7 +266,12 @@ async fn measure(sites: usize, patients: usize, repeats: usize) -> (Vec<Duration
         node_ms[node_ms.len() - 1],
         node_ms.len()
     );
-    (federated, baseline)
+    Measured {
+        federated,
+        plain: baseline,
+        coordinator_cpu: coordinator_cpu / answers,
+        node_cpu: node_cpu / answers,
+    }
 }
 
 /// Plain DataFusion with every site's patient table as one listing table.

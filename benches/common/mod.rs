@@ -58,3 +58,26 @@ pub(crate) fn stores(work: &Path, sites: usize, patients: usize) -> Vec<PathBuf>
         })
         .collect()
 }
+
+/// CPU time this process's threads have used, by the first `prefix` their name starts
+/// with (Linux: `/proc/self/task/*/schedstat`, nanoseconds). Threads that have exited
+/// are not counted; threads matching no prefix are left out.
+pub(crate) fn cpu_by_thread(prefixes: &[&str]) -> Vec<Duration> {
+    let mut totals = vec![Duration::ZERO; prefixes.len()];
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return totals;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let Some(index) = prefixes.iter().position(|p| name.trim().starts_with(p)) else {
+            continue;
+        };
+        let nanos = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        totals[index] += Duration::from_nanos(nanos);
+    }
+    totals
+}

@@ -23,14 +23,33 @@ fn allowed_aggregate(name: &str) -> bool {
         || allowlist::BARRIER_AGGREGATES.contains(&name)
 }
 
+/// Below this many patients a query runs in one partition: splitting a registry this
+/// small across threads (repartitioning, partial and final aggregates, a task per
+/// partition) costs more than it saves, and a node that shares its machine keeps the
+/// other cores free.
+pub const SINGLE_PARTITION_BELOW: i64 = 50_000;
+
+/// The number of rows of a Parquet file, from its footer.
+fn parquet_rows(path: &Path) -> Result<i64> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path)?;
+    let reader = SerializedFileReader::new(file)?;
+    Ok(reader.metadata().file_metadata().num_rows())
+}
+
 /// Builds the session over the store in `store_dir`, with a memory pool of
 /// `memory_limit` bytes.
 pub async fn node_session(store_dir: &Path, memory_limit: usize) -> Result<SessionContext> {
+    let patients = parquet_rows(&store::table_path(store_dir, "patient")).unwrap_or(i64::MAX);
+    let mut config = catalog::session_config();
+    if patients < SINGLE_PARTITION_BELOW {
+        config = config.with_target_partitions(1);
+    }
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(memory_limit, 1.0)
         .build_arc()?;
     let mut builder = SessionStateBuilder::new()
-        .with_config(catalog::session_config())
+        .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features();
     if let Some(functions) = builder.scalar_functions() {

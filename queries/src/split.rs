@@ -13,12 +13,14 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Schema, SchemaRef};
-use datafusion::common::Column;
+use datafusion::common::{Column, ExprSchema};
 use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::error::DataFusionError;
 use datafusion::functions_aggregate::expr_fn::{count, count_distinct, sum};
 use datafusion::logical_expr::expr::AggregateFunction;
-use datafusion::logical_expr::{Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, cast, col};
+use datafusion::logical_expr::{
+    Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, cast, col, lit,
+};
 use datafusion::prelude::SessionContext;
 
 use crate::catalog::session_config;
@@ -60,11 +62,48 @@ fn argument_of(expr: &Expr) -> Option<Expr> {
     }
 }
 
-/// The number of distinct patients in `pid`: a plain count of its non-null values where
-/// the rows hold each patient at most once (see [`crate::uniqueness`]).
-fn patients_in(pid: &Column, unique: &BTreeSet<Column>) -> Expr {
-    if unique.contains(pid) {
-        count(Expr::Column(pid.clone()))
+/// How a site plan counts the patients of each pid column.
+#[derive(Default)]
+struct Counting {
+    /// Pid columns whose non-null values each occur in one row at most
+    /// (see [`crate::uniqueness`]).
+    unique: BTreeSet<Column>,
+    /// Of those, the ones that are never null: every row is one patient, and counting
+    /// rows reads no pid at all.
+    every_row: BTreeSet<Column>,
+}
+
+impl Counting {
+    fn new(barrier: &Barrier, facts: &SiteFacts) -> Self {
+        let unique = unique_columns(&barrier.input, facts);
+        let schema = barrier.input.schema();
+        let every_row = unique
+            .iter()
+            .filter(|pid| {
+                schema
+                    .field_from_column(pid)
+                    .is_ok_and(|field| !field.is_nullable())
+            })
+            .cloned()
+            .collect();
+        Counting { unique, every_row }
+    }
+
+    /// What a plain count counts for `pid`: rows, or the pid's non-null values.
+    fn counted(&self, pid: &Column) -> Expr {
+        if self.every_row.contains(pid) {
+            lit(1_i64)
+        } else {
+            Expr::Column(pid.clone())
+        }
+    }
+}
+
+/// The number of distinct patients in `pid`: a plain count where the rows hold each
+/// patient at most once.
+fn patients_in(pid: &Column, counting: &Counting) -> Expr {
+    if counting.unique.contains(pid) {
+        count(counting.counted(pid))
     } else {
         count_distinct(Expr::Column(pid.clone()))
     }
@@ -76,22 +115,26 @@ fn patients_in(pid: &Column, unique: &BTreeSet<Column>) -> Expr {
 /// the expression it started from said, so the flag is set here explicitly.
 fn patients_where(
     pid: &Column,
-    unique: &BTreeSet<Column>,
+    counting: &Counting,
     condition: Expr,
 ) -> Result<Expr, DataFusionError> {
-    let builder = count(Expr::Column(pid.clone())).filter(condition);
-    if unique.contains(pid) {
-        builder.build()
+    if counting.unique.contains(pid) {
+        count(counting.counted(pid)).filter(condition).build()
     } else {
-        builder.distinct().build()
+        count(Expr::Column(pid.clone()))
+            .filter(condition)
+            .distinct()
+            .build()
     }
 }
 
 /// The partial aggregates a barrier aggregate is sent as.
-fn partials(kind: &AggregateKind, expr: &Expr, unique: &BTreeSet<Column>) -> Vec<Expr> {
+fn partials(kind: &AggregateKind, expr: &Expr, counting: &Counting) -> Vec<Expr> {
     match kind {
         AggregateKind::CountDistinctPid => match argument_of(expr) {
-            Some(Expr::Column(pid)) if unique.contains(&pid) => vec![patients_in(&pid, unique)],
+            Some(Expr::Column(pid)) if counting.unique.contains(&pid) => {
+                vec![patients_in(&pid, counting)]
+            }
             _ => vec![expr.clone()],
         },
         AggregateKind::Count | AggregateKind::Sum => vec![expr.clone()],
@@ -177,31 +220,28 @@ fn position_of(computed: &mut Vec<Expr>, expr: Expr) -> usize {
 /// DataFusion's SQL planner does, and a projection above it gives the output names:
 /// optimiser rules recognise only unaliased aggregates.
 pub fn site_plan(barrier: &Barrier, facts: &SiteFacts) -> Result<LogicalPlan, SplitError> {
-    let unique = unique_columns(&barrier.input, facts);
+    let counting = Counting::new(barrier, facts);
     match barrier.pids.as_slice() {
-        [pid] if !unique.contains(pid) => per_patient_site_plan(barrier, pid),
-        _ => one_phase_site_plan(barrier, &unique),
+        [pid] if !counting.unique.contains(pid) => per_patient_site_plan(barrier, pid),
+        _ => one_phase_site_plan(barrier, &counting),
     }
 }
 
-/// One aggregation over the input; where a pid column is `unique`, a count of its
-/// non-null values stands for the distinct count.
-fn one_phase_site_plan(
-    barrier: &Barrier,
-    unique: &BTreeSet<Column>,
-) -> Result<LogicalPlan, SplitError> {
+/// One aggregation over the input; where a pid column holds each patient once, a plain
+/// count stands for the distinct count.
+fn one_phase_site_plan(barrier: &Barrier, counting: &Counting) -> Result<LogicalPlan, SplitError> {
     let mut computed = Vec::new();
     let partial_at: Vec<usize> = barrier
         .aggregates
         .iter()
-        .flat_map(|a| partials(&a.kind, &a.expr, unique))
+        .flat_map(|a| partials(&a.kind, &a.expr, counting))
         .map(|partial| position_of(&mut computed, partial))
         .collect();
     let mut hidden_at = Vec::new();
     for hidden in hidden_counts(barrier) {
         let count = match hidden.with_value {
-            None => patients_in(&hidden.pid, unique),
-            Some(value) => patients_where(&hidden.pid, unique, value.is_not_null())?,
+            None => patients_in(&hidden.pid, counting),
+            Some(value) => patients_where(&hidden.pid, counting, value.is_not_null())?,
         };
         hidden_at.push(position_of(&mut computed, count));
     }
@@ -238,7 +278,7 @@ fn per_patient_site_plan(barrier: &Barrier, pid: &Column) -> Result<LogicalPlan,
             partial_recipes.push(FromPatients::Patients);
             continue;
         }
-        for partial in partials(&aggregate.kind, &aggregate.expr, &BTreeSet::new()) {
+        for partial in partials(&aggregate.kind, &aggregate.expr, &Counting::default()) {
             partial_recipes.push(FromPatients::Sum(position_of(&mut per_patient, partial)));
         }
     }

@@ -434,3 +434,22 @@ async fn hidden_counts_behind_an_argument_count_patients_not_rows() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_count_over_patients_reads_no_pid_where_a_row_is_a_patient() {
+    let ctx = planning_context().expect("context");
+    let query = validate(
+        "SELECT p.sex, COUNT(*) AS patients FROM patient p GROUP BY p.sex",
+        &ctx.state(),
+    )
+    .await
+    .expect("valid");
+    let facts = ern_queries::SiteFacts::with_unique_pid_tables(["patient"]);
+    let plan = site_plan(&query.barrier, &facts).expect("plan");
+    let optimized = ctx.state().optimize(&plan).expect("optimize");
+    let text = optimized.display_indent().to_string();
+    assert!(
+        text.contains("TableScan: patient projection=[sex]"),
+        "{text}"
+    );
+}
