@@ -281,10 +281,17 @@ impl NodeEngine {
             .execute_logical_plan(plan)
             .await
             .map_err(|e| fail(entry, e.to_string()))?;
-        let batches = match tokio::time::timeout(self.policy.time_limit, frame.collect()).await {
-            Ok(Ok(batches)) => batches,
-            Ok(Err(e)) => return Err(fail(entry, e.to_string())),
+        // The query runs as its own task, so the time limit holds even while an operator
+        // computes for long without yielding (a cross join in one partition, say): the
+        // caller's timer fires on another worker, and the task is aborted.
+        let running = tokio::spawn(frame.collect());
+        let abort = running.abort_handle();
+        let batches = match tokio::time::timeout(self.policy.time_limit, running).await {
+            Ok(Ok(Ok(batches))) => batches,
+            Ok(Ok(Err(e))) => return Err(fail(entry, e.to_string())),
+            Ok(Err(join_error)) => return Err(fail(entry, join_error.to_string())),
             Err(_) => {
+                abort.abort();
                 entry.detail = Some(format!(
                     "time limit of {:?} reached",
                     self.policy.time_limit

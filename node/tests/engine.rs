@@ -440,7 +440,8 @@ async fn a_broken_log_stops_the_node_from_opening() {
     );
 }
 
-#[tokio::test]
+// Multi-threaded, as a node runs: the time limit is watched from another worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_and_output_limits_refuse_with_rule_8() {
     let fixture = fixture(3000);
     let sql = "SELECT d.code, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON p.pid = d.pid GROUP BY d.code, p.sex";
@@ -654,4 +655,13 @@ async fn repeated_rows_of_one_patient_do_not_reach_k() {
             row[1]
         );
     }
+}
+
+#[tokio::test]
+async fn a_small_registry_runs_in_one_partition() {
+    let fixture = fixture(300);
+    let ctx = ern_node::session::node_session(&fixture.store, 1 << 30)
+        .await
+        .expect("session");
+    assert_eq!(ctx.state().config().target_partitions(), 1);
 }
