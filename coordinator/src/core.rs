@@ -327,15 +327,20 @@ impl Coordinator {
     /// A released partial must decode and have the columns the question implies.
     async fn check_partial(&self, query_id: &str, bytes: &[u8]) -> Result<(), String> {
         let (schema, _) = arrow_ipc::decode(bytes).map_err(|e| e.to_string())?;
-        let query = self
-            .db
-            .query(query_id)
-            .map_err(|e| e.to_string())?
-            .ok_or("unknown question")?;
-        let validated = self
-            .validated(&query)
-            .await
-            .map_err(|refusal| refusal.to_string())?;
+        let cached = self.validated_cache().get(query_id).cloned();
+        let validated = match cached {
+            Some(validated) => validated,
+            None => {
+                let query = self
+                    .db
+                    .query(query_id)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("unknown question")?;
+                self.validated(&query)
+                    .await
+                    .map_err(|refusal| refusal.to_string())?
+            }
+        };
         let expected = ern_queries::split::released_schema(&validated.barrier)
             .map_err(|e| e.to_string())?
             .fields()

@@ -227,6 +227,7 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(64);
         let version: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
         if version > MIGRATIONS.len() {
             return Err(DbError::TooNew {
@@ -266,9 +267,16 @@ impl Db {
     /// Adds a user; false if the name is taken.
     pub fn add_user(&self, user: &User, token_hash: &[u8]) -> Result<bool, DbError> {
         let conn = self.conn();
-        let changed = conn.execute(
+        let changed = execute_cached(
+            &conn,
             "INSERT OR IGNORE INTO users (name, role, site, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![user.name, user.role.as_str(), user.site, token_hash, user.created_at as i64],
+            params![
+                user.name,
+                user.role.as_str(),
+                user.site,
+                token_hash,
+                user.created_at as i64
+            ],
         )?;
         Ok(changed == 1)
     }
@@ -279,21 +287,21 @@ impl Db {
         token_hash: &[u8],
     ) -> Result<Option<(User, Vec<u8>)>, DbError> {
         let conn = self.conn();
-        let row = conn
-            .query_row(
-                "SELECT name, role, site, created_at, token_hash FROM users WHERE token_hash = ?1",
-                params![token_hash],
-                |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, i64>(3)?,
-                        row.get::<_, Vec<u8>>(4)?,
-                    ))
-                },
-            )
-            .optional()?;
+        let row = query_row_cached(
+            &conn,
+            "SELECT name, role, site, created_at, token_hash FROM users WHERE token_hash = ?1",
+            params![token_hash],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, Vec<u8>>(4)?,
+                ))
+            },
+        )
+        .optional()?;
         row.map(|(name, role, site, created_at, hash)| {
             Ok((
                 User {
@@ -312,7 +320,7 @@ impl Db {
     pub fn users(&self) -> Result<Vec<User>, DbError> {
         let conn = self.conn();
         let mut statement =
-            conn.prepare("SELECT name, role, site, created_at FROM users ORDER BY name")?;
+            conn.prepare_cached("SELECT name, role, site, created_at FROM users ORDER BY name")?;
         let rows = statement.query_map([], |row| {
             Ok((
                 row.get::<_, String>(0)?,
@@ -337,7 +345,7 @@ impl Db {
     /// Sites with an enrolled node, sorted.
     pub fn sites(&self) -> Result<Vec<String>, DbError> {
         let conn = self.conn();
-        let mut statement = conn.prepare(
+        let mut statement = conn.prepare_cached(
             "SELECT DISTINCT site FROM users WHERE role = 'node' AND site <> '' ORDER BY site",
         )?;
         let sites = statement
@@ -352,7 +360,7 @@ impl Db {
     pub fn insert_query(&self, query: &StoredQuery, sites: &[String]) -> Result<(), DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
+        execute_cached(&tx,
             "INSERT INTO queries (id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
@@ -367,7 +375,8 @@ impl Db {
             ],
         )?;
         for site in sites {
-            tx.execute(
+            execute_cached(
+                &tx,
                 "INSERT INTO targets (query_id, site, state, updated_at) VALUES (?1, ?2, ?3, ?4)",
                 params![
                     query.id,
@@ -395,8 +404,7 @@ impl Db {
     /// One question.
     pub fn query(&self, id: &str) -> Result<Option<StoredQuery>, DbError> {
         let conn = self.conn();
-        Ok(conn
-            .query_row(
+        Ok(query_row_cached(&conn,
                 "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete
                  FROM queries WHERE id = ?1",
                 params![id],
@@ -408,7 +416,7 @@ impl Db {
     /// Questions submitted by `user`, newest first.
     pub fn queries_by(&self, user: &str) -> Result<Vec<StoredQuery>, DbError> {
         let conn = self.conn();
-        let mut statement = conn.prepare(
+        let mut statement = conn.prepare_cached(
             "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete
              FROM queries WHERE submitted_by = ?1 ORDER BY submitted_at DESC, rowid DESC",
         )?;
@@ -419,7 +427,7 @@ impl Db {
     /// Questions not yet complete.
     pub fn open_queries(&self) -> Result<Vec<String>, DbError> {
         let conn = self.conn();
-        let mut statement = conn.prepare("SELECT id FROM queries WHERE complete = 0")?;
+        let mut statement = conn.prepare_cached("SELECT id FROM queries WHERE complete = 0")?;
         let rows = statement.query_map([], |row| row.get(0))?;
         Ok(rows.collect::<Result<Vec<String>, _>>()?)
     }
@@ -427,7 +435,7 @@ impl Db {
     /// The targets of one question, by site.
     pub fn targets(&self, query_id: &str) -> Result<Vec<Target>, DbError> {
         let conn = self.conn();
-        let mut statement = conn.prepare(
+        let mut statement = conn.prepare_cached(
             "SELECT site, state, detail, updated_at, partial FROM targets WHERE query_id = ?1 ORDER BY site",
         )?;
         let rows = statement.query_map(params![query_id], |row| {
@@ -457,7 +465,8 @@ impl Db {
     /// How many sites of a question have not finished.
     pub fn unfinished_sites(&self, query_id: &str) -> Result<u32, DbError> {
         let conn = self.conn();
-        Ok(conn.query_row(
+        Ok(query_row_cached(
+            &conn,
             "SELECT COUNT(*) FROM targets WHERE query_id = ?1 AND state IN (?2, ?3, ?4)",
             params![
                 query_id,
@@ -472,7 +481,7 @@ impl Db {
     /// Questions waiting for `site`'s steward, oldest first.
     pub fn pending_for_site(&self, site: &str, now: u64) -> Result<Vec<StoredQuery>, DbError> {
         let conn = self.conn();
-        let mut statement = conn.prepare(
+        let mut statement = conn.prepare_cached(
             "SELECT q.id, q.title, q.purpose, q.sql, q.query_hash, q.submitted_by, q.submitted_at, q.deadline, q.complete
              FROM queries q JOIN targets t ON t.query_id = q.id
              WHERE t.site = ?1 AND t.state = ?2 AND q.deadline > ?3
@@ -515,7 +524,7 @@ impl Db {
     ) -> Result<bool, DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let changed = tx.execute(
+        let changed = execute_cached(&tx,
             "UPDATE targets SET state = ?3, updated_at = ?4, approved_by = ?5, approval_expires = ?6,
                  approval_key_id = ?7, approval_signature = ?8, detail = ''
              WHERE query_id = ?1 AND site = ?2 AND state = ?9",
@@ -551,7 +560,7 @@ impl Db {
     /// Approved work for `site` whose question has not passed its deadline.
     pub fn approved_work(&self, site: &str, now: u64) -> Result<Vec<WorkItem>, DbError> {
         let conn = self.conn();
-        let mut statement = conn.prepare(
+        let mut statement = conn.prepare_cached(
             "SELECT q.id, q.sql, q.query_hash, t.approval_expires, t.approval_key_id, t.approval_signature
              FROM targets t JOIN queries q ON q.id = t.query_id
              WHERE t.site = ?1 AND t.state = ?2 AND q.deadline > ?3
@@ -577,7 +586,8 @@ impl Db {
     /// no piece of work is sent twice on one connection).
     pub fn mark_dispatched(&self, query_id: &str, site: &str, now: u64) -> Result<bool, DbError> {
         let conn = self.relaxed_conn()?;
-        let changed = conn.execute(
+        let changed = execute_cached(
+            &conn,
             "UPDATE targets SET state = ?3, dispatched_at = ?4, updated_at = ?4
              WHERE query_id = ?1 AND site = ?2 AND state = ?5",
             params![
@@ -595,7 +605,8 @@ impl Db {
     /// ended before an answer), so it is sent again on the next connection.
     pub fn requeue_dispatched(&self, site: &str, now: u64) -> Result<usize, DbError> {
         let conn = self.relaxed_conn()?;
-        Ok(conn.execute(
+        Ok(execute_cached(
+            &conn,
             "UPDATE targets SET state = ?2, updated_at = ?3, dispatched_at = NULL WHERE site = ?1 AND state = ?4",
             params![
                 site,
@@ -619,7 +630,8 @@ impl Db {
     ) -> Result<bool, DbError> {
         let mut conn = self.relaxed_conn()?;
         let tx = conn.transaction()?;
-        let changed = tx.execute(
+        let changed = execute_cached(
+            &tx,
             "UPDATE targets SET state = ?3, detail = ?4, partial = ?5, updated_at = ?6
              WHERE query_id = ?1 AND site = ?2 AND state = ?7",
             params![
@@ -656,7 +668,7 @@ impl Db {
         let tx = conn.transaction()?;
         let mut touched = Vec::new();
         {
-            let mut statement = tx.prepare(
+            let mut statement = tx.prepare_cached(
                 "SELECT t.query_id, t.site FROM targets t JOIN queries q ON q.id = t.query_id
                  WHERE q.deadline <= ?1 AND t.state IN (?2, ?3, ?4)",
             )?;
@@ -697,7 +709,7 @@ impl Db {
                 )?;
                 touched.push(query_id);
             }
-            let mut statement = tx.prepare(
+            let mut statement = tx.prepare_cached(
                 "SELECT query_id, site FROM targets WHERE state = ?1 AND dispatched_at < ?2",
             )?;
             let rows = statement.query_map(
@@ -739,14 +751,21 @@ impl Db {
     pub fn store_result(&self, query_id: &str, result: &StoredResult) -> Result<bool, DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let changed = tx.execute(
+        let changed = execute_cached(
+            &tx,
             "UPDATE queries SET complete = 1 WHERE id = ?1 AND complete = 0",
             params![query_id],
         )?;
         if changed == 1 {
-            tx.execute(
+            execute_cached(
+                &tx,
                 "INSERT INTO results (query_id, arrow_ipc, rows, merged_at) VALUES (?1, ?2, ?3, ?4)",
-                params![query_id, result.arrow_ipc, result.rows as i64, result.merged_at as i64],
+                params![
+                    query_id,
+                    result.arrow_ipc,
+                    result.rows as i64,
+                    result.merged_at as i64
+                ],
             )?;
             insert_event(
                 &tx,
@@ -767,19 +786,19 @@ impl Db {
     /// A question's merged table.
     pub fn result(&self, query_id: &str) -> Result<Option<StoredResult>, DbError> {
         let conn = self.conn();
-        Ok(conn
-            .query_row(
-                "SELECT arrow_ipc, rows, merged_at FROM results WHERE query_id = ?1",
-                params![query_id],
-                |row| {
-                    Ok(StoredResult {
-                        arrow_ipc: row.get(0)?,
-                        rows: row.get::<_, i64>(1)? as u64,
-                        merged_at: row.get::<_, i64>(2)? as u64,
-                    })
-                },
-            )
-            .optional()?)
+        Ok(query_row_cached(
+            &conn,
+            "SELECT arrow_ipc, rows, merged_at FROM results WHERE query_id = ?1",
+            params![query_id],
+            |row| {
+                Ok(StoredResult {
+                    arrow_ipc: row.get(0)?,
+                    rows: row.get::<_, i64>(1)? as u64,
+                    merged_at: row.get::<_, i64>(2)? as u64,
+                })
+            },
+        )
+        .optional()?)
     }
 
     // -- nodes and events --------------------------------------------------------------
@@ -787,7 +806,7 @@ impl Db {
     /// Records that a site's node was heard from.
     pub fn touch_node(&self, node: &NodeRecord) -> Result<(), DbError> {
         let conn = self.conn();
-        conn.execute(
+        execute_cached(&conn,
             "INSERT INTO nodes (site, last_seen, k, version) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(site) DO UPDATE SET last_seen = excluded.last_seen, k = excluded.k, version = excluded.version",
             params![node.site, node.last_seen as i64, node.k, node.version],
@@ -798,7 +817,8 @@ impl Db {
     /// Updates only a node's last-seen time.
     pub fn node_seen(&self, site: &str, now: u64) -> Result<(), DbError> {
         let conn = self.conn();
-        conn.execute(
+        execute_cached(
+            &conn,
             "UPDATE nodes SET last_seen = ?2 WHERE site = ?1",
             params![site, now as i64],
         )?;
@@ -808,26 +828,27 @@ impl Db {
     /// What is known of a site's node.
     pub fn node(&self, site: &str) -> Result<Option<NodeRecord>, DbError> {
         let conn = self.conn();
-        Ok(conn
-            .query_row(
-                "SELECT site, last_seen, k, version FROM nodes WHERE site = ?1",
-                params![site],
-                |row| {
-                    Ok(NodeRecord {
-                        site: row.get(0)?,
-                        last_seen: row.get::<_, i64>(1)? as u64,
-                        k: row.get(2)?,
-                        version: row.get(3)?,
-                    })
-                },
-            )
-            .optional()?)
+        Ok(query_row_cached(
+            &conn,
+            "SELECT site, last_seen, k, version FROM nodes WHERE site = ?1",
+            params![site],
+            |row| {
+                Ok(NodeRecord {
+                    site: row.get(0)?,
+                    last_seen: row.get::<_, i64>(1)? as u64,
+                    k: row.get(2)?,
+                    version: row.get(3)?,
+                })
+            },
+        )
+        .optional()?)
     }
 
     /// Dispatched, unanswered work per site.
     pub fn in_flight(&self, site: &str) -> Result<u32, DbError> {
         let conn = self.conn();
-        Ok(conn.query_row(
+        Ok(query_row_cached(
+            &conn,
             "SELECT COUNT(*) FROM targets WHERE site = ?1 AND state = ?2",
             params![site, SiteState::Dispatched.as_str()],
             |row| row.get(0),
@@ -845,13 +866,13 @@ impl Db {
     pub fn audit_summary(&self, recent: u32) -> Result<AuditSummary, DbError> {
         let conn = self.conn();
         let mut statement =
-            conn.prepare("SELECT kind, COUNT(*) FROM events GROUP BY kind ORDER BY kind")?;
+            conn.prepare_cached("SELECT kind, COUNT(*) FROM events GROUP BY kind ORDER BY kind")?;
         let counts = statement
             .query_map([], |row| {
                 Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        let mut statement = conn.prepare(
+        let mut statement = conn.prepare_cached(
             "SELECT at, actor, kind, query_id, site, detail FROM events ORDER BY seq DESC LIMIT ?1",
         )?;
         let events = statement
@@ -921,9 +942,17 @@ fn transition_in(
     now: u64,
 ) -> Result<bool, DbError> {
     for state in from {
-        let changed = conn.execute(
+        let changed = execute_cached(
+            conn,
             "UPDATE targets SET state = ?3, detail = ?4, updated_at = ?5 WHERE query_id = ?1 AND site = ?2 AND state = ?6",
-            params![query_id, site, to.as_str(), detail, now as i64, state.as_str()],
+            params![
+                query_id,
+                site,
+                to.as_str(),
+                detail,
+                now as i64,
+                state.as_str()
+            ],
         )?;
         if changed == 1 {
             return Ok(true);
@@ -933,7 +962,8 @@ fn transition_in(
 }
 
 fn insert_event(conn: &Connection, event: &Event) -> Result<(), DbError> {
-    conn.execute(
+    execute_cached(
+        conn,
         "INSERT INTO events (at, actor, kind, query_id, site, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             event.at as i64,
@@ -945,4 +975,25 @@ fn insert_event(conn: &Connection, event: &Event) -> Result<(), DbError> {
         ],
     )?;
     Ok(())
+}
+
+/// `conn.execute`, through the connection's cache of prepared statements: the hot paths
+/// (every dispatch and every answer) run the same few statements over and over, and
+/// parsing each again cost more than running it.
+fn execute_cached(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// `conn.query_row`, through the cache of prepared statements (see [`execute_cached`]).
+fn query_row_cached<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, map)
 }

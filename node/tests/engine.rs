@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{plain_context, text_rows};
+use common::{plain_context, plain_sql, text_rows};
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Int64Type;
 use ern_node::approval::{self, ApprovalError};
@@ -106,14 +106,7 @@ async fn groups_under_k_are_suppressed_and_the_rest_are_exact() {
         .await
         .expect("released");
 
-    let independent = plain_context(&fixture.store)
-        .await
-        .sql(sql)
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("run");
+    let independent = plain_sql(&fixture.store, sql).await;
     let all = sorted_rows(&independent);
     let expected: Vec<Vec<String>> = all
         .iter()
@@ -535,14 +528,7 @@ async fn a_sum_needs_k_patients_with_a_value() {
     let engine = fixture.engine().await;
     let sql = "SELECT d.code, SUM(d.age_at_onset) AS total FROM diagnosis d GROUP BY d.code";
     let released = engine.execute(&fixture.request(sql)).await.expect("ran");
-    let with_values = plain_context(&fixture.store)
-        .await
-        .sql("SELECT code, COUNT(DISTINCT pid) AS n FROM diagnosis WHERE age_at_onset IS NOT NULL GROUP BY code")
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("run");
+    let with_values = plain_sql(&fixture.store, "SELECT code, COUNT(DISTINCT pid) AS n FROM diagnosis WHERE age_at_onset IS NOT NULL GROUP BY code").await;
     let counts: std::collections::HashMap<String, i64> = text_rows(&with_values)
         .into_iter()
         .map(|r| (r[0].clone(), r[1].parse().expect("n")))
@@ -596,14 +582,7 @@ async fn patients_are_counted_distinctly_unless_the_store_proves_one_row_each() 
         .execute(&fixture.request(sql))
         .await
         .expect("released");
-    let independent = plain_context(&fixture.store)
-        .await
-        .sql(sql)
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("run");
+    let independent = plain_sql(&fixture.store, sql).await;
     let expected: Vec<Vec<String>> = sorted_rows(&independent)
         .into_iter()
         .filter(|r| r[1].parse::<i64>().expect("count") >= 5)
@@ -621,16 +600,9 @@ async fn repeated_rows_of_one_patient_do_not_reach_k() {
     let from = "FROM patient p JOIN diagnosis d ON p.pid = d.pid JOIN phenotype f ON p.pid = f.pid GROUP BY p.sex, d.code";
     let sql = format!("SELECT p.sex, d.code, SUM(d.age_at_onset) AS total {from}");
     let released = engine.execute(&fixture.request(&sql)).await.expect("ran");
-    let independent = plain_context(&fixture.store)
-        .await
-        .sql(&format!(
+    let independent = plain_sql(&fixture.store, &format!(
             "SELECT p.sex, d.code, COUNT(DISTINCT CASE WHEN d.age_at_onset IS NOT NULL THEN p.pid END) AS patients, COUNT(d.age_at_onset) AS value_rows {from}"
-        ))
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("run");
+        )).await;
     let groups: std::collections::HashMap<(String, String), (i64, i64)> = text_rows(&independent)
         .into_iter()
         .map(|r| {

@@ -33,6 +33,19 @@ pub(crate) async fn plain_context(store_dir: &Path) -> SessionContext {
     ctx
 }
 
+/// Runs `sql` with plain DataFusion over the store: the independent side of a comparison.
+#[allow(dead_code)] // Not every test file that shares this module uses it.
+pub(crate) async fn plain_sql(store_dir: &Path, sql: &str) -> Vec<RecordBatch> {
+    plain_context(store_dir)
+        .await
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("plan {sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("run {sql}: {e}"))
+}
+
 /// Rows as text, in batch order; floats with 6 decimals so that AVG and SUM/COUNT compare.
 pub(crate) fn text_rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     let Some(first) = batches.first() else {
