@@ -341,10 +341,7 @@ impl Coordinator {
                     .map_err(|refusal| refusal.to_string())?
             }
         };
-        let expected = ern_queries::split::released_schema(&validated.barrier)
-            .map_err(|e| e.to_string())?
-            .fields()
-            .len();
+        let expected = ern_queries::split::released_width(&validated.barrier);
         if schema.fields().len() != expected {
             return Err(format!(
                 "{} columns, {expected} expected",

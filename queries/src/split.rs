@@ -373,6 +373,17 @@ pub fn released_schema(barrier: &Barrier) -> Result<SchemaRef, SplitError> {
     Ok(Arc::new(Schema::new(fields)))
 }
 
+/// The number of columns a node releases for `barrier` (group keys and partials), the
+/// width of [`released_schema`] without planning anything: AVG travels as two partials.
+pub fn released_width(barrier: &Barrier) -> usize {
+    barrier.group_exprs.len()
+        + barrier
+            .aggregates
+            .iter()
+            .map(|a| if a.kind == AggregateKind::Avg { 2 } else { 1 })
+            .sum::<usize>()
+}
+
 /// Merges the sites' released batches into the researcher's table.
 pub async fn merge(
     query: &ValidatedQuery,

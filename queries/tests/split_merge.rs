@@ -10,7 +10,7 @@ use arrow::datatypes::DataType;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use ern_queries::catalog::{planning_context, planning_state};
-use ern_queries::split::{is_hidden, merge, site_plan};
+use ern_queries::split::{is_hidden, merge, released_schema, released_width, site_plan};
 use ern_queries::{schema, validate};
 
 /// A small deterministic generator (64-bit LCG), so the test needs no data files.
@@ -210,6 +210,14 @@ async fn merged_partials_equal_the_pooled_computation() {
             }
         }
         let query = validate(sql, &planning).await.expect("valid");
+        assert_eq!(
+            released_width(&query.barrier),
+            released_schema(&query.barrier)
+                .expect("schema")
+                .fields()
+                .len(),
+            "{sql}"
+        );
         let merged = merge(&query, released)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
