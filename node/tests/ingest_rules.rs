@@ -676,3 +676,53 @@ fn invalid_utf8_is_refused_with_its_line() {
         other => panic!("expected an invalid export, got {other:?}"),
     }
 }
+
+#[test]
+fn crlf_exports_and_blank_lines_keep_the_files_own_line_numbers() {
+    // Windows exports end lines in CRLF; a blank line is skipped but still counted.
+    let mut rows: Vec<&str> = DIAGNOSIS_ROWS.to_vec();
+    rows[2] = "P3,ORPHA:x,,,,";
+    let text = format!("{DIAGNOSIS_HEADER}\r\n{}\r\n\r\n", rows[..2].join("\r\n"))
+        + &format!("{}\r\n", rows[2..].join("\r\n"));
+    // Header line 1, rows on lines 2 and 3, a blank line 4, the bad code on line 5.
+    expect_error(("diagnosis.csv", text), 5, Some("code"), "ORPHA", "ORPHA:x");
+    let crlf = format!("{PATIENT_HEADER}\r\n{}\r\n", PATIENT_ROWS.join("\r\n"));
+    let (errors, _, _) = ingest_errors(&[("patient.csv", crlf), diagnosis_row(3, "P5,OMIM:1,,,,")]);
+    assert_eq!(
+        errors.iter().map(|e| (e.file, e.line)).collect::<Vec<_>>(),
+        vec![("diagnosis.csv", 5)],
+        "a valid CRLF patient.csv adds no error: {errors:#?}"
+    );
+}
+
+#[test]
+fn quoting_that_readers_disagree_on_is_refused_with_its_line() {
+    expect_error(
+        patient_row(2, "P3,1990,unknown,,,,,unk\"nown,no,false"),
+        4,
+        None,
+        "quote inside an unquoted cell",
+        "unk",
+    );
+    expect_error(
+        patient_row(2, "P3,1990,\"unknown\"x,,,,,unknown,no,false"),
+        4,
+        None,
+        "text follows a closing quote",
+        "",
+    );
+    expect_error(
+        patient_row(2, "P3,1990,\"unknown,,,,,unknown,no,false"),
+        4,
+        None,
+        "quoted cell is not closed",
+        "",
+    );
+    expect_error(
+        patient_row(3, "P4,2001-11-30,male,opted_out,,,,yes,yes,\rP9,1990"),
+        5,
+        None,
+        "carriage return not followed by a line feed",
+        "",
+    );
+}

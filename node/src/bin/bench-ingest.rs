@@ -7,6 +7,9 @@
 //!
 //! `cargo run --release -p ern-node --bin bench-ingest -- [PATIENTS] [RUNS]`
 //! (defaults: 1000000 patients, 3 runs of each job).
+//!
+//! For profiling, `ERN_BENCH_INGEST_ONLY=1` skips the baseline runs, so that a profiler
+//! attached to the process sees synth and ingest only.
 
 use std::fs::File;
 use std::path::Path;
@@ -20,18 +23,47 @@ use polars::prelude::{CsvReadOptions, ParquetWriter, SerReader};
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn baseline(export: &Path, out: &Path) -> BenchResult<()> {
+/// The baseline job; returns the time spent reading and the time spent writing.
+fn baseline(export: &Path, out: &Path) -> BenchResult<(Duration, Duration)> {
     std::fs::create_dir_all(out)?;
+    let (mut reading, mut writing) = (Duration::ZERO, Duration::ZERO);
     for name in ["patient", "diagnosis", "genetic_finding", "phenotype"] {
         let csv = export.join(format!("{name}.csv"));
+        let t = Instant::now();
         let mut frame = CsvReadOptions::default()
             .with_has_header(true)
             .try_into_reader_with_file_path(Some(csv))?
             .finish()?;
+        reading += t.elapsed();
+        let t = Instant::now();
         ParquetWriter::new(File::create(out.join(format!("{name}.parquet")))?)
             .finish(&mut frame)?;
+        writing += t.elapsed();
     }
-    Ok(())
+    Ok((reading, writing))
+}
+
+/// CPU time (user + system) of the whole process so far, from /proc/self/stat (Linux; in
+/// clock ticks of 10 ms). `None` where it cannot be read.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index)?.parse::<u64>().ok();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    Some(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+}
+
+/// Runs `job`, returning its wall time and the process CPU time it used.
+fn timed<T>(job: impl FnOnce() -> BenchResult<T>) -> BenchResult<(T, Duration, Duration)> {
+    let (wall, cpu) = (Instant::now(), process_cpu());
+    let value = job()?;
+    let used = process_cpu()
+        .zip(cpu)
+        .map_or(Duration::ZERO, |(after, before)| {
+            after.saturating_sub(before)
+        });
+    Ok((value, wall.elapsed(), used))
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {
@@ -69,47 +101,65 @@ fn main() -> BenchResult<()> {
     );
     let key = Pseudonymiser::new(&[7u8; 32]);
     let (mut base_times, mut ingest_times) = (Vec::new(), Vec::new());
+    let (mut base_cpu, mut ingest_cpu) = (Vec::new(), Vec::new());
+    let ingest_only = std::env::var_os("ERN_BENCH_INGEST_ONLY").is_some();
     for run in 0..runs {
-        let t = Instant::now();
-        baseline(export, &work.path().join(format!("baseline-{run}")))?;
-        base_times.push(t.elapsed());
-        let t = Instant::now();
-        let report = ingest(
-            export,
-            &key,
-            &work.path().join(format!("store-{run}")),
-            &NoProgress,
-        )?;
-        ingest_times.push(t.elapsed());
+        let ((reading, writing), base_wall, base_used) = timed(|| {
+            if ingest_only {
+                Ok((Duration::ZERO, Duration::ZERO))
+            } else {
+                baseline(export, &work.path().join(format!("baseline-{run}")))
+            }
+        })?;
+        base_times.push(base_wall);
+        base_cpu.push(base_used);
+        let store = work.path().join(format!("store-{run}"));
+        let (report, ingest_wall, ingest_used) =
+            timed(|| Ok(ingest(export, &key, &store, &NoProgress)?))?;
+        ingest_times.push(ingest_wall);
+        ingest_cpu.push(ingest_used);
         let stages: Vec<String> = report
             .stages
             .iter()
             .map(|(name, d)| format!("{name} {:.3}", d.as_secs_f64()))
             .collect();
         println!(
-            "run {}: baseline {:.3} s, ingest {:.3} s ({})",
+            "run {}: baseline {:.3} s (read {:.3}, write {:.3}; cpu {:.2} s), \
+             ingest {:.3} s ({}; cpu {:.2} s)",
             run + 1,
-            base_times[run].as_secs_f64(),
-            ingest_times[run].as_secs_f64(),
-            stages.join(", ")
+            base_wall.as_secs_f64(),
+            reading.as_secs_f64(),
+            writing.as_secs_f64(),
+            base_used.as_secs_f64(),
+            ingest_wall.as_secs_f64(),
+            stages.join(", "),
+            ingest_used.as_secs_f64(),
         );
     }
     let (base, ours) = (
         median(base_times).as_secs_f64(),
         median(ingest_times).as_secs_f64(),
     );
-    println!("| job | median time | patients/s | MB/s |");
-    println!("|---|---:|---:|---:|");
-    for (job, seconds) in [
-        ("polars CSV -> Parquet (baseline)", base),
-        ("ern ingest", ours),
+    let (base_cpu, ours_cpu) = (
+        median(base_cpu).as_secs_f64(),
+        median(ingest_cpu).as_secs_f64(),
+    );
+    println!("| job | median time | CPU time | patients/s | MB/s |");
+    println!("|---|---:|---:|---:|---:|");
+    for (job, seconds, cpu) in [
+        ("polars CSV -> Parquet (baseline)", base, base_cpu),
+        ("ern ingest", ours, ours_cpu),
     ] {
         println!(
-            "| {job} | {seconds:.3} s | {:.0} | {:.1} |",
+            "| {job} | {seconds:.3} s | {cpu:.2} s | {:.0} | {:.1} |",
             patients as f64 / seconds,
             bytes as f64 / 1e6 / seconds
         );
     }
-    println!("ingest / baseline = {:.2}x", ours / base);
+    println!(
+        "ingest / baseline = {:.2}x (CPU time {:.2}x)",
+        ours / base,
+        ours_cpu / base_cpu
+    );
     Ok(())
 }

@@ -166,16 +166,6 @@ impl IngestError {
             source,
         }
     }
-
-    pub(crate) fn csv(path: &Path, error: csv::Error) -> Self {
-        match error.into_kind() {
-            csv::ErrorKind::Io(source) => IngestError::io(path, source),
-            other => IngestError::Parse {
-                path: path.to_path_buf(),
-                message: format!("{other:?}"),
-            },
-        }
-    }
 }
 
 fn invalid_export_message(errors: &[RowError], total: usize) -> String {

@@ -7,6 +7,7 @@
 
 mod error;
 mod read;
+mod shape;
 mod transform;
 mod validate;
 

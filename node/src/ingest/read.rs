@@ -1,17 +1,20 @@
 //! Reading one export CSV file into string columns, with every row's line number.
 //!
-//! Two readers look at each file, each for what it does best. A structural pass with the
-//! `csv` crate checks the RFC 4180 shape (valid UTF-8, every row as wide as the header)
-//! and records the line each row starts on, so an error points at the file's own line even
-//! when quoted cells span lines. polars then parses the cells into columns in parallel.
-//! The two must agree on the number of rows, or the file is refused as ambiguous.
+//! Two readers look at each file, each for what it does best. A structural pass
+//! ([`super::shape`]) checks the RFC 4180 shape (valid UTF-8, every row as wide as the
+//! header) and records the line each row starts on, so an error points at the file's own
+//! line even when quoted cells span lines or lines end in CRLF. polars then parses the
+//! cells into columns in parallel. The two must agree on the number of rows, or the file
+//! is refused as ambiguous.
 
 use std::collections::HashMap;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::{CsvReadOptions, SerReader, StringChunked};
 
 use super::error::{IngestError, RowErrors};
+use super::shape;
 use crate::export::ExportFile;
 
 /// One export file, parsed into columns of strings.
@@ -53,19 +56,29 @@ impl RawFile {
         self.columns.contains_key(column)
     }
 
+    /// Bytes of text in one column (0 for an absent column): what a string builder of
+    /// the column needs to reserve.
+    pub(crate) fn text_bytes(&self, column: &str) -> usize {
+        self.columns.get(column).map_or(0, |values| {
+            values
+                .downcast_iter()
+                .map(|array| array.total_bytes_len())
+                .sum()
+        })
+    }
+
     /// The cells of one column, row by row; empty cells (and absent columns) are `None`.
-    pub(crate) fn cells<'a>(
-        &'a self,
-        column: &str,
-    ) -> Box<dyn Iterator<Item = Option<&'a str>> + 'a> {
-        match self.columns.get(column) {
-            Some(values) => Box::new(
-                values
-                    .iter()
-                    .map(|cell| cell.filter(|text| !text.is_empty())),
-            ),
-            None => Box::new(std::iter::repeat_n(None, self.rows())),
-        }
+    ///
+    /// One concrete iterator type for both cases (no boxed iterator), so that the checks
+    /// and transforms over millions of cells compile to direct loops over the arrays.
+    pub(crate) fn cells<'a>(&'a self, column: &str) -> impl Iterator<Item = Option<&'a str>> + 'a {
+        let values = self.columns.get(column);
+        let absent_rows = if values.is_some() { 0 } else { self.rows() };
+        values
+            .into_iter()
+            .flat_map(|values| values.downcast_iter().flat_map(|array| array.iter()))
+            .map(|cell| cell.filter(|text| !text.is_empty()))
+            .chain(std::iter::repeat_n(None, absent_rows))
     }
 }
 
@@ -95,11 +108,16 @@ pub(crate) fn read_export_file(
         // A malformed file is reported structurally; its cells are not worth reading.
         return Ok(None);
     }
-    let columns = read_columns(&path, file, &shape)?;
+    let Shape {
+        header,
+        row_lines,
+        records,
+    } = shape;
+    let columns = read_columns(&path, file, &header, row_lines.len(), records)?;
     Ok(Some(RawFile {
         file,
         columns,
-        row_lines: shape.row_lines,
+        row_lines,
         bytes,
     }))
 }
@@ -108,6 +126,8 @@ pub(crate) fn read_export_file(
 struct Shape {
     header: Vec<&'static str>,
     row_lines: Vec<u64>,
+    /// The file's bytes without blank lines, which polars would read as rows of nulls.
+    records: Vec<u8>,
 }
 
 fn scan_structure(
@@ -115,79 +135,104 @@ fn scan_structure(
     file: ExportFile,
     errors: &mut RowErrors,
 ) -> Result<Option<Shape>, IngestError> {
-    let name = file.file_name();
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_path(path)
-        .map_err(|e| IngestError::csv(path, e))?;
-    let mut record = csv::ByteRecord::new();
-    if !reader
-        .read_byte_record(&mut record)
-        .map_err(|e| IngestError::csv(path, e))?
-    {
-        errors.push_row(
-            file,
-            1,
-            None,
-            "the file is empty: a header row is required".into(),
-        );
-        return Ok(None);
-    }
-    let Some(header) = check_header(file, &record, errors) else {
-        return Ok(None);
-    };
-    let width = record.len();
+    let bytes = std::fs::read(path).map_err(|source| IngestError::io(path, source))?;
+    // The first record is the header; `None` until it is read, `Some(None)` if it is bad.
+    let mut header: Option<Option<Vec<&'static str>>> = None;
+    let mut width = 0;
     let mut row_lines = Vec::new();
-    loop {
-        match reader.read_byte_record(&mut record) {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(e) => {
-                let line = e.position().map_or(0, csv::Position::line);
+    let scanned = shape::scan_records(&bytes, |record, text| match &header {
+        None => {
+            width = record.cells;
+            header = Some(check_header(file, record.line, text, errors));
+        }
+        Some(Some(_)) => {
+            if record.cells != width {
                 errors.push_row(
                     file,
-                    line,
+                    record.line,
                     None,
-                    "the row is not valid CSV (RFC 4180)".into(),
+                    format!(
+                        "the row has {} cells but the header has {width}",
+                        record.cells
+                    ),
                 );
-                return Ok(None);
             }
+            row_lines.push(record.line);
         }
-        let line = record.position().map_or(0, csv::Position::line);
-        if record.len() != width {
+        Some(None) => {}
+    });
+    let blank_lines = match scanned {
+        Ok(blank_lines) => blank_lines,
+        Err(malformed) => {
+            errors.push_row(file, malformed.line, None, malformed.problem.into());
+            return Ok(None);
+        }
+    };
+    let header = match header {
+        None => {
             errors.push_row(
                 file,
-                line,
+                1,
                 None,
-                format!(
-                    "the row has {} cells but the header has {width}",
-                    record.len()
-                ),
+                "the file is empty: a header row is required".into(),
             );
-        } else if std::str::from_utf8(record.as_slice()).is_err() {
-            errors.push_row(file, line, None, "the row is not valid UTF-8".into());
+            return Ok(None);
         }
-        row_lines.push(line);
+        Some(None) => return Ok(None),
+        Some(Some(header)) => header,
+    };
+    report_invalid_utf8(&bytes, file, errors);
+    tracing::debug!(
+        file = file.file_name(),
+        rows = row_lines.len(),
+        "structure checked"
+    );
+    Ok(Some(Shape {
+        header,
+        row_lines,
+        records: shape::without_blank_lines(bytes, &blank_lines),
+    }))
+}
+
+/// Reports each line that holds bytes that are not UTF-8.
+fn report_invalid_utf8(bytes: &[u8], file: ExportFile, errors: &mut RowErrors) {
+    let (mut at, mut line, mut reported_line) = (0, 1, 0);
+    while let Some(rest) = bytes.get(at..) {
+        let Err(error) = std::str::from_utf8(rest) else {
+            return;
+        };
+        let bad = at + error.valid_up_to();
+        line += shape::line_ends(&bytes[at..bad]);
+        if line != reported_line {
+            errors.push_row(file, line, None, "the row is not valid UTF-8".into());
+            reported_line = line;
+        }
+        // An invalid sequence, or a sequence cut short by the end of the file.
+        let skipped = error
+            .error_len()
+            .unwrap_or(rest.len() - error.valid_up_to());
+        let next = bad + skipped.max(1);
+        line += shape::line_ends(bytes.get(bad..next).unwrap_or_default());
+        at = next;
     }
-    tracing::debug!(file = name, rows = row_lines.len(), "structure checked");
-    Ok(Some(Shape { header, row_lines }))
 }
 
 /// Checks header names against the spec: unknown, duplicated and missing required columns.
 fn check_header(
     file: ExportFile,
-    record: &csv::ByteRecord,
+    line: u64,
+    record: &[u8],
     errors: &mut RowErrors,
 ) -> Option<Vec<&'static str>> {
     let before = errors.count_for(file);
-    let mut header = Vec::with_capacity(record.len());
-    for (index, raw) in record.iter().enumerate() {
+    let cells = shape::split_cells(record);
+    let mut header = Vec::with_capacity(cells.len());
+    for (index, raw) in cells.iter().enumerate() {
         let position = format!("#{}", index + 1);
         let Ok(name) = std::str::from_utf8(raw) else {
             errors.push_row(
                 file,
-                1,
+                line,
                 Some(position),
                 "the column name is not valid UTF-8".into(),
             );
@@ -203,7 +248,7 @@ fn check_header(
             Some(spec) if header.contains(&spec.name) => {
                 errors.push_row(
                     file,
-                    1,
+                    line,
                     Some(spec.name.to_string()),
                     "the column appears twice in the header".into(),
                 );
@@ -217,7 +262,7 @@ fn check_header(
                 };
                 errors.push_row(
                     file,
-                    1,
+                    line,
                     Some(shown),
                     format!(
                         "unknown column; {} has only: {}",
@@ -232,7 +277,7 @@ fn check_header(
         if !header.contains(&spec.name) {
             errors.push_row(
                 file,
-                1,
+                line,
                 Some(spec.name.to_string()),
                 "required column is missing from the header".into(),
             );
@@ -253,10 +298,14 @@ fn column_list(file: ExportFile) -> String {
         .join(", ")
 }
 
+/// Parses the cells of `records` (the file's bytes as the structural pass left them) into
+/// one string column per header name.
 fn read_columns(
     path: &Path,
     file: ExportFile,
-    shape: &Shape,
+    header: &[&'static str],
+    rows: usize,
+    records: Vec<u8>,
 ) -> Result<HashMap<&'static str, StringChunked>, IngestError> {
     let polars_error = |e: polars::prelude::PolarsError| IngestError::Parse {
         path: PathBuf::from(path),
@@ -265,23 +314,22 @@ fn read_columns(
     let frame = CsvReadOptions::default()
         .with_has_header(true)
         .with_infer_schema_length(Some(0))
-        .with_rechunk(true)
-        .try_into_reader_with_file_path(Some(path.to_path_buf()))
-        .map_err(polars_error)?
+        .with_rechunk(false)
+        .into_reader_with_file_handle(Cursor::new(records))
         .finish()
         .map_err(polars_error)?;
-    if frame.height() != shape.row_lines.len() {
+    if frame.height() != rows {
         return Err(IngestError::Parse {
             path: path.to_path_buf(),
             message: format!(
                 "{} rows by one CSV reader and {} by another; check quoting and line ends",
-                shape.row_lines.len(),
+                rows,
                 frame.height()
             ),
         });
     }
-    let mut columns = HashMap::with_capacity(shape.header.len());
-    for (index, name) in shape.header.iter().enumerate() {
+    let mut columns = HashMap::with_capacity(header.len());
+    for (index, name) in header.iter().enumerate() {
         let column = frame
             .columns()
             .get(index)

@@ -8,9 +8,11 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Date32Array, Int32Array, RecordBatch, StringArray, StringBuilder,
+    ArrayRef, ArrowPrimitiveType, BooleanBuilder, PrimitiveArray, PrimitiveBuilder, RecordBatch,
+    StringArray, StringBuilder,
 };
 use arrow::buffer::{Buffer, OffsetBuffer};
+use arrow::datatypes::{Date32Type, Int32Type};
 use arrow::error::ArrowError;
 
 use super::read::RawFile;
@@ -48,35 +50,87 @@ fn kept<'a, T: 'a>(
     cells.zip(keep).filter_map(|(cell, &k)| k.then_some(cell))
 }
 
-fn utf8(raw: &RawFile, column: &str, keep: &[bool]) -> ArrayRef {
-    Arc::new(kept(raw.cells(column), keep).collect::<StringArray>())
+/// The rows of one export file that enter the store, and the store columns built from
+/// them. Every builder reserves the final row count (and text bytes) up front: grown by
+/// doubling, the columns of a million-patient export cost more in copies and page
+/// faults than in building.
+struct Selection<'a> {
+    raw: &'a RawFile,
+    keep: Vec<bool>,
+    rows: usize,
 }
 
-fn utf8_or(raw: &RawFile, column: &str, keep: &[bool], default: &str) -> ArrayRef {
-    Arc::new(
-        kept(raw.cells(column), keep)
-            .map(|c| Some(c.unwrap_or(default)))
-            .collect::<StringArray>(),
-    )
-}
+impl<'a> Selection<'a> {
+    fn new(raw: &'a RawFile, keep: Vec<bool>) -> Self {
+        let rows = keep.iter().filter(|&&k| k).count();
+        Selection { raw, keep, rows }
+    }
 
-fn date(raw: &RawFile, column: &str, keep: &[bool]) -> ArrayRef {
-    let days = kept(raw.cells(column), keep)
-        .map(|c| c.and_then(values::parse_date).map(Date::days_since_epoch));
-    Arc::new(days.collect::<Date32Array>())
-}
+    /// The kept cells of one column.
+    fn cells(&self, column: &str) -> impl Iterator<Item = Option<&'a str>> + '_ {
+        kept(self.raw.cells(column), &self.keep)
+    }
 
-fn boolean(raw: &RawFile, column: &str, keep: &[bool]) -> ArrayRef {
-    Arc::new(
-        kept(raw.cells(column), keep)
-            .map(|c| c.and_then(values::parse_boolean))
-            .collect::<BooleanArray>(),
-    )
+    fn strings<'s>(&self, cells: impl Iterator<Item = Option<&'s str>>, bytes: usize) -> ArrayRef {
+        let mut builder = StringBuilder::with_capacity(self.rows, bytes);
+        for cell in cells {
+            builder.append_option(cell);
+        }
+        Arc::new(builder.finish())
+    }
+
+    fn utf8(&self, column: &str) -> ArrayRef {
+        self.strings(self.cells(column), self.raw.text_bytes(column))
+    }
+
+    fn utf8_or(&self, column: &str, default: &str) -> ArrayRef {
+        let bytes = self.raw.text_bytes(column) + self.rows * default.len();
+        self.strings(
+            self.cells(column).map(|c| Some(c.unwrap_or(default))),
+            bytes,
+        )
+    }
+
+    fn primitive<T: ArrowPrimitiveType>(
+        &self,
+        values: impl Iterator<Item = Option<T::Native>>,
+    ) -> PrimitiveArray<T> {
+        let mut builder = PrimitiveBuilder::<T>::with_capacity(self.rows);
+        for value in values {
+            builder.append_option(value);
+        }
+        builder.finish()
+    }
+
+    fn date(&self, column: &str) -> ArrayRef {
+        Arc::new(
+            self.primitive::<Date32Type>(
+                self.cells(column)
+                    .map(|c| c.and_then(values::parse_date).map(Date::days_since_epoch)),
+            ),
+        )
+    }
+
+    fn booleans(&self, values: impl Iterator<Item = Option<bool>>) -> ArrayRef {
+        let mut builder = BooleanBuilder::with_capacity(self.rows);
+        for value in values {
+            builder.append_option(value);
+        }
+        Arc::new(builder.finish())
+    }
+
+    fn boolean(&self, column: &str) -> ArrayRef {
+        self.booleans(
+            self.cells(column)
+                .map(|c| c.and_then(values::parse_boolean)),
+        )
+    }
 }
 
 /// Hashes every stored patient's local id, spread over the available cores.
-fn pseudonymise(raw: &RawFile, keep: &[bool], pseudonymiser: &Pseudonymiser) -> StringArray {
-    let local_ids: Vec<&str> = kept(raw.cells("local_id"), keep)
+fn pseudonymise(patients: &Selection<'_>, pseudonymiser: &Pseudonymiser) -> StringArray {
+    let local_ids: Vec<&str> = patients
+        .cells("local_id")
         .map(Option::unwrap_or_default)
         .collect();
     let mut bytes = vec![0u8; local_ids.len() * PID_LEN];
@@ -107,25 +161,26 @@ pub(crate) fn patient_table(
     index: &PatientIndex<'_>,
     pseudonymiser: &Pseudonymiser,
 ) -> Result<StoredPatients, ArrowError> {
-    let keep = keep_mask(raw.rows(), &index.stored_rows);
-    let pids = pseudonymise(raw, &keep, pseudonymiser);
-    let births: Vec<(i32, Option<u32>)> = kept(raw.cells("birth_date"), &keep).map(birth).collect();
-    let birth_year: Int32Array = births.iter().map(|&(year, _)| Some(year)).collect();
-    let birth_month: Int32Array = births
-        .iter()
-        .map(|&(_, month)| month.and_then(|m| i32::try_from(m).ok()))
-        .collect();
+    let patients = Selection::new(raw, keep_mask(raw.rows(), &index.stored_rows));
+    let pids = pseudonymise(&patients, pseudonymiser);
+    let births: Vec<(i32, Option<u32>)> = patients.cells("birth_date").map(birth).collect();
+    let birth_year = patients.primitive::<Int32Type>(births.iter().map(|&(year, _)| Some(year)));
+    let birth_month = patients.primitive::<Int32Type>(
+        births
+            .iter()
+            .map(|&(_, month)| month.and_then(|m| i32::try_from(m).ok())),
+    );
     let columns: Vec<ArrayRef> = vec![
         Arc::new(pids.clone()),
         Arc::new(birth_year),
         Arc::new(birth_month),
-        utf8(raw, "sex", &keep),
-        utf8(raw, "vital_status", &keep),
-        date(raw, "death_date", &keep),
-        date(raw, "first_contact_date", &keep),
-        boolean(raw, "undiagnosed", &keep),
-        utf8(raw, "contact_for_research", &keep),
-        boolean(raw, "biosample_available", &keep),
+        patients.utf8("sex"),
+        patients.utf8("vital_status"),
+        patients.date("death_date"),
+        patients.date("first_contact_date"),
+        patients.boolean("undiagnosed"),
+        patients.utf8("contact_for_research"),
+        patients.boolean("biosample_available"),
     ];
     let batch = RecordBatch::try_new(schema::patient(), columns)?;
     Ok(StoredPatients {
@@ -155,8 +210,8 @@ impl StoredPatients {
 }
 
 /// Rows of a dependent file whose patient entered the store.
-fn keep_resolved(resolved: &[Option<u32>]) -> Vec<bool> {
-    resolved.iter().map(Option::is_some).collect()
+fn keep_resolved<'a>(raw: &'a RawFile, resolved: &[Option<u32>]) -> Selection<'a> {
+    Selection::new(raw, resolved.iter().map(Option::is_some).collect())
 }
 
 /// Builds the `diagnosis` table from diagnosis.csv.
@@ -165,32 +220,36 @@ pub(crate) fn diagnosis_table(
     resolved: &[Option<u32>],
     patients: &StoredPatients,
 ) -> Result<RecordBatch, ArrowError> {
-    let keep = keep_resolved(resolved);
-    let code_system: StringArray = kept(raw.cells("code"), &keep)
-        .map(|c| c.and_then(values::parse_code).map(|s| s.as_str()))
-        .collect();
+    let rows = keep_resolved(raw, resolved);
+    let code_system = rows.strings(
+        rows.cells("code")
+            .map(|c| c.and_then(values::parse_code).map(|s| s.as_str())),
+        // A code's system is a prefix of the code.
+        raw.text_bytes("code"),
+    );
     let stored: Vec<u32> = resolved.iter().flatten().copied().collect();
-    let onsets = kept(raw.cells("onset"), &keep).zip(kept(raw.cells("onset_date"), &keep));
-    let age_at_onset: Int32Array = onsets
-        .zip(&stored)
-        .map(|((onset, onset_date), &patient)| match onset {
-            Some("antenatal" | "at_birth") => Some(0),
-            Some("date") => age_at(onset_date, patients.birth(patient)),
-            _ => None,
-        })
-        .collect();
-    let age_at_diagnosis: Int32Array = kept(raw.cells("diagnosis_date"), &keep)
-        .zip(&stored)
-        .map(|(diagnosed, &patient)| age_at(diagnosed, patients.birth(patient)))
-        .collect();
+    let onsets = rows.cells("onset").zip(rows.cells("onset_date"));
+    let age_at_onset =
+        rows.primitive::<Int32Type>(onsets.zip(&stored).map(|((onset, onset_date), &patient)| {
+            match onset {
+                Some("antenatal" | "at_birth") => Some(0),
+                Some("date") => age_at(onset_date, patients.birth(patient)),
+                _ => None,
+            }
+        }));
+    let age_at_diagnosis = rows.primitive::<Int32Type>(
+        rows.cells("diagnosis_date")
+            .zip(&stored)
+            .map(|(diagnosed, &patient)| age_at(diagnosed, patients.birth(patient))),
+    );
     let columns: Vec<ArrayRef> = vec![
         patients.pid_column(resolved),
-        utf8(raw, "code", &keep),
-        Arc::new(code_system),
-        utf8_or(raw, "status", &keep, "confirmed"),
-        utf8(raw, "onset", &keep),
-        date(raw, "onset_date", &keep),
-        date(raw, "diagnosis_date", &keep),
+        rows.utf8("code"),
+        code_system,
+        rows.utf8_or("status", "confirmed"),
+        rows.utf8("onset"),
+        rows.date("onset_date"),
+        rows.date("diagnosis_date"),
         Arc::new(age_at_onset),
         Arc::new(age_at_diagnosis),
     ];
@@ -208,14 +267,14 @@ pub(crate) fn genetic_finding_table(
     resolved: &[Option<u32>],
     patients: &StoredPatients,
 ) -> Result<RecordBatch, ArrowError> {
-    let keep = keep_resolved(resolved);
+    let rows = keep_resolved(raw, resolved);
     let columns: Vec<ArrayRef> = vec![
         patients.pid_column(resolved),
-        utf8(raw, "hgnc_id", &keep),
-        utf8(raw, "gene_symbol", &keep),
-        utf8(raw, "hgvs", &keep),
-        utf8(raw, "zygosity", &keep),
-        boolean(raw, "causative", &keep),
+        rows.utf8("hgnc_id"),
+        rows.utf8("gene_symbol"),
+        rows.utf8("hgvs"),
+        rows.utf8("zygosity"),
+        rows.boolean("causative"),
     ];
     RecordBatch::try_new(schema::genetic_finding(), columns)
 }
@@ -226,14 +285,11 @@ pub(crate) fn phenotype_table(
     resolved: &[Option<u32>],
     patients: &StoredPatients,
 ) -> Result<RecordBatch, ArrowError> {
-    let keep = keep_resolved(resolved);
-    let excluded: BooleanArray = kept(raw.cells("excluded"), &keep)
-        .map(|c| Some(c.and_then(values::parse_boolean).unwrap_or(false)))
-        .collect();
-    let columns: Vec<ArrayRef> = vec![
-        patients.pid_column(resolved),
-        utf8(raw, "hpo_id", &keep),
-        Arc::new(excluded),
-    ];
+    let rows = keep_resolved(raw, resolved);
+    let excluded = rows.booleans(
+        rows.cells("excluded")
+            .map(|c| Some(c.and_then(values::parse_boolean).unwrap_or(false))),
+    );
+    let columns: Vec<ArrayRef> = vec![patients.pid_column(resolved), rows.utf8("hpo_id"), excluded];
     RecordBatch::try_new(schema::phenotype(), columns)
 }
