@@ -410,3 +410,106 @@ fn an_interrupted_commit_is_rolled_forward_and_an_unfinished_one_discarded() {
         newer
     );
 }
+
+/// `text` with its data rows in reverse order (header first).
+fn rows_reversed(text: &str) -> String {
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[1..].reverse();
+    format!("{}\n", lines.join("\n"))
+}
+
+/// Every row of every table as text, sorted: the store's content regardless of row order.
+fn store_rows(store: &Path) -> BTreeMap<&'static str, Vec<String>> {
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let mut tables = BTreeMap::new();
+    for table in ["patient", "diagnosis", "genetic_finding", "phenotype"] {
+        let batch = read_table(store, table);
+        let options = FormatOptions::default().with_null("∅");
+        let formatters: Vec<ArrayFormatter> = batch
+            .columns()
+            .iter()
+            .map(|column| ArrayFormatter::try_new(column.as_ref(), &options).expect("formatter"))
+            .collect();
+        let mut rows: Vec<String> = (0..batch.num_rows())
+            .map(|row| {
+                formatters
+                    .iter()
+                    .map(|f| f.value(row).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect();
+        rows.sort();
+        tables.insert(table, rows);
+    }
+    tables
+}
+
+#[test]
+fn the_order_of_export_rows_does_not_change_what_is_stored() {
+    // Sorted patients with rows in patient order take the fast paths (ids rising, each
+    // dependent row next to the previous one); reversed dependent rows make every lookup
+    // a search, and reversed patients make the index a hash table.
+    let sorted = ingest_with(KEY_A);
+    let expected = store_rows(&sorted.store);
+    assert_eq!(expected["diagnosis"].len(), 5, "{expected:#?}");
+    let key = Pseudonymiser::new(&KEY_A);
+    for reverse_patients in [false, true] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let export = dir.path().join("export");
+        std::fs::create_dir(&export).expect("mkdir");
+        let patients = if reverse_patients {
+            rows_reversed(PATIENTS)
+        } else {
+            PATIENTS.to_string()
+        };
+        for (name, text) in [
+            ("patient.csv", patients),
+            ("diagnosis.csv", rows_reversed(DIAGNOSES)),
+            ("genetic_finding.csv", rows_reversed(FINDINGS)),
+            ("phenotype.csv", rows_reversed(PHENOTYPES)),
+        ] {
+            std::fs::write(export.join(name), text).expect("write export file");
+        }
+        let store = dir.path().join("store");
+        ingest(&export, &key, &store, &NoProgress).expect("ingest");
+        assert_eq!(
+            store_rows(&store),
+            expected,
+            "reversed patients: {reverse_patients}"
+        );
+    }
+}
+
+#[test]
+fn a_repeated_local_id_is_found_in_sorted_and_unsorted_patient_files() {
+    for patients in [
+        // Rising ids but one repeated: not strictly rising, so the hash table finds it.
+        PATIENTS.replace("HOSP-0003", "HOSP-0002"),
+        rows_reversed(&PATIENTS.replace("HOSP-0005", "HOSP-0001")),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let export = dir.path().join("export");
+        std::fs::create_dir(&export).expect("mkdir");
+        write_export(&export);
+        std::fs::write(export.join("patient.csv"), &patients).expect("write");
+        let result = ingest(
+            &export,
+            &Pseudonymiser::new(&KEY_A),
+            &dir.path().join("store"),
+            &NoProgress,
+        );
+        match result {
+            Err(IngestError::InvalidExport { errors, .. }) => {
+                assert!(
+                    errors
+                        .iter()
+                        .any(|e| e.column.as_deref() == Some("local_id")
+                            && e.rule.contains("unique")),
+                    "{errors:#?}"
+                );
+            }
+            other => panic!("expected a refused export, got {other:?}"),
+        }
+    }
+}

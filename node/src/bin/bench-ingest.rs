@@ -13,10 +13,11 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ern_node::ingest::ingest;
-use ern_node::progress::NoProgress;
+use ern_node::progress::{NoProgress, Progress};
 use ern_node::pseudonym::Pseudonymiser;
 use ern_node::synth::{SynthConfig, synthesize};
 use polars::prelude::{CsvReadOptions, ParquetWriter, SerReader};
@@ -64,6 +65,47 @@ fn timed<T>(job: impl FnOnce() -> BenchResult<T>) -> BenchResult<(T, Duration, D
             after.saturating_sub(before)
         });
     Ok((value, wall.elapsed(), used))
+}
+
+/// Records the process CPU time at each stage boundary ingest reports.
+#[derive(Default)]
+struct StageCpu {
+    marks: Mutex<Vec<(String, Option<Duration>)>>,
+}
+
+impl StageCpu {
+    fn mark(&self, name: &str) {
+        if let Ok(mut marks) = self.marks.lock() {
+            marks.push((name.to_string(), process_cpu()));
+        }
+    }
+
+    /// "stage cpu" pairs: the CPU time between each mark and the next.
+    fn summary(&self) -> String {
+        let Ok(marks) = self.marks.lock() else {
+            return String::new();
+        };
+        marks
+            .windows(2)
+            .map(|pair| {
+                let used = pair[1].1.zip(pair[0].1).map_or(0.0, |(after, before)| {
+                    after.saturating_sub(before).as_secs_f64()
+                });
+                format!("{} {used:.2}", pair[0].0)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl Progress for StageCpu {
+    fn stage(&self, name: &str, _total: u64) {
+        self.mark(name);
+    }
+    fn advance(&self, _steps: u64) {}
+    fn finish(&self) {
+        self.mark("done");
+    }
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {
@@ -114,8 +156,9 @@ fn main() -> BenchResult<()> {
         base_times.push(base_wall);
         base_cpu.push(base_used);
         let store = work.path().join(format!("store-{run}"));
+        let stage_cpu = StageCpu::default();
         let (report, ingest_wall, ingest_used) =
-            timed(|| Ok(ingest(export, &key, &store, &NoProgress)?))?;
+            timed(|| Ok(ingest(export, &key, &store, &stage_cpu)?))?;
         ingest_times.push(ingest_wall);
         ingest_cpu.push(ingest_used);
         let stages: Vec<String> = report
@@ -125,7 +168,7 @@ fn main() -> BenchResult<()> {
             .collect();
         println!(
             "run {}: baseline {:.3} s (read {:.3}, write {:.3}; cpu {:.2} s), \
-             ingest {:.3} s ({}; cpu {:.2} s)",
+             ingest {:.3} s ({}; cpu {:.2} s: {})",
             run + 1,
             base_wall.as_secs_f64(),
             reading.as_secs_f64(),
@@ -134,6 +177,7 @@ fn main() -> BenchResult<()> {
             ingest_wall.as_secs_f64(),
             stages.join(", "),
             ingest_used.as_secs_f64(),
+            stage_cpu.summary(),
         );
     }
     let (base, ours) = (

@@ -12,6 +12,8 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::{CsvReadOptions, SerReader, StringChunked};
+use polars_arrow::array::{Array, Utf8ViewArray};
+use polars_arrow::bitmap::Bitmap;
 
 use super::error::{IngestError, RowErrors};
 use super::shape;
@@ -68,17 +70,71 @@ impl RawFile {
     }
 
     /// The cells of one column, row by row; empty cells (and absent columns) are `None`.
-    ///
-    /// One concrete iterator type for both cases (no boxed iterator), so that the checks
-    /// and transforms over millions of cells compile to direct loops over the arrays.
-    pub(crate) fn cells<'a>(&'a self, column: &str) -> impl Iterator<Item = Option<&'a str>> + 'a {
-        let values = self.columns.get(column);
-        let absent_rows = if values.is_some() { 0 } else { self.rows() };
-        values
-            .into_iter()
-            .flat_map(|values| values.downcast_iter().flat_map(|array| array.iter()))
-            .map(|cell| cell.filter(|text| !text.is_empty()))
-            .chain(std::iter::repeat_n(None, absent_rows))
+    pub(crate) fn cells<'a>(&'a self, column: &str) -> Cells<'a> {
+        match self.columns.get(column) {
+            Some(values) => Cells::new(values.chunks(), 0),
+            None => Cells::new(&[], self.rows()),
+        }
+    }
+}
+
+/// The cells of one column, chunk after chunk, with empty cells as `None`.
+///
+/// A plain loop over the chunks' values: the checks and transforms walk tens of millions
+/// of cells, and polars' own nested iterators over chunks cost several times more.
+#[derive(Debug)]
+pub(crate) struct Cells<'a> {
+    chunks: std::slice::Iter<'a, Box<dyn Array>>,
+    /// The current chunk: its length, values and validity.
+    chunk_len: usize,
+    strings: Option<&'a Utf8ViewArray>,
+    validity: Option<&'a Bitmap>,
+    index: usize,
+    absent_rows: usize,
+}
+
+impl<'a> Cells<'a> {
+    fn new(chunks: &'a [Box<dyn Array>], absent_rows: usize) -> Self {
+        Cells {
+            chunks: chunks.iter(),
+            chunk_len: 0,
+            strings: None,
+            validity: None,
+            index: 0,
+            absent_rows,
+        }
+    }
+}
+
+impl<'a> Iterator for Cells<'a> {
+    type Item = Option<&'a str>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.index >= self.chunk_len {
+            match self.chunks.next() {
+                Some(chunk) => {
+                    self.chunk_len = chunk.len();
+                    self.validity = chunk.validity();
+                    // Every chunk of a string column is a UTF-8 view array; were one not,
+                    // its rows would read as empty rather than shift the rows after it.
+                    self.strings = chunk.as_any().downcast_ref::<Utf8ViewArray>();
+                    self.index = 0;
+                }
+                None if self.absent_rows > 0 => {
+                    self.absent_rows -= 1;
+                    return Some(None);
+                }
+                None => return None,
+            }
+        }
+        let at = self.index;
+        self.index += 1;
+        if self.validity.is_some_and(|bits| !bits.get_bit(at)) {
+            return Some(None);
+        }
+        let text = self.strings.map_or("", |strings| strings.value(at));
+        Some((!text.is_empty()).then_some(text))
     }
 }
 

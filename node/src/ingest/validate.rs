@@ -70,10 +70,14 @@ pub(crate) fn check_diagnosis_rules(raw: &RawFile, errors: &mut RowErrors) {
 /// patient.csv by local id: who exists, who enters the store, and at which row.
 #[derive(Debug)]
 pub(crate) struct PatientIndex<'a> {
-    /// The first patient.csv row of each local id.
-    first_row: foldhash::HashMap<&'a str, u32>,
     /// The local id of each patient.csv row.
     local_ids: Vec<Option<&'a str>>,
+    /// True when every row has a local id and they rise strictly (in byte order), as in
+    /// an export sorted by id: then no id repeats, a binary search finds a row, and no
+    /// hash table is built.
+    sorted: bool,
+    /// The first patient.csv row of each local id; empty when `sorted`.
+    first_row: foldhash::HashMap<&'a str, u32>,
     /// The stored row of each patient.csv row: `None` when consent keeps the patient out,
     /// and for a repeated local id (an error that fails the ingest).
     stored_row_of: Vec<Option<u32>>,
@@ -89,56 +93,74 @@ impl<'a> PatientIndex<'a> {
     /// a patient enters the store only with `consent_data_reuse = yes` and a
     /// `vital_status` other than `opted_out`.
     pub(crate) fn build(raw: &'a RawFile, errors: &mut RowErrors) -> Self {
+        let local_ids: Vec<Option<&'a str>> = raw.cells("local_id").collect();
+        let consented: Vec<bool> = raw
+            .cells("consent_data_reuse")
+            .zip(raw.cells("vital_status"))
+            .map(|(consent, vital)| consent == Some("yes") && vital != Some("opted_out"))
+            .collect();
+        let complete = raw.has("local_id") && local_ids.iter().all(Option::is_some);
+        let sorted = complete && local_ids.windows(2).all(|pair| pair[0] < pair[1]);
         let mut index = PatientIndex {
-            first_row: foldhash::HashMap::with_capacity_and_hasher(raw.rows(), Default::default()),
-            local_ids: Vec::with_capacity(raw.rows()),
+            local_ids,
+            sorted,
+            first_row: foldhash::HashMap::default(),
             stored_row_of: Vec::with_capacity(raw.rows()),
             stored_rows: Vec::with_capacity(raw.rows()),
-            complete: raw.has("local_id"),
+            complete,
         };
-        let rows = raw
-            .cells("local_id")
-            .zip(raw.cells("consent_data_reuse"))
-            .zip(raw.cells("vital_status"));
-        for (row, ((local_id, consent), vital)) in rows.enumerate() {
-            let row_number = u32::try_from(row).unwrap_or(u32::MAX);
-            index.local_ids.push(local_id);
-            let Some(local_id) = local_id else {
-                index.complete = false;
-                index.stored_row_of.push(None);
-                continue;
+        if !sorted {
+            index.first_row.reserve(raw.rows());
+        }
+        for (row, &consented) in consented.iter().enumerate() {
+            let unique = match index.local_ids.get(row).copied().flatten() {
+                None => false,
+                Some(_) if sorted => true,
+                Some(local_id) => index.first_occurrence(raw, row, local_id, errors),
             };
-            let consented = consent == Some("yes") && vital != Some("opted_out");
-            let stored_row = match index.first_row.entry(local_id) {
-                Entry::Occupied(first) => {
-                    let first_line = raw.line(*first.get() as usize);
-                    errors.push_cell(
-                        raw.file,
-                        raw.line(row),
-                        "local_id",
-                        format!("must be unique in the file; the same id is on line {first_line}"),
-                    );
-                    None
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(row_number);
-                    consented.then(|| {
-                        let stored = u32::try_from(index.stored_rows.len()).unwrap_or(u32::MAX);
-                        index.stored_rows.push(row_number);
-                        stored
-                    })
-                }
-            };
+            let stored_row = (unique && consented).then(|| {
+                let stored = u32::try_from(index.stored_rows.len()).unwrap_or(u32::MAX);
+                index
+                    .stored_rows
+                    .push(u32::try_from(row).unwrap_or(u32::MAX));
+                stored
+            });
             index.stored_row_of.push(stored_row);
         }
         index
     }
 
+    /// Records `row` as the row of `local_id`, or reports it as a repeat of an earlier row.
+    fn first_occurrence(
+        &mut self,
+        raw: &RawFile,
+        row: usize,
+        local_id: &'a str,
+        errors: &mut RowErrors,
+    ) -> bool {
+        match self.first_row.entry(local_id) {
+            Entry::Occupied(first) => {
+                let first_line = raw.line(*first.get() as usize);
+                errors.push_cell(
+                    raw.file,
+                    raw.line(row),
+                    "local_id",
+                    format!("must be unique in the file; the same id is on line {first_line}"),
+                );
+                false
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(u32::try_from(row).unwrap_or(u32::MAX));
+                true
+            }
+        }
+    }
+
     /// The patient.csv row of a local id, if patient.csv has it.
     ///
-    /// Tries the rows at and after `cursor` (the previous match) before the hash table:
-    /// exports list a patient's rows together, most often in patient.csv's order, and two
-    /// string comparisons cost far less than a lookup in a table of a million ids.
+    /// Tries the rows at and after `cursor` (the previous match) first: exports list a
+    /// patient's rows together, most often in patient.csv's order, and two string
+    /// comparisons cost far less than a lookup among a million ids.
     fn find_row(&self, local_id: &str, cursor: &mut usize) -> Option<usize> {
         for row in [*cursor, *cursor + 1] {
             if self.local_ids.get(row).copied().flatten() == Some(local_id) {
@@ -146,14 +168,24 @@ impl<'a> PatientIndex<'a> {
                 return Some(row);
             }
         }
-        let row = *self.first_row.get(local_id)? as usize;
+        let row = if self.sorted {
+            self.local_ids
+                .binary_search_by(|probe| probe.unwrap_or_default().cmp(local_id))
+                .ok()?
+        } else {
+            *self.first_row.get(local_id)? as usize
+        };
         *cursor = row;
         Some(row)
     }
 
     /// Number of patients in patient.csv (unique ids).
     pub(crate) fn patients(&self) -> usize {
-        self.first_row.len()
+        if self.sorted {
+            self.local_ids.len()
+        } else {
+            self.first_row.len()
+        }
     }
 }
 
