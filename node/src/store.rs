@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::ingest::IngestError;
@@ -61,58 +61,97 @@ pub fn replace_tables(
     store: &Path,
     tables: &[(&'static str, RecordBatch)],
 ) -> Result<(), IngestError> {
-    fs::create_dir_all(store).map_err(|e| IngestError::io(store, e))?;
-    // One writer at a time: the lock is released when `lock` is dropped, even on a crash.
-    let lock_path = store.join(LOCK_FILE);
-    let lock = File::create(&lock_path).map_err(|e| IngestError::io(&lock_path, e))?;
-    lock.try_lock().map_err(|_| IngestError::Busy {
-        store: store.to_path_buf(),
-    })?;
-    recover(store)?;
-    let staging = store.join(format!("{STAGING_PREFIX}{}", std::process::id()));
-    fs::create_dir(&staging).map_err(|e| IngestError::io(&staging, e))?;
-    let written = write_all_tables(&staging, tables);
-    if let Err(error) = written {
-        let _ = fs::remove_dir_all(&staging);
-        return Err(error);
-    }
-    let mark = staging.join(COMMIT_MARK);
-    File::create(&mark)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| IngestError::io(&mark, e))?;
-    sync_dir(&staging)?;
-    move_tables_into_place(&staging, store)?;
-    fs::remove_dir_all(&staging).map_err(|e| IngestError::io(&staging, e))?;
-    sync_dir(store)
-}
-
-fn write_all_tables(
-    staging: &Path,
-    tables: &[(&'static str, RecordBatch)],
-) -> Result<(), IngestError> {
+    let staged = StagedGeneration::begin(store)?;
     std::thread::scope(|scope| {
+        let staged = &staged;
         let handles: Vec<_> = tables
             .iter()
-            .map(|(table, batch)| {
-                scope.spawn(move || write_table(&table_path(staging, table), table, batch))
-            })
+            .map(|(table, batch)| scope.spawn(move || staged.write_table(table, batch)))
             .collect();
-        handles.into_iter().try_for_each(|handle| {
-            handle.join().unwrap_or_else(|_| {
-                Err(IngestError::Write {
-                    table: "?",
-                    message: "writer thread panicked".into(),
-                })
-            })
+        handles
+            .into_iter()
+            .try_for_each(|handle| handle.join().unwrap_or_else(|_| Err(writer_panicked())))
+    })?;
+    staged.commit()
+}
+
+/// The error for a table writer thread that panicked.
+pub(crate) fn writer_panicked() -> IngestError {
+    IngestError::Write {
+        table: "?",
+        message: "writer thread panicked".into(),
+    }
+}
+
+/// A new generation of a store's tables being written: the store is locked against other
+/// writers, tables go to a staging directory (from several threads at once, as each is
+/// ready), and [`commit`](Self::commit) moves them into place together. Dropped without a
+/// commit, the staging directory is removed and the store keeps its old tables.
+#[derive(Debug)]
+pub struct StagedGeneration {
+    store: PathBuf,
+    staging: PathBuf,
+    /// Held for the generation's lifetime; the lock is released when it is dropped.
+    _lock: File,
+    committed: bool,
+}
+
+impl StagedGeneration {
+    /// Locks `store` (creating it if needed), finishes or discards what an interrupted
+    /// ingest left, and creates an empty staging directory.
+    pub fn begin(store: &Path) -> Result<Self, IngestError> {
+        fs::create_dir_all(store).map_err(|e| IngestError::io(store, e))?;
+        // One writer at a time: the lock is released when the file is closed, even on a crash.
+        let lock_path = store.join(LOCK_FILE);
+        let lock = File::create(&lock_path).map_err(|e| IngestError::io(&lock_path, e))?;
+        lock.try_lock().map_err(|_| IngestError::Busy {
+            store: store.to_path_buf(),
+        })?;
+        recover(store)?;
+        let staging = store.join(format!("{STAGING_PREFIX}{}", std::process::id()));
+        fs::create_dir(&staging).map_err(|e| IngestError::io(&staging, e))?;
+        Ok(StagedGeneration {
+            store: store.to_path_buf(),
+            staging,
+            _lock: lock,
+            committed: false,
         })
-    })
+    }
+
+    /// Writes one table into the staging directory.
+    pub fn write_table(&self, table: &'static str, batch: &RecordBatch) -> Result<(), IngestError> {
+        write_table(&table_path(&self.staging, table), table, batch)
+    }
+
+    /// Marks the staging complete and moves its tables into the store.
+    pub fn commit(mut self) -> Result<(), IngestError> {
+        let mark = self.staging.join(COMMIT_MARK);
+        File::create(&mark)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| IngestError::io(&mark, e))?;
+        sync_dir(&self.staging)?;
+        // From the mark on, an interrupted commit is rolled forward, never discarded.
+        self.committed = true;
+        move_tables_into_place(&self.staging, &self.store)?;
+        fs::remove_dir_all(&self.staging).map_err(|e| IngestError::io(&self.staging, e))?;
+        sync_dir(&self.store)
+    }
+}
+
+impl Drop for StagedGeneration {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.staging);
+        }
+    }
 }
 
 /// Writes one table as a Parquet file and syncs it to disk.
 ///
 /// Columns are zstd level 1, except `pid`: 64 hex digits of a keyed hash are random, so
 /// no dictionary holds them and zstd can only squeeze the hex back towards the 32 bytes
-/// of the hash, at about half of ingest's write time. `pid` pages are stored plain.
+/// of the hash, at about half of ingest's write time. `pid` pages are stored plain, with
+/// no statistics.
 pub fn write_table(
     path: &Path,
     table: &'static str,
@@ -128,7 +167,10 @@ pub fn write_table(
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_column_compression(pid.clone(), Compression::UNCOMPRESSED)
-        .set_column_dictionary_enabled(pid, false)
+        .set_column_dictionary_enabled(pid.clone(), false)
+        // A pid's min and max prune nothing (no query names a pid), and computing them
+        // compares 64-byte strings twice per row.
+        .set_column_statistics_enabled(pid, EnabledStatistics::None)
         .build();
     let mut writer =
         ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(write_error)?;

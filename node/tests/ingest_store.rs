@@ -513,3 +513,30 @@ fn a_repeated_local_id_is_found_in_sorted_and_unsorted_patient_files() {
         }
     }
 }
+
+#[test]
+fn a_generation_abandoned_half_written_leaves_the_store_as_it_was() {
+    // What an ingest that fails while writing (a full disk, a build error in one table)
+    // leaves: some tables written to staging, no commit.
+    let ingested = ingest_with(KEY_A);
+    let before = snapshot(&ingested.store);
+    let other = ingest_with(KEY_B);
+    {
+        let staged = store::StagedGeneration::begin(&ingested.store).expect("begin");
+        staged
+            .write_table("patient", &read_table(&other.store, "patient"))
+            .expect("write one table");
+        // A second writer is refused while this generation holds the store.
+        assert!(matches!(
+            store::StagedGeneration::begin(&ingested.store),
+            Err(IngestError::Busy { .. })
+        ));
+    }
+    assert_eq!(snapshot(&ingested.store), before);
+    let leftovers = std::fs::read_dir(&ingested.store)
+        .expect("store")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".staging"))
+        .count();
+    assert_eq!(leftovers, 0, "the staging directory is removed");
+}

@@ -38,7 +38,8 @@ pub struct IngestReport {
     pub bytes_read: u64,
     /// Wall-clock time of the whole ingest.
     pub elapsed: Duration,
-    /// Wall-clock time of each stage: read, check, pseudonymise, write.
+    /// Wall-clock time of each stage: read, check, then pseudonymise and write (which
+    /// overlap: each table is written while the next are built).
     pub stages: Vec<(&'static str, Duration)>,
 }
 
@@ -51,6 +52,23 @@ pub struct TableCounts {
     pub rows_read: usize,
     /// Rows written to the store.
     pub rows_written: usize,
+}
+
+/// The store tables, in the order of [`ExportFile::ALL`].
+const TABLES: [&str; 4] = ["patient", "diagnosis", "genetic_finding", "phenotype"];
+
+/// A store table's name and the work that builds it.
+type TableBuilder<'a> = (
+    &'static str,
+    Box<dyn FnOnce() -> Result<RecordBatch, arrow::error::ArrowError> + Send + 'a>,
+);
+
+/// A function that turns an Arrow error while building `table` into an ingest error.
+fn write_error(table: &'static str) -> impl Fn(arrow::error::ArrowError) -> IngestError {
+    move |e| IngestError::Write {
+        table,
+        message: e.to_string(),
+    }
 }
 
 /// Ingests the export in `input` into the store `out`, pseudonymising with `key`.
@@ -154,41 +172,52 @@ pub fn ingest(
     errors.into_result()?;
     lap("check", &mut stages);
 
-    progress.stage("pseudonymising", 4);
-    let write_error = |table| {
-        move |e: arrow::error::ArrowError| IngestError::Write {
-            table,
-            message: e.to_string(),
-        }
-    };
-    let patients =
-        transform::patient_table(&patients_raw, &index, key).map_err(write_error("patient"))?;
-    progress.advance(1);
-    let (diagnosis, genetic, phenotype) = std::thread::scope(|scope| {
-        let patients = &patients;
-        let diagnosis =
-            scope.spawn(|| transform::diagnosis_table(&diagnosis_raw, &resolved[0], patients));
-        let genetic =
-            scope.spawn(|| transform::genetic_finding_table(&genetic_raw, &resolved[1], patients));
-        let phenotype = transform::phenotype_table(&phenotype_raw, &resolved[2], patients);
-        (join(diagnosis), join(genetic), phenotype)
-    });
-    let diagnosis = diagnosis.map_err(write_error("diagnosis"))?;
-    let genetic = genetic.map_err(write_error("genetic_finding"))?;
-    let phenotype = phenotype.map_err(write_error("phenotype"))?;
-    progress.advance(3);
-
-    let tables: [(&'static str, RecordBatch); 4] = [
-        ("patient", patients.batch),
-        ("diagnosis", diagnosis),
-        ("genetic_finding", genetic),
-        ("phenotype", phenotype),
+    // Each table is written as soon as it is built, while the others are still being built.
+    progress.stage("pseudonymising and writing", 4);
+    let staged = store::StagedGeneration::begin(out)?;
+    let patients = transform::stored_patients(&patients_raw, &index, key);
+    let builders: [TableBuilder<'_>; 4] = [
+        (
+            "patient",
+            Box::new(|| transform::patient_table(&patients_raw, &index, &patients)),
+        ),
+        (
+            "diagnosis",
+            Box::new(|| transform::diagnosis_table(&diagnosis_raw, &resolved[0], &patients)),
+        ),
+        (
+            "genetic_finding",
+            Box::new(|| transform::genetic_finding_table(&genetic_raw, &resolved[1], &patients)),
+        ),
+        (
+            "phenotype",
+            Box::new(|| transform::phenotype_table(&phenotype_raw, &resolved[2], &patients)),
+        ),
     ];
-    lap("pseudonymise", &mut stages);
-    progress.stage("writing store", 1);
-    store::replace_tables(out, &tables)?;
-    progress.advance(1);
-    lap("write", &mut stages);
+    let rows_written: Vec<usize> = std::thread::scope(|scope| {
+        let staged = &staged;
+        let handles: Vec<_> = builders
+            .into_iter()
+            .map(|(table, build)| {
+                scope.spawn(move || {
+                    let batch = build().map_err(write_error(table))?;
+                    staged.write_table(table, &batch)?;
+                    progress.advance(1);
+                    Ok(batch.num_rows())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(store::writer_panicked()))
+            })
+            .collect::<Result<Vec<usize>, IngestError>>()
+    })?;
+    staged.commit()?;
+    lap("pseudonymise and write", &mut stages);
     progress.finish();
 
     let raws = [&patients_raw, &diagnosis_raw, &genetic_raw, &phenotype_raw];
@@ -197,11 +226,12 @@ pub fn ingest(
         patients_left_out: index.patients() - index.stored_rows.len(),
         tables: raws
             .iter()
-            .zip(&tables)
-            .map(|(raw, (table, batch))| TableCounts {
+            .zip(TABLES)
+            .zip(rows_written)
+            .map(|((raw, table), rows_written)| TableCounts {
                 table,
                 rows_read: raw.rows(),
-                rows_written: batch.num_rows(),
+                rows_written,
             })
             .collect(),
         bytes_read: raws.iter().map(|r| r.bytes).sum(),

@@ -21,11 +21,10 @@ use crate::export::values::{self, Date};
 use crate::pseudonym::{PID_LEN, Pseudonymiser};
 use crate::schema;
 
-/// The stored patient table plus what dependent tables need of each stored patient.
+/// What every table needs of each stored patient: the pid and the birth year and month.
+/// Computed first, so that all four tables can then be built side by side.
 #[derive(Debug)]
 pub(crate) struct StoredPatients {
-    /// The `patient` record batch.
-    pub(crate) batch: RecordBatch,
     /// pids by stored row.
     pids: StringArray,
     /// Birth year and month by stored row.
@@ -155,15 +154,26 @@ fn pseudonymise(patients: &Selection<'_>, pseudonymiser: &Pseudonymiser) -> Stri
     StringArray::new(offsets, Buffer::from_vec(bytes), None)
 }
 
+/// Pseudonymises the patients who enter the store and reads their birth year and month.
+pub(crate) fn stored_patients(
+    raw: &RawFile,
+    index: &PatientIndex<'_>,
+    pseudonymiser: &Pseudonymiser,
+) -> StoredPatients {
+    let patients = Selection::new(raw, keep_mask(raw.rows(), &index.stored_rows));
+    let pids = pseudonymise(&patients, pseudonymiser);
+    let births = patients.cells("birth_date").map(birth).collect();
+    StoredPatients { pids, births }
+}
+
 /// Builds the `patient` table from patient.csv.
 pub(crate) fn patient_table(
     raw: &RawFile,
     index: &PatientIndex<'_>,
-    pseudonymiser: &Pseudonymiser,
-) -> Result<StoredPatients, ArrowError> {
+    stored: &StoredPatients,
+) -> Result<RecordBatch, ArrowError> {
     let patients = Selection::new(raw, keep_mask(raw.rows(), &index.stored_rows));
-    let pids = pseudonymise(&patients, pseudonymiser);
-    let births: Vec<(i32, Option<u32>)> = patients.cells("birth_date").map(birth).collect();
+    let births = &stored.births;
     let birth_year = patients.primitive::<Int32Type>(births.iter().map(|&(year, _)| Some(year)));
     let birth_month = patients.primitive::<Int32Type>(
         births
@@ -171,7 +181,7 @@ pub(crate) fn patient_table(
             .map(|&(_, month)| month.and_then(|m| i32::try_from(m).ok())),
     );
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(pids.clone()),
+        Arc::new(stored.pids.clone()),
         Arc::new(birth_year),
         Arc::new(birth_month),
         patients.utf8("sex"),
@@ -182,12 +192,7 @@ pub(crate) fn patient_table(
         patients.utf8("contact_for_research"),
         patients.boolean("biosample_available"),
     ];
-    let batch = RecordBatch::try_new(schema::patient(), columns)?;
-    Ok(StoredPatients {
-        batch,
-        pids,
-        births,
-    })
+    RecordBatch::try_new(schema::patient(), columns)
 }
 
 impl StoredPatients {
