@@ -6,7 +6,7 @@
 //! typed Parquet written atomically). Prints median times, patients/s, MB/s and the ratio.
 //!
 //! `cargo run --release -p ern-node --bin bench-ingest -- [PATIENTS] [RUNS]`
-//! (defaults: 1000000 patients, 3 runs of each job).
+//! (defaults: 1000000 patients, 5 runs of each job after one warm-up run).
 //!
 //! For profiling, `ERN_BENCH_INGEST_ONLY=1` skips the baseline runs, so that a profiler
 //! attached to the process sees synth and ingest only.
@@ -116,7 +116,7 @@ fn median(mut times: Vec<Duration>) -> Duration {
 fn main() -> BenchResult<()> {
     let mut args = std::env::args().skip(1);
     let patients: usize = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
-    let runs: usize = args.next().map_or(Ok(3), |a| a.parse())?;
+    let runs: usize = args.next().map_or(Ok(5), |a| a.parse())?;
     let work = tempfile::tempdir()?;
     let exports = work.path().join("exports");
     let started = Instant::now();
@@ -141,11 +141,17 @@ fn main() -> BenchResult<()> {
         sites[0].rows,
         started.elapsed().as_secs_f64()
     );
+    // The export's pages go to disk now, not in the kernel's background while runs are
+    // timed.
+    for entry in std::fs::read_dir(export)? {
+        File::open(entry?.path())?.sync_all()?;
+    }
     let key = Pseudonymiser::new(&[7u8; 32]);
     let (mut base_times, mut ingest_times) = (Vec::new(), Vec::new());
     let (mut base_cpu, mut ingest_cpu) = (Vec::new(), Vec::new());
     let ingest_only = std::env::var_os("ERN_BENCH_INGEST_ONLY").is_some();
-    for run in 0..runs {
+    // Run 0 warms up (page cache, allocator, thread pools) and is not counted.
+    for run in 0..=runs {
         let ((reading, writing), base_wall, base_used) = timed(|| {
             if ingest_only {
                 Ok((Duration::ZERO, Duration::ZERO))
@@ -153,23 +159,31 @@ fn main() -> BenchResult<()> {
                 baseline(export, &work.path().join(format!("baseline-{run}")))
             }
         })?;
-        base_times.push(base_wall);
-        base_cpu.push(base_used);
+        if run > 0 {
+            base_times.push(base_wall);
+            base_cpu.push(base_used);
+        }
         let store = work.path().join(format!("store-{run}"));
         let stage_cpu = StageCpu::default();
         let (report, ingest_wall, ingest_used) =
             timed(|| Ok(ingest(export, &key, &store, &stage_cpu)?))?;
-        ingest_times.push(ingest_wall);
-        ingest_cpu.push(ingest_used);
+        if run > 0 {
+            ingest_times.push(ingest_wall);
+            ingest_cpu.push(ingest_used);
+        }
         let stages: Vec<String> = report
             .stages
             .iter()
             .map(|(name, d)| format!("{name} {:.3}", d.as_secs_f64()))
             .collect();
         println!(
-            "run {}: baseline {:.3} s (read {:.3}, write {:.3}; cpu {:.2} s), \
+            "{}: baseline {:.3} s (read {:.3}, write {:.3}; cpu {:.2} s), \
              ingest {:.3} s ({}; cpu {:.2} s: {})",
-            run + 1,
+            if run == 0 {
+                "warm-up".to_string()
+            } else {
+                format!("run {run}")
+            },
             base_wall.as_secs_f64(),
             reading.as_secs_f64(),
             writing.as_secs_f64(),
@@ -179,6 +193,14 @@ fn main() -> BenchResult<()> {
             ingest_used.as_secs_f64(),
             stage_cpu.summary(),
         );
+        // Each run starts from the same state: the outputs of earlier runs would otherwise
+        // pile up in the page cache and tax later runs' writes.
+        for output in [format!("baseline-{run}"), format!("store-{run}")] {
+            let path = work.path().join(output);
+            if path.exists() {
+                std::fs::remove_dir_all(path)?;
+            }
+        }
     }
     let (base, ours) = (
         median(base_times).as_secs_f64(),

@@ -8,12 +8,14 @@
 //! is refused as ambiguous.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::{CsvReadOptions, SerReader, StringChunked};
 use polars_arrow::array::{Array, Utf8ViewArray};
 use polars_arrow::bitmap::Bitmap;
+use polars_utils::mmap::MMapSemaphore;
 
 use super::error::{IngestError, RowErrors};
 use super::shape;
@@ -178,12 +180,46 @@ pub(crate) fn read_export_file(
     }))
 }
 
+/// The bytes of an export file: memory-mapped as read (the structural pass and polars
+/// both read them in place, with no copy into fresh memory), or an edited copy.
+#[derive(Debug)]
+enum FileBytes {
+    Mapped(MMapSemaphore),
+    Owned(Vec<u8>),
+}
+
+impl FileBytes {
+    fn open(path: &Path) -> Result<Self, IngestError> {
+        let io_error = |source| IngestError::io(path, source);
+        let file = File::open(path).map_err(io_error)?;
+        if file.metadata().map_err(io_error)?.len() == 0 {
+            // An empty file cannot be mapped.
+            return Ok(FileBytes::Owned(Vec::new()));
+        }
+        MMapSemaphore::new_from_file(&file)
+            .map(FileBytes::Mapped)
+            .map_err(|e| IngestError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+    }
+}
+
+impl AsRef<[u8]> for FileBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(mapped) => mapped.as_ref(),
+            FileBytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
 /// What the structural pass learned.
 struct Shape {
     header: Vec<&'static str>,
     row_lines: Vec<u64>,
     /// The file's bytes without blank lines, which polars would read as rows of nulls.
-    records: Vec<u8>,
+    records: FileBytes,
 }
 
 fn scan_structure(
@@ -191,12 +227,13 @@ fn scan_structure(
     file: ExportFile,
     errors: &mut RowErrors,
 ) -> Result<Option<Shape>, IngestError> {
-    let bytes = std::fs::read(path).map_err(|source| IngestError::io(path, source))?;
+    let contents = FileBytes::open(path)?;
+    let bytes = contents.as_ref();
     // The first record is the header; `None` until it is read, `Some(None)` if it is bad.
     let mut header: Option<Option<Vec<&'static str>>> = None;
     let mut width = 0;
     let mut row_lines = Vec::new();
-    let scanned = shape::scan_records(&bytes, |record, text| match &header {
+    let scanned = shape::scan_records(bytes, |record, text| match &header {
         None => {
             width = record.cells;
             header = Some(check_header(file, record.line, text, errors));
@@ -237,7 +274,7 @@ fn scan_structure(
         Some(None) => return Ok(None),
         Some(Some(header)) => header,
     };
-    report_invalid_utf8(&bytes, file, errors);
+    report_invalid_utf8(bytes, file, errors);
     tracing::debug!(
         file = file.file_name(),
         rows = row_lines.len(),
@@ -246,7 +283,11 @@ fn scan_structure(
     Ok(Some(Shape {
         header,
         row_lines,
-        records: shape::without_blank_lines(bytes, &blank_lines),
+        records: if blank_lines.is_empty() {
+            contents
+        } else {
+            FileBytes::Owned(shape::without_blank_lines(bytes, &blank_lines))
+        },
     }))
 }
 
@@ -361,7 +402,7 @@ fn read_columns(
     file: ExportFile,
     header: &[&'static str],
     rows: usize,
-    records: Vec<u8>,
+    records: FileBytes,
 ) -> Result<HashMap<&'static str, StringChunked>, IngestError> {
     let polars_error = |e: polars::prelude::PolarsError| IngestError::Parse {
         path: PathBuf::from(path),
