@@ -193,6 +193,14 @@ fn main() -> BenchResult<()> {
             ingest_used.as_secs_f64(),
             stage_cpu.summary(),
         );
+        if run == 0 {
+            let store_bytes: u64 = std::fs::read_dir(&store)?
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            println!("store: {:.1} MB of Parquet", store_bytes as f64 / 1e6);
+        }
         // Each run starts from the same state: the outputs of earlier runs would otherwise
         // pile up in the page cache and tax later runs' writes.
         for output in [format!("baseline-{run}"), format!("store-{run}")] {
