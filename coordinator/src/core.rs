@@ -216,15 +216,19 @@ impl Coordinator {
         }
     }
 
-    /// Notes a sign of life from a node.
+    /// Notes a sign of life from a node (every message it sends). The database keeps the
+    /// time to the second, so it is written once per second at most, not once per answer.
     pub fn node_seen(&self, site: &str, generation: u64) {
         let now = now_seconds();
-        if let Some(connection) = self.nodes().get_mut(site)
-            && connection.generation == generation
-        {
-            connection.last_seen = now;
-        }
-        if let Err(error) = self.db.node_seen(site, now) {
+        let changed = match self.nodes().get_mut(site) {
+            Some(connection) if connection.generation == generation => {
+                let changed = connection.last_seen != now;
+                connection.last_seen = now;
+                changed
+            }
+            _ => true,
+        };
+        if changed && let Err(error) = self.db.node_seen(site, now) {
             tracing::warn!(%error, site, "recording a heartbeat");
         }
     }
@@ -353,11 +357,15 @@ impl Coordinator {
 
     /// Merges a question whose sites have all finished, and stores the table.
     pub async fn finalize(&self, query_id: &str) -> Result<bool, Status> {
+        // Cheap first: most answers are not the last one, and a count of open sites reads
+        // one index where the question's row carries its SQL text.
+        if self.db.unfinished_sites(query_id).map_err(internal)? > 0 {
+            return Ok(false);
+        }
         let Some(query) = self.db.query(query_id).map_err(internal)? else {
             return Ok(false);
         };
-        // Cheap first: most answers are not the last one.
-        if query.complete || self.db.unfinished_sites(query_id).map_err(internal)? > 0 {
+        if query.complete {
             return Ok(false);
         }
         let targets = self.db.targets(query_id).map_err(internal)?;

@@ -63,11 +63,42 @@ fn the_schema_migrates_once_and_survives_reopening() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .expect("version");
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .expect("mode");
     assert_eq!(mode, "wal");
+}
+
+#[test]
+fn a_database_of_the_first_schema_gains_the_later_migrations() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("c.db");
+    {
+        let db = Db::open(&path).expect("create");
+        db.insert_query(&query("q-1", 10, 100), &["a".into()])
+            .expect("insert");
+    }
+    // Back to schema 1, as a coordinator of the first version left it.
+    let conn = rusqlite::Connection::open(&path).expect("sqlite");
+    conn.execute_batch("DROP INDEX targets_by_query_state; PRAGMA user_version = 1;")
+        .expect("downgrade");
+    drop(conn);
+    let db = Db::open(&path).expect("migrate");
+    assert_eq!(db.unfinished_sites("q-1").expect("count"), 1);
+    let conn = rusqlite::Connection::open(&path).expect("sqlite");
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, 2);
+    let indexes: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'targets_by_query_state'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("index");
+    assert_eq!(indexes, 1);
 }
 
 #[test]
