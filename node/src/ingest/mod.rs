@@ -54,9 +54,6 @@ pub struct TableCounts {
     pub rows_written: usize,
 }
 
-/// The store tables, in the order of [`ExportFile::ALL`].
-const TABLES: [&str; 4] = ["patient", "diagnosis", "genetic_finding", "phenotype"];
-
 /// A store table's name and the work that builds it.
 type TableBuilder<'a> = (
     &'static str,
@@ -194,7 +191,7 @@ pub fn ingest(
             Box::new(|| transform::phenotype_table(&phenotype_raw, &resolved[2], &patients)),
         ),
     ];
-    let rows_written: Vec<usize> = std::thread::scope(|scope| {
+    let written: Vec<(&'static str, usize)> = std::thread::scope(|scope| {
         let staged = &staged;
         let handles: Vec<_> = builders
             .into_iter()
@@ -203,7 +200,7 @@ pub fn ingest(
                     let batch = build().map_err(write_error(table))?;
                     staged.write_table(table, &batch)?;
                     progress.advance(1);
-                    Ok(batch.num_rows())
+                    Ok((table, batch.num_rows()))
                 })
             })
             .collect();
@@ -214,7 +211,7 @@ pub fn ingest(
                     .join()
                     .unwrap_or_else(|_| Err(store::writer_panicked()))
             })
-            .collect::<Result<Vec<usize>, IngestError>>()
+            .collect::<Result<Vec<_>, IngestError>>()
     })?;
     staged.commit()?;
     lap("pseudonymise and write", &mut stages);
@@ -226,9 +223,8 @@ pub fn ingest(
         patients_left_out: index.patients() - index.stored_rows.len(),
         tables: raws
             .iter()
-            .zip(TABLES)
-            .zip(rows_written)
-            .map(|((raw, table), rows_written)| TableCounts {
+            .zip(written)
+            .map(|(raw, (table, rows_written))| TableCounts {
                 table,
                 rows_read: raw.rows(),
                 rows_written,
