@@ -40,6 +40,7 @@ use common::{cpu_by_thread, ms, percentile, stores};
 /// Thread-name prefixes of the coordinator's and the nodes' runtimes.
 const COORDINATOR_THREADS: &str = "ern-coord";
 const NODE_THREADS: &str = "ern-node";
+const PLAIN_THREADS: &str = "ern-plain";
 
 fn runtime(name: &str) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -57,6 +58,8 @@ struct Measured {
     coordinator_cpu: Duration,
     /// Node CPU per question and node.
     node_cpu: Duration,
+    /// Plain DataFusion's CPU per question and site.
+    plain_cpu: Duration,
 }
 
 const SQL: &str = "SELECT p.sex, COUNT(*) AS patients FROM patient p GROUP BY p.sex";
@@ -68,7 +71,7 @@ fn main() {
         .collect();
     let coordinator = runtime(COORDINATOR_THREADS);
     let nodes = runtime(NODE_THREADS);
-    let plain = runtime("ern-plain");
+    let plain = runtime(PLAIN_THREADS);
     let configs: Vec<(usize, usize, usize)> = match args.as_slice() {
         [] => vec![
             (3, 10_000, 30),
@@ -81,9 +84,9 @@ fn main() {
         _ => unreachable!(),
     };
     println!(
-        "| sites × patients | federated p50 | federated p95 | plain DataFusion p50 | ratio | coordinator CPU / node | node CPU / node |"
+        "| sites × patients | federated p50 | federated p95 | plain DataFusion p50 | ratio | coordinator CPU / node | node CPU / node | plain CPU / site |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut per_node = Vec::new();
     for (sites, patients, repeats) in configs {
         let task = measure(
@@ -100,13 +103,14 @@ fn main() {
         let (p50, p95) = (percentile(federated, 0.5), percentile(federated, 0.95));
         let base = percentile(&measured.plain, 0.5);
         println!(
-            "| {sites} × {patients} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}× | {:.3} ms | {:.3} ms |",
+            "| {sites} × {patients} | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}× | {:.3} ms | {:.3} ms | {:.3} ms |",
             ms(p50),
             ms(p95),
             ms(base),
             p50.as_secs_f64() / base.as_secs_f64(),
             ms(measured.coordinator_cpu),
             ms(measured.node_cpu),
+            ms(measured.plain_cpu),
         );
         if patients == 10_000 {
             per_node.push((sites, p50, measured.coordinator_cpu));
@@ -177,7 +181,8 @@ async fn measure(
     let plain = plain_context(&stores).await;
     let mut federated = Vec::with_capacity(repeats);
     let mut baseline = Vec::with_capacity(repeats);
-    let (mut coordinator_cpu, mut node_cpu) = (Duration::ZERO, Duration::ZERO);
+    let (mut coordinator_cpu, mut node_cpu, mut plain_cpu) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     for round in 0..repeats + 2 {
         let query_id = format!("q-bench{round}");
         let now = ern_coordinator::model::now_seconds();
@@ -229,6 +234,7 @@ async fn measure(
         let cpu_after = cpu_by_thread(&[COORDINATOR_THREADS, NODE_THREADS]);
 
         let ctx = plain.clone();
+        let plain_before = cpu_by_thread(&[PLAIN_THREADS]);
         let (plain_elapsed, batches) = plain_runtime
             .spawn(async move {
                 let started = Instant::now();
@@ -243,6 +249,7 @@ async fn measure(
             })
             .await
             .expect("plain");
+        let plain_after = cpu_by_thread(&[PLAIN_THREADS]);
         assert!(!batches.is_empty());
         // The first two rounds warm caches on both sides.
         if round >= 2 {
@@ -250,6 +257,7 @@ async fn measure(
             baseline.push(plain_elapsed);
             coordinator_cpu += cpu_after[0].saturating_sub(cpu_before[0]);
             node_cpu += cpu_after[1].saturating_sub(cpu_before[1]);
+            plain_cpu += plain_after[0].saturating_sub(plain_before[0]);
         }
     }
     let answers = (repeats * sites) as u32;
@@ -271,6 +279,7 @@ async fn measure(
         plain: baseline,
         coordinator_cpu: coordinator_cpu / answers,
         node_cpu: node_cpu / answers,
+        plain_cpu: plain_cpu / answers,
     }
 }
 
