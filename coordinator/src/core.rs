@@ -60,7 +60,7 @@ struct Connection {
 /// The coordinator's shared core, behind every service.
 #[derive(Debug)]
 pub struct Coordinator {
-    db: Db,
+    db: Arc<Db>,
     timing: Timing,
     limits: Limits,
     submissions: SubmitLimiter,
@@ -87,7 +87,7 @@ impl Coordinator {
     pub fn new(db: Db, timing: Timing) -> Result<Self, DataFusionError> {
         let limits = Limits::default();
         Ok(Coordinator {
-            db,
+            db: Arc::new(db),
             timing,
             submissions: SubmitLimiter::new(limits.submits_per_minute),
             limits,
@@ -373,9 +373,20 @@ impl Coordinator {
             return Ok(false);
         }
         let result = self.merge(&query, &targets).await?;
-        let stored = self.db.store_result(query_id, &result).map_err(internal)?;
+        let rows = result.rows;
+        // The commit waits for the disk (the table must survive a crash once the question
+        // shows as complete); on a blocking thread, so the workers serve other calls.
+        let db = Arc::clone(&self.db);
+        let id = query_id.to_string();
+        let stored = tokio::task::spawn_blocking(move || db.store_result(&id, &result))
+            .await
+            .map_err(|join_error| {
+                tracing::error!(%join_error, query = query_id, "storing the merged table");
+                Status::internal("storing the merged table failed")
+            })?
+            .map_err(internal)?;
         if stored {
-            tracing::info!(query = query_id, rows = result.rows, "merged");
+            tracing::info!(query = query_id, rows, "merged");
             self.validated_cache().remove(query_id);
             self.merged.notify_waiters();
         }

@@ -9,6 +9,7 @@
 //! as a reference id only; its detail stays in the audit log.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -133,7 +134,7 @@ pub enum OpenError {
 pub struct NodeEngine {
     ctx: SessionContext,
     policy: NodePolicy,
-    audit: AuditLog,
+    audit: Arc<AuditLog>,
     facts: SiteFacts,
 }
 
@@ -178,7 +179,7 @@ impl NodeEngine {
             ));
         }
         let ctx = node_session(store_dir, policy.memory_limit).await?;
-        let audit = AuditLog::open(store_dir)?;
+        let audit = Arc::new(AuditLog::open(store_dir)?);
         let facts = verified_facts(&ctx).await.unwrap_or_else(|error| {
             tracing::warn!(%error, "could not check the patient table; counting distinct pids");
             SiteFacts::default()
@@ -229,7 +230,14 @@ impl NodeEngine {
                 }
             }
         }
-        if let Err(audit_error) = self.audit.append(entry) {
+        // The append waits for the disk; on a blocking thread, so the runtime's workers
+        // go on with other work meanwhile (other questions, the link's messages).
+        let audit = Arc::clone(&self.audit);
+        let appended = tokio::task::spawn_blocking(move || audit.append(entry))
+            .await
+            .map_err(|join_error| join_error.to_string())
+            .and_then(|appended| appended.map_err(|e| e.to_string()));
+        if let Err(audit_error) = appended {
             // Without an audit entry nothing may be released.
             tracing::error!(error = %audit_error, "audit log append failed");
             return Err(ExecuteError::Failed {
