@@ -4,24 +4,37 @@
 //!
 //! `cargo run --release -p ern-node --bin bench-node -- [PATIENTS...]`
 //! (default: 10000 1000000). Each query runs 7 times per side, alternating; medians.
+//!
+//! Then, for the network bench's count question, the fixed cost of one question phase by
+//! phase (medians of 101 runs): plain DataFusion's SQL planning, optimising, physical
+//! planning and running, and what a node adds to them (the steward's signature checked,
+//! the question validated on the node's session, its site plan, a synced audit entry).
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use datafusion::physical_plan::collect;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use ern_node::audit::{AuditEntry, AuditLog, Outcome};
 use ern_node::engine::{NodeEngine, NodePolicy, QueryRequest};
 use ern_node::ingest::ingest;
 use ern_node::progress::NoProgress;
 use ern_node::pseudonym::Pseudonymiser;
+use ern_node::session::node_session;
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
 use ern_node::synth::{SynthConfig, synthesize};
 use ern_node::{approval, reference, schema, store};
+use ern_queries::{SiteFacts, split};
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 const RUNS: usize = 7;
 
+/// The network bench's question.
+const COUNT_QUESTION: &str = "SELECT p.sex, COUNT(*) AS patients FROM patient p GROUP BY p.sex";
+
 const QUESTIONS: &[(&str, &str)] = &[
+    ("Q0 patients by sex", COUNT_QUESTION),
     (
         "Q1 disorder x sex",
         "SELECT d.code, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON p.pid = d.pid GROUP BY d.code, p.sex",
@@ -119,6 +132,129 @@ async fn bench_size(patients: usize, work: &Path, steward: &StewardSigningKey) -
             n.as_secs_f64() / p.as_secs_f64(),
             (n.as_secs_f64() - p.as_secs_f64()) * 1e3
         );
+    }
+    phases(&store_dir, work, steward, expires).await
+}
+
+/// Runs `step` [`PHASE_RUNS`] times and returns the median time of one run.
+async fn median_of<F, Fut>(mut step: F) -> BenchResult<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = BenchResult<()>>,
+{
+    let mut times = Vec::with_capacity(PHASE_RUNS);
+    for _ in 0..PHASE_RUNS {
+        let t = Instant::now();
+        step().await?;
+        times.push(t.elapsed());
+    }
+    Ok(median(times))
+}
+
+const PHASE_RUNS: usize = 101;
+
+/// The fixed cost of one count question, phase by phase.
+async fn phases(
+    store_dir: &Path,
+    work: &Path,
+    steward: &StewardSigningKey,
+    expires: u64,
+) -> BenchResult<()> {
+    let plain = plain_context(store_dir).await?;
+    let node = node_session(store_dir, 1 << 30).await?;
+    let sql = COUNT_QUESTION;
+    let keys = [steward.public_key()];
+    let approval = approval::sign(steward, sql, "bench", "study", expires)?;
+    let audit_dir = work.join("audit-bench");
+    std::fs::create_dir_all(&audit_dir)?;
+    let audit = AuditLog::open(&audit_dir)?;
+    let query = ern_queries::validate(sql, &node.state()).await?;
+
+    let mut rows: Vec<(&str, Duration)> = Vec::new();
+    let state = plain.state();
+    let logical = plain.sql(sql).await?.logical_plan().clone();
+    let optimized = state.optimize(&logical)?;
+    rows.push((
+        "plain: SQL to logical plan",
+        median_of(|| async { plain.sql(sql).await.map(drop).map_err(Into::into) }).await?,
+    ));
+    rows.push((
+        "plain: optimise",
+        median_of(|| async { state.optimize(&logical).map(drop).map_err(Into::into) }).await?,
+    ));
+    rows.push((
+        "plain: physical plan",
+        median_of(|| async {
+            let planner = state.query_planner();
+            planner
+                .create_physical_plan(&optimized, &state)
+                .await
+                .map(drop)
+                .map_err(Into::into)
+        })
+        .await?,
+    ));
+    // A physical plan runs once (its repartitioning keeps state): each run gets a
+    // fresh one, planned outside the timer.
+    let mut runs = Vec::with_capacity(PHASE_RUNS);
+    for _ in 0..PHASE_RUNS {
+        let physical = state
+            .query_planner()
+            .create_physical_plan(&optimized, &state)
+            .await?;
+        let t = Instant::now();
+        std::hint::black_box(collect(physical, plain.task_ctx()).await?);
+        runs.push(t.elapsed());
+    }
+    rows.push(("plain: run", median(runs)));
+    rows.push((
+        "node: steward's signature checked",
+        median_of(|| async {
+            approval::verify(&approval, sql, "bench", "study", &keys, expires - 60)
+                .map(drop)
+                .map_err(Into::into)
+        })
+        .await?,
+    ));
+    let node_state = node.state();
+    rows.push((
+        "node: validation (parses and plans the SQL)",
+        median_of(|| async {
+            ern_queries::validate(sql, &node_state)
+                .await
+                .map(drop)
+                .map_err(Into::into)
+        })
+        .await?,
+    ));
+    let facts = SiteFacts::with_unique_pid_tables(["patient"]);
+    rows.push((
+        "node: site plan",
+        median_of(|| async {
+            split::site_plan(&query.barrier, &facts)
+                .map(drop)
+                .map_err(Into::into)
+        })
+        .await?,
+    ));
+    rows.push((
+        "node: audit entry, synced",
+        median_of(|| async {
+            audit
+                .append(AuditEntry::new("study", "hash", Outcome::Accepted))
+                .map(drop)
+                .map_err(Into::into)
+        })
+        .await?,
+    ));
+    println!(
+        "
+fixed cost of one question (Q0), medians of {PHASE_RUNS} runs"
+    );
+    println!("| phase | time |");
+    println!("|---|---:|");
+    for (phase, time) in rows {
+        println!("| {phase} | {:.3} ms |", time.as_secs_f64() * 1e3);
     }
     Ok(())
 }
