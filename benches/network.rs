@@ -37,7 +37,7 @@ use ern_proto::transport::BearerToken;
 mod common;
 use common::{cpu_by_thread, ms, percentile, stores};
 
-/// Thread-name prefixes of the coordinator's and the nodes' runtimes.
+/// Thread-name prefixes of the coordinator's, the nodes' and plain DataFusion's runtimes.
 const COORDINATOR_THREADS: &str = "ern-coord";
 const NODE_THREADS: &str = "ern-node";
 const PLAIN_THREADS: &str = "ern-plain";
