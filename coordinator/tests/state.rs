@@ -48,15 +48,18 @@ fn state(db: &Db, id: &str, site: &str) -> SiteState {
         .state
 }
 
+/// Creates a coordinator database at `path` holding question `q-1`, and closes it.
+fn create_with_one_question(path: &std::path::Path) {
+    let db = Db::open(path).expect("create");
+    db.insert_query(&query("q-1", 10, 100), &["a".into()])
+        .expect("insert");
+}
+
 #[test]
 fn the_schema_migrates_once_and_survives_reopening() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("c.db");
-    {
-        let db = Db::open(&path).expect("create");
-        db.insert_query(&query("q-1", 10, 100), &["a".into()])
-            .expect("insert");
-    }
+    create_with_one_question(&path);
     let db = Db::open(&path).expect("reopen");
     assert_eq!(db.query("q-1").expect("read").expect("kept").title, "t");
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
@@ -74,11 +77,7 @@ fn the_schema_migrates_once_and_survives_reopening() {
 fn a_database_of_the_first_schema_gains_the_later_migrations() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("c.db");
-    {
-        let db = Db::open(&path).expect("create");
-        db.insert_query(&query("q-1", 10, 100), &["a".into()])
-            .expect("insert");
-    }
+    create_with_one_question(&path);
     // Back to schema 1, as a coordinator of the first version left it.
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
     conn.execute_batch("DROP INDEX targets_by_query_state; PRAGMA user_version = 1;")
