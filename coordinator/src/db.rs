@@ -1007,9 +1007,8 @@ fn query_row_cached<T>(
 mod tests {
     use super::*;
 
-    fn synchronous(db: &Db) -> i64 {
-        db.conn()
-            .query_row("PRAGMA synchronous", [], |row| row.get(0))
+    fn synchronous(conn: &Connection) -> i64 {
+        conn.query_row("PRAGMA synchronous", [], |row| row.get(0))
             .expect("pragma")
     }
 
@@ -1017,19 +1016,16 @@ mod tests {
     fn relaxed_changes_leave_the_connection_at_full_durability() {
         // 2 = FULL, 1 = NORMAL (SQLite's numbering).
         let db = Db::open_in_memory().expect("db");
-        assert_eq!(synchronous(&db), 2);
+        assert_eq!(synchronous(&db.conn()), 2);
         {
             let relaxed = db.relaxed_conn().expect("relaxed");
-            let level: i64 = relaxed
-                .query_row("PRAGMA synchronous", [], |row| row.get(0))
-                .expect("pragma");
-            assert_eq!(level, 1);
+            assert_eq!(synchronous(&relaxed), 1);
         }
-        assert_eq!(synchronous(&db), 2);
+        assert_eq!(synchronous(&db.conn()), 2);
         // Twice more, now through the statement cache.
         for _ in 0..2 {
             drop(db.relaxed_conn().expect("relaxed"));
-            assert_eq!(synchronous(&db), 2);
+            assert_eq!(synchronous(&db.conn()), 2);
         }
     }
 }

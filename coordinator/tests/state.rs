@@ -48,6 +48,12 @@ fn state(db: &Db, id: &str, site: &str) -> SiteState {
         .state
 }
 
+/// The schema version a coordinator database records (`PRAGMA user_version`).
+fn schema_version(conn: &rusqlite::Connection) -> i64 {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+        .expect("version")
+}
+
 /// Creates a coordinator database at `path` holding question `q-1`, and closes it.
 fn create_with_one_question(path: &std::path::Path) {
     let db = Db::open(path).expect("create");
@@ -63,10 +69,7 @@ fn the_schema_migrates_once_and_survives_reopening() {
     let db = Db::open(&path).expect("reopen");
     assert_eq!(db.query("q-1").expect("read").expect("kept").title, "t");
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .expect("version");
-    assert_eq!(version, 2);
+    assert_eq!(schema_version(&conn), 2);
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .expect("mode");
@@ -86,10 +89,7 @@ fn a_database_of_the_first_schema_gains_the_later_migrations() {
     let db = Db::open(&path).expect("migrate");
     assert_eq!(db.unfinished_sites("q-1").expect("count"), 1);
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .expect("version");
-    assert_eq!(version, 2);
+    assert_eq!(schema_version(&conn), 2);
     let indexes: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'targets_by_query_state'",
