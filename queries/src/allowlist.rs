@@ -21,9 +21,12 @@ pub const PER_PATIENT_AGGREGATES: &[&str] =
     &["count", "sum", "avg", "min", "max", "bool_and", "bool_or"];
 
 /// Scalar functions allowed anywhere. Each is cheap (no regular expressions, no
-/// repetition or padding to a length the query chooses) and cannot fail on a value
-/// (functions that parse text into numbers or dates are left out: a failure would tell
-/// the researcher that some patient has such a value).
+/// repetition or padding to a length the query chooses). None may fail on a value: a
+/// failure that depends on data tells the researcher that some patient has such a value.
+/// Functions that parse text into numbers or dates are left out, and so is `make_date`
+/// (it builds dates outside the range every other date function can handle). The node
+/// wraps every one of these so that it gives NULL where DataFusion would report an error
+/// (`ern_node::total`; `node/tests/total.rs` calls each on hostile values).
 pub const SCALAR_FUNCTIONS: &[&str] = &[
     // numbers
     "abs",
@@ -74,20 +77,28 @@ pub const SCALAR_FUNCTIONS: &[&str] = &[
     // dates
     "date_part",
     "date_trunc",
-    "make_date",
     "current_date",
 ];
+
+/// Allowlisted functions whose first argument, a unit, must be a literal: a unit read
+/// from data could be invalid for one patient only.
+pub const UNIT_FIRST: &[&str] = &["date_part", "date_trunc"];
 
 /// Scalar functions whose allowlisting needs a reason beyond "cheap and total".
 pub const NOTES: &[(&str, &str)] = &[
     (
-        "make_date",
-        "builds a date from numbers; fails only on impossible literals, which do not depend on data",
+        "power",
+        "floating-point: overflow gives infinity, not an error; never inside a released aggregate (rule 4)",
     ),
     (
-        "power",
-        "floating-point: overflow gives infinity, not an error",
+        "substr",
+        "a negative length or a start past the end gives NULL on the node, not an error",
     ),
+    (
+        "date_part",
+        "the unit must be written in the query; on a stored date every unit is defined",
+    ),
+    ("date_trunc", "the unit must be written in the query"),
 ];
 
 /// True when `name` (lower case, as DataFusion names functions) is an allowed scalar

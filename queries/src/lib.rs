@@ -18,6 +18,8 @@
 //! - [`catalog`]: the schema-only planning context.
 //! - [`validate`]: parse, plan, walk the plan.
 //! - [`split`]: the per-site plan and the merge of partial results.
+//! - `pid_class`: rule 3, one class of pid columns reaches the barrier.
+//! - `values`: rule 4, only plain values flow into released aggregates.
 //! - [`uniqueness`]: where a site may count patients without a distinct count.
 //! - [`hash`]: the canonical query hash that approvals sign.
 //! - [`ids`]: the shape of site, study and user ids.
@@ -29,11 +31,13 @@ pub mod casefile;
 pub mod catalog;
 pub mod hash;
 pub mod ids;
+mod pid_class;
 pub mod rules;
 pub mod schema;
 pub mod split;
 pub mod uniqueness;
 pub mod validate;
+mod values;
 
 pub use hash::{POLICY_VERSION, query_hash};
 pub use rules::{Refusal, Rule};

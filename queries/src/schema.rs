@@ -139,3 +139,26 @@ pub fn by_name(table: &str) -> Option<SchemaRef> {
         _ => None,
     }
 }
+
+/// The largest magnitude a stored numeric column can hold, from the declared ranges of
+/// data-model.md (years 1880-2100, months 1-12, ages 0-150; dates as days since
+/// 1970-01-01 within 1880-01-01 … 2100-12-31). Reference depths are small by
+/// construction. `None` for a column with no declared range.
+///
+/// Validation bounds every value that flows into a released sum with these, so a sum can
+/// neither overflow nor reach infinity, whatever the data.
+pub fn declared_magnitude(column: &str, data_type: &DataType) -> Option<f64> {
+    match (column, data_type) {
+        ("birth_year", _) => Some(2100.0),
+        ("birth_month", _) => Some(12.0),
+        ("age_at_onset" | "age_at_diagnosis", _) => Some(150.0),
+        ("depth", _) => Some(1000.0),
+        (_, DataType::Date32) => Some(DATE_DAYS_MAGNITUDE),
+        (_, DataType::Boolean) => Some(1.0),
+        _ => None,
+    }
+}
+
+/// Days between 1970-01-01 and the furthest declared date (1880-01-01 is 32,872 days
+/// before it, 2100-12-31 is 47,846 days after it).
+const DATE_DAYS_MAGNITUDE: f64 = 47_846.0;

@@ -148,45 +148,79 @@ fn partials(kind: &AggregateKind, expr: &Expr, counting: &Counting) -> Vec<Expr>
     }
 }
 
-/// One hidden patient count: the distinct patients in `pid`, or only those of them with a
-/// value for `with_value`.
+/// One hidden patient count: the distinct patients of the query's one pid class, or
+/// only those of them whose contribution to an aggregate counts.
 struct HiddenCount {
-    pid: Column,
-    with_value: Option<Expr>,
+    /// `None` for all patients of the group.
+    with_value: Option<Contribution>,
+}
+
+/// The patients who contribute to a released aggregate over an argument.
+struct Contribution {
+    /// The argument.
+    value: Expr,
+    /// True for SUM and AVG: a patient counts only with a non-zero contribution (a sum
+    /// over a thousand patients of whom one is not zero is that one patient's value).
+    /// False for COUNT: a non-null value counts.
+    nonzero: bool,
+}
+
+impl Contribution {
+    /// The rows where this contribution counts, in a one-phase plan.
+    fn on_row(&self) -> Expr {
+        let present = self.value.clone().is_not_null();
+        if self.nonzero {
+            present.and(
+                cast(self.value.clone(), DataType::Float64)
+                    .not_eq(datafusion::logical_expr::lit(0.0)),
+            )
+        } else {
+            present
+        }
+    }
+
+    /// A patient's contribution in a per-patient plan (a count of values, or the sum of
+    /// them), and what makes it count.
+    fn per_patient(&self) -> (Expr, Expr) {
+        if self.nonzero {
+            (
+                sum(cast(self.value.clone(), DataType::Float64)),
+                datafusion::logical_expr::lit(0.0),
+            )
+        } else {
+            (
+                count(self.value.clone()),
+                datafusion::logical_expr::lit(0_i64),
+            )
+        }
+    }
 }
 
 /// The hidden patient counts of a group; the node releases a group only when the smallest
 /// is at least k.
 ///
-/// - `COUNT(DISTINCT pid)` for every class of pid columns in the input: after an outer or
-///   cross join, different pid columns hold different patients, and each must reach k.
+/// - `COUNT(DISTINCT pid)` for the query's one pid class (rule 3 makes every row of the
+///   input belong to the patient it names).
 /// - For every released aggregate over an argument (`COUNT(x)`, `SUM(x)`, `AVG(x)`), the
-///   patients for whom the argument is not null: a sum over a group of a thousand
-///   patients of whom one has a value is that one patient's value.
+///   patients whose contribution counts (see [`Contribution`]).
 fn hidden_counts(barrier: &Barrier) -> Vec<HiddenCount> {
-    let mut counts: Vec<HiddenCount> = barrier
-        .pids
-        .iter()
-        .map(|pid| HiddenCount {
-            pid: pid.clone(),
-            with_value: None,
-        })
-        .collect();
+    let mut counts = vec![HiddenCount { with_value: None }];
     for aggregate in &barrier.aggregates {
         let Some(argument) = argument_of(&aggregate.expr) else {
             continue;
         };
-        let counts_everyone = matches!(argument, Expr::Literal(..))
-            || matches!(&argument, Expr::Column(c) if barrier.pids.contains(c));
+        let nonzero = matches!(aggregate.kind, AggregateKind::Sum | AggregateKind::Avg);
+        let counts_everyone = matches!(&argument, Expr::Column(c) if *c == barrier.pid)
+            || (!nonzero && matches!(argument, Expr::Literal(ref v, _) if !v.is_null()));
         if counts_everyone {
             continue;
         }
-        for pid in &barrier.pids {
-            counts.push(HiddenCount {
-                pid: pid.clone(),
-                with_value: Some(argument.clone()),
-            });
-        }
+        counts.push(HiddenCount {
+            with_value: Some(Contribution {
+                value: argument,
+                nonzero,
+            }),
+        });
     }
     counts
 }
@@ -211,8 +245,8 @@ fn position_of(computed: &mut Vec<Expr>, expr: Expr) -> usize {
 /// site has verified about its own tables; [`SiteFacts::default`] assumes nothing.
 ///
 /// Two shapes, same output:
-/// - Where the rows hold each patient at most once, or several pid classes must each be
-///   counted, one aggregation (see [`one_phase_site_plan`]).
+/// - Where the rows hold each patient at most once, one aggregation (see
+///   [`one_phase_site_plan`]).
 /// - Otherwise, one row per group and patient first, then the groups (see
 ///   [`per_patient_site_plan`]): no per-group hash set of pids at all.
 ///
@@ -221,9 +255,10 @@ fn position_of(computed: &mut Vec<Expr>, expr: Expr) -> usize {
 /// optimiser rules recognise only unaliased aggregates.
 pub fn site_plan(barrier: &Barrier, facts: &SiteFacts) -> Result<LogicalPlan, SplitError> {
     let counting = Counting::new(barrier, facts);
-    match barrier.pids.as_slice() {
-        [pid] if !counting.unique.contains(pid) => per_patient_site_plan(barrier, pid),
-        _ => one_phase_site_plan(barrier, &counting),
+    if counting.unique.contains(&barrier.pid) {
+        one_phase_site_plan(barrier, &counting)
+    } else {
+        per_patient_site_plan(barrier, &barrier.pid)
     }
 }
 
@@ -240,8 +275,8 @@ fn one_phase_site_plan(barrier: &Barrier, counting: &Counting) -> Result<Logical
     let mut hidden_at = Vec::new();
     for hidden in hidden_counts(barrier) {
         let count = match hidden.with_value {
-            None => patients_in(&hidden.pid, counting),
-            Some(value) => patients_where(&hidden.pid, counting, value.is_not_null())?,
+            None => patients_in(&barrier.pid, counting),
+            Some(contribution) => patients_where(&barrier.pid, counting, contribution.on_row())?,
         };
         hidden_at.push(position_of(&mut computed, count));
     }
@@ -262,8 +297,8 @@ enum FromPatients {
     Sum(usize),
     /// The number of patient rows: the distinct patients.
     Patients,
-    /// The patient rows whose per-patient count (of a value) is positive.
-    PatientsWith(usize),
+    /// The patient rows whose per-patient contribution differs from the given zero.
+    PatientsWith(usize, Expr),
 }
 
 /// For a single pid class whose rows may repeat a patient: first one row per group and
@@ -286,7 +321,10 @@ fn per_patient_site_plan(barrier: &Barrier, pid: &Column) -> Result<LogicalPlan,
         .into_iter()
         .map(|hidden| match hidden.with_value {
             None => FromPatients::Patients,
-            Some(value) => FromPatients::PatientsWith(position_of(&mut per_patient, count(value))),
+            Some(contribution) => {
+                let (value, zero) = contribution.per_patient();
+                FromPatients::PatientsWith(position_of(&mut per_patient, value), zero)
+            }
         })
         .collect();
     let mut inner_groups = barrier.group_exprs.clone();
@@ -303,8 +341,8 @@ fn per_patient_site_plan(barrier: &Barrier, pid: &Column) -> Result<LogicalPlan,
         let expr = match recipe {
             FromPatients::Sum(at) => sum(value(*at)),
             FromPatients::Patients => count(patient.clone()),
-            FromPatients::PatientsWith(at) => count(patient.clone())
-                .filter(value(*at).gt(datafusion::logical_expr::lit(0i64)))
+            FromPatients::PatientsWith(at, zero) => count(patient.clone())
+                .filter(value(*at).not_eq(zero.clone()))
                 .build()?,
         };
         Ok(position_of(&mut computed, expr))

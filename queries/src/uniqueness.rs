@@ -104,7 +104,9 @@ pub fn unique_columns(plan: &LogicalPlan, facts: &SiteFacts) -> BTreeSet<Column>
             let left = unique_columns(&join.left, facts);
             let right = unique_columns(&join.right, facts);
             // Equalities of the join: its keys, and `a = b` conjuncts of its condition
-            // (an unoptimised plan keeps `ON a = b` there).
+            // (an unoptimised plan keeps `ON a = b` there) whose two sides come from
+            // opposite inputs: `b.pid = b.pid` constrains nothing about the other side.
+            let (left_schema, right_schema) = (join.left.schema(), join.right.schema());
             let mut equalities: Vec<(&Expr, &Expr)> = join.on.iter().map(|(l, r)| (l, r)).collect();
             if let Some(filter) = &join.filter {
                 for conjunct in split_conjunction(filter) {
@@ -114,8 +116,12 @@ pub fn unique_columns(plan: &LogicalPlan, facts: &SiteFacts) -> BTreeSet<Column>
                         right,
                     }) = conjunct
                     {
-                        equalities.push((left, right));
-                        equalities.push((right, left));
+                        let column_in = |e: &Expr, schema: &datafusion::common::DFSchema| matches!(unalias(e), Expr::Column(c) if schema.has_column(c));
+                        if column_in(left, left_schema) && column_in(right, right_schema) {
+                            equalities.push((left, right));
+                        } else if column_in(right, left_schema) && column_in(left, right_schema) {
+                            equalities.push((right, left));
+                        }
                     }
                 }
             }
@@ -199,6 +205,23 @@ mod tests {
     async fn a_join_on_something_else_proves_nothing() {
         let names = unique_names(
             "SELECT p.pid FROM patient p JOIN patient q ON p.sex = q.sex",
+            &patient_facts(),
+        )
+        .await;
+        assert!(names.is_empty(), "{names:?}");
+    }
+
+    #[tokio::test]
+    async fn an_equality_within_one_side_proves_nothing() {
+        // Red team, class 3: `b.pid = b.pid` once "proved" the other side unique.
+        let names = unique_names(
+            "SELECT a.pid FROM patient a JOIN patient b ON b.pid = b.pid",
+            &patient_facts(),
+        )
+        .await;
+        assert!(names.is_empty(), "{names:?}");
+        let names = unique_names(
+            "SELECT a.pid FROM patient a JOIN patient b ON a.pid = a.pid",
             &patient_facts(),
         )
         .await;

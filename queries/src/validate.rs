@@ -15,14 +15,18 @@ use datafusion::common::{Column, DFSchema, DFSchemaRef};
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::expr::{AggregateFunction, Alias};
 use datafusion::logical_expr::{
-    Aggregate, BinaryExpr, Expr, ExprSchemable, JoinType, LogicalPlan, Operator, Projection,
+    Aggregate, BinaryExpr, Distinct, Expr, ExprSchemable, Join, JoinType, Limit, LogicalPlan,
+    Operator, Projection,
 };
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 use crate::allowlist;
+use crate::pid_class::PidSet;
 use crate::rules::{Refusal, Rule};
+use crate::schema;
+use crate::values::{self, Value, Values};
 
 /// Longest SQL text accepted, in bytes.
 pub const MAX_SQL_BYTES: usize = 64 * 1024;
@@ -60,9 +64,9 @@ pub struct Barrier {
     pub aggregates: Vec<BarrierAggregate>,
     /// The barrier's output schema (group columns, then aggregates).
     pub schema: DFSchemaRef,
-    /// One pid column per class of the input's pid columns (columns of one class are
-    /// equal on every row). Each gets a hidden patient count; the smallest decides k.
-    pub pids: Vec<Column>,
+    /// The pid column the hidden patient count counts: every patient table of the input
+    /// joins into its class (rule 3), so every row belongs to the patient it names.
+    pub pid: Column,
 }
 
 /// What a steward sees of a query before approving it.
@@ -114,6 +118,86 @@ pub fn validate_plan(sql: &str, plan: LogicalPlan) -> Result<ValidatedQuery, Ref
     })
 }
 
+/// Most tokens a question may hold (words, literals, punctuation; not white space).
+pub const MAX_SQL_TOKENS: usize = 16_384;
+
+/// Most operators a question may hold: `+ - * / % ||`, comparisons, `::` casts, AND, OR,
+/// NOT and set operations. A chain of them nests one level per operator in the parsed
+/// expression, so this bounds the depth every later step (planning, validation, the
+/// optimiser) recurses to; parentheses and function calls are bounded by the parser's
+/// own recursion limit. 256 is far above any cohort question, and a question this deep
+/// plans in half of [`PLANNING_STACK_BYTES`] (tested).
+pub const MAX_SQL_OPERATORS: usize = 256;
+
+/// The stack every thread that plans or runs a question needs: planning, validation,
+/// DataFusion's optimiser and expression evaluation recurse once per nesting level, and a
+/// question at [`MAX_SQL_OPERATORS`] needs under half of this in a debug build (tested).
+/// Every ern runtime gives its threads this much; tokio's default (2 MiB) overflows
+/// on questions a tenth as deep in a debug build.
+pub const PLANNING_STACK_BYTES: usize = 16 << 20;
+
+/// Parser recursion limit: nested parentheses, function calls and subqueries.
+const MAX_PARSER_NESTING: usize = 64;
+
+/// Rule 8 before any tree is built: a question too large or too deeply nested to plan
+/// safely is refused from its tokens alone, which takes no recursion and no more time
+/// than reading the text once.
+fn check_sql_shape(sql: &str, dialect: &GenericDialect) -> Result<(), Refusal> {
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = Tokenizer::new(dialect, sql).tokenize().map_err(|e| {
+        Refusal::new(
+            Rule::OneQuery,
+            "the SQL text",
+            format!("is not valid SQL: {e}"),
+        )
+    })?;
+    let (mut count, mut operators) = (0usize, 0usize);
+    for token in &tokens {
+        let operator = match token {
+            Token::Whitespace(_) | Token::EOF => continue,
+            Token::Word(word) => matches!(
+                word.keyword,
+                Keyword::AND
+                    | Keyword::OR
+                    | Keyword::NOT
+                    | Keyword::UNION
+                    | Keyword::INTERSECT
+                    | Keyword::EXCEPT
+            ),
+            Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::Comma
+            | Token::LParen
+            | Token::RParen
+            | Token::Period
+            | Token::SemiColon => false,
+            _ => true,
+        };
+        count += 1;
+        operators += usize::from(operator);
+    }
+    if count > MAX_SQL_TOKENS {
+        return Err(Refusal::new(
+            Rule::ResourceLimits,
+            "the SQL text",
+            format!("holds {count} tokens, more than the {MAX_SQL_TOKENS} a question may hold"),
+        ));
+    }
+    if operators > MAX_SQL_OPERATORS {
+        return Err(Refusal::new(
+            Rule::ResourceLimits,
+            "the SQL text",
+            format!(
+                "holds {operators} operators, more than the {MAX_SQL_OPERATORS} a question may hold (each nests the expression one level deeper)"
+            ),
+        )
+        .hint("use IN (…) for lists of values, and GROUP BY bands instead of long conditions"));
+    }
+    Ok(())
+}
+
 /// Rule 1: exactly one statement, and it is a query.
 pub fn parse_one_query(sql: &str) -> Result<DfStatement, Refusal> {
     if sql.len() > MAX_SQL_BYTES {
@@ -124,9 +208,10 @@ pub fn parse_one_query(sql: &str) -> Result<DfStatement, Refusal> {
         ));
     }
     let dialect = GenericDialect {};
+    check_sql_shape(sql, &dialect)?;
     let mut statements = DFParserBuilder::new(sql)
         .with_dialect(&dialect)
-        .with_recursion_limit(64)
+        .with_recursion_limit(MAX_PARSER_NESTING)
         .build()
         .and_then(|mut parser| parser.parse_statements())
         .map_err(|e| {
@@ -223,72 +308,6 @@ fn planning_refusal(error: datafusion::error::DataFusionError) -> Refusal {
     }
 }
 
-/// The pid columns a plan node outputs, in classes of columns known to be equal on every
-/// row (joined by an inner equi-join on pid). Different classes may hold different
-/// patients on one row (outer or cross joins), so each class is counted on its own.
-#[derive(Debug, Clone, Default)]
-struct PidSet {
-    classes: Vec<Vec<Column>>,
-}
-
-impl PidSet {
-    fn contains(&self, column: &Column) -> bool {
-        self.classes.iter().any(|class| class.contains(column))
-    }
-
-    fn columns(&self) -> impl Iterator<Item = &Column> {
-        self.classes.iter().flatten()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.classes.is_empty()
-    }
-
-    fn union(&self, other: &PidSet) -> PidSet {
-        PidSet {
-            classes: self.classes.iter().chain(&other.classes).cloned().collect(),
-        }
-    }
-
-    fn class_of(&self, column: &Column) -> Option<usize> {
-        self.classes.iter().position(|class| class.contains(column))
-    }
-
-    /// Records that two pid columns are equal on every row.
-    fn merge(&mut self, a: &Column, b: &Column) {
-        if let (Some(i), Some(j)) = (self.class_of(a), self.class_of(b))
-            && i != j
-        {
-            let moved = self.classes.remove(i.max(j));
-            self.classes[i.min(j)].extend(moved);
-        }
-    }
-
-    /// The pid columns of a node's output, given which input column each output is.
-    fn project(&self, pairs: &[(Column, Column)]) -> PidSet {
-        let mut classes = Vec::new();
-        for class in &self.classes {
-            let outputs: Vec<Column> = pairs
-                .iter()
-                .filter(|(input, _)| class.contains(input))
-                .map(|(_, output)| output.clone())
-                .collect();
-            if !outputs.is_empty() {
-                classes.push(outputs);
-            }
-        }
-        PidSet { classes }
-    }
-
-    /// One column per class: what the hidden patient counts count.
-    fn representatives(&self) -> Vec<Column> {
-        self.classes
-            .iter()
-            .filter_map(|class| class.first().cloned())
-            .collect()
-    }
-}
-
 fn is_pid(column: &Column, pids: &PidSet) -> bool {
     // Any column named pid counts too, whatever its source: renaming is tracked, and a
     // column that merely looks like a pid is treated as one.
@@ -331,7 +350,10 @@ fn check_top(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Barrie
                 }
                 node = &sort.input;
             }
-            LogicalPlan::Limit(limit) => node = &limit.input,
+            LogicalPlan::Limit(limit) => {
+                check_limit(limit)?;
+                node = &limit.input;
+            }
             LogicalPlan::Filter(filter) => {
                 check_above(&filter.predicate)?;
                 node = &filter.input;
@@ -346,6 +368,7 @@ fn check_top(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Barrie
                 )
                 .hint("GROUP BY the partition columns instead"));
             }
+            LogicalPlan::Distinct(Distinct::On(_)) => return Err(distinct_on_refusal()),
             LogicalPlan::Distinct(_) => {
                 return Err(Refusal::new(
                     Rule::AggregationBarrier,
@@ -357,6 +380,23 @@ fn check_top(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Barrie
             other => return Err(refuse_node(other, true)),
         }
     }
+}
+
+/// LIMIT and OFFSET take literals only: anything else would be computed from data on
+/// the coordinator, after the merge.
+fn check_limit(limit: &Limit) -> Result<(), Refusal> {
+    for (part, expr) in [("LIMIT", &limit.fetch), ("OFFSET", &limit.skip)] {
+        if let Some(expr) = expr
+            && !matches!(unalias(expr), Expr::Literal(..))
+        {
+            return Err(Refusal::new(
+                Rule::AggregationBarrier,
+                format!("{part} {expr}"),
+                format!("{part} takes a number written in the query"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A refusal for a plan node that is not on the allowlist.
@@ -426,18 +466,14 @@ fn node_name(node: &LogicalPlan) -> String {
 /// Rules 2-4 at the barrier, and everything below it.
 fn check_barrier(aggregate: &Aggregate, report: &mut ValidationReport) -> Result<Barrier, Refusal> {
     let input = &aggregate.input;
-    let pids = check_below(input, report)?;
+    let below = check_below(input, report)?;
+    let pids = &below.pids;
     let schema = input.schema();
     for group in &aggregate.group_expr {
         if let Expr::GroupingSet(_) = group {
-            return Err(Refusal::new(
-                Rule::AllowedFunctions,
-                group,
-                "ROLLUP, CUBE and GROUPING SETS are not allowed",
-            )
-            .hint("send one query per grouping"));
+            return Err(grouping_sets_refusal(group));
         }
-        if as_pid_column(group, &pids).is_some() {
+        if as_pid_column(group, pids).is_some() {
             return Err(Refusal::new(
                 Rule::PidUse,
                 group,
@@ -445,30 +481,39 @@ fn check_barrier(aggregate: &Aggregate, report: &mut ValidationReport) -> Result
             )
             .hint("GROUP BY patient attributes and COUNT(DISTINCT pid)"));
         }
-        check_scalar(group, &pids, schema, Place::Below)?;
+        check_scalar(group, pids, schema, Place::Below)?;
         report.group_by.push(group.to_string());
     }
     let mut aggregates = Vec::with_capacity(aggregate.aggr_expr.len());
     for expr in &aggregate.aggr_expr {
-        let kind = check_barrier_aggregate(expr, &pids, schema)?;
+        let kind = check_barrier_aggregate(expr, &below, schema)?;
         report.aggregates.push(unalias(expr).to_string());
         aggregates.push(BarrierAggregate {
             kind,
             expr: unalias(expr).clone(),
         });
     }
-    let pids = pids.representatives();
-    if pids.is_empty() {
+    pids.check_one_class(|| "the aggregation".to_string())?;
+    let Some(pid) = pids.counted().cloned() else {
         return Err(Refusal::new(Rule::AggregationBarrier, "the aggregation", "does not count patients: no pid reaches it")
             .hint("read a patient table (patient, diagnosis, genetic_finding, phenotype) and keep its pid in any subquery"));
-    }
+    };
     Ok(Barrier {
         input: Arc::clone(input),
         group_exprs: aggregate.group_expr.clone(),
         aggregates,
         schema: Arc::clone(&aggregate.schema),
-        pids,
+        pid,
     })
+}
+
+fn grouping_sets_refusal(group: &Expr) -> Refusal {
+    Refusal::new(
+        Rule::AllowedFunctions,
+        group,
+        "ROLLUP, CUBE and GROUPING SETS are not allowed",
+    )
+    .hint("send one query per grouping")
 }
 
 fn has_pid(schema: &DFSchema, pids: &PidSet) -> bool {
@@ -477,9 +522,10 @@ fn has_pid(schema: &DFSchema, pids: &PidSet) -> bool {
 
 fn check_barrier_aggregate(
     expr: &Expr,
-    pids: &PidSet,
+    below: &Below,
     schema: &DFSchema,
 ) -> Result<AggregateKind, Refusal> {
+    let pids = &below.pids;
     let Expr::AggregateFunction(AggregateFunction { func, params }) = unalias(expr) else {
         return Err(Refusal::new(
             Rule::BarrierAggregates,
@@ -512,24 +558,15 @@ fn check_barrier_aggregate(
         ));
     }
     let args = &params.args;
-    for arg in args {
-        let mut conditional = false;
-        arg.apply(|e| {
-            if matches!(e, Expr::Case(_)) || matches!(e, Expr::ScalarFunction(f) if ["nullif", "coalesce", "nvl", "ifnull", "greatest", "least"].contains(&f.name())) {
-                conditional = true;
-                return Ok(TreeNodeRecursion::Stop);
-            }
-            Ok(TreeNodeRecursion::Continue)
-        })
-        .map_err(|e| Refusal::new(Rule::BarrierAggregates, expr, e.strip_backtrace()))?;
-        if conditional {
-            return Err(Refusal::new(
-                Rule::BarrierAggregates,
-                expr,
-                "conditional logic inside a released aggregate is not allowed",
-            )
-            .hint("GROUP BY the condition instead, so that each subgroup meets k on its own"));
-        }
+    if args.len() > 1 {
+        return Err(Refusal::new(
+            Rule::BarrierAggregates,
+            expr,
+            format!(
+                "{} takes one argument here: several would hide which values are counted",
+                name.to_uppercase()
+            ),
+        ));
     }
     let single_pid = match args.as_slice() {
         [arg] => as_pid_column(arg, pids).is_some(),
@@ -560,6 +597,7 @@ fn check_barrier_aggregate(
     }
     for arg in args {
         check_scalar(arg, pids, schema, Place::Below)?;
+        check_plain(expr, below.values.of_expr(arg, schema))?;
     }
     match name.as_str() {
         "count" => Ok(AggregateKind::Count),
@@ -589,8 +627,39 @@ fn check_barrier_aggregate(
     }
 }
 
-/// Rules 1-5 below the barrier; returns the pid columns `plan` outputs.
-fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<PidSet, Refusal> {
+/// Rule 4's plain values: the argument of a released aggregate, traced through every
+/// subquery, is plain and bounded (see [`crate::values`]).
+fn check_plain(aggregate: &Expr, value: Value) -> Result<(), Refusal> {
+    match value {
+        Value::Derived(why) => Err(Refusal::new(
+            Rule::BarrierAggregates,
+            aggregate,
+            format!(
+                "its argument is {why}: a value that flows into a released aggregate must stay plain (columns combined with +, -, and * or / by a number)"
+            ),
+        )
+        .hint("GROUP BY the condition or the computed value instead, so that each subgroup meets k on its own")),
+        Value::Plain { bound } if bound.is_nan() || bound > values::MAX_MAGNITUDE => Err(Refusal::new(
+            Rule::BarrierAggregates,
+            aggregate,
+            "its argument can exceed 2^32 in magnitude on one row, where a sum could overflow",
+        )
+        .hint("scale the released total instead, e.g. SUM(x) * 1000")),
+        Value::Plain { .. } => Ok(()),
+    }
+}
+
+/// What validation knows of a plan node's output below the barrier.
+#[derive(Debug, Clone, Default)]
+struct Below {
+    /// Rule 3: the pid classes.
+    pids: PidSet,
+    /// Rule 4: which output columns hold plain values.
+    values: Values,
+}
+
+/// Rules 1-5 below the barrier; returns what the plan's output holds.
+fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Below, Refusal> {
     match plan {
         LogicalPlan::TableScan(scan) => {
             let table = scan.table_name.table();
@@ -612,89 +681,71 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<PidS
                 ));
             }
             report.tables.insert(table.to_string());
-            let classes = scan
+            let pid = scan
                 .projected_schema
                 .columns()
                 .into_iter()
-                .filter(|c| c.name == "pid")
-                .map(|c| vec![c])
-                .collect();
-            Ok(PidSet { classes })
+                .find(|c| c.name == "pid");
+            let pids = match pid {
+                Some(pid) if schema::PATIENT_TABLES.contains(&table) => {
+                    PidSet::of_patient_scan(pid)
+                }
+                _ => PidSet::default(),
+            };
+            Ok(Below {
+                pids,
+                values: Values::of_scan(&scan.projected_schema),
+            })
         }
         LogicalPlan::SubqueryAlias(alias) => {
             let inner = check_below(&alias.input, report)?;
-            Ok(requalify(&inner, &alias.input, &alias.schema))
+            let pairs = positional_pairs(&alias.input, &alias.schema);
+            Ok(Below {
+                pids: inner
+                    .pids
+                    .project(&pairs, || format!("subquery {}", alias.alias))?,
+                values: inner.values.renamed(&pairs),
+            })
         }
         LogicalPlan::Projection(projection) => {
             let inner = check_below(&projection.input, report)?;
             let input_schema = projection.input.schema();
+            inner.pids.check_one_class(|| "a SELECT list".to_string())?;
             let mut pairs = Vec::new();
+            let mut outputs = Vec::new();
             for (index, expr) in projection.expr.iter().enumerate() {
-                if let Some(input) = as_pid_column(expr, &inner) {
-                    let (qualifier, field) = projection.schema.qualified_field(index);
-                    pairs.push((input.clone(), Column::new(qualifier.cloned(), field.name())));
+                let (qualifier, field) = projection.schema.qualified_field(index);
+                let output = Column::new(qualifier.cloned(), field.name());
+                outputs.push((output.clone(), inner.values.of_expr(expr, input_schema)));
+                if let Some(input) = as_pid_column(expr, &inner.pids) {
+                    pairs.push((input.clone(), output));
                     continue;
                 }
-                check_scalar(expr, &inner, input_schema, Place::Below)?;
+                check_scalar(expr, &inner.pids, input_schema, Place::Below)?;
             }
-            Ok(inner.project(&pairs))
+            Ok(Below {
+                pids: inner
+                    .pids
+                    .project(&pairs, || selected_part(&projection.expr))?,
+                values: Values::from_outputs(outputs),
+            })
         }
         LogicalPlan::Filter(filter) => {
-            let mut inner = check_below(&filter.input, report)?;
-            for (a, b) in check_predicate(&filter.predicate, &inner, filter.input.schema())? {
-                inner.merge(&a, &b);
+            let mut inner = match filter.input.as_ref() {
+                LogicalPlan::Join(join) => check_join(join, report, &conjuncts(&filter.predicate))?,
+                other => check_below(other, report)?,
+            };
+            for (a, b) in check_predicate(&filter.predicate, &inner.pids, filter.input.schema())? {
+                inner.pids.merge(&a, &b);
             }
             Ok(inner)
         }
-        LogicalPlan::Join(join) => {
-            if !matches!(
-                join.join_type,
-                JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
-            ) {
-                return Err(Refusal::new(Rule::AggregationBarrier, format!("{} join", join.join_type), "only inner and outer joins are allowed")
-                    .hint("subqueries in expressions (IN, EXISTS) are refused too: join the table instead"));
-            }
-            let left = check_below(&join.left, report)?;
-            let right = check_below(&join.right, report)?;
-            let mut pids = left.union(&right);
-            let mut equal = Vec::new();
-            for (l, r) in &join.on {
-                let (lp, rp) = (
-                    as_pid_column(l, &pids).is_some(),
-                    as_pid_column(r, &pids).is_some(),
-                );
-                if lp != rp {
-                    return Err(Refusal::new(
-                        Rule::PidUse,
-                        format!("{l} = {r}"),
-                        "pid may be joined only to another pid",
-                    ));
-                }
-                if lp {
-                    if let (Some(a), Some(b)) = (as_pid_column(l, &pids), as_pid_column(r, &pids)) {
-                        equal.push((a.clone(), b.clone()));
-                    }
-                } else {
-                    check_scalar(l, &pids, join.left.schema(), Place::Below)?;
-                    check_scalar(r, &pids, join.right.schema(), Place::Below)?;
-                }
-            }
-            if let Some(filter) = &join.filter {
-                equal.extend(check_predicate(filter, &pids, &join.schema)?);
-            }
-            // Only an inner join makes both sides' pids equal on every output row.
-            if join.join_type == JoinType::Inner {
-                for (a, b) in &equal {
-                    pids.merge(a, b);
-                }
-            }
-            Ok(pids)
-        }
+        LogicalPlan::Join(join) => check_join(join, report, &[]),
         LogicalPlan::Aggregate(aggregate) => check_per_patient(aggregate, report),
-        LogicalPlan::Distinct(distinct) => {
-            let input = distinct.input();
+        LogicalPlan::Distinct(Distinct::All(input)) => {
             let inner = check_below(input, report)?;
-            if !has_pid(input.schema(), &inner) {
+            inner.pids.check_one_class(|| "DISTINCT".to_string())?;
+            if !has_pid(input.schema(), &inner.pids) {
                 return Err(Refusal::new(
                     Rule::AggregationBarrier,
                     "DISTINCT",
@@ -703,46 +754,198 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<PidS
             }
             Ok(inner)
         }
+        LogicalPlan::Distinct(Distinct::On(_)) => Err(distinct_on_refusal()),
         other => Err(refuse_node(other, false)),
     }
 }
 
-/// Output pid columns of an alias node: same names, new qualifier.
-fn requalify(inner: &PidSet, input: &LogicalPlan, schema: &DFSchema) -> PidSet {
-    let pairs: Vec<(Column, Column)> = input
+fn distinct_on_refusal() -> Refusal {
+    Refusal::new(
+        Rule::AggregationBarrier,
+        "DISTINCT ON",
+        "picks one row per key by an order: it releases or selects individual rows",
+    )
+    .hint("GROUP BY the columns and COUNT(DISTINCT pid)")
+}
+
+fn selected_part(exprs: &[Expr]) -> String {
+    let list = exprs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("SELECT {list}")
+}
+
+/// A join's sides, conditions and the WHERE conjuncts above it (`inherited`: a join
+/// written as `FROM a, b WHERE a.pid = b.pid` is planned as a cross join under a filter).
+fn check_join(
+    join: &Join,
+    report: &mut ValidationReport,
+    inherited: &[&Expr],
+) -> Result<Below, Refusal> {
+    if !matches!(
+        join.join_type,
+        JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
+    ) {
+        return Err(Refusal::new(
+            Rule::AggregationBarrier,
+            format!("{} join", join.join_type),
+            "only inner and outer joins are allowed",
+        )
+        .hint("subqueries in expressions (IN, EXISTS) are refused too: join the table instead"));
+    }
+    let left = check_join_input(&join.left, report, inherited)?;
+    let right = check_join_input(&join.right, report, inherited)?;
+    let mut pids = left.pids.union(&right.pids);
+    let (left_schema, right_schema) = (join.left.schema(), join.right.schema());
+    let mut conditions: Vec<&Expr> = Vec::new();
+    for (l, r) in &join.on {
+        let (lp, rp) = (
+            as_pid_column(l, &pids).is_some(),
+            as_pid_column(r, &pids).is_some(),
+        );
+        if lp != rp {
+            return Err(Refusal::new(
+                Rule::PidUse,
+                format!("{l} = {r}"),
+                "pid may be joined only to another pid",
+            ));
+        }
+        if !lp {
+            check_scalar(l, &pids, left_schema, Place::Below)?;
+            check_scalar(r, &pids, right_schema, Place::Below)?;
+        }
+    }
+    let mut equal: Vec<(Column, Column)> = join
+        .on
+        .iter()
+        .filter_map(|(l, r)| {
+            Some((
+                as_pid_column(l, &pids)?.clone(),
+                as_pid_column(r, &pids)?.clone(),
+            ))
+        })
+        .collect();
+    if let Some(filter) = &join.filter {
+        conditions = conjuncts(filter);
+        for (a, b) in check_predicate(filter, &pids, &join.schema)? {
+            equal.push((a, b));
+        }
+    }
+    let spans = |expr: &Expr| spanning_equality(expr, left_schema, right_schema).is_some();
+    let joined_on_something = !join.on.is_empty()
+        || conditions.iter().any(|c| spans(c))
+        || inherited.iter().any(|c| spans(c));
+    if pids.reads_patients() && !joined_on_something {
+        return Err(Refusal::new(
+            Rule::PidUse,
+            format!("{} join", join.join_type),
+            "is a cross join involving a patient table: every row of one side meets every row of the other",
+        )
+        .hint("join patient tables on pid (ON a.pid = b.pid) and reference tables on their codes"));
+    }
+    if join.join_type == JoinType::Full && PidSet::both_read_patients(&left.pids, &right.pids) {
+        return Err(Refusal::new(
+            Rule::PidUse,
+            "FULL join",
+            "of two patient tables leaves rows where either patient is missing, so no one pid counts every row",
+        )
+        .hint("use an inner or a LEFT join on pid"));
+    }
+    // Pid equalities merge classes only across the join's two inputs; under an outer
+    // join the preserved side's pid is the one counted (the other may be null).
+    for (a, b) in &equal {
+        let a_left = left_schema.has_column(a);
+        let b_left = left_schema.has_column(b);
+        if a_left == b_left {
+            continue;
+        }
+        let (on_left, on_right) = if a_left { (a, b) } else { (b, a) };
+        match join.join_type {
+            JoinType::Right => pids.merge(on_right, on_left),
+            _ => pids.merge(on_left, on_right),
+        }
+    }
+    Ok(Below {
+        pids,
+        values: left.values.union(right.values),
+    })
+}
+
+/// One input of a join: a join below it sees the same WHERE conjuncts.
+fn check_join_input(
+    input: &LogicalPlan,
+    report: &mut ValidationReport,
+    inherited: &[&Expr],
+) -> Result<Below, Refusal> {
+    match input {
+        LogicalPlan::Join(inner) => check_join(inner, report, inherited),
+        other => check_below(other, report),
+    }
+}
+
+/// `a = b` with `a`'s columns all from one input and `b`'s all from the other.
+fn spanning_equality<'a>(
+    expr: &'a Expr,
+    left: &DFSchema,
+    right: &DFSchema,
+) -> Option<(&'a Expr, &'a Expr)> {
+    let Expr::BinaryExpr(BinaryExpr {
+        left: a,
+        op: Operator::Eq,
+        right: b,
+    }) = expr
+    else {
+        return None;
+    };
+    let all_in = |e: &Expr, schema: &DFSchema| {
+        let columns = e.column_refs();
+        !columns.is_empty() && columns.iter().all(|c| schema.has_column(c))
+    };
+    if all_in(a, left) && all_in(b, right) || all_in(a, right) && all_in(b, left) {
+        Some((a, b))
+    } else {
+        None
+    }
+}
+
+/// Input and output columns of a node that renames its input's columns by position.
+fn positional_pairs(input: &LogicalPlan, schema: &DFSchema) -> Vec<(Column, Column)> {
+    input
         .schema()
         .columns()
         .into_iter()
         .zip(schema.columns())
-        .collect();
-    inner.project(&pairs)
+        .collect()
 }
 
 /// Rule 2 below the barrier: an inner aggregation must be per patient.
 fn check_per_patient(
     aggregate: &Aggregate,
     report: &mut ValidationReport,
-) -> Result<PidSet, Refusal> {
+) -> Result<Below, Refusal> {
     let inner = check_below(&aggregate.input, report)?;
     let schema = aggregate.input.schema();
+    inner
+        .pids
+        .check_one_class(|| "an inner aggregation".to_string())?;
     let mut pairs = Vec::new();
+    let mut outputs = Vec::new();
     for (index, group) in aggregate.group_expr.iter().enumerate() {
         if let Expr::GroupingSet(_) = group {
-            return Err(Refusal::new(
-                Rule::AllowedFunctions,
-                group,
-                "ROLLUP, CUBE and GROUPING SETS are not allowed",
-            ));
+            return Err(grouping_sets_refusal(group));
         }
-        if let Some(input) = as_pid_column(group, &inner) {
-            let (qualifier, field) = aggregate.schema.qualified_field(index);
-            pairs.push((input.clone(), Column::new(qualifier.cloned(), field.name())));
+        let (qualifier, field) = aggregate.schema.qualified_field(index);
+        let output = Column::new(qualifier.cloned(), field.name());
+        outputs.push((output.clone(), inner.values.of_expr(group, schema)));
+        if let Some(input) = as_pid_column(group, &inner.pids) {
+            pairs.push((input.clone(), output));
         } else {
-            check_scalar(group, &inner, schema, Place::Below)?;
+            check_scalar(group, &inner.pids, schema, Place::Below)?;
         }
     }
-    let pids = inner.project(&pairs);
-    if pids.is_empty() {
+    if pairs.is_empty() {
         let part = aggregate
             .group_expr
             .iter()
@@ -760,7 +963,11 @@ fn check_per_patient(
         )
         .hint("aggregate once, at the top, or GROUP BY pid in the subquery"));
     }
-    for expr in &aggregate.aggr_expr {
+    let pids = inner
+        .pids
+        .project(&pairs, || "a per-patient GROUP BY".to_string())?;
+    let groups = aggregate.group_expr.len();
+    for (index, expr) in aggregate.aggr_expr.iter().enumerate() {
         let Expr::AggregateFunction(AggregateFunction { func, params }) = unalias(expr) else {
             return Err(Refusal::new(
                 Rule::AggregationBarrier,
@@ -787,10 +994,18 @@ fn check_per_patient(
             ));
         }
         for arg in &params.args {
-            check_scalar(arg, &inner, schema, Place::Below)?;
+            check_scalar(arg, &inner.pids, schema, Place::Below)?;
         }
+        let (qualifier, field) = aggregate.schema.qualified_field(groups + index);
+        outputs.push((
+            Column::new(qualifier.cloned(), field.name()),
+            inner.values.of_per_patient(expr, schema),
+        ));
     }
-    Ok(pids)
+    Ok(Below {
+        pids,
+        values: Values::from_outputs(outputs),
+    })
 }
 
 /// A WHERE or join predicate: its conjuncts may equate two pid columns (an equi-join
@@ -853,6 +1068,16 @@ fn is_text(data_type: &DataType) -> bool {
     )
 }
 
+fn is_interval(data_type: &DataType) -> bool {
+    matches!(data_type, DataType::Interval(_) | DataType::Duration(_))
+}
+
+/// A literal divisor that cannot fail: not zero, and not -1 (the smallest integer divided
+/// by -1 overflows).
+fn is_safe_divisor(expr: &Expr) -> bool {
+    is_nonzero_literal(expr) && values::literal_number(expr) != Some(-1.0)
+}
+
 fn is_nonzero_literal(expr: &Expr) -> bool {
     match unalias(expr) {
         Expr::Literal(value, _) => {
@@ -904,6 +1129,14 @@ fn check_scalar_node(
             }
             Ok(())
         }
+        Expr::Literal(value, _) if place == Place::Below && is_interval(&value.data_type()) => {
+            Err(Refusal::new(
+                Rule::NoDataInErrors,
+                e,
+                "date arithmetic with intervals can overflow on one patient's date, and the failure would tell",
+            )
+            .hint("compare dates with date literals (DATE '2020-01-01') or use date_part"))
+        }
         Expr::Literal(..)
         | Expr::Alias(_)
         | Expr::Not(_)
@@ -942,7 +1175,9 @@ fn check_scalar_node(
             if place == Place::Below {
                 let source = cast.expr.get_type(schema).unwrap_or(DataType::Null);
                 let target = cast.field.data_type();
-                if is_text(&source) && !is_text(target) {
+                // A literal (DATE '2020-01-01') casts the same way whatever the data.
+                let from_data = !cast.expr.column_refs().is_empty();
+                if from_data && is_text(&source) && !is_text(target) {
                     return Err(Refusal::new(Rule::NoDataInErrors, e, "a cast from text can fail on one patient's value, and the failure would tell")
                         .hint("use TRY_CAST, which gives NULL instead of failing"));
                 }
@@ -951,7 +1186,16 @@ fn check_scalar_node(
         }
         Expr::ScalarFunction(function) => {
             let name = function.name().to_lowercase();
-            if allowlist::is_allowed_scalar(&name) {
+            if allowlist::UNIT_FIRST.contains(&name.as_str())
+                && !matches!(function.args.first().map(unalias), Some(Expr::Literal(..)))
+            {
+                Err(Refusal::new(
+                    Rule::AllowedFunctions,
+                    e,
+                    format!("the unit of {name} must be written in the query"),
+                )
+                .hint(format!("e.g. {name}('year', …)")))
+            } else if allowlist::is_allowed_scalar(&name) {
                 Ok(())
             } else {
                 Err(Refusal::new(
@@ -1009,11 +1253,11 @@ fn check_operator(e: &Expr, op: Operator, right: &Expr, place: Place) -> Result<
         Eq | NotEq | Lt | LtEq | Gt | GtEq | Plus | Minus | Multiply | And | Or
         | IsDistinctFrom | IsNotDistinctFrom | StringConcat => Ok(()),
         Divide | Modulo => {
-            if place == Place::Above || is_nonzero_literal(right) {
+            if place == Place::Above || is_safe_divisor(right) {
                 Ok(())
             } else {
-                Err(Refusal::new(Rule::NoDataInErrors, e, "dividing by a value can fail on one patient's zero, and the failure would tell")
-                    .hint("divide by a constant, or divide the released totals (e.g. SUM(a) / SUM(b))"))
+                Err(Refusal::new(Rule::NoDataInErrors, e, "dividing by a value can fail on one patient's zero (and the smallest integer by -1 overflows), and the failure would tell")
+                    .hint("divide by a constant other than 0 and -1 (negate instead), or divide the released totals (e.g. SUM(a) / SUM(b))"))
             }
         }
         other => Err(Refusal::new(

@@ -1,0 +1,159 @@
+//! Rule 3, one pid class: the patients counted are the patients whose data is released.
+//!
+//! The node's hidden `COUNT(DISTINCT pid)` guards a group only if every row of the group
+//! belongs to the patient it counts. A cross join, or a join of two patient tables on
+//! anything but pid, puts two patients on one row; a projection or a per-patient grouping
+//! that drops one side's pid then lets the count count one patient while the keys and
+//! values come from another. So validation tracks, for every plan node, the *classes* of
+//! pid columns known to be equal on every row, and how many patient-table scans each
+//! class covers. Two pid columns join one class only through an equality whose two sides
+//! come from opposite join inputs (or a WHERE conjunct, which holds on every row), never
+//! through `b.pid = b.pid`. A plan is accepted only when exactly one class reaches the
+//! barrier and it covers every patient-table scan.
+
+use datafusion::common::Column;
+
+use crate::rules::{Refusal, Rule};
+
+/// One class of pid columns, equal on every row where they are not null.
+#[derive(Debug, Clone)]
+struct PidClass {
+    /// The columns; the first is the one counted (never null where the class's patient
+    /// table supplied the row: the preserved side of an outer join comes first).
+    columns: Vec<Column>,
+    /// Patient-table scans whose rows this class identifies.
+    scans: usize,
+}
+
+/// The pid classes of a plan node's output.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PidSet {
+    classes: Vec<PidClass>,
+    /// Patient-table scans below the node.
+    patient_scans: usize,
+}
+
+impl PidSet {
+    /// The pid column of one scan of a patient table.
+    pub(crate) fn of_patient_scan(pid: Column) -> PidSet {
+        PidSet {
+            classes: vec![PidClass {
+                columns: vec![pid],
+                scans: 1,
+            }],
+            patient_scans: 1,
+        }
+    }
+
+    /// True when `column` is a pid column of some class.
+    pub(crate) fn contains(&self, column: &Column) -> bool {
+        self.classes
+            .iter()
+            .any(|class| class.columns.contains(column))
+    }
+
+    /// Every pid column.
+    pub(crate) fn columns(&self) -> impl Iterator<Item = &Column> {
+        self.classes.iter().flat_map(|class| class.columns.iter())
+    }
+
+    /// True when the rows below read a patient table.
+    pub(crate) fn reads_patients(&self) -> bool {
+        self.patient_scans > 0
+    }
+
+    /// Both inputs of a join.
+    pub(crate) fn union(&self, other: &PidSet) -> PidSet {
+        PidSet {
+            classes: self.classes.iter().chain(&other.classes).cloned().collect(),
+            patient_scans: self.patient_scans + other.patient_scans,
+        }
+    }
+
+    fn class_of(&self, column: &Column) -> Option<usize> {
+        self.classes
+            .iter()
+            .position(|class| class.columns.contains(column))
+    }
+
+    /// Records that `kept` and `other` hold the same patient on every row (or `other` is
+    /// null): their classes become one, with `kept`'s class counted.
+    pub(crate) fn merge(&mut self, kept: &Column, other: &Column) {
+        let (Some(i), Some(j)) = (self.class_of(kept), self.class_of(other)) else {
+            return;
+        };
+        if i == j {
+            return;
+        }
+        let moved = self.classes[j].clone();
+        self.classes[i].columns.extend(moved.columns);
+        self.classes[i].scans += moved.scans;
+        self.classes.remove(j);
+    }
+
+    /// The pid columns of a node's output, given which input column each output is.
+    /// A class none of whose columns reaches the output is refused: its patients' rows
+    /// would go on without the pid that counts them.
+    pub(crate) fn project(
+        &self,
+        pairs: &[(Column, Column)],
+        part: impl FnOnce() -> String,
+    ) -> Result<PidSet, Refusal> {
+        let mut classes = Vec::new();
+        for class in &self.classes {
+            let columns: Vec<Column> = class
+                .columns
+                .iter()
+                .flat_map(|column| {
+                    pairs
+                        .iter()
+                        .filter(move |(input, _)| input == column)
+                        .map(|(_, output)| output.clone())
+                })
+                .collect();
+            if columns.is_empty() {
+                return Err(Refusal::new(
+                    Rule::PidUse,
+                    part(),
+                    "drops the pid of a patient table whose rows go on: the patients counted would not be the patients released",
+                )
+                .hint("keep the pid of every patient table in each subquery's SELECT and in a per-patient GROUP BY"));
+            }
+            classes.push(PidClass {
+                columns,
+                scans: class.scans,
+            });
+        }
+        Ok(PidSet {
+            classes,
+            patient_scans: self.patient_scans,
+        })
+    }
+
+    /// Rule 3: at most one class, covering every patient-table scan below.
+    pub(crate) fn check_one_class(&self, part: impl FnOnce() -> String) -> Result<(), Refusal> {
+        let covered: usize = self.classes.iter().map(|class| class.scans).sum();
+        if self.classes.len() > 1 || covered != self.patient_scans {
+            return Err(Refusal::new(
+                Rule::PidUse,
+                part(),
+                "combines patient tables without joining them on pid: one row could hold two patients, and the patient counted would not be the one released",
+            )
+            .hint("join patient tables to each other only with ON a.pid = b.pid (reference tables may join on their codes)"));
+        }
+        Ok(())
+    }
+
+    /// The pid column the hidden patient count counts: the one class's first column.
+    pub(crate) fn counted(&self) -> Option<&Column> {
+        match self.classes.as_slice() {
+            [class] => class.columns.first(),
+            _ => None,
+        }
+    }
+
+    /// True when the node has patient classes on both of two join inputs.
+    pub(crate) fn both_read_patients(left: &PidSet, right: &PidSet) -> bool {
+        !left.classes.is_empty() && !right.classes.is_empty()
+    }
+}

@@ -1,0 +1,260 @@
+//! Rule 4, plain values: what may flow into a released aggregate.
+//!
+//! A released `SUM(x)` over k patients tells a single patient's secret as soon as `x` can
+//! be made to depend on a condition: `SUM(CAST(<one patient's attributes> AS INT) * v)`,
+//! `SUM(1 - abs(signum(year - 1950)))`, a CASE computed in a subquery and summed above,
+//! `SUM(power(100.0, year - 1980))` (per-year counts in base 100), a product that wraps or
+//! reaches infinity only for some values. So every value that reaches a barrier
+//! aggregate, through every subquery below it, must stay *plain*:
+//!
+//! - a stored column, or a literal;
+//! - plain values added or subtracted, multiplied by a literal, or divided by a literal
+//!   in floating point (integer division rounds: a step function can be an indicator);
+//! - a widening numeric cast (never of a boolean, never from text, never rounding a
+//!   fraction to an integer);
+//! - a per-patient COUNT, SUM, AVG, MIN or MAX of plain values.
+//!
+//! Conditions, casts of booleans and non-linear functions stay allowed in WHERE and in
+//! GROUP BY keys, where k covers them. Each plain value also carries a bound on its
+//! magnitude, from the declared ranges of the data model, so a released sum can neither
+//! overflow nor reach infinity: a value whose bound exceeds [`MAX_MAGNITUDE`] is refused.
+
+use std::collections::HashMap;
+
+use arrow::datatypes::DataType;
+use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::logical_expr::expr::{AggregateFunction, Alias};
+use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Operator};
+
+use crate::schema;
+
+/// The largest magnitude a value flowing into a released aggregate may reach on one row:
+/// 2^32. Summed over fewer than 2^31 rows it stays inside a 64-bit integer, and far from
+/// floating-point infinity.
+pub(crate) const MAX_MAGNITUDE: f64 = 4_294_967_296.0;
+
+/// The most rows one patient is assumed to contribute to a per-patient aggregate, for the
+/// bound of a per-patient COUNT or SUM.
+const ROWS_PER_PATIENT: f64 = 1_048_576.0;
+
+/// What validation knows of one column's values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Value {
+    /// A plain value, never larger than `bound` in magnitude.
+    Plain {
+        /// Largest magnitude (infinite where nothing bounds it).
+        bound: f64,
+    },
+    /// Computed by something that is not plain; the reason names it.
+    Derived(&'static str),
+}
+
+impl Value {
+    fn plain(bound: f64) -> Value {
+        Value::Plain { bound }
+    }
+
+    /// Combines two values with `combine` on their bounds, or the first reason either is
+    /// not plain.
+    fn with(self, other: Value, combine: impl FnOnce(f64, f64) -> f64) -> Value {
+        match (self, other) {
+            (Value::Plain { bound: a }, Value::Plain { bound: b }) => Value::plain(combine(a, b)),
+            (Value::Derived(why), _) | (_, Value::Derived(why)) => Value::Derived(why),
+        }
+    }
+
+    fn scaled(self, factor: f64) -> Value {
+        self.with(Value::plain(0.0), |bound, _| bound * factor.abs())
+    }
+}
+
+/// The values of a plan node's output columns.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Values {
+    columns: HashMap<Column, Value>,
+}
+
+impl Values {
+    /// The columns of a table scan: stored values, bounded by their declared ranges.
+    pub(crate) fn of_scan(scan_schema: &DFSchema) -> Values {
+        let columns = scan_schema
+            .iter()
+            .map(|(qualifier, field)| {
+                let bound = schema::declared_magnitude(field.name(), field.data_type()).unwrap_or(
+                    match field.data_type() {
+                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => 0.0,
+                        _ => f64::INFINITY,
+                    },
+                );
+                (
+                    Column::new(qualifier.cloned(), field.name()),
+                    Value::plain(bound),
+                )
+            })
+            .collect();
+        Values { columns }
+    }
+
+    /// The value of one column; a column validation has not seen is not plain.
+    pub(crate) fn get(&self, column: &Column) -> Value {
+        self.columns
+            .get(column)
+            .copied()
+            .unwrap_or(Value::Derived("a column of unknown origin"))
+    }
+
+    /// Both sides of a join.
+    pub(crate) fn union(mut self, other: Values) -> Values {
+        self.columns.extend(other.columns);
+        self
+    }
+
+    /// Output columns given with their values.
+    pub(crate) fn from_outputs(outputs: impl IntoIterator<Item = (Column, Value)>) -> Values {
+        Values {
+            columns: outputs.into_iter().collect(),
+        }
+    }
+
+    /// The same values under new names (`pairs` maps input to output columns).
+    pub(crate) fn renamed(&self, pairs: &[(Column, Column)]) -> Values {
+        Values::from_outputs(
+            pairs
+                .iter()
+                .map(|(input, output)| (output.clone(), self.get(input))),
+        )
+    }
+
+    /// The value of `expr`, evaluated on rows of `schema` whose columns hold `self`.
+    pub(crate) fn of_expr(&self, expr: &Expr, schema: &DFSchema) -> Value {
+        match expr {
+            Expr::Alias(Alias { expr, .. }) => self.of_expr(expr, schema),
+            Expr::Column(column) => self.get(column),
+            Expr::Literal(value, _) => literal_value(value),
+            Expr::Negative(inner) => self.of_expr(inner, schema),
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                self.of_arithmetic(expr, left, *op, right, schema)
+            }
+            Expr::Cast(cast) => self.of_cast(&cast.expr, cast.field.data_type(), schema),
+            Expr::TryCast(cast) => self.of_cast(&cast.expr, cast.field.data_type(), schema),
+            Expr::Case(_) => Value::Derived("a CASE expression"),
+            Expr::ScalarFunction(_) => Value::Derived("a function of a value"),
+            Expr::AggregateFunction(_) => Value::Derived("an aggregate"),
+            _ => Value::Derived("a condition or computed value"),
+        }
+    }
+
+    fn of_arithmetic(
+        &self,
+        whole: &Expr,
+        left: &Expr,
+        op: Operator,
+        right: &Expr,
+        schema: &DFSchema,
+    ) -> Value {
+        match op {
+            Operator::Plus | Operator::Minus => self
+                .of_expr(left, schema)
+                .with(self.of_expr(right, schema), |a, b| a + b),
+            Operator::Multiply => match (literal_number(left), literal_number(right)) {
+                (_, Some(factor)) => self.of_expr(left, schema).scaled(factor),
+                (Some(factor), None) => self.of_expr(right, schema).scaled(factor),
+                (None, None) => Value::Derived("a product of two values"),
+            },
+            Operator::Divide => match literal_number(right) {
+                Some(divisor) if divisor != 0.0 => {
+                    let fractional = whole
+                        .get_type(schema)
+                        .is_ok_and(|t| t.is_floating() || matches!(t, DataType::Decimal128(..)));
+                    if fractional {
+                        self.of_expr(left, schema).scaled(1.0 / divisor)
+                    } else {
+                        Value::Derived("an integer division (it rounds: a step function)")
+                    }
+                }
+                _ => Value::Derived("a division by a value"),
+            },
+            Operator::Modulo => Value::Derived("a remainder (a step function)"),
+            _ => Value::Derived("a comparison or other operator"),
+        }
+    }
+
+    fn of_cast(&self, inner: &Expr, target: &DataType, schema: &DFSchema) -> Value {
+        let Ok(source) = inner.get_type(schema) else {
+            return Value::Derived("a cast of a value of unknown type");
+        };
+        let numeric_source = source.is_numeric() || matches!(source, DataType::Date32);
+        if source == DataType::Boolean {
+            Value::Derived("a cast of a boolean")
+        } else if !numeric_source || !target.is_numeric() {
+            Value::Derived("a cast between kinds of values")
+        } else if (source.is_floating() || matches!(source, DataType::Decimal128(..)))
+            && !target.is_floating()
+        {
+            Value::Derived("a cast that rounds a fraction")
+        } else {
+            self.of_expr(inner, schema)
+        }
+    }
+
+    /// The value a per-patient aggregate gives each patient.
+    pub(crate) fn of_per_patient(&self, aggregate: &Expr, schema: &DFSchema) -> Value {
+        let Expr::AggregateFunction(AggregateFunction { func, params }) = unalias(aggregate) else {
+            return Value::Derived("not an aggregate");
+        };
+        let argument = match params.args.as_slice() {
+            [] => Value::plain(0.0),
+            [argument] => self.of_expr(argument, schema),
+            _ => return Value::Derived("an aggregate of several arguments"),
+        };
+        match func.name().to_lowercase().as_str() {
+            "count" => argument.with(Value::plain(0.0), |_, _| ROWS_PER_PATIENT),
+            "sum" => argument.scaled(ROWS_PER_PATIENT),
+            "avg" | "min" | "max" => argument,
+            _ => Value::Derived("a per-patient aggregate that is not COUNT, SUM, AVG, MIN or MAX"),
+        }
+    }
+}
+
+fn unalias(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Alias(Alias { expr, .. }) => unalias(expr),
+        other => other,
+    }
+}
+
+fn literal_value(value: &ScalarValue) -> Value {
+    if value.is_null() {
+        return Value::plain(0.0);
+    }
+    match scalar_number(value) {
+        Some(number) if number.is_finite() => Value::plain(number.abs()),
+        Some(_) => Value::Derived("an infinite or NaN literal"),
+        // A text or date literal counts like any non-null value.
+        None => Value::plain(0.0),
+    }
+}
+
+fn scalar_number(value: &ScalarValue) -> Option<f64> {
+    if !value.data_type().is_numeric() {
+        return None;
+    }
+    value
+        .cast_to(&DataType::Float64)
+        .ok()
+        .and_then(|v| match v {
+            ScalarValue::Float64(number) => number,
+            _ => None,
+        })
+}
+
+/// The number a literal (possibly cast or negated) stands for.
+pub(crate) fn literal_number(expr: &Expr) -> Option<f64> {
+    match unalias(expr) {
+        Expr::Literal(value, _) => scalar_number(value).filter(|n| n.is_finite()),
+        Expr::Cast(cast) => literal_number(&cast.expr),
+        Expr::TryCast(cast) => literal_number(&cast.expr),
+        Expr::Negative(inner) => literal_number(inner).map(|n| -n),
+        _ => None,
+    }
+}
