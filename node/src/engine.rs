@@ -26,6 +26,7 @@ use crate::approval::{self, Approval, ApprovalError};
 use crate::audit::{AuditEntry, AuditError, AuditLog, Outcome};
 use crate::session::node_session;
 use crate::steward_key::StewardPublicKey;
+use crate::total::total_plan;
 
 /// The smallest k a node accepts in its own policy.
 pub const MIN_K: u32 = 2;
@@ -278,6 +279,7 @@ impl NodeEngine {
         };
         let plan = split::site_plan(&query.barrier, &self.facts)
             .map_err(|e| fail(entry, e.to_string()))?;
+        let plan = total_plan(plan, &state).map_err(|e| fail(entry, e.to_string()))?;
         SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)

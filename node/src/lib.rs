@@ -20,6 +20,7 @@
 //! - [`approval`]: the signed statement that authorises one query at one site.
 //! - [`engine`]: runs approved queries, suppresses groups under k.
 //! - [`session`]: the locked-down DataFusion session over the store.
+//! - [`total`]: allowlisted functions and casts that give NULL instead of failing.
 //! - [`audit`]: the hash-chained audit log.
 //! - [`config`]: `node.toml`, the node's own trusted configuration.
 //! - [`link`]: the outbound stream to the coordinator.
@@ -42,6 +43,7 @@ pub mod steward_key;
 pub mod store;
 pub mod synth;
 mod threads;
+pub mod total;
 
 /// The Arrow schemas of the store, shared with the query side.
 pub use ern_queries::schema;

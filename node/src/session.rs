@@ -3,7 +3,8 @@
 //! It sees the store's four tables and the two reference tables and nothing else: no
 //! information_schema, no URL tables, no table functions, no external-table factories,
 //! and only the scalar and aggregate functions on the allowlist of `ern_queries`, so a
-//! function the validator would refuse does not even exist here. Memory is capped by the
+//! function the validator would refuse does not even exist here; those that do are total
+//! (see [`crate::total`]). Memory is capped by the
 //! runtime's memory pool; time by the engine.
 
 use std::path::Path;
@@ -13,9 +14,10 @@ use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use ern_queries::{allowlist, catalog, schema};
 
+use crate::total::TotalFunction;
 use crate::{reference, store};
 
 fn allowed_aggregate(name: &str) -> bool {
@@ -37,14 +39,10 @@ fn parquet_rows(path: &Path) -> Result<i64> {
     Ok(reader.metadata().file_metadata().num_rows())
 }
 
-/// Builds the session over the store in `store_dir`, with a memory pool of
-/// `memory_limit` bytes.
-pub async fn node_session(store_dir: &Path, memory_limit: usize) -> Result<SessionContext> {
-    let patients = parquet_rows(&store::table_path(store_dir, "patient")).unwrap_or(i64::MAX);
-    let mut config = catalog::session_config();
-    if patients < SINGLE_PARTITION_BELOW {
-        config = config.with_target_partitions(1);
-    }
+/// A session with the node's locks and no tables: only allowlisted functions, each
+/// total, no window, table or higher-order functions, no table factories, and a memory
+/// pool of `memory_limit` bytes.
+pub fn locked_down_context(config: SessionConfig, memory_limit: usize) -> Result<SessionContext> {
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(memory_limit, 1.0)
         .build_arc()?;
@@ -53,7 +51,12 @@ pub async fn node_session(store_dir: &Path, memory_limit: usize) -> Result<Sessi
         .with_runtime_env(runtime)
         .with_default_features();
     if let Some(functions) = builder.scalar_functions() {
-        functions.retain(|f| allowlist::is_allowed_scalar(f.name()));
+        // Only allowlisted functions exist here, each made total (rule 5).
+        *functions = functions
+            .drain(..)
+            .filter(|f| allowlist::is_allowed_scalar(f.name()))
+            .map(|f| Arc::new(TotalFunction::wrap(f)))
+            .collect();
     }
     if let Some(functions) = builder.aggregate_functions() {
         functions.retain(|f| allowed_aggregate(f.name()));
@@ -70,7 +73,18 @@ pub async fn node_session(store_dir: &Path, memory_limit: usize) -> Result<Sessi
     if let Some(factories) = builder.table_factories() {
         factories.clear();
     }
-    let ctx = SessionContext::new_with_state(builder.build());
+    Ok(SessionContext::new_with_state(builder.build()))
+}
+
+/// Builds the session over the store in `store_dir`, with a memory pool of
+/// `memory_limit` bytes.
+pub async fn node_session(store_dir: &Path, memory_limit: usize) -> Result<SessionContext> {
+    let patients = parquet_rows(&store::table_path(store_dir, "patient")).unwrap_or(i64::MAX);
+    let mut config = catalog::session_config();
+    if patients < SINGLE_PARTITION_BELOW {
+        config = config.with_target_partitions(1);
+    }
+    let ctx = locked_down_context(config, memory_limit)?;
     for table in schema::PATIENT_TABLES {
         let path = store::table_path(store_dir, table);
         if !path.exists() {

@@ -1,30 +1,21 @@
 //! Runs `attacks.cases` through the node engine on two stores that differ only in one
 //! patient's birth year: each case must get its verdict, and the same verdict on both.
 
-use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+mod common;
 
-use ern_node::approval;
-use ern_node::engine::{ExecuteError, NodeEngine, NodePolicy, QueryRequest};
+use std::path::Path;
+
+use ern_node::engine::{ExecuteError, NodeEngine, NodePolicy};
 use ern_node::ingest::ingest;
 use ern_node::progress::NoProgress;
 use ern_node::pseudonym::Pseudonymiser;
-use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
+use ern_node::steward_key::StewardSigningKey;
 use ern_node::synth::{SynthConfig, synthesize};
 
+use common::{signed_request, test_steward};
+
 async fn verdict(engine: &NodeEngine, key: &StewardSigningKey, sql: &str) -> String {
-    let expires = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        + 600;
-    let approval = approval::sign(key, sql, "site-a", "study", expires).expect("sign");
-    let request = QueryRequest {
-        sql: sql.to_string(),
-        study_id: "study".into(),
-        approval,
-    };
-    match engine.execute(&request).await {
+    match engine.execute(&signed_request(key, sql, "site-a")).await {
         Ok(released) if released.groups_released > 0 => "released".into(),
         Ok(_) => "suppressed".into(),
         Err(ExecuteError::Refused(refusal)) => format!("refused {}", refusal.rule.name()),
@@ -69,8 +60,7 @@ async fn every_attack_gets_its_verdict_and_hidden_values_change_nothing() {
     let (store_a, store_b) = (dir.path().join("a"), dir.path().join("b"));
     ingest(&sites[0].dir, &key, &store_a, &NoProgress).expect("ingest a");
     ingest(&twin, &key, &store_b, &NoProgress).expect("ingest b");
-    generate_steward_key(&dir.path().join("steward")).expect("key");
-    let steward = StewardSigningKey::load(&dir.path().join("steward.key")).expect("load");
+    let steward = test_steward(dir.path());
     let policy = NodePolicy::new("site-a", vec![steward.public_key()]);
     let engine_a = NodeEngine::open(&store_a, policy.clone())
         .await

@@ -11,6 +11,7 @@ use ern_node::{reference, schema, store};
 
 /// Plain DataFusion (default configuration, no node) over the store's Parquet files and
 /// the reference tables.
+#[allow(dead_code)]
 pub(crate) async fn plain_context(store_dir: &Path) -> SessionContext {
     let ctx = SessionContext::new();
     for table in schema::PATIENT_TABLES {
@@ -47,6 +48,7 @@ pub(crate) async fn plain_sql(store_dir: &Path, sql: &str) -> Vec<RecordBatch> {
 }
 
 /// Rows as text, in batch order; floats with 6 decimals so that AVG and SUM/COUNT compare.
+#[allow(dead_code)]
 pub(crate) fn text_rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     let Some(first) = batches.first() else {
         return Vec::new();
@@ -75,4 +77,61 @@ pub(crate) fn text_rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
         }
     }
     out
+}
+
+/// A steward key pair made for a test in `dir`.
+#[allow(dead_code)]
+pub(crate) fn test_steward(dir: &Path) -> ern_node::steward_key::StewardSigningKey {
+    let prefix = dir.join("steward");
+    ern_node::steward_key::generate_steward_key(&prefix).expect("steward key");
+    ern_node::steward_key::StewardSigningKey::load(&prefix.with_extension("key"))
+        .expect("load steward key")
+}
+
+/// A request for `sql` at `site`, approved by `key` for ten minutes.
+#[allow(dead_code)]
+pub(crate) fn signed_request(
+    key: &ern_node::steward_key::StewardSigningKey,
+    sql: &str,
+    site: &str,
+) -> ern_node::engine::QueryRequest {
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 600;
+    let approval = ern_node::approval::sign(key, sql, site, "study", expires).expect("sign");
+    ern_node::engine::QueryRequest {
+        sql: sql.to_string(),
+        study_id: "study".into(),
+        approval,
+    }
+}
+
+/// Released rows as exact text (every value cast to text, floats in full), sorted: two
+/// releases are the same release exactly when these are equal.
+#[allow(dead_code)]
+pub(crate) fn canonical_rows(batches: &[RecordBatch]) -> Vec<String> {
+    let mut rows = Vec::new();
+    for batch in batches {
+        let columns: Vec<StringArray> = batch
+            .columns()
+            .iter()
+            .map(|column| {
+                cast(column, &DataType::Utf8)
+                    .expect("text")
+                    .as_string::<i32>()
+                    .clone()
+            })
+            .collect();
+        for row in 0..batch.num_rows() {
+            let cells: Vec<&str> = columns
+                .iter()
+                .map(|c| if c.is_null(row) { "NULL" } else { c.value(row) })
+                .collect();
+            rows.push(cells.join(" | "));
+        }
+    }
+    rows.sort();
+    rows
 }
