@@ -108,6 +108,16 @@ pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{kind}: {}", status.message())
 }
 
+/// The runtime of a coordinator, a node or the demo: its threads plan and run questions,
+/// so each gets the stack a question at the depth limit needs.
+pub(crate) fn server_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(ern_queries::validate::PLANNING_STACK_BYTES)
+        .build()
+        .context("starting the runtime")
+}
+
 /// A single-threaded runtime for one command's calls.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()

@@ -66,6 +66,10 @@ fn lifecycle_with_a_rejection_an_offline_site_and_an_unknown_steward_key() {
             &id,
             "--key",
             harness::path(&rogue.with_extension("key")),
+            "--site",
+            "site-4",
+            "--hash",
+            &ern_queries::query_hash(SEX_BAND_SQL),
         ],
     ));
 
@@ -194,6 +198,69 @@ fn a_restarted_node_picks_up_work_approved_while_it_was_down() {
     net.start_node("site-1");
     net.wait_complete(&id);
     assert_eq!(net.site_states(&id)["site-1"].0, "answered");
+}
+
+/// Red team, 2026-12: a coordinator that showed one question at `ern steward show` and
+/// returned another at `approve` got a real signature for a question the steward never
+/// saw, and the CLI signed whatever site the coordinator named. Here the second question
+/// stands for the swapped one: the steward approves it with the hash of the first.
+#[test]
+fn a_steward_signs_only_the_question_reviewed_for_their_own_site() {
+    let net = Network::new(2, 600, 5);
+    let reviewed = net.submit(SEX_BAND_SQL, "Reviewed", &[]);
+    let swapped = net.submit(
+        "SELECT p.birth_year, p.birth_month, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p GROUP BY p.birth_year, p.birth_month, p.sex",
+        "Swapped",
+        &[],
+    );
+    let steward_1 = net.site("site-1").steward_token.clone();
+    let key_1 = net.site("site-1").steward_key.clone();
+    let shown = ok(net.ern_as(&steward_1, &["steward", "show", &reviewed]));
+    let reviewed_hash = ern_queries::query_hash(SEX_BAND_SQL);
+    assert!(shown.contains(&reviewed_hash), "{shown}");
+    let approve = |id: &str, extra: &[&str]| {
+        let mut args = vec!["steward", "approve", id, "--key", harness::path(&key_1)];
+        args.extend_from_slice(extra);
+        net.ern_as(&steward_1, &args)
+    };
+
+    let out = approve(&swapped, &["--site", "site-1", "--hash", &reviewed_hash]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is not the one you reviewed"),
+        "{}",
+        stderr(&out)
+    );
+    let out = approve(&reviewed, &["--site", "site-2", "--hash", &reviewed_hash]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("for site site-1, and you sign for site-2"),
+        "{}",
+        stderr(&out)
+    );
+    let out = approve(&reviewed, &["--hash", &reviewed_hash]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--site"), "{}", stderr(&out));
+    // Without --hash, only a terminal can confirm; a script cannot sign blind.
+    let out = approve(&reviewed, &["--site", "site-1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("without a terminal"),
+        "{}",
+        stderr(&out)
+    );
+    for id in [&reviewed, &swapped] {
+        assert_eq!(net.site_states(id)["site-1"].0, "awaiting approval", "{id}");
+    }
+    let out = ok(approve(
+        &reviewed,
+        &["--site", "site-1", "--hash", &reviewed_hash],
+    ));
+    assert!(out.contains(&reviewed_hash), "{out}");
+    assert_eq!(
+        net.site_states(&reviewed)["site-1"].0,
+        "approved, waiting for the node"
+    );
 }
 
 #[test]

@@ -76,10 +76,7 @@ pub(crate) fn run(command: CoordinatorCommand) -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = CoordinatorConfig::load(&args.config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = crate::client::server_runtime()?;
     runtime.block_on(async {
         let db = Db::open(&config.database)
             .with_context(|| format!("opening {}", config.database.display()))?;

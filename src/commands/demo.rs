@@ -123,10 +123,7 @@ struct Site {
 }
 
 pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = crate::client::server_runtime()?;
     runtime.block_on(demo(args))
 }
 

@@ -54,10 +54,7 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<()> {
 
 fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
     let config = NodeConfig::load(config_path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = crate::client::server_runtime()?;
     runtime.block_on(async {
         let site = config.policy.site_id.clone();
         let engine = NodeEngine::open(&config.store, config.policy)

@@ -1,8 +1,12 @@
 //! What data stewards run: `ern steward pending | show | approve | reject`.
 //!
-//! `approve` signs on the steward's own machine: it fetches the question, recomputes the
-//! query hash from the SQL it received (never trusting the coordinator's), signs the
-//! statement with the local private key and sends only the signature.
+//! `approve` signs on the steward's own machine, and only what the steward reviewed: it
+//! fetches the question, recomputes the query hash from the SQL it received (never
+//! trusting the coordinator's), and signs only when that hash is the one the steward
+//! confirmed: given with `--hash` (as `ern steward show` printed it), or confirmed at a
+//! prompt after the SQL, the site and the hash are shown again. The site is the
+//! steward's own (`--site` or `ERN_SITE`), never the one the coordinator names. Only the
+//! signature is sent.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -59,6 +63,13 @@ pub(crate) struct ApproveArgs {
     /// How long the approval stays valid (e.g. 7d, 12h).
     #[arg(long, default_value = "7d", value_parser = parse_duration)]
     expires: Duration,
+    /// Your site: the approval is signed for it, whatever site the coordinator names.
+    #[arg(long, env = "ERN_SITE")]
+    site: Option<String>,
+    /// The query hash you reviewed (printed by `ern steward show`). Without it, the
+    /// question is shown again and you confirm at a prompt (a terminal is needed).
+    #[arg(long)]
+    hash: Option<String>,
     #[command(flatten)]
     connection: Connection,
 }
@@ -172,18 +183,30 @@ async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", args.key.display()))?;
     let mut steward = client::steward(&args.connection).await?;
     let review = fetch_review(&mut steward, &args.id).await?;
+    let site = args.site.as_deref().context(
+        "name your site with --site (or ERN_SITE): an approval is signed for the steward's own site, never for the one the coordinator names",
+    )?;
+    if review.site != site {
+        anyhow::bail!(
+            "not signed: the coordinator presents this question for site {}, and you sign for {site}",
+            review.site
+        );
+    }
+    let local_hash = ern_queries::query_hash(&review.sql);
+    match &args.hash {
+        Some(reviewed) if *reviewed == local_hash => {}
+        Some(reviewed) => anyhow::bail!(
+            "not signed: the question the coordinator returned now (query hash {local_hash}) is not the one you reviewed (query hash {reviewed}); run `ern steward show {}` again",
+            args.id
+        ),
+        None => confirm_at_prompt(&review, site, &local_hash)?,
+    }
     let expires_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs()
         + args.expires.as_secs();
-    let signed = approval::sign(
-        &key,
-        &review.sql,
-        &review.site,
-        &review.query_id,
-        expires_at,
-    )
-    .context("signing the approval")?;
+    let signed = approval::sign(&key, &review.sql, site, &review.query_id, expires_at)
+        .context("signing the approval")?;
     let decision = steward
         .approve(v1::ApproveRequest {
             query_id: review.query_id.clone(),
@@ -195,14 +218,35 @@ async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
         .map_err(rpc_error)?
         .into_inner();
     println!(
-        "approved {} for {} with key {} until {}",
+        "approved {} (query hash {local_hash}) for {site} with key {} until {}",
         review.query_id,
-        review.site,
         signed.key_id,
         format_time(expires_at)
     );
     if let Some(status) = decision.status {
         println!("{}", coverage_table(&[status]));
+    }
+    Ok(())
+}
+
+/// Shows what will be signed and asks the steward to confirm it.
+fn confirm_at_prompt(review: &v1::QueryReview, site: &str, hash: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "not signed: without a terminal to confirm at, pass --hash with the query hash `ern steward show {}` printed",
+            review.query_id
+        );
+    }
+    eprintln!("You are about to sign an approval of this question for {site}:\n");
+    eprintln!("{}\n", review.sql.trim());
+    eprintln!("query hash: {hash}");
+    eprint!("Approve it? Type yes to sign: ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if answer.trim() != "yes" {
+        anyhow::bail!("not signed: not confirmed");
     }
     Ok(())
 }

@@ -383,12 +383,30 @@ impl Network {
         ok(self.ern_as(&self.researcher, &args)).trim().to_string()
     }
 
-    /// The site's steward approves `id` with the site's own key.
-    pub(crate) fn approve(&self, site: &str, id: &str) -> Output {
-        let site = self.site(site);
+    /// The site's steward reviews `id` (`ern steward show`) and approves the query hash
+    /// shown there, for the site, with the site's own key.
+    pub(crate) fn approve(&self, site_id: &str, id: &str) -> Output {
+        let site = self.site(site_id);
+        let shown = ok(self.ern_as(&site.steward_token, &["steward", "show", id]));
+        let hash = shown
+            .lines()
+            .find_map(|line| line.strip_prefix("query hash: "))
+            .expect("ern steward show prints the query hash")
+            .trim()
+            .to_string();
         self.ern_as(
             &site.steward_token,
-            &["steward", "approve", id, "--key", path(&site.steward_key)],
+            &[
+                "steward",
+                "approve",
+                id,
+                "--key",
+                path(&site.steward_key),
+                "--site",
+                site_id,
+                "--hash",
+                &hash,
+            ],
         )
     }
 
