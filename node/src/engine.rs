@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{Int64Type, SchemaRef};
+use arrow::datatypes::{Float64Type, Int64Type, SchemaRef};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
+use datafusion::physical_plan::collect;
 use datafusion::prelude::SessionContext;
+use ern_queries::dominance::Dominance;
 use ern_queries::split;
 use ern_queries::{Refusal, Rule, SiteFacts};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -26,7 +28,11 @@ use crate::approval::{self, Approval, ApprovalError};
 use crate::audit::{AuditEntry, AuditError, AuditLog, Outcome};
 use crate::session::node_session;
 use crate::steward_key::StewardPublicKey;
+use crate::stop::{StopSignal, stoppable};
 use crate::total::total_plan;
+
+/// How long a query may take to stop after its time limit before its task is aborted.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// The smallest k a node accepts in its own policy.
 pub const MIN_K: u32 = 2;
@@ -46,10 +52,13 @@ pub struct NodePolicy {
     pub max_groups: usize,
     /// Public keys of this site's stewards.
     pub stewards: Vec<StewardPublicKey>,
+    /// The dominance rule for released sums and averages.
+    pub dominance: Dominance,
 }
 
 impl NodePolicy {
-    /// The default policy for a site: k = 5, 1 GiB, 60 s, 10,000 groups.
+    /// The default policy for a site: k = 5, 1 GiB, 60 s, 10,000 groups, the (2, 85 %)
+    /// dominance rule.
     pub fn new(site_id: &str, stewards: Vec<StewardPublicKey>) -> Self {
         NodePolicy {
             site_id: site_id.to_string(),
@@ -58,6 +67,7 @@ impl NodePolicy {
             time_limit: Duration::from_secs(60),
             max_groups: 10_000,
             stewards,
+            dominance: Dominance::default(),
         }
     }
 }
@@ -277,7 +287,7 @@ impl NodeEngine {
             entry.detail = Some(detail);
             ExecuteError::Failed { reference }
         };
-        let plan = split::site_plan(&query.barrier, &self.facts)
+        let plan = split::site_plan_with(&query.barrier, &self.facts, self.policy.dominance)
             .map_err(|e| fail(entry, e.to_string()))?;
         let plan = total_plan(plan, &state).map_err(|e| fail(entry, e.to_string()))?;
         SQLOptions::new()
@@ -286,24 +296,29 @@ impl NodeEngine {
             .with_allow_statements(false)
             .verify_plan(&plan)
             .map_err(|e| fail(entry, e.to_string()))?;
-        let frame = self
-            .ctx
-            .execute_logical_plan(plan)
+        let physical = state
+            .create_physical_plan(&plan)
             .await
             .map_err(|e| fail(entry, e.to_string()))?;
-        // The query runs as its own task, so the time limit holds even while an operator
-        // computes for long without yielding (a cross join in one partition, say): the
-        // caller's timer fires on another worker, and the task is aborted.
-        let running = tokio::spawn(frame.collect());
-        let abort = running.abort_handle();
-        let batches = match tokio::time::timeout(self.policy.time_limit, running).await {
+        let stop = StopSignal::default();
+        let physical = stoppable(physical, &stop).map_err(|e| fail(entry, e.to_string()))?;
+        // The query runs as its own task; at the time limit the stop signal makes every
+        // operator fail at its next batch, and only once the task has ended does this
+        // request end (and the node's slot for it come free).
+        let mut running = tokio::spawn(collect(physical, state.task_ctx()));
+        let batches = match tokio::time::timeout(self.policy.time_limit, &mut running).await {
             Ok(Ok(Ok(batches))) => batches,
             Ok(Ok(Err(e))) => return Err(fail(entry, e.to_string())),
             Ok(Err(join_error)) => return Err(fail(entry, join_error.to_string())),
             Err(_) => {
-                abort.abort();
+                stop.raise();
+                let stopped = tokio::time::timeout(STOP_GRACE, &mut running).await.is_ok();
+                if !stopped {
+                    running.abort();
+                    tracing::error!("a query went on past its stop signal; its task was aborted");
+                }
                 entry.detail = Some(format!(
-                    "time limit of {:?} reached",
+                    "time limit of {:?} reached; stopped: {stopped}",
                     self.policy.time_limit
                 ));
                 return Err(ExecuteError::Refused(Refusal::new(
@@ -315,8 +330,13 @@ impl NodeEngine {
         };
         let schema =
             split::released_schema(&query.barrier).map_err(|e| fail(entry, e.to_string()))?;
-        let released =
-            suppress(batches, schema, u64::from(self.policy.k)).map_err(|e| fail(entry, e))?;
+        let released = suppress(
+            batches,
+            schema,
+            u64::from(self.policy.k),
+            self.policy.dominance,
+        )
+        .map_err(|e| fail(entry, e))?;
         if released.groups_released > self.policy.max_groups {
             entry.detail = Some(format!("{} groups over the cap", released.groups_released));
             return Err(ExecuteError::Refused(
@@ -363,38 +383,57 @@ async fn verified_facts(ctx: &SessionContext) -> Result<SiteFacts, DataFusionErr
     Ok(SiteFacts::with_unique_pid_tables([table]))
 }
 
-/// Rule 6: drops every group whose smallest hidden patient count is under `k`, then the
-/// hidden counts.
-fn suppress(batches: Vec<RecordBatch>, schema: SchemaRef, k: u64) -> Result<Released, String> {
+/// Rule 6: drops every group whose smallest hidden patient count is under `k`, or whose
+/// largest patient contributions to a released sum hold more than the dominance rule
+/// allows, then the hidden columns.
+fn suppress(
+    batches: Vec<RecordBatch>,
+    schema: SchemaRef,
+    k: u64,
+    dominance: Dominance,
+) -> Result<Released, String> {
     let mut released = Vec::with_capacity(batches.len());
     let (mut kept, mut dropped) = (0usize, 0usize);
     for batch in batches {
         let batch_schema = batch.schema();
-        let hidden: Vec<usize> = (0..batch.num_columns())
-            .filter(|&i| split::is_hidden(batch_schema.field(i).name()))
-            .collect();
-        if hidden.is_empty() {
+        let named = |prefix: &str| -> Vec<usize> {
+            (0..batch.num_columns())
+                .filter(|&i| batch_schema.field(i).name().starts_with(prefix))
+                .collect()
+        };
+        let counts = named(split::HIDDEN_PATIENTS);
+        let shares = named(split::HIDDEN_DOMINANCE);
+        if counts.is_empty() {
             return Err("the site plan has no hidden patient count".into());
         }
-        let mut smallest = vec![i64::MAX; batch.num_rows()];
-        for &index in &hidden {
-            let counts = batch
+        let mut keep = vec![true; batch.num_rows()];
+        for &index in &counts {
+            let column = batch
                 .column(index)
                 .as_primitive_opt::<Int64Type>()
                 .ok_or("a hidden count is not Int64")?;
-            for (row, count) in counts.iter().enumerate() {
-                smallest[row] = smallest[row].min(count.unwrap_or(0));
+            for (row, count) in column.iter().enumerate() {
+                let count = count.unwrap_or(0);
+                keep[row] &= count >= 0 && count as u64 >= k;
             }
         }
-        let keep: arrow::array::BooleanArray = smallest
-            .iter()
-            .map(|&n| Some(n >= 0 && n as u64 >= k))
-            .collect();
+        for &index in &shares {
+            let column = batch
+                .column(index)
+                .as_primitive_opt::<Float64Type>()
+                .ok_or("a dominance share is not Float64")?;
+            for (row, share) in column.iter().enumerate() {
+                // No share (a total of zero) is no dominance: such a group has no
+                // patient with a non-zero contribution, and its count drops it.
+                keep[row] &= !share.is_some_and(|share| share > dominance.max_share);
+            }
+        }
+        let keep: arrow::array::BooleanArray = keep.into_iter().map(Some).collect();
         let filtered = filter_record_batch(&batch, &keep).map_err(|e| e.to_string())?;
         kept += filtered.num_rows();
         dropped += batch.num_rows() - filtered.num_rows();
         let visible: Vec<usize> = (0..batch.num_columns())
-            .filter(|i| !hidden.contains(i))
+            .filter(|i| !counts.contains(i) && !shares.contains(i))
             .collect();
         let filtered = filtered.project(&visible).map_err(|e| e.to_string())?;
         if filtered.num_rows() > 0 {

@@ -20,6 +20,7 @@
 //! - [`approval`]: the signed statement that authorises one query at one site.
 //! - [`engine`]: runs approved queries, suppresses groups under k.
 //! - [`session`]: the locked-down DataFusion session over the store.
+//! - [`stop`]: a time limit that stops every operator of a query.
 //! - [`total`]: allowlisted functions and casts that give NULL instead of failing.
 //! - [`audit`]: the hash-chained audit log.
 //! - [`config`]: `node.toml`, the node's own trusted configuration.
@@ -40,6 +41,7 @@ pub mod pseudonym;
 pub mod reference;
 pub mod session;
 pub mod steward_key;
+pub mod stop;
 pub mod store;
 pub mod synth;
 mod threads;
