@@ -9,6 +9,8 @@
 //! time_limit_seconds = 60                # time for one query
 //! max_groups = 10000                     # most groups one query may release
 //! max_concurrent_queries = 2             # questions run at once
+//! dominance_top = 2                      # a released SUM or AVG is dropped where its
+//! dominance_percent = 85                 #   2 largest patients hold over 85 % of it
 //! coordinator = "https://coordinator.example.org:50051" # where to dial out to
 //! token_file = "node.token"              # this node's token (from `ern operator user add`)
 //!
@@ -30,6 +32,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use ern_proto::transport::{BearerToken, ClientTls, is_plaintext};
+
+use ern_queries::dominance::Dominance;
 
 use crate::engine::{MIN_K, NodePolicy};
 use crate::steward_key::{StewardKeyError, StewardPublicKey};
@@ -74,6 +78,10 @@ struct RawNodeConfig {
     max_groups: usize,
     #[serde(default = "default_concurrent")]
     max_concurrent_queries: usize,
+    #[serde(default = "default_dominance_top")]
+    dominance_top: usize,
+    #[serde(default = "default_dominance_percent")]
+    dominance_percent: f64,
     coordinator: String,
     token_file: PathBuf,
     #[serde(default)]
@@ -92,6 +100,14 @@ struct RawTls {
 
 fn default_concurrent() -> usize {
     2
+}
+
+fn default_dominance_top() -> usize {
+    Dominance::default().top
+}
+
+fn default_dominance_percent() -> f64 {
+    Dominance::default().max_share * 100.0
 }
 
 fn default_k() -> u32 {
@@ -153,6 +169,13 @@ impl NodeConfig {
         {
             return Err(invalid("limits must be positive".into()));
         }
+        if raw.dominance_top == 0
+            || !(raw.dominance_percent > 0.0 && raw.dominance_percent <= 100.0)
+        {
+            return Err(invalid(
+                "dominance_top must be at least 1 and dominance_percent within (0, 100]".into(),
+            ));
+        }
         let stewards = raw
             .stewards
             .iter()
@@ -175,6 +198,10 @@ impl NodeConfig {
         policy.memory_limit = raw.memory_limit_mb << 20;
         policy.time_limit = Duration::from_secs(raw.time_limit_seconds);
         policy.max_groups = raw.max_groups;
+        policy.dominance = Dominance {
+            top: raw.dominance_top,
+            max_share: raw.dominance_percent / 100.0,
+        };
         Ok(NodeConfig {
             store: base.join(raw.store),
             policy,

@@ -630,3 +630,37 @@ async fn a_small_registry_runs_in_one_partition() {
         .expect("session");
     assert_eq!(ctx.state().config().target_partitions(), 1);
 }
+
+/// Rule 6's dominance rule, against an independent computation: per code, each patient's
+/// contribution to `SUM(age_at_diagnosis)` is their own sum; a code is released only with
+/// at least k patients, k of them contributing, and its largest contribution holding at
+/// most the policy's share of the total (a (1, 30 %) rule here, so that it bites on a
+/// small synthetic store).
+#[tokio::test]
+async fn a_sum_dominated_by_one_patient_is_dropped() {
+    let fixture = fixture(3000);
+    let mut policy = fixture.policy();
+    policy.dominance = ern_queries::dominance::Dominance {
+        top: 1,
+        max_share: 0.3,
+    };
+    let engine = NodeEngine::open(&fixture.store, policy)
+        .await
+        .expect("open");
+    let sql = "SELECT d.code, SUM(d.age_at_diagnosis) AS total FROM diagnosis d GROUP BY d.code";
+    let released = engine.execute(&fixture.request(sql)).await.expect("ran");
+    let independent = "WITH c AS (SELECT code, pid, SUM(age_at_diagnosis) AS v FROM diagnosis GROUP BY code, pid) \
+        SELECT code, SUM(v) AS total FROM c GROUP BY code \
+        HAVING COUNT(DISTINCT pid) >= 5 AND COUNT(CASE WHEN v <> 0 THEN 1 END) >= 5 \
+        AND MAX(abs(v)) <= 0.3 * SUM(abs(v))";
+    let expected = sorted_rows(&plain_sql(&fixture.store, independent).await);
+    assert_eq!(sorted_rows(&released.batches), expected);
+    let without_dominance = "WITH c AS (SELECT code, pid, SUM(age_at_diagnosis) AS v FROM diagnosis GROUP BY code, pid) \
+        SELECT code FROM c GROUP BY code \
+        HAVING COUNT(DISTINCT pid) >= 5 AND COUNT(CASE WHEN v <> 0 THEN 1 END) >= 5";
+    let counted = text_rows(&plain_sql(&fixture.store, without_dominance).await).len();
+    assert!(
+        counted > expected.len(),
+        "the fixture must have a code that only the dominance rule drops ({counted} codes pass k)"
+    );
+}

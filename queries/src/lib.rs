@@ -20,6 +20,7 @@
 //! - [`split`]: the per-site plan and the merge of partial results.
 //! - `pid_class`: rule 3, one class of pid columns reaches the barrier.
 //! - `values`: rule 4, only plain values flow into released aggregates.
+//! - [`dominance`]: rule 6's dominance rule for released sums.
 //! - [`uniqueness`]: where a site may count patients without a distinct count.
 //! - [`hash`]: the canonical query hash that approvals sign.
 //! - [`ids`]: the shape of site, study and user ids.
@@ -29,6 +30,7 @@
 pub mod allowlist;
 pub mod casefile;
 pub mod catalog;
+pub mod dominance;
 pub mod hash;
 pub mod ids;
 mod pid_class;

@@ -24,15 +24,21 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 
 use crate::catalog::session_config;
+use crate::dominance::{Dominance, top_abs_sum};
 use crate::uniqueness::{SiteFacts, unique_columns};
 use crate::validate::{AggregateKind, Barrier, ValidatedQuery};
 
 /// Prefix of the hidden per-group patient counts in a site plan's output.
 pub const HIDDEN_PATIENTS: &str = "__patients";
 
-/// True for a hidden patient-count column of a site plan.
+/// Prefix of the hidden per-group dominance shares (see [`crate::dominance`]): for each
+/// released SUM and AVG, the share of the group's total absolute value that its largest
+/// patient contributions hold.
+pub const HIDDEN_DOMINANCE: &str = "__dominance";
+
+/// True for a hidden column of a site plan (patient counts, dominance shares).
 pub fn is_hidden(name: &str) -> bool {
-    name.starts_with(HIDDEN_PATIENTS)
+    name.starts_with(HIDDEN_PATIENTS) || name.starts_with(HIDDEN_DOMINANCE)
 }
 
 /// Errors of splitting or merging (internal: a validated query always splits).
@@ -254,17 +260,51 @@ fn position_of(computed: &mut Vec<Expr>, expr: Expr) -> usize {
 /// DataFusion's SQL planner does, and a projection above it gives the output names:
 /// optimiser rules recognise only unaliased aggregates.
 pub fn site_plan(barrier: &Barrier, facts: &SiteFacts) -> Result<LogicalPlan, SplitError> {
+    site_plan_with(barrier, facts, Dominance::default())
+}
+
+/// [`site_plan`] with the site's own dominance rule.
+pub fn site_plan_with(
+    barrier: &Barrier,
+    facts: &SiteFacts,
+    dominance: Dominance,
+) -> Result<LogicalPlan, SplitError> {
     let counting = Counting::new(barrier, facts);
     if counting.unique.contains(&barrier.pid) {
-        one_phase_site_plan(barrier, &counting)
+        one_phase_site_plan(barrier, &counting, dominance)
     } else {
-        per_patient_site_plan(barrier, &barrier.pid)
+        per_patient_site_plan(barrier, &barrier.pid, dominance)
     }
+}
+
+/// The arguments of the released SUMs and AVGs, as Float64: each patient's contribution
+/// to them is checked by the dominance rule.
+fn summed_arguments(barrier: &Barrier) -> Vec<Expr> {
+    barrier
+        .aggregates
+        .iter()
+        .filter(|a| matches!(a.kind, AggregateKind::Sum | AggregateKind::Avg))
+        .filter_map(|a| argument_of(&a.expr))
+        .map(|argument| cast(argument, DataType::Float64))
+        .collect()
+}
+
+/// The largest `top` absolute contributions and the sum of all absolute contributions,
+/// over one row per patient.
+fn dominance_aggregates(contribution: Expr, dominance: Dominance) -> (Expr, Expr) {
+    (
+        top_abs_sum(dominance.top, contribution.clone()),
+        sum(datafusion::functions::math::expr_fn::abs(contribution)),
+    )
 }
 
 /// One aggregation over the input; where a pid column holds each patient once, a plain
 /// count stands for the distinct count.
-fn one_phase_site_plan(barrier: &Barrier, counting: &Counting) -> Result<LogicalPlan, SplitError> {
+fn one_phase_site_plan(
+    barrier: &Barrier,
+    counting: &Counting,
+    dominance: Dominance,
+) -> Result<LogicalPlan, SplitError> {
     let mut computed = Vec::new();
     let partial_at: Vec<usize> = barrier
         .aggregates
@@ -280,6 +320,15 @@ fn one_phase_site_plan(barrier: &Barrier, counting: &Counting) -> Result<Logical
         };
         hidden_at.push(position_of(&mut computed, count));
     }
+    // One row per patient: each row's value is that patient's contribution.
+    let mut dominance_at = Vec::new();
+    for contribution in summed_arguments(barrier) {
+        let (top, total) = dominance_aggregates(contribution, dominance);
+        dominance_at.push((
+            position_of(&mut computed, top),
+            position_of(&mut computed, total),
+        ));
+    }
     let aggregated = LogicalPlanBuilder::from(barrier.input.as_ref().clone())
         .aggregate(barrier.group_exprs.clone(), computed)?
         .build()?;
@@ -288,6 +337,7 @@ fn one_phase_site_plan(barrier: &Barrier, counting: &Counting) -> Result<Logical
         barrier.group_exprs.len(),
         &partial_at,
         &hidden_at,
+        &dominance_at,
     )
 }
 
@@ -305,7 +355,11 @@ enum FromPatients {
 /// patient with that patient's partials (`COUNT(x)`, `SUM(x)`), then per group the sums
 /// of those partials and the counts of patient rows. The rewrite DataFusion applies to a
 /// lone `COUNT(DISTINCT pid)`, extended to the counts of patients with a value.
-fn per_patient_site_plan(barrier: &Barrier, pid: &Column) -> Result<LogicalPlan, SplitError> {
+fn per_patient_site_plan(
+    barrier: &Barrier,
+    pid: &Column,
+    dominance: Dominance,
+) -> Result<LogicalPlan, SplitError> {
     let mut per_patient = Vec::new();
     let mut partial_recipes = Vec::new();
     for aggregate in &barrier.aggregates {
@@ -326,6 +380,11 @@ fn per_patient_site_plan(barrier: &Barrier, pid: &Column) -> Result<LogicalPlan,
                 FromPatients::PatientsWith(position_of(&mut per_patient, value), zero)
             }
         })
+        .collect();
+    // Each patient's contribution to a released SUM or AVG: the sum of their values.
+    let contributions_at: Vec<usize> = summed_arguments(barrier)
+        .into_iter()
+        .map(|argument| position_of(&mut per_patient, sum(argument)))
         .collect();
     let mut inner_groups = barrier.group_exprs.clone();
     inner_groups.push(Expr::Column(pid.clone()));
@@ -355,6 +414,16 @@ fn per_patient_site_plan(barrier: &Barrier, pid: &Column) -> Result<LogicalPlan,
         .iter()
         .map(&mut place)
         .collect::<Result<Vec<_>, _>>()?;
+    let dominance_at: Vec<(usize, usize)> = contributions_at
+        .iter()
+        .map(|&at| {
+            let (top, total) = dominance_aggregates(value(at), dominance);
+            (
+                position_of(&mut computed, top),
+                position_of(&mut computed, total),
+            )
+        })
+        .collect();
     let group_columns: Vec<Expr> = columns[..groups]
         .iter()
         .cloned()
@@ -363,16 +432,18 @@ fn per_patient_site_plan(barrier: &Barrier, pid: &Column) -> Result<LogicalPlan,
     let aggregated = LogicalPlanBuilder::from(patients)
         .aggregate(group_columns, computed)?
         .build()?;
-    named_outputs(aggregated, groups, &partial_at, &hidden_at)
+    named_outputs(aggregated, groups, &partial_at, &hidden_at, &dominance_at)
 }
 
 /// The site plan's output over an aggregation: its group columns as `__g…`, the computed
-/// expressions at `partial_at` as `__p…` and at `hidden_at` as `__patients_…`.
+/// expressions at `partial_at` as `__p…`, at `hidden_at` as `__patients_…`, and for each
+/// pair at `dominance_at` the share top ÷ total as `__dominance_…`.
 fn named_outputs(
     aggregated: LogicalPlan,
     groups: usize,
     partial_at: &[usize],
     hidden_at: &[usize],
+    dominance_at: &[(usize, usize)],
 ) -> Result<LogicalPlan, SplitError> {
     let columns = aggregated.schema().columns();
     let computed_column = |at: usize| Expr::Column(columns[groups + at].clone());
@@ -392,6 +463,9 @@ fn named_outputs(
                 .enumerate()
                 .map(|(k, &at)| computed_column(at).alias(format!("{HIDDEN_PATIENTS}_{k}"))),
         )
+        .chain(dominance_at.iter().enumerate().map(|(j, &(top, total))| {
+            (computed_column(top) / computed_column(total)).alias(format!("{HIDDEN_DOMINANCE}_{j}"))
+        }))
         .collect();
     Ok(LogicalPlanBuilder::from(aggregated)
         .project(outputs)?
