@@ -91,6 +91,33 @@ impl PidSet {
         self.classes.remove(j);
     }
 
+    /// Records an outer join's pid equalities, each `(preserved, nullable)`: a class of
+    /// the nullable side joins the preserved class it equals, with the preserved side's
+    /// pid counted. Equalities never join two preserved classes: an outer join keeps
+    /// every preserved row whether or not its condition holds, so `LEFT JOIN c ON c.pid =
+    /// a.pid AND c.pid = b.pid` proves nothing about `a.pid = b.pid` (red team: that
+    /// once let the keys of one patient be counted as another's). A nullable class equal
+    /// to two preserved classes joins neither.
+    pub(crate) fn attach_outer(&mut self, equalities: &[(Column, Column)]) {
+        let mut attachments: Vec<(Column, Column)> = Vec::new();
+        for (preserved, nullable) in equalities {
+            let Some(class) = self.class_of(nullable) else {
+                continue;
+            };
+            let targets: Vec<usize> = equalities
+                .iter()
+                .filter(|(_, other)| self.class_of(other) == Some(class))
+                .filter_map(|(p, _)| self.class_of(p))
+                .collect();
+            if targets.iter().all(|&t| Some(t) == self.class_of(preserved)) {
+                attachments.push((preserved.clone(), nullable.clone()));
+            }
+        }
+        for (preserved, nullable) in attachments {
+            self.merge(&preserved, &nullable);
+        }
+    }
+
     /// The pid columns of a node's output, given which input column each output is.
     /// A class none of whose columns reaches the output is refused: its patients' rows
     /// would go on without the pid that counts them.

@@ -853,8 +853,10 @@ fn check_join(
         )
         .hint("use an inner or a LEFT join on pid"));
     }
-    // Pid equalities merge classes only across the join's two inputs; under an outer
-    // join the preserved side's pid is the one counted (the other may be null).
+    // Pid equalities merge classes only across the join's two inputs. An inner join
+    // holds each of them on every row; an outer join only attaches the nullable side to
+    // the preserved side, whose pid is the one counted.
+    let mut across = Vec::new();
     for (a, b) in &equal {
         let a_left = left_schema.has_column(a);
         let b_left = left_schema.has_column(b);
@@ -862,10 +864,18 @@ fn check_join(
             continue;
         }
         let (on_left, on_right) = if a_left { (a, b) } else { (b, a) };
-        match join.join_type {
-            JoinType::Right => pids.merge(on_right, on_left),
-            _ => pids.merge(on_left, on_right),
+        across.push(match join.join_type {
+            JoinType::Right => (on_right.clone(), on_left.clone()),
+            _ => (on_left.clone(), on_right.clone()),
+        });
+    }
+    match join.join_type {
+        JoinType::Inner => {
+            for (a, b) in &across {
+                pids.merge(a, b);
+            }
         }
+        _ => pids.attach_outer(&across),
     }
     Ok(Below {
         pids,

@@ -7,8 +7,9 @@
 //! its site's client certificate (mutual TLS). A researcher
 //! submits each question through the Researcher API, each site's steward signs an
 //! approval locally and sends it through the Steward API, the nodes run the work and the
-//! coordinator merges. The number of suppressed groups is read from the sites' own audit
-//! logs, as their stewards would: the coordinator never learns it.
+//! coordinator merges. In the showcase, the number of suppressed groups is read from the
+//! sites' own audit logs, as their stewards would (the coordinator never learns it); a
+//! scripted question (`--sql`) is the researcher's, and shows no such count.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -434,20 +435,29 @@ async fn ask(
         .map_err(rpc_error)?
         .into_inner();
     writeln!(say, "{}", coverage_table(&results.coverage))?;
-    let mut suppressed = new_table(
-        &["site", "groups suppressed (from the site's audit log)"],
-        &[],
-    );
-    for site in sites {
-        let entries = audit::read_entries(&site.store.join(AUDIT_FILE))?;
-        let count: u64 = entries
-            .iter()
-            .filter(|e| e.study == query_id)
-            .map(|e| e.groups_suppressed)
-            .sum();
-        suppressed.add_row(vec![site.id.clone(), count.to_string()]);
+    // How many groups a site suppressed is the steward's to know, never the researcher's
+    // (whether a one-patient group existed is exactly what suppression hides): the
+    // showcase shows it as the stewards' view; a scripted question (`--sql`, the
+    // researcher's own) never does.
+    if !scripted {
+        let mut suppressed = new_table(
+            &[
+                "site",
+                "groups suppressed (the steward's view: the site's audit log)",
+            ],
+            &[],
+        );
+        for site in sites {
+            let entries = audit::read_entries(&site.store.join(AUDIT_FILE))?;
+            let count: u64 = entries
+                .iter()
+                .filter(|e| e.study == query_id)
+                .map(|e| e.groups_suppressed)
+                .sum();
+            suppressed.add_row(vec![site.id.clone(), count.to_string()]);
+        }
+        writeln!(say, "{suppressed}")?;
     }
-    writeln!(say, "{suppressed}")?;
     let (schema, batches) = arrow_ipc::decode(&results.arrow_ipc).context("decoding the result")?;
     if scripted {
         say.flush()?;
