@@ -198,6 +198,7 @@ async fn measure(
                     submitted_at: now,
                     deadline: now + 3600,
                     complete: false,
+                    failure: String::new(),
                 },
                 &ids,
             )

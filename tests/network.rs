@@ -454,3 +454,31 @@ fn health_checking_and_reflection_answer_standard_clients() {
         }
     });
 }
+
+/// Red team, 2026-12: an expression over the merged totals that fails (here a division
+/// by zero) made the coordinator merge the question again every half second, forever.
+/// Now the question ends as failed, with the reason and no value.
+#[test]
+fn a_merge_that_fails_ends_the_question_with_its_reason() {
+    let mut net = Network::new(1, 600, 5);
+    net.start_node_connected("site-1");
+    let id = net.submit(
+        "SELECT p.sex, COUNT(*) / (COUNT(*) - COUNT(*)) AS ratio FROM patient p GROUP BY p.sex",
+        "Divides by zero after the merge",
+        &[],
+    );
+    ok(net.approve("site-1", &id));
+    harness::wait_until("the question to fail", Duration::from_secs(30), || {
+        ok(net.ern_as(&net.researcher, &["status", &id])).contains("state: failed")
+    });
+    let status = ok(net.ern_as(&net.researcher, &["status", &id]));
+    assert!(status.contains("divides by zero"), "{status}");
+    let results = net.ern_as(&net.researcher, &["results", &id]);
+    assert!(!results.status.success());
+    assert!(
+        stderr(&results)
+            .contains("could not be merged: an expression over the merged totals divides by zero"),
+        "{}",
+        stderr(&results)
+    );
+}

@@ -372,7 +372,29 @@ impl Coordinator {
         if !targets.iter().all(|t| t.state.is_final()) {
             return Ok(false);
         }
-        let result = self.merge(&query, &targets).await?;
+        let result = match self.merge(&query, &targets).await {
+            Ok(result) => result,
+            Err(reason) => {
+                // Merging the same stored answers again would fail again: the question
+                // ends here, with the reason, instead of being retried on every tick.
+                let db = Arc::clone(&self.db);
+                let id = query_id.to_string();
+                let failed = tokio::task::spawn_blocking(move || {
+                    db.fail_merge(&id, &reason, now_seconds())
+                })
+                .await
+                .map_err(|join_error| {
+                    tracing::error!(%join_error, query = query_id, "recording a failed merge");
+                    Status::internal("recording the failed merge failed")
+                })?
+                .map_err(internal)?;
+                if failed {
+                    self.validated_cache().remove(query_id);
+                    self.merged.notify_waiters();
+                }
+                return Ok(failed);
+            }
+        };
         let rows = result.rows;
         // The commit waits for the disk (the table must survive a crash once the question
         // shows as complete); on a blocking thread, so the workers serve other calls.
@@ -393,39 +415,42 @@ impl Coordinator {
         Ok(stored)
     }
 
+    /// Merges a question's stored answers. An error is the reason the researcher sees
+    /// (it names no value); the detail goes to the log.
     async fn merge(
         &self,
         query: &StoredQuery,
         targets: &[crate::model::Target],
-    ) -> Result<StoredResult, Status> {
-        let merge_failed = |error: String| {
-            tracing::error!(query = %query.id, error, "merge");
-            Status::internal(
-                "merging the sites' answers failed; the operator can see the detail in its log",
-            )
+    ) -> Result<StoredResult, String> {
+        let merge_failed = |reason: &str, detail: String| {
+            tracing::error!(query = %query.id, reason, detail, "merge");
+            reason.to_string()
         };
-        let validated = self
-            .validated(query)
-            .await
-            .map_err(|refusal| merge_failed(refusal.to_string()))?;
+        let validated = self.validated(query).await.map_err(|refusal| {
+            merge_failed(
+                "the question no longer passes validation",
+                refusal.to_string(),
+            )
+        })?;
         let mut batches = Vec::new();
         for target in targets {
             if let (SiteState::Answered, Some(bytes)) = (target.state, &target.partial) {
-                let (_, site_batches) =
-                    arrow_ipc::decode(bytes).map_err(|e| merge_failed(e.to_string()))?;
+                let (_, site_batches) = arrow_ipc::decode(bytes).map_err(|e| {
+                    merge_failed("a site's answer could not be decoded", e.to_string())
+                })?;
                 batches.extend(site_batches);
             }
         }
         let merged = ern_queries::split::merge(&validated, batches)
             .await
-            .map_err(|e| merge_failed(e.to_string()))?;
+            .map_err(|e| merge_failed(merge_failure_reason(&e), e.to_string()))?;
         let schema = match merged.first() {
             Some(batch) => batch.schema(),
             None => Arc::new(validated.plan.schema().as_arrow().clone()),
         };
         let rows = merged.iter().map(|b| b.num_rows() as u64).sum();
-        let arrow_ipc =
-            arrow_ipc::encode(&schema, &merged).map_err(|e| merge_failed(e.to_string()))?;
+        let arrow_ipc = arrow_ipc::encode(&schema, &merged)
+            .map_err(|e| merge_failed("the merged table could not be encoded", e.to_string()))?;
         Ok(StoredResult {
             arrow_ipc,
             rows,
@@ -515,5 +540,31 @@ impl Coordinator {
             }
             Err(error) => tracing::error!(%error, "listing open questions"),
         }
+    }
+}
+
+/// Why a merge failed, in words a researcher can act on, from the error's kind (never its
+/// text, which may quote a value).
+fn merge_failure_reason(error: &ern_queries::split::SplitError) -> &'static str {
+    use datafusion::arrow::error::ArrowError;
+    use datafusion::error::DataFusionError;
+    use ern_queries::split::SplitError;
+    match error {
+        SplitError::BadPartials(_) => {
+            "a site's answer does not have the shape the question implies"
+        }
+        SplitError::DataFusion(error) => match error.find_root() {
+            DataFusionError::ArrowError(arrow, _)
+                if matches!(**arrow, ArrowError::DivideByZero) =>
+            {
+                "an expression over the merged totals divides by zero"
+            }
+            DataFusionError::ArrowError(arrow, _)
+                if matches!(**arrow, ArrowError::ArithmeticOverflow(_)) =>
+            {
+                "an expression over the merged totals overflows"
+            }
+            _ => "an expression over the merged totals failed",
+        },
     }
 }

@@ -85,6 +85,9 @@ const MIGRATIONS: &[&str] = &[
     // 2: every answer asks how many of its question's sites are still open; this index
     // answers from the index alone, without reading each target's row.
     "CREATE INDEX targets_by_query_state ON targets(query_id, state);",
+    // 3: a question whose answers could not be merged ends with the reason, instead of
+    // being merged again and again.
+    "ALTER TABLE queries ADD COLUMN failure TEXT NOT NULL DEFAULT '';",
 ];
 
 /// Storage errors.
@@ -408,7 +411,7 @@ impl Db {
     pub fn query(&self, id: &str) -> Result<Option<StoredQuery>, DbError> {
         let conn = self.conn();
         Ok(query_row_cached(&conn,
-                "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete
+                "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete, failure
                  FROM queries WHERE id = ?1",
                 params![id],
                 query_from_row,
@@ -420,7 +423,7 @@ impl Db {
     pub fn queries_by(&self, user: &str) -> Result<Vec<StoredQuery>, DbError> {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
-            "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete
+            "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete, failure
              FROM queries WHERE submitted_by = ?1 ORDER BY submitted_at DESC, rowid DESC",
         )?;
         let rows = statement.query_map(params![user], query_from_row)?;
@@ -485,7 +488,7 @@ impl Db {
     pub fn pending_for_site(&self, site: &str, now: u64) -> Result<Vec<StoredQuery>, DbError> {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
-            "SELECT q.id, q.title, q.purpose, q.sql, q.query_hash, q.submitted_by, q.submitted_at, q.deadline, q.complete
+            "SELECT q.id, q.title, q.purpose, q.sql, q.query_hash, q.submitted_by, q.submitted_at, q.deadline, q.complete, q.failure
              FROM queries q JOIN targets t ON t.query_id = q.id
              WHERE t.site = ?1 AND t.state = ?2 AND q.deadline > ?3
              ORDER BY q.submitted_at, q.rowid",
@@ -786,6 +789,33 @@ impl Db {
         Ok(changed == 1)
     }
 
+    /// Ends a question whose answers could not be merged, with the reason the researcher
+    /// sees; false when it had already ended.
+    pub fn fail_merge(&self, query_id: &str, reason: &str, at: u64) -> Result<bool, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = execute_cached(
+            &tx,
+            "UPDATE queries SET complete = 1, failure = ?2 WHERE id = ?1 AND complete = 0",
+            params![query_id, reason],
+        )?;
+        if changed == 1 {
+            insert_event(
+                &tx,
+                &Event {
+                    at,
+                    actor: "coordinator".into(),
+                    kind: "merge-failed".into(),
+                    query_id: query_id.to_string(),
+                    site: String::new(),
+                    detail: reason.to_string(),
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok(changed == 1)
+    }
+
     /// A question's merged table.
     pub fn result(&self, query_id: &str) -> Result<Option<StoredResult>, DbError> {
         let conn = self.conn();
@@ -934,6 +964,7 @@ fn query_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredQuery> {
         submitted_at: row.get::<_, i64>(6)? as u64,
         deadline: row.get::<_, i64>(7)? as u64,
         complete: row.get::<_, i64>(8)? != 0,
+        failure: row.get(9)?,
     })
 }
 

@@ -172,8 +172,10 @@ pub struct StoredQuery {
     pub submitted_at: u64,
     /// Deadline.
     pub deadline: u64,
-    /// Whether merged.
+    /// Whether finished: merged, or failed to merge.
     pub complete: bool,
+    /// Why its answers could not be merged (empty when they were).
+    pub failure: String,
 }
 
 /// One site's part in a question.

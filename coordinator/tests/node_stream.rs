@@ -59,6 +59,7 @@ impl Harness {
                     submitted_at: now,
                     deadline: now + 3600,
                     complete: false,
+                    failure: String::new(),
                 },
                 &sites,
             )

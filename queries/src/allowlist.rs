@@ -11,6 +11,11 @@ pub const TABLES: &[&str] = &[
     "orpha_closure",
 ];
 
+/// The columns a reference table may be joined on: its codes. A join on anything else
+/// (a depth, a value computed from a patient's data) can multiply rows by a value only
+/// one patient has, and the time taken would tell.
+pub const REFERENCE_KEYS: &[&str] = &["orpha_code", "ancestor", "descendant"];
+
 /// Aggregate functions allowed at the aggregation barrier (the released numbers).
 /// COUNT(DISTINCT …) is allowed only over `pid`.
 pub const BARRIER_AGGREGATES: &[&str] = &["count", "sum", "avg"];

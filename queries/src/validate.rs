@@ -102,11 +102,56 @@ pub async fn validate(sql: &str, state: &SessionState) -> Result<ValidatedQuery,
         .statement_to_plan(statement)
         .await
         .map_err(planning_refusal)?;
-    validate_plan(sql, plan)
+    let validated = validate_plan(sql, plan)?;
+    // Types are checked here, where the question is refused with the reason, rather than
+    // at the node, where a failure reaches the researcher as a reference id only.
+    state
+        .analyzer()
+        .execute_and_check(validated.plan.clone(), state.config_options(), |_, _| {})
+        .map_err(|error| {
+            Refusal::new(
+                Rule::OneQuery,
+                "the query",
+                format!("its types do not fit: {}", first_line(&error.strip_backtrace())),
+            )
+            .hint("compare columns with values of their own type (dates with DATE '2020-01-01', numbers with numbers)")
+        })?;
+    Ok(validated)
 }
+
+fn first_line(text: &str) -> String {
+    text.lines()
+        .rfind(|line| !line.trim().is_empty() && !line.starts_with("caused by"))
+        .unwrap_or(text)
+        .to_string()
+}
+
+/// Most table scans a question may hold (a CTE counts once per use): each can multiply
+/// the rows, and the work, of the joins above it.
+pub const MAX_TABLE_SCANS: usize = 16;
 
 /// Validates an already planned query (the plan of `sql`).
 pub fn validate_plan(sql: &str, plan: LogicalPlan) -> Result<ValidatedQuery, Refusal> {
+    let mut scans = 0usize;
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(_) = node {
+            scans += 1;
+        }
+        Ok(if scans > MAX_TABLE_SCANS {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    if scans > MAX_TABLE_SCANS {
+        return Err(Refusal::new(
+            Rule::ResourceLimits,
+            "the query",
+            format!(
+                "reads tables more than {MAX_TABLE_SCANS} times (each use of a WITH table counts)"
+            ),
+        ));
+    }
     let mut report = ValidationReport::default();
     let barrier = check_top(&plan, &mut report)?;
     collect_columns(&plan, &mut report);
@@ -635,10 +680,10 @@ fn check_plain(aggregate: &Expr, value: Value) -> Result<(), Refusal> {
             Rule::BarrierAggregates,
             aggregate,
             format!(
-                "its argument is {why}: a value that flows into a released aggregate must stay plain (columns combined with +, -, and * or / by a number)"
+                "its argument is {why}: a value that flows into a released aggregate must stay plain (whole-number columns combined with +, -, and * by a whole number)"
             ),
         )
-        .hint("GROUP BY the condition or the computed value instead, so that each subgroup meets k on its own")),
+        .hint("GROUP BY the condition or the computed value instead, so that each subgroup meets k on its own; scale a released total outside the aggregate, e.g. AVG(x) / 12.0")),
         Value::Plain { bound } if bound.is_nan() || bound > values::MAX_MAGNITUDE => Err(Refusal::new(
             Rule::BarrierAggregates,
             aggregate,
@@ -845,6 +890,36 @@ fn check_join(
         )
         .hint("join patient tables on pid (ON a.pid = b.pid) and reference tables on their codes"));
     }
+    let (left_reference, right_reference) =
+        (!left.pids.reads_patients(), !right.pids.reads_patients());
+    if left_reference || right_reference {
+        let on_pairs: Vec<Expr> = join
+            .on
+            .iter()
+            .map(|(l, r)| l.clone().eq(r.clone()))
+            .collect();
+        let on_a_code = on_pairs
+            .iter()
+            .chain(conditions.iter().copied())
+            .chain(inherited.iter().copied())
+            .any(|e| {
+                code_equality(e, left_schema, right_schema).is_some_and(|(l, r)| {
+                    (!left_reference || is_reference_key(l))
+                        && (!right_reference || is_reference_key(r))
+                })
+            });
+        if !on_a_code {
+            return Err(Refusal::new(
+                Rule::ResourceLimits,
+                format!("{} join", join.join_type),
+                "joins a reference table on something other than its codes: the rows it adds could depend on one patient's value, and so could the time taken",
+            )
+            .hint(format!(
+                "join reference tables on one of their codes, column to column ({})",
+                allowlist::REFERENCE_KEYS.join(", ")
+            )));
+        }
+    }
     if join.join_type == JoinType::Full && PidSet::both_read_patients(&left.pids, &right.pids) {
         return Err(Refusal::new(
             Rule::PidUse,
@@ -918,6 +993,28 @@ fn spanning_equality<'a>(
     } else {
         None
     }
+}
+
+/// `a = b` between two plain columns, one from each input, as (left column, right
+/// column).
+fn code_equality<'a>(
+    expr: &'a Expr,
+    left: &DFSchema,
+    right: &DFSchema,
+) -> Option<(&'a Column, &'a Column)> {
+    let (a, b) = spanning_equality(expr, left, right)?;
+    let (Expr::Column(a), Expr::Column(b)) = (unalias(a), unalias(b)) else {
+        return None;
+    };
+    if left.has_column(a) {
+        Some((a, b))
+    } else {
+        Some((b, a))
+    }
+}
+
+fn is_reference_key(column: &Column) -> bool {
+    allowlist::REFERENCE_KEYS.contains(&column.name.as_str())
 }
 
 /// Input and output columns of a node that renames its input's columns by position.

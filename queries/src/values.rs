@@ -7,12 +7,18 @@
 //! reaches infinity only for some values. So every value that reaches a barrier
 //! aggregate, through every subquery below it, must stay *plain*:
 //!
-//! - a stored column, or a literal;
-//! - plain values added or subtracted, multiplied by a literal, or divided by a literal
-//!   in floating point (integer division rounds: a step function can be an indicator);
-//! - a widening numeric cast (never of a boolean, never from text, never rounding a
-//!   fraction to an integer);
-//! - a per-patient COUNT, SUM, AVG, MIN or MAX of plain values.
+//! - a stored column, or a whole-number literal;
+//! - plain values added or subtracted, or multiplied by a whole-number literal;
+//! - a cast to a signed integer type wide enough for every value it can hold (never of a
+//!   boolean, never from text, never to a fraction);
+//! - a per-patient COUNT, SUM, MIN or MAX of plain values.
+//!
+//! Plain values are whole numbers, computed exactly. Fractions are not plain, nor is any
+//! division inside a released aggregate: floating-point rounding is a step function of
+//! the value (red team: `((year - 2025) * 4.6e-19 + 1.0) - 1.0` is zero for everyone but
+//! a patient born in 1881; a narrowing `TRY_CAST` is NULL for one patient only). A
+//! released SUM or AVG is linear, so scaling the released total (`AVG(x) / 12.0`, done
+//! on the network totals) gives the same answer exactly.
 //!
 //! Conditions, casts of booleans and non-linear functions stay allowed in WHERE and in
 //! GROUP BY keys, where k covers them. Each plain value also carries a bound on its
@@ -133,7 +139,7 @@ impl Values {
             Expr::Literal(value, _) => literal_value(value),
             Expr::Negative(inner) => self.of_expr(inner, schema),
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                self.of_arithmetic(expr, left, *op, right, schema)
+                self.of_arithmetic(left, *op, right, schema)
             }
             Expr::Cast(cast) => self.of_cast(&cast.expr, cast.field.data_type(), schema),
             Expr::TryCast(cast) => self.of_cast(&cast.expr, cast.field.data_type(), schema),
@@ -144,36 +150,27 @@ impl Values {
         }
     }
 
-    fn of_arithmetic(
-        &self,
-        whole: &Expr,
-        left: &Expr,
-        op: Operator,
-        right: &Expr,
-        schema: &DFSchema,
-    ) -> Value {
+    fn of_arithmetic(&self, left: &Expr, op: Operator, right: &Expr, schema: &DFSchema) -> Value {
         match op {
             Operator::Plus | Operator::Minus => self
                 .of_expr(left, schema)
                 .with(self.of_expr(right, schema), |a, b| a + b),
-            Operator::Multiply => match (literal_number(left), literal_number(right)) {
-                (_, Some(factor)) => self.of_expr(left, schema).scaled(factor),
-                (Some(factor), None) => self.of_expr(right, schema).scaled(factor),
-                (None, None) => Value::Derived("a product of two values"),
-            },
-            Operator::Divide => match literal_number(right) {
-                Some(divisor) if divisor != 0.0 => {
-                    let fractional = whole
-                        .get_type(schema)
-                        .is_ok_and(|t| t.is_floating() || matches!(t, DataType::Decimal128(..)));
-                    if fractional {
-                        self.of_expr(left, schema).scaled(1.0 / divisor)
-                    } else {
-                        Value::Derived("an integer division (it rounds: a step function)")
+            Operator::Multiply => {
+                let (left_value, right_value) =
+                    (self.of_expr(left, schema), self.of_expr(right, schema));
+                match (literal_number(left), literal_number(right)) {
+                    (_, Some(factor)) => {
+                        left_value.with(right_value, |bound, _| bound * factor.abs())
                     }
+                    (Some(factor), None) => {
+                        right_value.with(left_value, |bound, _| bound * factor.abs())
+                    }
+                    (None, None) => Value::Derived("a product of two values"),
                 }
-                _ => Value::Derived("a division by a value"),
-            },
+            }
+            Operator::Divide => Value::Derived(
+                "a division (it rounds; divide the released total instead, e.g. AVG(x) / 12.0)",
+            ),
             Operator::Modulo => Value::Derived("a remainder (a step function)"),
             _ => Value::Derived("a comparison or other operator"),
         }
@@ -183,17 +180,22 @@ impl Values {
         let Ok(source) = inner.get_type(schema) else {
             return Value::Derived("a cast of a value of unknown type");
         };
-        let numeric_source = source.is_numeric() || matches!(source, DataType::Date32);
+        let whole_source = source.is_integer() || matches!(source, DataType::Date32);
         if source == DataType::Boolean {
-            Value::Derived("a cast of a boolean")
-        } else if !numeric_source || !target.is_numeric() {
-            Value::Derived("a cast between kinds of values")
-        } else if (source.is_floating() || matches!(source, DataType::Decimal128(..)))
-            && !target.is_floating()
-        {
-            Value::Derived("a cast that rounds a fraction")
-        } else {
-            self.of_expr(inner, schema)
+            return Value::Derived("a cast of a boolean");
+        }
+        if !whole_source {
+            return Value::Derived("a cast of a value that is not a whole number");
+        }
+        let Some(largest) = signed_integer_range(target) else {
+            return Value::Derived("a cast to a type that is not a signed whole number");
+        };
+        match self.of_expr(inner, schema) {
+            Value::Plain { bound } if bound <= largest => Value::plain(bound),
+            Value::Plain { .. } => Value::Derived(
+                "a narrowing cast (a value out of its range would become NULL or fail)",
+            ),
+            derived => derived,
         }
     }
 
@@ -210,7 +212,10 @@ impl Values {
         match func.name().to_lowercase().as_str() {
             "count" => argument.with(Value::plain(0.0), |_, _| ROWS_PER_PATIENT),
             "sum" => argument.scaled(ROWS_PER_PATIENT),
-            "avg" | "min" | "max" => argument,
+            "min" | "max" => argument,
+            "avg" => {
+                Value::Derived("a per-patient average (a fraction: use SUM and COUNT per patient)")
+            }
             _ => Value::Derived("a per-patient aggregate that is not COUNT, SUM, AVG, MIN or MAX"),
         }
     }
@@ -227,11 +232,27 @@ fn literal_value(value: &ScalarValue) -> Value {
     if value.is_null() {
         return Value::plain(0.0);
     }
+    if !value.data_type().is_integer() && value.data_type().is_numeric() {
+        return Value::Derived(
+            "a fractional number (values inside a released aggregate are whole numbers, computed exactly)",
+        );
+    }
     match scalar_number(value) {
         Some(number) if number.is_finite() => Value::plain(number.abs()),
         Some(_) => Value::Derived("an infinite or NaN literal"),
         // A text or date literal counts like any non-null value.
         None => Value::plain(0.0),
+    }
+}
+
+/// The largest magnitude a signed integer type holds; `None` for any other type.
+fn signed_integer_range(data_type: &DataType) -> Option<f64> {
+    match data_type {
+        DataType::Int8 => Some(i8::MAX as f64),
+        DataType::Int16 => Some(i16::MAX as f64),
+        DataType::Int32 => Some(i32::MAX as f64),
+        DataType::Int64 => Some(i64::MAX as f64),
+        _ => None,
     }
 }
 

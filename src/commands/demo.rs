@@ -421,6 +421,9 @@ async fn ask(
         if status.state == v1::QueryState::Complete as i32 {
             break;
         }
+        if status.state == v1::QueryState::Failed as i32 {
+            anyhow::bail!("question {query_id} failed: {}", status.failure);
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
             "question {query_id} did not finish in time"

@@ -134,6 +134,7 @@ fn query_state_name(state: i32) -> &'static str {
     match v1::QueryState::try_from(state).unwrap_or(v1::QueryState::Unspecified) {
         v1::QueryState::Running => "running",
         v1::QueryState::Complete => "complete",
+        v1::QueryState::Failed => "failed: the answers could not be merged",
         v1::QueryState::Unspecified => "unknown",
     }
 }
@@ -155,6 +156,9 @@ pub(crate) fn status(args: QueryIdArgs) -> anyhow::Result<()> {
             format_time(status.submitted_at),
             format_time(status.deadline)
         );
+        if !status.failure.is_empty() {
+            println!("why: {}", status.failure);
+        }
         println!("{}", coverage_table(&status.sites));
         Ok(())
     })

@@ -44,17 +44,20 @@ impl ResearcherService {
         Ok(v1::QueryStatus {
             query_id: query.id.clone(),
             title: query.title.clone(),
-            state: query_state(query.complete) as i32,
+            state: query_state(query) as i32,
             sites: targets.iter().map(|t| t.to_proto()).collect(),
             submitted_at: query.submitted_at,
             deadline: query.deadline,
             query_hash: query.query_hash.clone(),
+            failure: query.failure.clone(),
         })
     }
 }
 
-fn query_state(complete: bool) -> v1::QueryState {
-    if complete {
+fn query_state(query: &StoredQuery) -> v1::QueryState {
+    if !query.failure.is_empty() {
+        v1::QueryState::Failed
+    } else if query.complete {
         v1::QueryState::Complete
     } else {
         v1::QueryState::Running
@@ -134,6 +137,7 @@ impl Researcher for ResearcherService {
             submitted_at: now,
             deadline: now.saturating_add(wait),
             complete: false,
+            failure: String::new(),
         };
         self.core
             .db()
@@ -164,6 +168,12 @@ impl Researcher for ResearcherService {
         let user = auth::require(self.core.db(), request.metadata(), Role::Researcher)?;
         let query = self.own_query(&user, &request.get_ref().query_id)?;
         let targets = self.core.db().targets(&query.id).map_err(internal)?;
+        if !query.failure.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "question {} could not be merged: {}",
+                query.id, query.failure
+            )));
+        }
         let Some(result) = self.core.db().result(&query.id).map_err(internal)? else {
             let waiting = targets.iter().filter(|t| !t.state.is_final()).count();
             return Err(Status::failed_precondition(format!(
@@ -189,10 +199,11 @@ impl Researcher for ResearcherService {
         let mut queries = Vec::new();
         for query in self.core.db().queries_by(&user.name).map_err(internal)? {
             let targets = self.core.db().targets(&query.id).map_err(internal)?;
+            let state = query_state(&query) as i32;
             queries.push(v1::QuerySummary {
                 query_id: query.id,
                 title: query.title,
-                state: query_state(query.complete) as i32,
+                state,
                 submitted_at: query.submitted_at,
                 sites: targets.len() as u32,
                 answered: targets
