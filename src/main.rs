@@ -12,6 +12,7 @@ mod client;
 mod commands;
 mod output;
 mod progress_bar;
+mod shown;
 mod table;
 
 use clap::{Parser, Subcommand};

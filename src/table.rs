@@ -25,12 +25,18 @@ pub(crate) fn from_batches(
     batches: &[arrow::array::RecordBatch],
 ) -> anyhow::Result<Table> {
     use arrow::util::display::{ArrayFormatter, FormatOptions};
-    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let shown_names: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| crate::shown::shown(f.name()))
+        .collect();
+    let names: Vec<&str> = shown_names.iter().map(String::as_str).collect();
     let numeric: Vec<&str> = schema
         .fields()
         .iter()
-        .filter(|f| f.data_type().is_numeric())
-        .map(|f| f.name().as_str())
+        .zip(&shown_names)
+        .filter(|(f, _)| f.data_type().is_numeric())
+        .map(|(_, name)| name.as_str())
         .collect();
     let mut table = new_table(&names, &numeric);
     let options = FormatOptions::default().with_null("NULL");
@@ -65,7 +71,7 @@ pub(crate) fn from_batches(
             table.add_row(
                 formatters
                     .iter()
-                    .map(|f| f.value(row).to_string())
+                    .map(|f| crate::shown::shown(&f.value(row).to_string()))
                     .collect::<Vec<_>>(),
             );
         }

@@ -482,3 +482,49 @@ fn a_merge_that_fails_ends_the_question_with_its_reason() {
         stderr(&results)
     );
 }
+
+/// Red team, 2026-12: titles, SQL comments and reject reasons reached terminals raw. An
+/// ANSI sequence hidden in a SQL comment showed a steward a harmless question; a reject
+/// reason drew a fake row. Every other party's text is now printed with control
+/// characters, bidirectional overrides and invisible characters escaped, and `ern
+/// steward show` lists the SQL's comments.
+#[test]
+fn hostile_strings_reach_no_terminal_raw() {
+    let net = Network::new(1, 600, 5);
+    let hostile_title = "Patients\u{1b}[2K\r\u{1b}[1Aby sex\u{202e}xes yb\u{200b}";
+    let sql = "SELECT p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p -- \u{1b}[8m hidden\nGROUP BY p.sex";
+    let id = net.submit(sql, hostile_title, &[]);
+    let steward = net.site("site-1").steward_token.clone();
+    let mut outputs = vec![
+        ok(net.ern_as(&steward, &["steward", "pending"])),
+        ok(net.ern_as(&steward, &["steward", "show", &id])),
+    ];
+    assert!(
+        outputs[1].contains("NOTE: the SQL holds 1 comment(s)"),
+        "{}",
+        outputs[1]
+    );
+    ok(net.ern_as(
+        &steward,
+        &[
+            "steward",
+            "reject",
+            &id,
+            "--reason",
+            "no\r\n│ site-1 ┆ answered ┆\u{1b}[0m\u{7}",
+        ],
+    ));
+    outputs.push(ok(net.ern_as(&net.researcher, &["status", &id])));
+    outputs.push(ok(net.ern_as(&net.researcher, &["list"])));
+    for output in &outputs {
+        let raw: Vec<char> = output
+            .chars()
+            .filter(|&c| {
+                (c.is_control() && c != '\n')
+                    || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+            })
+            .collect();
+        assert!(raw.is_empty(), "raw {raw:?} in:\n{output}");
+    }
+    assert!(outputs[2].contains("\\u{1b}"), "{}", outputs[2]);
+}

@@ -75,13 +75,13 @@ pub fn require(db: &Db, metadata: &MetadataMap, role: Role) -> Result<User, Stat
 /// Checks a user name, role and site before enrolment.
 pub fn check_new_user(name: &str, role: Role, site: &str) -> Result<(), String> {
     if !is_valid_id(name) {
-        return Err("a user name is 1-128 printable characters without spaces".into());
+        return Err("a user name is 1-128 ASCII letters, digits, -, _ and . (not first)".into());
     }
     match (role.has_site(), site.is_empty()) {
         (true, true) => Err(format!("a {} needs a site", role.as_str())),
         (false, false) => Err(format!("a {} has no site", role.as_str())),
         (true, false) if !is_valid_id(site) => {
-            Err("a site id is 1-128 printable characters without spaces".into())
+            Err("a site id is 1-128 ASCII letters, digits, -, _ and . (not first)".into())
         }
         _ => Ok(()),
     }

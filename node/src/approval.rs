@@ -11,8 +11,9 @@
 //! expires: <seconds since 1970-01-01 UTC>
 //! ```
 //!
-//! with a newline after every line. Site and study ids are 1-128 printable characters
-//! without white space, so the statement cannot be forged by a clever id.
+//! with a newline after every line. Site and study ids are 1-128 ASCII letters, digits,
+//! `-`, `_` and `.` (see `ern_queries::ids`), so the statement cannot be forged by a
+//! clever id.
 
 use crate::steward_key::{StewardPublicKey, StewardSigningKey};
 

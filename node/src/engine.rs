@@ -186,7 +186,7 @@ impl NodeEngine {
         }
         if !approval::is_valid_id(&policy.site_id) {
             return Err(OpenError::Policy(
-                "the site id must be 1-128 printable characters without spaces".into(),
+                "the site id must be 1-128 ASCII letters, digits, -, _ and . (not first)".into(),
             ));
         }
         let ctx = node_session(store_dir, policy.memory_limit).await?;

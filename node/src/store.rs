@@ -101,6 +101,19 @@ pub struct StagedGeneration {
     committed: bool,
 }
 
+/// Opens (or creates) the lock file without following a symbolic link and without
+/// truncating: a link planted at `.ingest.lock` must not empty the file it points to.
+fn open_lock(path: &Path) -> std::io::Result<File> {
+    let mut options = fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    options.open(path)
+}
+
 impl StagedGeneration {
     /// Locks `store` (creating it if needed), finishes or discards what an interrupted
     /// ingest left, and creates an empty staging directory.
@@ -108,7 +121,7 @@ impl StagedGeneration {
         fs::create_dir_all(store).map_err(|e| IngestError::io(store, e))?;
         // One writer at a time: the lock is released when the file is closed, even on a crash.
         let lock_path = store.join(LOCK_FILE);
-        let lock = File::create(&lock_path).map_err(|e| IngestError::io(&lock_path, e))?;
+        let lock = open_lock(&lock_path).map_err(|e| IngestError::io(&lock_path, e))?;
         lock.try_lock().map_err(|_| IngestError::Busy {
             store: store.to_path_buf(),
         })?;

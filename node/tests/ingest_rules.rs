@@ -726,3 +726,60 @@ fn quoting_that_readers_disagree_on_is_refused_with_its_line() {
         "",
     );
 }
+
+/// Red team, 2026-12 (hostile exports): an export without its header row, or a
+/// `patient.csv` linked to another file, printed the first line's cells in the error.
+#[test]
+fn a_file_without_its_header_row_is_refused_as_such_echoing_nothing() {
+    let headerless = format!("{}\n", PATIENT_ROWS.join("\n"));
+    let (errors, _, message) = ingest_errors(&[("patient.csv", headerless)]);
+    assert_eq!(errors.len(), 1, "{message}");
+    assert!(message.contains("not a header row"), "{message}");
+    for cell in PATIENT_ROWS[0].split(',').filter(|c| c.len() > 3) {
+        assert!(!message.contains(cell), "{cell} echoed: {message}");
+    }
+    let passwd = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin\n".to_string();
+    let (_, _, message) = ingest_errors(&[("patient.csv", passwd)]);
+    assert!(message.contains("not a header row"), "{message}");
+    assert!(!message.contains("root"), "{message}");
+}
+
+/// A FIFO named like an export file once blocked ingest forever.
+#[cfg(unix)]
+#[test]
+fn an_export_file_that_is_not_a_regular_file_is_refused_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let export = dir.path().join("export");
+    std::fs::create_dir(&export).expect("export dir");
+    write_export(&export, &[]);
+    std::fs::remove_file(export.join("diagnosis.csv")).expect("remove");
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(export.join("diagnosis.csv"))
+        .status()
+        .expect("mkfifo");
+    assert!(fifo.success());
+    match ingest(&export, &key(), &dir.path().join("store"), &NoProgress) {
+        Err(IngestError::NotARegularFile { path }) => {
+            assert!(path.ends_with("diagnosis.csv"), "{}", path.display())
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A symbolic link planted at the store's lock file once had its target emptied.
+#[cfg(unix)]
+#[test]
+fn a_link_planted_at_the_lock_file_is_not_followed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let export = dir.path().join("export");
+    std::fs::create_dir(&export).expect("export dir");
+    write_export(&export, &[]);
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).expect("store");
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "precious").expect("victim");
+    std::os::unix::fs::symlink(&victim, store.join(".ingest.lock")).expect("link");
+    assert!(ingest(&export, &key(), &store, &NoProgress).is_err());
+    assert_eq!(std::fs::read_to_string(&victim).expect("read"), "precious");
+    assert!(!store.join("patient.parquet").exists());
+}

@@ -243,6 +243,25 @@ fn check_sql_shape(sql: &str, dialect: &GenericDialect) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The comments in `sql`, as written (for a steward's review: a comment does not run,
+/// but it can make a question read like another).
+pub fn sql_comments(sql: &str) -> Vec<String> {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+    let dialect = GenericDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql).tokenize() else {
+        return Vec::new();
+    };
+    tokens
+        .into_iter()
+        .filter_map(|token| match token {
+            Token::Whitespace(
+                comment @ (Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_)),
+            ) => Some(comment.to_string().trim_end().to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Rule 1: exactly one statement, and it is a query.
 pub fn parse_one_query(sql: &str) -> Result<DfStatement, Refusal> {
     if sql.len() > MAX_SQL_BYTES {

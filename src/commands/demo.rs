@@ -308,7 +308,7 @@ fn site_exports(
                 let id = entry.file_name().to_string_lossy().into_owned();
                 anyhow::ensure!(
                     approval::is_valid_id(&id),
-                    "{}: a site directory's name is its site id: 1-128 printable characters without spaces",
+                    "{}: a site directory's name is its site id: 1-128 ASCII letters, digits, -, _ and . (not first)",
                     entry.path().display()
                 );
                 exports.push((id, entry.path()));
@@ -464,8 +464,8 @@ async fn ask(
     let (schema, batches) = arrow_ipc::decode(&results.arrow_ipc).context("decoding the result")?;
     if scripted {
         say.flush()?;
-        output::write_to(&schema, &batches, format, None)
+        output::write_to(&schema, &batches, format, output::Cells::Safe, None)
     } else {
-        output::write_table(&schema, &batches, format, say)
+        output::write_table(&schema, &batches, format, output::Cells::Safe, say)
     }
 }

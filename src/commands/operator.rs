@@ -5,6 +5,7 @@ use ern_coordinator::model::Role;
 use ern_proto::v1;
 
 use crate::client::{self, Connection, format_time, rpc_error};
+use crate::shown::shown;
 use crate::table::new_table;
 
 /// Operator commands.
@@ -98,11 +99,11 @@ async fn nodes(args: ConnectionArgs) -> anyhow::Result<()> {
     );
     for node in nodes.nodes {
         table.add_row(vec![
-            node.site,
+            shown(&node.site),
             if node.connected { "yes" } else { "no" }.to_string(),
             format_time(node.last_seen),
             node.k.to_string(),
-            node.version,
+            shown(&node.version),
             node.in_flight.to_string(),
         ]);
     }
@@ -144,9 +145,9 @@ async fn users(args: ConnectionArgs) -> anyhow::Result<()> {
             .and_then(Role::from_proto)
             .map_or("unknown", Role::as_str);
         table.add_row(vec![
-            user.name,
+            shown(&user.name),
             role.to_string(),
-            user.site,
+            shown(&user.site),
             format_time(user.created_at),
         ]);
     }
@@ -165,7 +166,7 @@ async fn audit(args: AuditArgs) -> anyhow::Result<()> {
         .into_inner();
     let mut counts = new_table(&["event", "count"], &["count"]);
     for count in summary.counts {
-        counts.add_row(vec![count.kind, count.count.to_string()]);
+        counts.add_row(vec![shown(&count.kind), count.count.to_string()]);
     }
     println!("{counts}");
     let mut recent = new_table(
@@ -175,11 +176,11 @@ async fn audit(args: AuditArgs) -> anyhow::Result<()> {
     for event in summary.recent {
         recent.add_row(vec![
             format_time(event.at),
-            event.actor,
-            event.kind,
-            event.query_id,
-            event.site,
-            event.detail,
+            shown(&event.actor),
+            shown(&event.kind),
+            shown(&event.query_id),
+            shown(&event.site),
+            shown(&event.detail),
         ]);
     }
     println!("{recent}");

@@ -9,6 +9,7 @@ use ern_proto::v1;
 
 use crate::client::{self, Connection, format_time, parse_duration, rpc_error};
 use crate::output::{self, Format};
+use crate::shown::shown;
 use crate::table::new_table;
 
 /// Arguments of `ern submit`.
@@ -58,6 +59,11 @@ pub(crate) struct ResultsArgs {
     /// Write to this file instead of stdout.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// CSV cells exactly as released: without it, a text cell that a spreadsheet would
+    /// run as a formula (beginning with =, +, -, @, tab or carriage return) gets a
+    /// leading single quote.
+    #[arg(long)]
+    raw: bool,
     #[command(flatten)]
     connection: Connection,
 }
@@ -106,9 +112,9 @@ pub(crate) fn coverage_table(sites: &[v1::SiteStatus]) -> comfy_table::Table {
     let mut table = new_table(&["site", "state", "detail", "since"], &[]);
     for site in sites {
         table.add_row(vec![
-            site.site.clone(),
+            shown(&site.site),
             site_state_name(site.state).to_string(),
-            site.detail.clone(),
+            shown(&site.detail),
             format_time(site.updated_at),
         ]);
     }
@@ -149,7 +155,7 @@ pub(crate) fn status(args: QueryIdArgs) -> anyhow::Result<()> {
             .await
             .map_err(rpc_error)?
             .into_inner();
-        println!("{} — {}", status.query_id, status.title);
+        println!("{} — {}", shown(&status.query_id), shown(&status.title));
         println!(
             "state: {}; submitted {}; deadline {}",
             query_state_name(status.state),
@@ -157,7 +163,7 @@ pub(crate) fn status(args: QueryIdArgs) -> anyhow::Result<()> {
             format_time(status.deadline)
         );
         if !status.failure.is_empty() {
-            println!("why: {}", status.failure);
+            println!("why: {}", shown(&status.failure));
         }
         println!("{}", coverage_table(&status.sites));
         Ok(())
@@ -187,7 +193,12 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<()> {
         if args.format == Format::Table {
             println!("{}", coverage_table(&results.coverage));
         }
-        output::write_to(&schema, &batches, args.format, args.out.as_deref())?;
+        let cells = if args.raw {
+            output::Cells::Raw
+        } else {
+            output::Cells::Safe
+        };
+        output::write_to(&schema, &batches, args.format, cells, args.out.as_deref())?;
         if let Some(path) = &args.out {
             eprintln!("{} rows written to {}", results.rows, path.display());
         }
@@ -209,8 +220,8 @@ pub(crate) fn list(args: ListArgs) -> anyhow::Result<()> {
         );
         for query in list.queries {
             table.add_row(vec![
-                query.query_id,
-                query.title,
+                shown(&query.query_id),
+                shown(&query.title),
                 query_state_name(query.state).to_string(),
                 query.sites.to_string(),
                 query.answered.to_string(),

@@ -21,6 +21,7 @@ use ern_proto::v1::steward_client::StewardClient;
 
 use crate::client::{self, Authed, Connection, format_time, parse_duration, rpc_error};
 use crate::commands::researcher::{coverage_table, site_state_name};
+use crate::shown::{shown, shown_lines};
 use crate::table::new_table;
 
 /// Steward commands.
@@ -123,9 +124,9 @@ async fn pending(args: PendingArgs) -> anyhow::Result<()> {
     );
     for query in pending.queries {
         table.add_row(vec![
-            query.query_id,
-            query.title,
-            query.submitted_by,
+            shown(&query.query_id),
+            shown(&query.title),
+            shown(&query.submitted_by),
             format_time(query.submitted_at),
             format_time(query.deadline),
         ]);
@@ -137,32 +138,49 @@ async fn pending(args: PendingArgs) -> anyhow::Result<()> {
 async fn show(args: ShowArgs) -> anyhow::Result<()> {
     let mut steward = client::steward(&args.connection).await?;
     let review = fetch_review(&mut steward, &args.id).await?;
-    println!("{} — {}", review.query_id, review.title);
+    println!("{} — {}", shown(&review.query_id), shown(&review.title));
     if !review.purpose.is_empty() {
-        println!("purpose: {}", review.purpose);
+        println!("purpose: {}", shown(&review.purpose));
     }
     println!(
         "submitted by {}; deadline {}",
-        review.submitted_by,
+        shown(&review.submitted_by),
         format_time(review.deadline)
     );
-    println!("\n{}\n", review.sql.trim());
+    println!("\n{}\n", shown_lines(review.sql.trim()));
+    let comments = ern_queries::validate::sql_comments(&review.sql);
+    if !comments.is_empty() {
+        println!(
+            "NOTE: the SQL holds {} comment(s); they do not run, but they can make a question read like another:",
+            comments.len()
+        );
+        for comment in &comments {
+            println!("  comment: {}", shown(comment));
+        }
+        println!();
+    }
     let local_hash = ern_queries::query_hash(&review.sql);
     println!("query hash: {local_hash}");
     if local_hash != review.query_hash {
         println!(
             "WARNING: the coordinator reported another hash ({})",
-            review.query_hash
+            shown(&review.query_hash)
         );
     }
     let mut report = new_table(&["validation report", ""], &[]);
-    report.add_row(vec!["tables".to_string(), review.tables.join(", ")]);
-    report.add_row(vec!["columns".to_string(), review.columns.join(", ")]);
+    report.add_row(vec!["tables".to_string(), shown(&review.tables.join(", "))]);
+    report.add_row(vec![
+        "columns".to_string(),
+        shown(&review.columns.join(", ")),
+    ]);
     report.add_row(vec![
         "released aggregates".to_string(),
-        review.aggregates.join(", "),
+        shown(&review.aggregates.join(", ")),
     ]);
-    report.add_row(vec!["grouped by".to_string(), review.group_by.join(", ")]);
+    report.add_row(vec![
+        "grouped by".to_string(),
+        shown(&review.group_by.join(", ")),
+    ]);
     report.add_row(vec![
         "k at your node".to_string(),
         if review.k == 0 {
@@ -189,7 +207,7 @@ async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
     if review.site != site {
         anyhow::bail!(
             "not signed: the coordinator presents this question for site {}, and you sign for {site}",
-            review.site
+            shown(&review.site)
         );
     }
     let local_hash = ern_queries::query_hash(&review.sql);
@@ -219,7 +237,7 @@ async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
         .into_inner();
     println!(
         "approved {} (query hash {local_hash}) for {site} with key {} until {}",
-        review.query_id,
+        shown(&review.query_id),
         signed.key_id,
         format_time(expires_at)
     );
@@ -239,7 +257,7 @@ fn confirm_at_prompt(review: &v1::QueryReview, site: &str, hash: &str) -> anyhow
         );
     }
     eprintln!("You are about to sign an approval of this question for {site}:\n");
-    eprintln!("{}\n", review.sql.trim());
+    eprintln!("{}\n", shown_lines(review.sql.trim()));
     eprintln!("query hash: {hash}");
     eprint!("Approve it? Type yes to sign: ");
     std::io::stderr().flush()?;
@@ -261,7 +279,7 @@ async fn reject(args: RejectArgs) -> anyhow::Result<()> {
         .await
         .map_err(rpc_error)?
         .into_inner();
-    println!("rejected {}", args.id);
+    println!("rejected {}", shown(&args.id));
     if let Some(status) = decision.status {
         println!("{}", coverage_table(&[status]));
     }

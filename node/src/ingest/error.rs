@@ -143,6 +143,13 @@ pub enum IngestError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// An export file is not a regular file (a FIFO, a device, a directory): reading it
+    /// could block forever or read something that is not an export.
+    #[error("{} is not a regular file; an export holds plain CSV files", path.display())]
+    NotARegularFile {
+        /// The file.
+        path: PathBuf,
+    },
     /// Another ingest is writing the same store.
     #[error("another ingest is writing {} right now; try again when it has finished", store.display())]
     Busy {

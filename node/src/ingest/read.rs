@@ -156,9 +156,11 @@ pub(crate) fn read_export_file(
             Ok(None)
         };
     }
-    let bytes = std::fs::metadata(&path)
-        .map_err(|source| IngestError::io(&path, source))?
-        .len();
+    let metadata = std::fs::metadata(&path).map_err(|source| IngestError::io(&path, source))?;
+    if !metadata.is_file() {
+        return Err(IngestError::NotARegularFile { path });
+    }
+    let bytes = metadata.len();
     let Some(shape) = scan_structure(&path, file, errors)? else {
         return Ok(None);
     };
@@ -323,6 +325,24 @@ fn check_header(
 ) -> Option<Vec<&'static str>> {
     let before = errors.count_for(file);
     let cells = shape::split_cells(record);
+    // A file without its header row starts with data: say so, and echo none of it.
+    let names_a_column = cells.iter().any(|raw| {
+        std::str::from_utf8(raw)
+            .is_ok_and(|name| file.column(name.trim_start_matches('\u{feff}')).is_some())
+    });
+    if !names_a_column {
+        errors.push_row(
+            file,
+            line,
+            None,
+            format!(
+                "the first line is not a header row: none of its cells names a column of {} ({})",
+                file.file_name(),
+                column_list(file)
+            ),
+        );
+        return None;
+    }
     let mut header = Vec::with_capacity(cells.len());
     for (index, raw) in cells.iter().enumerate() {
         let position = format!("#{}", index + 1);

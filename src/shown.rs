@@ -1,0 +1,79 @@
+//! Text that came from another party, made safe to print on a terminal or in a log.
+//!
+//! Titles, purposes, SQL, reasons, rule names, versions and ids come from researchers,
+//! stewards, nodes or the coordinator. Printed raw, an escape sequence in one of them
+//! can redraw the screen (red team: an ANSI sequence hidden in a SQL comment showed a
+//! steward a harmless question in place of the one they approved; a reject reason drew
+//! a fake "answered" row), and a right-to-left override or a zero-width character can
+//! make one text look like another. Every such character is shown as a visible escape.
+
+use std::fmt::Write;
+
+/// True for a character that can move the cursor, change colours, reorder or hide text.
+fn is_hazard(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{200B}'..='\u{200F}'   // zero-width spaces and joiners, LRM, RLM
+            | '\u{202A}'..='\u{202E}' // bidirectional embeddings and overrides
+            | '\u{2066}'..='\u{2069}' // bidirectional isolates
+            | '\u{061C}'              // Arabic letter mark
+            | '\u{FEFF}'              // zero-width no-break space
+        )
+}
+
+fn escaped(text: &str, keep_newlines: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if keep_newlines && c == '\n' {
+            out.push('\n');
+        } else if is_hazard(c) {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One line of another party's text: every control character (line breaks too),
+/// bidirectional override and invisible character as a visible `\u{…}` escape.
+pub(crate) fn shown(text: &str) -> String {
+    escaped(text, false)
+}
+
+/// Another party's text of several lines (SQL): as [`shown`], but line breaks stay.
+pub(crate) fn shown_lines(text: &str) -> String {
+    escaped(text, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hostile-string corpus of the red team: escapes, bidi overrides, NUL, a
+    /// carriage return, zero-width characters, a long string.
+    #[test]
+    fn no_raw_control_character_survives() {
+        let corpus = [
+            "\u{1b}[2K\u{1b}[1Aharmless",
+            "a\u{202e}fdp.exe",
+            "nul\u{0}byte",
+            "back\rspace",
+            "zero\u{200b}width",
+            "bell\u{7}",
+            "csi\u{9b}31m",
+            "\u{2066}isolate\u{2069}",
+        ];
+        for text in corpus {
+            let line = shown(text);
+            assert!(!line.chars().any(is_hazard), "{line:?}");
+            assert!(line.contains("\\u{"), "{line:?}");
+        }
+        assert_eq!(shown("MYH7 — ORPHA:154"), "MYH7 — ORPHA:154");
+        assert_eq!(shown_lines("SELECT 1\nFROM t"), "SELECT 1\nFROM t");
+        assert_eq!(shown("a\nb"), "a\\u{a}b");
+        let long = "x".repeat(1 << 20);
+        assert_eq!(shown(&long).len(), long.len());
+    }
+}
