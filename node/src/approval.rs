@@ -58,6 +58,11 @@ pub enum ApprovalError {
     /// An id holds characters an approval may not hold.
     #[error("the approval's site or study id is malformed")]
     Malformed,
+    /// The approval was executed on an earlier generation of this site's store.
+    #[error(
+        "the approval was used on an earlier version of this site's data; a steward must approve again for the refreshed data"
+    )]
+    Stale,
 }
 
 impl ApprovalError {
@@ -71,6 +76,7 @@ impl ApprovalError {
             ApprovalError::UnknownKey => "approval-unknown-key",
             ApprovalError::BadSignature => "approval-bad-signature",
             ApprovalError::Malformed => "approval-malformed",
+            ApprovalError::Stale => "approval-stale",
         }
     }
 }

@@ -8,7 +8,7 @@
 //! k distinct patients. Every request leaves one audit entry. A failure reaches the caller
 //! as a reference id only; its detail stays in the audit log.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::physical_plan::collect;
 use datafusion::prelude::SessionContext;
+use ern_proto::arrow_ipc;
 use ern_queries::dominance::Dominance;
 use ern_queries::split;
 use ern_queries::{Refusal, Rule, SiteFacts};
@@ -26,6 +27,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::approval::{self, Approval, ApprovalError};
 use crate::audit::{AuditEntry, AuditError, AuditLog, Outcome};
+use crate::executed::{self, ExecutedApprovals, ExecutedError, Previous};
 use crate::session::node_session;
 use crate::steward_key::StewardPublicKey;
 use crate::stop::{StopSignal, stoppable};
@@ -139,6 +141,9 @@ pub enum OpenError {
     /// The audit log is unreadable or broken.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The record of executed approvals is unreadable.
+    #[error(transparent)]
+    Executed(#[from] ExecutedError),
 }
 
 /// A node's query engine over one store.
@@ -146,6 +151,8 @@ pub struct NodeEngine {
     ctx: SessionContext,
     policy: NodePolicy,
     audit: Arc<AuditLog>,
+    executed: Arc<ExecutedApprovals>,
+    store_dir: PathBuf,
     facts: SiteFacts,
 }
 
@@ -191,6 +198,7 @@ impl NodeEngine {
         }
         let ctx = node_session(store_dir, policy.memory_limit).await?;
         let audit = Arc::new(AuditLog::open(store_dir)?);
+        let executed = Arc::new(ExecutedApprovals::open(store_dir)?);
         let facts = verified_facts(&ctx).await.unwrap_or_else(|error| {
             tracing::warn!(%error, "could not check the patient table; counting distinct pids");
             SiteFacts::default()
@@ -203,6 +211,8 @@ impl NodeEngine {
             ctx,
             policy,
             audit,
+            executed,
+            store_dir: store_dir.to_path_buf(),
             facts,
         })
     }
@@ -221,7 +231,14 @@ impl NodeEngine {
     pub async fn execute(&self, request: &QueryRequest) -> Result<Released, ExecuteError> {
         let started = Instant::now();
         let query_hash = ern_queries::query_hash(&request.sql);
-        let mut entry = AuditEntry::new(&request.study_id, &query_hash, Outcome::Accepted);
+        // The study id comes from the coordinator: it reaches the audit log only when it
+        // has the shape of an id (a 20 MB id would otherwise be written as it came).
+        let study = if approval::is_valid_id(&request.study_id) {
+            request.study_id.as_str()
+        } else {
+            "(malformed id)"
+        };
+        let mut entry = AuditEntry::new(study, &query_hash, Outcome::Accepted);
         let result = self.run(request, &mut entry).await;
         entry.duration_ms = started.elapsed().as_millis() as u64;
         match &result {
@@ -273,6 +290,36 @@ impl NodeEngine {
         )
         .map_err(ExecuteError::Approval)?;
         entry.key_id = Some(key.key_id());
+
+        // One approval, one execution per store generation.
+        let approval = executed::approval_id(&request.approval);
+        let generation = executed::store_generation(&self.store_dir).map_err(|e| {
+            let reference = reference_id();
+            entry.detail = Some(e.to_string());
+            ExecuteError::Failed { reference }
+        })?;
+        match self.executed.previous(&approval, &generation) {
+            Previous::None => {}
+            Previous::Stale => return Err(ExecuteError::Approval(ApprovalError::Stale)),
+            Previous::Same {
+                released,
+                groups_released,
+                groups_suppressed,
+            } => {
+                entry.detail = Some("a retry: the release stored for this approval".into());
+                let (schema, batches) = arrow_ipc::decode(&released).map_err(|e| {
+                    let reference = reference_id();
+                    entry.detail = Some(e.to_string());
+                    ExecuteError::Failed { reference }
+                })?;
+                return Ok(Released {
+                    schema,
+                    batches,
+                    groups_released: groups_released as usize,
+                    groups_suppressed: groups_suppressed as usize,
+                });
+            }
+        }
 
         let state = self.ctx.state();
         let query = ern_queries::validate(&request.sql, &state)
@@ -351,6 +398,25 @@ impl NodeEngine {
                 .hint("group by coarser bands"),
             ));
         }
+        let bytes = arrow_ipc::encode(&released.schema, &released.batches)
+            .map_err(|e| fail(entry, e.to_string()))?;
+        let executed = Arc::clone(&self.executed);
+        let (groups_released, groups_suppressed) = (
+            released.groups_released as u64,
+            released.groups_suppressed as u64,
+        );
+        tokio::task::spawn_blocking(move || {
+            executed.record(
+                &approval,
+                &generation,
+                &bytes,
+                groups_released,
+                groups_suppressed,
+            )
+        })
+        .await
+        .map_err(|e| fail(entry, e.to_string()))?
+        .map_err(|e| fail(entry, e.to_string()))?;
         Ok(released)
     }
 }

@@ -18,6 +18,7 @@
 //! - [`pseudonym`]: the site key and pid = HMAC-SHA256(key, local_id).
 //! - [`steward_key`]: steward Ed25519 key pairs and key ids.
 //! - [`approval`]: the signed statement that authorises one query at one site.
+//! - [`executed`]: one approval, one execution per store generation.
 //! - [`engine`]: runs approved queries, suppresses groups under k.
 //! - [`session`]: the locked-down DataFusion session over the store.
 //! - [`stop`]: a time limit that stops every operator of a query.
@@ -33,6 +34,7 @@ pub mod approval;
 pub mod audit;
 pub mod config;
 pub mod engine;
+pub mod executed;
 pub mod export;
 pub mod ingest;
 pub mod link;

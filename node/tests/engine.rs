@@ -664,3 +664,89 @@ async fn a_sum_dominated_by_one_patient_is_dropped() {
         "the fixture must have a code that only the dominance rule drops ({counted} codes pass k)"
     );
 }
+
+/// Red team, 2026-12 (approval integrity): an approval replayed after the store was
+/// refreshed released numbers that differed by one patient, with no steward involved.
+/// Now the same approval on the same data returns the stored release without running,
+/// and on refreshed data is refused as stale; a new approval runs.
+#[tokio::test]
+async fn an_approval_runs_once_per_store_generation() {
+    let fixture = fixture(600);
+    let sql = "SELECT p.sex, COUNT(*) AS n FROM patient p GROUP BY p.sex";
+    let request = fixture.request(sql);
+    let first = fixture
+        .engine()
+        .await
+        .execute(&request)
+        .await
+        .expect("first");
+    // A retry (a lost answer), also after the node restarted: the same bytes, no run.
+    let retry = fixture
+        .engine()
+        .await
+        .execute(&request)
+        .await
+        .expect("retry");
+    assert_eq!(sorted_rows(&retry.batches), sorted_rows(&first.batches));
+    assert_eq!(retry.groups_released, first.groups_released);
+    let entries = audit::read_entries(&fixture.store.join(AUDIT_FILE)).expect("audit");
+    let last = entries.last().expect("an entry");
+    assert_eq!(last.outcome, Outcome::Accepted);
+    assert!(
+        last.detail.as_deref().is_some_and(|d| d.contains("retry")),
+        "{last:?}"
+    );
+
+    // The store is refreshed (re-ingested; here with one patient fewer).
+    let export = fixture._dir.path().join("exports").join("site-1");
+    let patients = export.join("patient.csv");
+    let text = std::fs::read_to_string(&patients).expect("patients");
+    let mut lines: Vec<&str> = text.lines().collect();
+    let removed = lines.remove(1).split(',').next().expect("id").to_string();
+    std::fs::write(&patients, lines.join("\n") + "\n").expect("write");
+    for file in ["diagnosis.csv", "genetic_finding.csv", "phenotype.csv"] {
+        let path = export.join(file);
+        let kept: Vec<String> = std::fs::read_to_string(&path)
+            .expect("read")
+            .lines()
+            .filter(|line| line.split(',').next() != Some(removed.as_str()))
+            .map(str::to_string)
+            .collect();
+        std::fs::write(&path, kept.join("\n") + "\n").expect("write");
+    }
+    ingest(
+        &export,
+        &Pseudonymiser::new(&[3u8; 32]),
+        &fixture.store,
+        &NoProgress,
+    )
+    .expect("re-ingest");
+    let engine = fixture.engine().await;
+    match engine.execute(&request).await {
+        Err(ExecuteError::Approval(ApprovalError::Stale)) => {}
+        other => panic!("expected approval-stale, got {other:?}"),
+    }
+    // A steward's new approval of the same question runs on the new data.
+    let renewed = QueryRequest {
+        approval: approval::sign(&fixture.steward, sql, SITE, STUDY, now() + 7200).expect("sign"),
+        ..fixture.request(sql)
+    };
+    engine.execute(&renewed).await.expect("a new approval runs");
+}
+
+/// Red team, 2026-12: the node wrote the coordinator's question id into its audit log
+/// unchecked (20 MB of log from 20 messages).
+#[tokio::test]
+async fn an_oversized_id_from_the_coordinator_is_not_logged() {
+    let fixture = fixture(300);
+    let engine = fixture.engine().await;
+    let huge = "q".repeat(1 << 20);
+    let request = QueryRequest {
+        study_id: huge.clone(),
+        ..fixture.request("SELECT COUNT(*) AS n FROM patient")
+    };
+    assert!(engine.execute(&request).await.is_err());
+    let log = std::fs::read_to_string(fixture.store.join(AUDIT_FILE)).expect("log");
+    assert!(log.len() < 10_000, "{} bytes of audit log", log.len());
+    assert!(log.contains("(malformed id)"), "{log}");
+}

@@ -1,0 +1,227 @@
+//! One approval, one execution per store generation.
+//!
+//! An approval is valid until it expires, and a compromised coordinator can deliver it
+//! as often as it likes. Run again on the same data, it would return the same numbers;
+//! run again after the store was refreshed, it returns numbers that differ by the
+//! patients who came or went (red team: a replay after a refresh that removed one
+//! patient released 16 instead of 17 in one group, and so that patient's sex), with no
+//! steward involved. So the node records every approval it executed, with the store
+//! generation it ran on and the bytes it released:
+//!
+//! - the same approval on the same generation returns the stored release (a retry after
+//!   a lost answer) without running anything;
+//! - on another generation it is refused as `approval-stale`: the steward approves again
+//!   if the question should see the new data.
+//!
+//! The record is a file beside the store's tables (`executed.log`, one JSON line per
+//! approval, synced before anything is released), which ingest never touches.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ring::digest;
+use serde::{Deserialize, Serialize};
+
+use crate::approval::Approval;
+use crate::store;
+
+/// The record's file name in the store directory.
+pub const EXECUTED_FILE: &str = "executed.log";
+
+/// Errors of the record.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutedError {
+    /// Reading or writing the record failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line of the record is not what this version writes.
+    #[error("{} line {line}: {message}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The line (from 1).
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// One executed approval.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Execution {
+    /// [`approval_id`] of the approval.
+    approval: String,
+    /// The store generation it ran on.
+    generation: String,
+    /// The released partials, as an Arrow IPC stream (base64).
+    released: String,
+    /// Groups released and suppressed, for the audit entry of a retry.
+    groups_released: u64,
+    groups_suppressed: u64,
+}
+
+/// What an approval may do on the current store generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Previous {
+    /// Never executed: run it.
+    None,
+    /// Executed on this generation: return these bytes (released, suppressed groups).
+    Same {
+        /// The released partials, as an Arrow IPC stream.
+        released: Vec<u8>,
+        /// Groups released.
+        groups_released: u64,
+        /// Groups suppressed.
+        groups_suppressed: u64,
+    },
+    /// Executed on another generation: refuse as stale.
+    Stale,
+}
+
+/// The node's record of executed approvals.
+#[derive(Debug)]
+pub struct ExecutedApprovals {
+    path: PathBuf,
+    by_approval: Mutex<HashMap<String, Execution>>,
+}
+
+/// A stable id of one approval: SHA-256 of its key id and signature.
+pub fn approval_id(approval: &Approval) -> String {
+    let mut context = digest::Context::new(&digest::SHA256);
+    context.update(approval.key_id.as_bytes());
+    context.update(&[0]);
+    context.update(&approval.signature);
+    hex::encode(context.finish().as_ref())
+}
+
+/// The store's generation: SHA-256 over each table file's identity (size, modification
+/// time, inode), so every ingest (which writes new files and renames them into place)
+/// starts a new one. Read before every question: a store re-ingested while the node runs
+/// is a new generation at once.
+pub fn store_generation(store_dir: &Path) -> Result<String, ExecutedError> {
+    let mut context = digest::Context::new(&digest::SHA256);
+    for table in crate::schema::PATIENT_TABLES {
+        let path = store::table_path(store_dir, table);
+        let metadata = std::fs::metadata(&path).map_err(|source| ExecutedError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        context.update(table.as_bytes());
+        context.update(&metadata.len().to_be_bytes());
+        let modified = metadata
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        context.update(&modified.to_be_bytes());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            context.update(&metadata.ino().to_be_bytes());
+        }
+    }
+    Ok(hex::encode(&context.finish().as_ref()[..16]))
+}
+
+impl ExecutedApprovals {
+    /// Opens (or starts) the record in `store_dir`.
+    pub fn open(store_dir: &Path) -> Result<Self, ExecutedError> {
+        let path = store_dir.join(EXECUTED_FILE);
+        let mut by_approval = HashMap::new();
+        match File::open(&path) {
+            Ok(file) => {
+                for (index, line) in BufReader::new(file).lines().enumerate() {
+                    let line = line.map_err(|source| ExecutedError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let execution: Execution =
+                        serde_json::from_str(&line).map_err(|e| ExecutedError::Corrupt {
+                            path: path.clone(),
+                            line: index + 1,
+                            message: e.to_string(),
+                        })?;
+                    by_approval.insert(execution.approval.clone(), execution);
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(ExecutedError::Io { path, source }),
+        }
+        Ok(ExecutedApprovals {
+            path,
+            by_approval: Mutex::new(by_approval),
+        })
+    }
+
+    fn executions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Execution>> {
+        self.by_approval
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What `approval` may do on `generation`.
+    pub fn previous(&self, approval: &str, generation: &str) -> Previous {
+        match self.executions().get(approval) {
+            None => Previous::None,
+            Some(execution) if execution.generation == generation => {
+                match STANDARD.decode(&execution.released) {
+                    Ok(released) => Previous::Same {
+                        released,
+                        groups_released: execution.groups_released,
+                        groups_suppressed: execution.groups_suppressed,
+                    },
+                    // A record that cannot be read back never allows a second run.
+                    Err(_) => Previous::Stale,
+                }
+            }
+            Some(_) => Previous::Stale,
+        }
+    }
+
+    /// Records an execution, synced to disk before the release leaves the node.
+    pub fn record(
+        &self,
+        approval: &str,
+        generation: &str,
+        released: &[u8],
+        groups_released: u64,
+        groups_suppressed: u64,
+    ) -> Result<(), ExecutedError> {
+        let execution = Execution {
+            approval: approval.to_string(),
+            generation: generation.to_string(),
+            released: STANDARD.encode(released),
+            groups_released,
+            groups_suppressed,
+        };
+        let io = |source| ExecutedError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut line = serde_json::to_string(&execution).map_err(|e| io(e.into()))?;
+        line.push('\n');
+        let mut executions = self.executions();
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        file.write_all(line.as_bytes()).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        executions.insert(execution.approval.clone(), execution);
+        Ok(())
+    }
+}
