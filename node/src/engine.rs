@@ -30,7 +30,7 @@ use crate::audit::{AuditEntry, AuditError, AuditLog, Outcome};
 use crate::executed::{self, ExecutedApprovals, ExecutedError, Previous};
 use crate::session::node_session;
 use crate::steward_key::StewardPublicKey;
-use crate::stop::{StopSignal, stoppable};
+use crate::stop::{QueryRuntime, StopSignal, stoppable};
 use crate::total::total_plan;
 
 /// How long a query may take to stop after its time limit before its task is aborted.
@@ -154,6 +154,7 @@ pub struct NodeEngine {
     executed: Arc<ExecutedApprovals>,
     store_dir: PathBuf,
     facts: SiteFacts,
+    queries: QueryRuntime,
 }
 
 impl std::fmt::Debug for NodeEngine {
@@ -164,6 +165,11 @@ impl std::fmt::Debug for NodeEngine {
             .field("facts", &self.facts)
             .finish_non_exhaustive()
     }
+}
+
+/// Threads for questions: the machine's cores.
+fn query_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
 }
 
 /// Seconds since the Unix epoch.
@@ -214,6 +220,8 @@ impl NodeEngine {
             executed,
             store_dir: store_dir.to_path_buf(),
             facts,
+            queries: QueryRuntime::new(query_threads())
+                .map_err(|e| OpenError::Policy(format!("starting the query threads: {e}")))?,
         })
     }
 
@@ -352,7 +360,11 @@ impl NodeEngine {
         // The query runs as its own task; at the time limit the stop signal makes every
         // operator fail at its next batch, and only once the task has ended does this
         // request end (and the node's slot for it come free).
-        let mut running = tokio::spawn(collect(physical, state.task_ctx()));
+        let work = collect(physical, state.task_ctx());
+        let mut running = match self.queries.handle() {
+            Some(queries) => queries.spawn(work),
+            None => tokio::spawn(work),
+        };
         let batches = match tokio::time::timeout(self.policy.time_limit, &mut running).await {
             Ok(Ok(Ok(batches))) => batches,
             Ok(Ok(Err(e))) => return Err(fail(entry, e.to_string())),

@@ -8,6 +8,10 @@
 //! stream checks a [`StopSignal`] before every batch it hands on, and yields to tokio
 //! through DataFusion's cooperative budget. Once the signal is raised, every operator
 //! fails at its next batch boundary and the query's tasks end.
+//!
+//! Queries also run on a runtime of their own ([`QueryRuntime`]), so however long a
+//! question computes, the node's link (its heartbeats, other answers) is served by
+//! threads no question occupies.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,6 +26,42 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::coop::make_cooperative;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::Stream;
+
+/// The threads questions run on, apart from the runtime that serves the link.
+#[derive(Debug)]
+pub struct QueryRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl QueryRuntime {
+    /// A runtime of `threads` threads, each with the stack the deepest accepted question
+    /// needs.
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("ern-query")
+            .thread_stack_size(ern_queries::validate::PLANNING_STACK_BYTES)
+            .enable_time()
+            .build()?;
+        Ok(QueryRuntime {
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Where to spawn a question's work.
+    pub fn handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.runtime.as_ref().map(tokio::runtime::Runtime::handle)
+    }
+}
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        // Dropped from async code (an engine dropped in a task), a runtime may not block.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
 
 /// Raised when a query must stop; shared by every operator of its plan.
 #[derive(Debug, Clone, Default)]

@@ -750,3 +750,37 @@ async fn an_oversized_id_from_the_coordinator_is_not_logged() {
     assert!(log.len() < 10_000, "{} bytes of audit log", log.len());
     assert!(log.contains("(malformed id)"), "{log}");
 }
+
+/// Red team, 2026-12: with two heavy questions running, a node sent no heartbeat for 55 s.
+/// Questions now run on threads of their own: the runtime that serves the link (here a
+/// single thread, the harshest case) keeps its timers on time while one computes.
+#[tokio::test(flavor = "current_thread")]
+async fn the_link_runtime_keeps_its_timers_while_a_question_computes() {
+    let fixture = fixture(3000);
+    let mut policy = fixture.policy();
+    policy.time_limit = std::time::Duration::from_secs(2);
+    let engine = NodeEngine::open(&fixture.store, policy)
+        .await
+        .expect("open");
+    let heavy = "SELECT p.sex, COUNT(*) AS n FROM patient p \
+        JOIN phenotype a ON a.pid = p.pid JOIN phenotype b ON b.pid = a.pid \
+        JOIN phenotype c ON c.pid = b.pid JOIN phenotype d ON d.pid = c.pid \
+        JOIN phenotype e ON e.pid = d.pid JOIN phenotype f ON f.pid = e.pid \
+        JOIN phenotype g ON g.pid = f.pid GROUP BY p.sex";
+    let ticker = tokio::spawn(async {
+        let mut longest = std::time::Duration::ZERO;
+        let mut last = std::time::Instant::now();
+        for _ in 0..30 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            longest = longest.max(last.elapsed());
+            last = std::time::Instant::now();
+        }
+        longest
+    });
+    let _ = engine.execute(&fixture.request(heavy)).await;
+    let longest = ticker.await.expect("ticker");
+    assert!(
+        longest < std::time::Duration::from_millis(500),
+        "a 50 ms timer waited {longest:?}"
+    );
+}
