@@ -235,6 +235,22 @@ impl NodeEngine {
         &self.facts
     }
 
+    /// Audits a message from the coordinator that could not be decoded: one bounded entry
+    /// (the status code and at most 200 characters of the decoder's message), so a
+    /// garbled or hostile message leaves a trace without filling the log.
+    pub async fn audit_undecodable(&self, code: &str, message: &str) {
+        let mut entry = AuditEntry::new("(none)", "(none)", Outcome::Refused);
+        entry.rule = Some("undecodable-message".into());
+        let message: String = message.chars().take(200).collect();
+        entry.detail = Some(format!("{code}: {}", message.escape_default()));
+        let audit = Arc::clone(&self.audit);
+        match tokio::task::spawn_blocking(move || audit.append(entry)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::error!(%error, "audit log append failed"),
+            Err(error) => tracing::error!(%error, "audit log append failed"),
+        }
+    }
+
     /// Runs one request end to end and audits it.
     pub async fn execute(&self, request: &QueryRequest) -> Result<Released, ExecuteError> {
         let started = Instant::now();
@@ -367,6 +383,17 @@ impl NodeEngine {
         };
         let batches = match tokio::time::timeout(self.policy.time_limit, &mut running).await {
             Ok(Ok(Ok(batches))) => batches,
+            Ok(Ok(Err(e))) if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) => {
+                entry.detail = Some(e.to_string());
+                return Err(ExecuteError::Refused(
+                    Refusal::new(
+                        Rule::ResourceLimits,
+                        "the query",
+                        "needed more memory than this site's limit",
+                    )
+                    .hint("narrow the question, or group by coarser bands"),
+                ));
+            }
             Ok(Ok(Err(e))) => return Err(fail(entry, e.to_string())),
             Ok(Err(join_error)) => return Err(fail(entry, join_error.to_string())),
             Err(_) => {

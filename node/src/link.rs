@@ -166,7 +166,18 @@ async fn session(
     loop {
         tokio::select! {
             message = inbound.message() => {
-                match message? {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(status) => {
+                        // A message that does not decode ends the stream; it leaves an
+                        // audit entry first (tonic reports decoding errors as Internal).
+                        if status.code() == tonic::Code::Internal {
+                            engine.audit_undecodable("internal", status.message()).await;
+                        }
+                        return Err(status.into());
+                    }
+                };
+                match message {
                     Some(v1::CoordinatorMessage { message: Some(v1::coordinator_message::Message::Work(work)) }) => {
                         let engine = Arc::clone(engine);
                         let outbound = outbound.clone();

@@ -784,3 +784,24 @@ async fn the_link_runtime_keeps_its_timers_while_a_question_computes() {
         "a 50 ms timer waited {longest:?}"
     );
 }
+
+/// Red team, 2026-12: messages that failed to decode left no audit entry. Now each
+/// leaves one, bounded whatever the decoder said.
+#[tokio::test]
+async fn an_undecodable_message_leaves_one_bounded_entry() {
+    let fixture = fixture(300);
+    let engine = fixture.engine().await;
+    let garbage = format!(
+        "failed to decode Protobuf message: {}",
+        "\u{1b}x".repeat(1 << 19)
+    );
+    engine.audit_undecodable("internal", &garbage).await;
+    let entries = audit::read_entries(&fixture.store.join(AUDIT_FILE)).expect("audit");
+    let last = entries.last().expect("an entry");
+    assert_eq!(last.rule.as_deref(), Some("undecodable-message"));
+    assert!(
+        last.detail.as_deref().is_some_and(|d| d.len() < 2000),
+        "{last:?}"
+    );
+    assert!(!last.detail.as_deref().unwrap_or("").contains('\u{1b}'));
+}

@@ -1,7 +1,11 @@
 //! Rule 8: a time limit stops the work (red team, 2026-12: a legal 8-way self-join kept a
 //! core at 100 % after its refusal, a time oracle and a way to starve the node).
 //!
-//! The only test in its own process, so the process's CPU time is this query's.
+//! The only test in its own process, so the process's CPU time and memory are this
+//! query's. The watchdog of the approval-integrity issue: the heavy self-join under a
+//! 256 MB memory pool and a time limit is refused in time, stops computing within a
+//! second, stays far below 1.5 GB of resident memory, and a small question is answered
+//! right after.
 
 mod common;
 
@@ -15,6 +19,18 @@ use ern_node::synth::{SynthConfig, synthesize};
 use ern_queries::Rule;
 
 use common::{signed_request, test_steward};
+
+/// The most resident memory this process has had, from /proc/self/status (VmHWM).
+fn peak_resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("VmHWM");
+    kib * 1024
+}
 
 /// CPU time this process has used (user and system), from /proc/self/stat.
 fn process_cpu() -> Duration {
@@ -41,7 +57,7 @@ async fn a_query_stops_computing_at_the_time_limit() {
     let sites = synthesize(
         SynthConfig {
             sites: 1,
-            patients: 3000,
+            patients: 10_000,
             seed: 5,
         },
         &dir.path().join("exports"),
@@ -58,7 +74,8 @@ async fn a_query_stops_computing_at_the_time_limit() {
     .expect("ingest");
     let steward = test_steward(dir.path());
     let mut policy = NodePolicy::new("site-a", vec![steward.public_key()]);
-    policy.time_limit = Duration::from_secs(1);
+    policy.time_limit = Duration::from_secs(5);
+    policy.memory_limit = 256 << 20;
     let engine = NodeEngine::open(&store, policy).await.expect("open");
 
     let started = Instant::now();
@@ -73,7 +90,7 @@ async fn a_query_stops_computing_at_the_time_limit() {
     }
     let answered = started.elapsed();
     assert!(
-        answered < Duration::from_secs(4),
+        answered < Duration::from_secs(6),
         "refused after {answered:?}"
     );
 
@@ -86,6 +103,9 @@ async fn a_query_stops_computing_at_the_time_limit() {
         used < Duration::from_millis(200),
         "{used:?} of CPU in the second after the refusal"
     );
+    let peak = peak_resident_bytes();
+    eprintln!("peak resident memory: {} MB", peak >> 20);
+    assert!(peak < 1_500 << 20, "{} MB resident at the peak", peak >> 20);
 
     // And the node answers the next question.
     let small = "SELECT p.sex, COUNT(*) AS n FROM patient p GROUP BY p.sex";
