@@ -528,3 +528,50 @@ fn hostile_strings_reach_no_terminal_raw() {
     }
     assert!(outputs[2].contains("\\u{1b}"), "{}", outputs[2]);
 }
+
+/// Red team, 2026-12: deleting the last entries of a node's audit log left an intact
+/// chain, so it went unnoticed. The node reports its audit head with every heartbeat and
+/// result; the coordinator keeps the latest (`ern operator nodes`), and `ern node audit
+/// verify --head` finds a log that no longer holds it.
+#[test]
+fn a_removed_audit_tail_is_found_against_the_head_the_coordinator_kept() {
+    let mut net = Network::new(1, 600, 5);
+    net.start_node_connected("site-1");
+    let id = net.submit(SEX_BAND_SQL, "Audited", &[]);
+    ok(net.approve("site-1", &id));
+    harness::wait_until("the answer", Duration::from_secs(30), || {
+        net.site_states(&id)["site-1"].0 == "answered"
+    });
+    let store = net.site("site-1").dir.join("store");
+    let log = store.join(ern_node::audit::AUDIT_FILE);
+    let entries = ern_node::audit::read_entries(&log).expect("audit log");
+    let head = entries.last().expect("an entry").hash.clone();
+    harness::wait_until(
+        "the coordinator to keep the head",
+        Duration::from_secs(30),
+        || ok(net.ern_as(&net.operator, &["operator", "nodes"])).contains(&head),
+    );
+    let store_arg = store.to_str().expect("utf-8").to_string();
+    ok(harness::ern(&[
+        "node", "audit", "verify", "--store", &store_arg, "--head", &head,
+    ]));
+
+    // The last entry is removed: the chain is still intact, the head is gone.
+    let text = std::fs::read_to_string(&log).expect("log");
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.pop();
+    let kept: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    std::fs::write(&log, kept).expect("truncate");
+    ok(harness::ern(&[
+        "node", "audit", "verify", "--store", &store_arg,
+    ]));
+    let out = harness::ern(&[
+        "node", "audit", "verify", "--store", &store_arg, "--head", &head,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("entries were removed from its end"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -160,6 +160,7 @@ impl Coordinator {
                 last_seen: now,
                 k,
                 version: version.to_string(),
+                audit_head: String::new(),
             })
             .map_err(internal)?;
         self.db.requeue_dispatched(site, now).map_err(internal)?;
@@ -230,6 +231,18 @@ impl Coordinator {
         };
         if changed && let Err(error) = self.db.node_seen(site, now) {
             tracing::warn!(%error, site, "recording a heartbeat");
+        }
+    }
+
+    /// Keeps the latest audit-log head a node reported: 64 hex characters, or nothing is
+    /// kept (a node's string is never stored unchecked).
+    pub fn node_audit_head(&self, site: &str, head: &str) {
+        let well_formed = head.len() == 64 && head.bytes().all(|b| b.is_ascii_hexdigit());
+        if !well_formed {
+            return;
+        }
+        if let Err(error) = self.db.node_audit_head(site, head) {
+            tracing::warn!(%error, site, "recording an audit head");
         }
     }
 

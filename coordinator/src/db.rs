@@ -88,6 +88,9 @@ const MIGRATIONS: &[&str] = &[
     // 3: a question whose answers could not be merged ends with the reason, instead of
     // being merged again and again.
     "ALTER TABLE queries ADD COLUMN failure TEXT NOT NULL DEFAULT '';",
+    // 4: the latest audit-log head each node reported, to find a log whose tail was
+    // removed.
+    "ALTER TABLE nodes ADD COLUMN audit_head TEXT NOT NULL DEFAULT '';",
 ];
 
 /// Storage errors.
@@ -142,6 +145,8 @@ pub struct NodeRecord {
     pub k: u32,
     /// Its version.
     pub version: String,
+    /// The latest audit-log head it reported (empty if none yet).
+    pub audit_head: String,
 }
 
 /// A piece of approved work ready for a node.
@@ -859,12 +864,24 @@ impl Db {
         Ok(())
     }
 
+    /// Keeps the latest audit-log head a site's node reported. Redone by the node's next
+    /// message, so it does not wait for the disk.
+    pub fn node_audit_head(&self, site: &str, head: &str) -> Result<(), DbError> {
+        let conn = self.relaxed_conn()?;
+        execute_cached(
+            &conn,
+            "UPDATE nodes SET audit_head = ?2 WHERE site = ?1 AND audit_head <> ?2",
+            params![site, head],
+        )?;
+        Ok(())
+    }
+
     /// What is known of a site's node.
     pub fn node(&self, site: &str) -> Result<Option<NodeRecord>, DbError> {
         let conn = self.conn();
         Ok(query_row_cached(
             &conn,
-            "SELECT site, last_seen, k, version FROM nodes WHERE site = ?1",
+            "SELECT site, last_seen, k, version, audit_head FROM nodes WHERE site = ?1",
             params![site],
             |row| {
                 Ok(NodeRecord {
@@ -872,6 +889,7 @@ impl Db {
                     last_seen: row.get::<_, i64>(1)? as u64,
                     k: row.get(2)?,
                     version: row.get(3)?,
+                    audit_head: row.get(4)?,
                 })
             },
         )

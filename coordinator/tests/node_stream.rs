@@ -162,6 +162,7 @@ fn released(query_id: &str, bytes: Vec<u8>) -> v1::NodeMessage {
                 arrow_ipc: bytes,
                 groups: 1,
             })),
+            audit_head: String::new(),
         })),
     }
 }

@@ -70,7 +70,7 @@ fn the_schema_migrates_once_and_survives_reopening() {
     let db = Db::open(&path).expect("reopen");
     assert_eq!(db.query("q-1").expect("read").expect("kept").title, "t");
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
-    assert_eq!(schema_version(&conn), 3);
+    assert_eq!(schema_version(&conn), 4);
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .expect("mode");
@@ -85,7 +85,7 @@ fn a_database_of_the_first_schema_gains_the_later_migrations() {
     // Back to schema 1, as a coordinator of the first version left it.
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
     conn.execute_batch(
-        "DROP INDEX targets_by_query_state; ALTER TABLE queries DROP COLUMN failure; PRAGMA user_version = 1;",
+        "DROP INDEX targets_by_query_state; ALTER TABLE queries DROP COLUMN failure; ALTER TABLE nodes DROP COLUMN audit_head; PRAGMA user_version = 1;",
     )
     .expect("downgrade");
     drop(conn);
@@ -94,8 +94,11 @@ fn a_database_of_the_first_schema_gains_the_later_migrations() {
     // Migration 3: a question that could not be merged keeps its reason.
     assert!(db.fail_merge("q-1", "why", 20).expect("fail"));
     assert_eq!(db.query("q-1").expect("read").expect("kept").failure, "why");
+    // Migration 4: the latest audit head a node reported.
+    db.node_audit_head("a", &"ab".repeat(32))
+        .expect("audit head");
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
-    assert_eq!(schema_version(&conn), 3);
+    assert_eq!(schema_version(&conn), 4);
     let indexes: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'targets_by_query_state'",

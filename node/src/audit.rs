@@ -90,6 +90,20 @@ pub enum AuditError {
         /// What is wrong.
         reason: String,
     },
+    /// The chain is intact but no longer holds a head reported earlier: its tail was
+    /// removed.
+    #[error(
+        "{}: the log's {entries} entries do not include the head {head} reported earlier: entries were removed from its end",
+        path.display()
+    )]
+    Truncated {
+        /// The log file.
+        path: PathBuf,
+        /// The head that is missing.
+        head: String,
+        /// Entries the log still holds.
+        entries: u64,
+    },
 }
 
 /// What `verify` found in an intact log.
@@ -145,6 +159,15 @@ impl AuditLog {
         })
     }
 
+    /// The hash of the last entry (the genesis value for an empty log).
+    pub fn head(&self) -> String {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .prev
+            .clone()
+    }
+
     /// Appends one entry (its `seq` and `prev` are set here) and syncs it to disk.
     pub fn append(&self, mut entry: AuditEntry) -> Result<AuditEntry, AuditError> {
         let io = |source| AuditError::Io {
@@ -175,6 +198,23 @@ impl AuditLog {
 /// Checks the whole chain of the log at `path`; names the first bad entry.
 pub fn verify(path: &Path) -> Result<ChainSummary, AuditError> {
     walk(path, |_| ())
+}
+
+/// [`verify`], and that the log still holds the entry whose hash is `head` (a head the
+/// node reported earlier, kept by the coordinator or a steward): entries removed from
+/// the end leave an intact chain, and only a head kept elsewhere shows they are gone.
+pub fn verify_with_head(path: &Path, head: &str) -> Result<ChainSummary, AuditError> {
+    let mut found = head == GENESIS;
+    let summary = walk(path, |entry| found |= entry.hash == head)?;
+    if found {
+        Ok(summary)
+    } else {
+        Err(AuditError::Truncated {
+            path: path.to_path_buf(),
+            head: head.to_string(),
+            entries: summary.entries,
+        })
+    }
 }
 
 /// Every entry of the log at `path`, after checking the whole chain (a steward's view:

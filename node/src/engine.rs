@@ -225,6 +225,12 @@ impl NodeEngine {
         })
     }
 
+    /// The hash of the last entry of this node's audit log, reported with every
+    /// heartbeat and result so that a removed tail is found.
+    pub fn audit_head(&self) -> String {
+        self.audit.head()
+    }
+
     /// This node's policy.
     pub fn policy(&self) -> &NodePolicy {
         &self.policy

@@ -199,6 +199,7 @@ async fn session(
                 let beat = v1::NodeMessage {
                     message: Some(v1::node_message::Message::Heartbeat(v1::Heartbeat {
                         at: now_seconds(),
+                        audit_head: engine.audit_head(),
                     })),
                 };
                 if outbound.send(beat).await.is_err() {
@@ -249,5 +250,6 @@ pub async fn run_work(engine: &NodeEngine, work: v1::Work) -> v1::WorkResult {
     v1::WorkResult {
         query_id: work.query_id,
         outcome: Some(outcome),
+        audit_head: engine.audit_head(),
     }
 }

@@ -32,17 +32,27 @@ pub(crate) enum AuditCommand {
         /// The node's store directory.
         #[arg(long)]
         store: PathBuf,
+        /// A head hash reported earlier (the coordinator keeps the latest: `ern operator
+        /// nodes`); the log must still hold it, or entries were removed from its end.
+        #[arg(long)]
+        head: Option<String>,
     },
 }
 
 pub(crate) fn run(command: NodeCommand) -> anyhow::Result<()> {
     match command {
         NodeCommand::Serve { config } => serve(&config),
-        NodeCommand::Audit(AuditCommand::Verify { store }) => {
+        NodeCommand::Audit(AuditCommand::Verify { store, head }) => {
             let log = store.join(AUDIT_FILE);
-            let summary =
-                audit::verify(&log).with_context(|| format!("verifying {}", log.display()))?;
+            let summary = match &head {
+                Some(head) => audit::verify_with_head(&log, head),
+                None => audit::verify(&log),
+            }
+            .with_context(|| format!("verifying {}", log.display()))?;
             println!("audit log intact: {} entries", summary.entries);
+            if let Some(head) = &head {
+                println!("it still holds the head {head} reported earlier");
+            }
             println!(
                 "head: {} (keep a copy: it anchors the end of the log)",
                 summary.head

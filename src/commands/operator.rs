@@ -94,6 +94,7 @@ async fn nodes(args: ConnectionArgs) -> anyhow::Result<()> {
             "k",
             "version",
             "in flight",
+            "audit head",
         ],
         &["k", "in flight"],
     );
@@ -105,6 +106,7 @@ async fn nodes(args: ConnectionArgs) -> anyhow::Result<()> {
             node.k.to_string(),
             shown(&node.version),
             node.in_flight.to_string(),
+            shown(&node.audit_head),
         ]);
     }
     println!("{table}");

@@ -115,6 +115,16 @@ impl NodeLink for NodeLinkService {
                 match inbound.message().await {
                     Ok(Some(message)) => {
                         core.node_seen(&site, generation);
+                        let head = match &message.message {
+                            Some(v1::node_message::Message::Heartbeat(beat)) => {
+                                beat.audit_head.as_str()
+                            }
+                            Some(v1::node_message::Message::Result(result)) => {
+                                result.audit_head.as_str()
+                            }
+                            _ => "",
+                        };
+                        core.node_audit_head(&site, head);
                         if let Some(v1::node_message::Message::Result(result)) = message.message
                             && let Err(status) = core.handle_result(&site, result).await
                         {

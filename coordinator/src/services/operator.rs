@@ -41,7 +41,11 @@ impl Operator for OperatorService {
                 connected: self.core.is_connected(&site),
                 last_seen: record.as_ref().map_or(0, |r| r.last_seen),
                 k: record.as_ref().map_or(0, |r| r.k),
-                version: record.map(|r| r.version).unwrap_or_default(),
+                version: record
+                    .as_ref()
+                    .map(|r| r.version.clone())
+                    .unwrap_or_default(),
+                audit_head: record.map(|r| r.audit_head).unwrap_or_default(),
                 in_flight: self.core.db().in_flight(&site).map_err(internal)?,
                 site,
             });
