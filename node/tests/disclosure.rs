@@ -18,11 +18,10 @@ use ern_node::engine::{ExecuteError, NodeEngine, NodePolicy};
 use ern_node::ingest::ingest;
 use ern_node::progress::NoProgress;
 use ern_node::pseudonym::Pseudonymiser;
-use ern_node::synth::{SynthConfig, synthesize};
 
 use ern_node::steward_key::StewardSigningKey;
 
-use common::{canonical_rows, signed_request, test_steward};
+use common::{canonical_rows, signed_request, synthetic_export, test_steward};
 
 /// The target's rows in one store, per file, as (column, value) pairs.
 struct Target {
@@ -149,22 +148,13 @@ async fn outcome(engine: &NodeEngine, key: &StewardSigningKey, sql: &str) -> Str
 #[tokio::test]
 async fn no_case_reads_the_target_patient() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let sites = synthesize(
-        SynthConfig {
-            sites: 1,
-            patients: 3000,
-            seed: 23,
-        },
-        &dir.path().join("exports"),
-        &NoProgress,
-    )
-    .expect("synth");
+    let base = synthetic_export(dir.path(), 3000, 23);
     let key = Pseudonymiser::new(&[9u8; 32]);
     let steward = test_steward(dir.path());
     let mut engines = Vec::new();
     for (name, target) in [("a", &TARGET_A), ("b", &TARGET_B)] {
         let export = dir.path().join(format!("export-{name}"));
-        export_with(&sites[0].dir, &export, target);
+        export_with(&base, &export, target);
         let store = dir.path().join(format!("store-{name}"));
         ingest(&export, &key, &store, &NoProgress).expect("ingest");
         let policy = NodePolicy::new("site-a", vec![steward.public_key()]);

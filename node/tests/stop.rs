@@ -12,13 +12,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use ern_node::engine::{ExecuteError, NodeEngine, NodePolicy};
-use ern_node::ingest::ingest;
-use ern_node::progress::NoProgress;
-use ern_node::pseudonym::Pseudonymiser;
-use ern_node::synth::{SynthConfig, synthesize};
 use ern_queries::Rule;
 
-use common::{signed_request, test_steward};
+use common::{signed_request, synthetic_store, test_steward};
 
 /// The most resident memory this process has had, from /proc/self/status (VmHWM).
 fn peak_resident_bytes() -> u64 {
@@ -54,24 +50,7 @@ const HEAVY: &str = "SELECT p.sex, COUNT(*) AS n FROM patient p \
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_stops_computing_at_the_time_limit() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let sites = synthesize(
-        SynthConfig {
-            sites: 1,
-            patients: 10_000,
-            seed: 5,
-        },
-        &dir.path().join("exports"),
-        &NoProgress,
-    )
-    .expect("synth");
-    let store = dir.path().join("store");
-    ingest(
-        &sites[0].dir,
-        &Pseudonymiser::new(&[3u8; 32]),
-        &store,
-        &NoProgress,
-    )
-    .expect("ingest");
+    let store = synthetic_store(dir.path(), 10_000, 5);
     let steward = test_steward(dir.path());
     let mut policy = NodePolicy::new("site-a", vec![steward.public_key()]);
     policy.time_limit = Duration::from_secs(5);

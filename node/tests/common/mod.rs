@@ -135,3 +135,34 @@ pub(crate) fn canonical_rows(batches: &[RecordBatch]) -> Vec<String> {
     rows.sort();
     rows
 }
+
+/// A synthetic one-site export of `patients` in `dir`/exports; returns its directory.
+#[allow(dead_code)]
+pub(crate) fn synthetic_export(dir: &Path, patients: usize, seed: u64) -> std::path::PathBuf {
+    let sites = ern_node::synth::synthesize(
+        ern_node::synth::SynthConfig {
+            sites: 1,
+            patients,
+            seed,
+        },
+        &dir.join("exports"),
+        &ern_node::progress::NoProgress,
+    )
+    .expect("synth");
+    sites[0].dir.clone()
+}
+
+/// [`synthetic_export`] ingested into `dir`/store; returns the store directory.
+#[allow(dead_code)]
+pub(crate) fn synthetic_store(dir: &Path, patients: usize, seed: u64) -> std::path::PathBuf {
+    let export = synthetic_export(dir, patients, seed);
+    let store = dir.join("store");
+    ern_node::ingest::ingest(
+        &export,
+        &ern_node::pseudonym::Pseudonymiser::new(&[3u8; 32]),
+        &store,
+        &ern_node::progress::NoProgress,
+    )
+    .expect("ingest");
+    store
+}
