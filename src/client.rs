@@ -91,6 +91,28 @@ pub(crate) async fn operator(connection: &Connection) -> anyhow::Result<Operator
     Ok(OperatorClient::with_interceptor(channel, bearer))
 }
 
+/// Entries asked for per page of a list call (the coordinator's maximum).
+pub(crate) const PAGE_SIZE: u32 = 1000;
+
+/// Every entry of a paged list call: `page` is called with each page token (empty
+/// first) and returns one page's entries and the next token, until that is empty.
+pub(crate) async fn all_pages<T, Page, Fut>(mut page: Page) -> Result<Vec<T>, tonic::Status>
+where
+    Page: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let mut entries = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (mut found, next) = page(token).await?;
+        entries.append(&mut found);
+        if next.is_empty() {
+            return Ok(entries);
+        }
+        token = next;
+    }
+}
+
 /// A gRPC error as a sentence: what kind of failure, then the coordinator's message.
 pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
     let kind = match status.code() {

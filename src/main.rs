@@ -12,7 +12,6 @@ mod client;
 mod commands;
 mod output;
 mod progress_bar;
-mod shown;
 mod table;
 
 use clap::{Parser, Subcommand};

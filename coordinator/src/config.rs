@@ -5,6 +5,7 @@
 //! database = "coordinator.db"     # SQLite file; relative to this file's directory
 //! site_timeout_seconds = 300      # a dispatched question may take this long at a site
 //! default_deadline_hours = 168    # how long a question waits for approvals by default
+//! max_deadline_hours = 720        # the longest deadline a researcher may ask for
 //! heartbeat_seconds = 10          # nodes send a heartbeat this often
 //!
 //! [tls]                           # TLS on every endpoint (see `ern keygen tls`)
@@ -13,11 +14,21 @@
 //! client_ca = "tls/ca.pem"        # the network CA: node certificates must chain to it
 //!
 //! [limits]                        # all optional; these are the defaults
-//! max_message_bytes = 4194304     # largest gRPC message decoded
-//! max_sql_bytes = 65536           # largest question
+//! max_user_message_bytes = 262144 # largest message of a researcher, steward, operator
+//! max_node_message_bytes = 4194304 # largest message of a node (its released partials)
+//! max_sql_bytes = 65536           # largest question (the network's one SQL size limit)
 //! submits_per_minute = 60         # per user, also the burst
+//! max_open_questions = 100        # per researcher: neither complete nor failed
 //! rpc_timeout_seconds = 30        # deadline of every call (node streams excepted)
+//! max_connections = 1024          # open at once; more wait in the kernel's backlog
+//! max_connections_per_source = 64 # open at once from one IP address
+//! max_handshakes_per_source = 8   # unfinished TLS handshakes from one IP address
+//! handshake_timeout_seconds = 10  # time to finish a TLS handshake
 //! ```
+//!
+//! The coordinator needs a file descriptor per connection: it raises its soft
+//! open-files limit to the hard one at start, and warns when that is below
+//! `max_connections` plus a reserve for its database and logs.
 //!
 //! Without `[tls]` the coordinator refuses to start unless `plaintext = true` is set and
 //! `listen` is a loopback address: plaintext never leaves the machine, and it is logged
@@ -30,7 +41,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::core::Timing;
-use crate::limits::Limits;
+use crate::limits::{ConnectionLimits, Limits, MESSAGE_ROOM_BESIDE_SQL};
 
 /// Errors reading a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +73,8 @@ struct RawConfig {
     site_timeout_seconds: u64,
     #[serde(default = "default_deadline_hours")]
     default_deadline_hours: u64,
+    #[serde(default = "max_deadline_hours")]
+    max_deadline_hours: u64,
     #[serde(default = "default_heartbeat")]
     heartbeat_seconds: u64,
     #[serde(default)]
@@ -82,21 +95,75 @@ struct RawTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawLimits {
-    max_message_bytes: usize,
+    max_user_message_bytes: usize,
+    max_node_message_bytes: usize,
     max_sql_bytes: usize,
     submits_per_minute: u32,
+    max_open_questions: u32,
     rpc_timeout_seconds: u64,
+    max_connections: usize,
+    max_connections_per_source: usize,
+    max_handshakes_per_source: usize,
+    handshake_timeout_seconds: u64,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
         let limits = Limits::default();
         RawLimits {
-            max_message_bytes: limits.max_message_bytes,
+            max_user_message_bytes: limits.max_user_message_bytes,
+            max_node_message_bytes: limits.max_node_message_bytes,
             max_sql_bytes: limits.max_sql_bytes,
             submits_per_minute: limits.submits_per_minute,
+            max_open_questions: limits.max_open_questions,
             rpc_timeout_seconds: limits.rpc_timeout.as_secs(),
+            max_connections: limits.connections.max_connections,
+            max_connections_per_source: limits.connections.per_source,
+            max_handshakes_per_source: limits.connections.handshakes_per_source,
+            handshake_timeout_seconds: limits.connections.handshake_timeout.as_secs(),
         }
+    }
+}
+
+impl RawLimits {
+    /// The limits, if each is positive and the SQL limit fits in a user's message.
+    fn checked(&self) -> Result<Limits, String> {
+        let positive = [
+            self.max_user_message_bytes,
+            self.max_node_message_bytes,
+            self.max_sql_bytes,
+            self.submits_per_minute as usize,
+            self.max_open_questions as usize,
+            self.rpc_timeout_seconds as usize,
+            self.max_connections,
+            self.max_connections_per_source,
+            self.max_handshakes_per_source,
+            self.handshake_timeout_seconds as usize,
+        ];
+        if positive.contains(&0) {
+            return Err("limits must be positive".into());
+        }
+        if self.max_sql_bytes.saturating_add(MESSAGE_ROOM_BESIDE_SQL) > self.max_user_message_bytes {
+            return Err(format!(
+                "max_sql_bytes ({}) must leave {MESSAGE_ROOM_BESIDE_SQL} bytes of \
+                 max_user_message_bytes ({}) for a question's title and purpose",
+                self.max_sql_bytes, self.max_user_message_bytes
+            ));
+        }
+        Ok(Limits {
+            max_user_message_bytes: self.max_user_message_bytes,
+            max_node_message_bytes: self.max_node_message_bytes,
+            max_sql_bytes: self.max_sql_bytes,
+            submits_per_minute: self.submits_per_minute,
+            max_open_questions: self.max_open_questions,
+            rpc_timeout: Duration::from_secs(self.rpc_timeout_seconds),
+            connections: ConnectionLimits {
+                max_connections: self.max_connections,
+                per_source: self.max_connections_per_source,
+                handshakes_per_source: self.max_handshakes_per_source,
+                handshake_timeout: Duration::from_secs(self.handshake_timeout_seconds),
+            },
+        })
     }
 }
 
@@ -132,6 +199,9 @@ fn default_site_timeout() -> u64 {
 }
 fn default_deadline_hours() -> u64 {
     168
+}
+fn max_deadline_hours() -> u64 {
+    720
 }
 fn default_heartbeat() -> u64 {
     10
@@ -175,14 +245,16 @@ impl CoordinatorConfig {
                 "timeouts, deadlines and heartbeats must be positive",
             ));
         }
-        let limits = &raw.limits;
-        if limits.max_message_bytes == 0
-            || limits.max_sql_bytes == 0
-            || limits.submits_per_minute == 0
-            || limits.rpc_timeout_seconds == 0
-        {
-            return Err(invalid("limits must be positive"));
+        // Beyond ten years a deadline is a mistake; the cap also keeps seconds in range.
+        if raw.max_deadline_hours > 24 * 366 * 10 {
+            return Err(invalid("max_deadline_hours is at most 87840 (ten years)"));
         }
+        if raw.default_deadline_hours > raw.max_deadline_hours {
+            return Err(invalid(
+                "default_deadline_hours must not exceed max_deadline_hours",
+            ));
+        }
+        let limits = raw.limits.checked().map_err(|message| invalid(&message))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let transport = match (&raw.tls, raw.plaintext) {
             (Some(_), true) => {
@@ -217,15 +289,11 @@ impl CoordinatorConfig {
             listen: raw.listen,
             database: base.join(raw.database),
             transport,
-            limits: Limits {
-                max_message_bytes: raw.limits.max_message_bytes,
-                max_sql_bytes: raw.limits.max_sql_bytes,
-                submits_per_minute: raw.limits.submits_per_minute,
-                rpc_timeout: Duration::from_secs(raw.limits.rpc_timeout_seconds),
-            },
+            limits,
             timing: Timing {
                 site_timeout: Duration::from_secs(raw.site_timeout_seconds),
                 default_deadline: Duration::from_secs(raw.default_deadline_hours * 3600),
+                max_deadline: Duration::from_secs(raw.max_deadline_hours * 3600),
                 heartbeat: Duration::from_secs(raw.heartbeat_seconds),
             },
         })
@@ -295,6 +363,36 @@ mod tests {
         assert!(
             load(&format!("{base}[limits]\nmax_sql = 1\n")).is_err(),
             "unknown key"
+        );
+        assert!(
+            message(load(&format!(
+                "{base}[limits]\nmax_sql_bytes = 300000\n"
+            )))
+            .contains("max_user_message_bytes")
+        );
+        let config = load(&format!(
+            "{base}[limits]\nmax_user_message_bytes = 1048576\nmax_sql_bytes = 300000\n"
+        ))
+        .expect("room for the SQL");
+        assert_eq!(config.limits.max_sql_bytes, 300_000);
+    }
+
+    #[test]
+    fn deadlines_have_a_ceiling() {
+        let base = "listen = \"127.0.0.1:1\"\ndatabase = \"c.db\"\nplaintext = true\n";
+        let config = load(base).expect("defaults");
+        assert_eq!(config.timing.max_deadline.as_secs(), 30 * 24 * 3600);
+        assert!(
+            message(load(&format!(
+                "{base}default_deadline_hours = 800\n"
+            )))
+            .contains("max_deadline_hours")
+        );
+        assert!(
+            message(load(&format!(
+                "{base}max_deadline_hours = 10000000\n"
+            )))
+            .contains("ten years")
         );
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
 use ern_proto::arrow_ipc;
+use ern_proto::shown::for_log;
 use ern_proto::v1;
 use ern_queries::ValidatedQuery;
 use tokio::sync::{Notify, mpsc};
@@ -30,6 +31,8 @@ pub struct Timing {
     pub site_timeout: Duration,
     /// A question's deadline when the researcher gives none.
     pub default_deadline: Duration,
+    /// The longest deadline a researcher may ask for.
+    pub max_deadline: Duration,
     /// Seconds between node heartbeats.
     pub heartbeat: Duration,
 }
@@ -39,6 +42,7 @@ impl Default for Timing {
         Timing {
             site_timeout: Duration::from_secs(300),
             default_deadline: Duration::from_secs(7 * 24 * 3600),
+            max_deadline: Duration::from_secs(30 * 24 * 3600),
             heartbeat: Duration::from_secs(10),
         }
     }
@@ -82,6 +86,12 @@ pub(crate) fn internal(error: DbError) -> Status {
     Status::internal("the coordinator's storage failed; the operator can see the detail in its log")
 }
 
+/// A caller's own input quoted back in an error: escaped, and at most 64 characters of
+/// it (a 917 KB id once came back as a 917 KB error).
+pub(crate) fn echoed(text: &str) -> String {
+    ern_proto::shown::shown_bounded(text, 64)
+}
+
 impl Coordinator {
     /// A coordinator over `db`.
     pub fn new(db: Db, timing: Timing) -> Result<Self, DataFusionError> {
@@ -122,6 +132,11 @@ impl Coordinator {
         &self.db
     }
 
+    /// The database, shared (for the services' authentication gates).
+    pub fn shared_db(&self) -> Arc<Db> {
+        Arc::clone(&self.db)
+    }
+
     /// The timing settings.
     pub fn timing(&self) -> &Timing {
         &self.timing
@@ -151,7 +166,7 @@ impl Coordinator {
         hello: &v1::Hello,
         sender: NodeSender,
     ) -> Result<u64, Status> {
-        let (k, version) = (hello.k, hello.version.as_str());
+        let (k, version) = (hello.k, crate::node_text::version(&hello.version));
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let now = now_seconds();
         self.db
@@ -159,7 +174,7 @@ impl Coordinator {
                 site: site.to_string(),
                 last_seen: now,
                 k,
-                version: version.to_string(),
+                version: version.clone(),
                 audit_head: String::new(),
             })
             .map_err(internal)?;
@@ -183,7 +198,7 @@ impl Coordinator {
                 max_concurrent: hello.max_concurrent.max(1) as usize,
             },
         );
-        tracing::info!(site, k, version, "node connected");
+        tracing::info!(site, k, %version, "node connected");
         Ok(generation)
     }
 
@@ -313,12 +328,20 @@ impl Coordinator {
             {
                 Ok(()) => (SiteState::Answered, String::new(), Some(released.arrow_ipc)),
                 Err(reason) => {
-                    tracing::warn!(site, query = %result.query_id, reason, "malformed partials");
+                    tracing::warn!(site, query = %for_log(&result.query_id), reason, "malformed partials");
                     (SiteState::Failed, "malformed-result".to_string(), None)
                 }
             },
-            Some(Outcome::Refused(refused)) => (SiteState::Refused, refused.rule, None),
-            Some(Outcome::Failed(failed)) => (SiteState::Failed, failed.reference, None),
+            Some(Outcome::Refused(refused)) => (
+                SiteState::Refused,
+                crate::node_text::rule_name(&refused.rule),
+                None,
+            ),
+            Some(Outcome::Failed(failed)) => (
+                SiteState::Failed,
+                crate::node_text::failure_reference(&failed.reference),
+                None,
+            ),
             None => (SiteState::Failed, "empty-result".to_string(), None),
         };
         let recorded = self
@@ -333,7 +356,7 @@ impl Coordinator {
             )
             .map_err(internal)?;
         if recorded {
-            tracing::info!(site, query = %result.query_id, state = state.as_str(), "answer");
+            tracing::info!(site, query = %for_log(&result.query_id), state = state.as_str(), "answer");
             // The node has room again.
             self.dispatch(site).await?;
             self.finalize(&result.query_id).await?;

@@ -91,6 +91,9 @@ const MIGRATIONS: &[&str] = &[
     // 4: the latest audit-log head each node reported, to find a log whose tail was
     // removed.
     "ALTER TABLE nodes ADD COLUMN audit_head TEXT NOT NULL DEFAULT '';",
+    // 5: a researcher's questions are listed a page at a time and their open ones
+    // counted at every submission.
+    "CREATE INDEX queries_by_submitter ON queries(submitted_by, complete);",
 ];
 
 /// Storage errors.
@@ -327,12 +330,13 @@ impl Db {
         .transpose()
     }
 
-    /// Every user, by name.
-    pub fn users(&self) -> Result<Vec<User>, DbError> {
+    /// Users by name, `limit` of them after the name `after` ("" for the first).
+    pub fn users(&self, after: &str, limit: i64) -> Result<Vec<User>, DbError> {
         let conn = self.conn();
-        let mut statement =
-            conn.prepare_cached("SELECT name, role, site, created_at FROM users ORDER BY name")?;
-        let rows = statement.query_map([], |row| {
+        let mut statement = conn.prepare_cached(
+            "SELECT name, role, site, created_at FROM users WHERE name > ?1 ORDER BY name LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![after, limit], |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,
@@ -351,6 +355,18 @@ impl Db {
             });
         }
         Ok(users)
+    }
+
+    /// Sites with an enrolled node, sorted, `limit` of them after the site `after`.
+    pub fn sites_page(&self, after: &str, limit: i64) -> Result<Vec<String>, DbError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(
+            "SELECT DISTINCT site FROM users WHERE role = 'node' AND site > ?1 ORDER BY site LIMIT ?2",
+        )?;
+        let sites = statement
+            .query_map(params![after, limit], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(sites)
     }
 
     /// Sites with an enrolled node, sorted.
@@ -424,15 +440,33 @@ impl Db {
             .optional()?)
     }
 
-    /// Questions submitted by `user`, newest first.
-    pub fn queries_by(&self, user: &str) -> Result<Vec<StoredQuery>, DbError> {
+    /// Questions submitted by `user`, newest first, with their row ids: `limit` of them
+    /// before the row `before_row`.
+    pub fn queries_by(
+        &self,
+        user: &str,
+        before_row: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, StoredQuery)>, DbError> {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
-            "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete, failure
-             FROM queries WHERE submitted_by = ?1 ORDER BY submitted_at DESC, rowid DESC",
+            "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete, failure, rowid
+             FROM queries WHERE submitted_by = ?1 AND rowid < ?2 ORDER BY rowid DESC LIMIT ?3",
         )?;
-        let rows = statement.query_map(params![user], query_from_row)?;
+        let rows = statement.query_map(params![user, before_row, limit], |row| {
+            Ok((row.get::<_, i64>(10)?, query_from_row(row)?))
+        })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// How many of `user`'s questions are open: neither complete nor failed.
+    pub fn open_questions_of(&self, user: &str) -> Result<u64, DbError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(
+            "SELECT COUNT(*) FROM queries WHERE submitted_by = ?1 AND complete = 0 AND failure = ''",
+        )?;
+        let open: i64 = statement.query_row(params![user], |row| row.get(0))?;
+        Ok(open as u64)
     }
 
     /// Questions not yet complete.
@@ -489,18 +523,31 @@ impl Db {
         )?)
     }
 
-    /// Questions waiting for `site`'s steward, oldest first.
-    pub fn pending_for_site(&self, site: &str, now: u64) -> Result<Vec<StoredQuery>, DbError> {
+    /// Questions waiting for `site`'s steward, oldest first, with their row ids: `limit`
+    /// of them after the row `after_row`.
+    pub fn pending_for_site(
+        &self,
+        site: &str,
+        now: u64,
+        after_row: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, StoredQuery)>, DbError> {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
-            "SELECT q.id, q.title, q.purpose, q.sql, q.query_hash, q.submitted_by, q.submitted_at, q.deadline, q.complete, q.failure
+            "SELECT q.id, q.title, q.purpose, q.sql, q.query_hash, q.submitted_by, q.submitted_at, q.deadline, q.complete, q.failure, q.rowid
              FROM queries q JOIN targets t ON t.query_id = q.id
-             WHERE t.site = ?1 AND t.state = ?2 AND q.deadline > ?3
-             ORDER BY q.submitted_at, q.rowid",
+             WHERE t.site = ?1 AND t.state = ?2 AND q.deadline > ?3 AND q.rowid > ?4
+             ORDER BY q.rowid LIMIT ?5",
         )?;
         let rows = statement.query_map(
-            params![site, SiteState::AwaitingApproval.as_str(), now as i64],
-            query_from_row,
+            params![
+                site,
+                SiteState::AwaitingApproval.as_str(),
+                now as i64,
+                after_row,
+                limit
+            ],
+            |row| Ok((row.get::<_, i64>(10)?, query_from_row(row)?)),
         )?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }

@@ -6,12 +6,15 @@
 //! with study metadata and released aggregates only: it never sees a patient row or a
 //! pseudonym, and it cannot make or alter an approval (nodes verify those themselves).
 
+pub mod accept;
 pub mod auth;
 pub mod config;
 pub mod core;
 pub mod db;
 pub mod limits;
 pub mod model;
+pub mod node_text;
+pub mod paging;
 pub mod pki;
 pub mod server;
 pub mod services;

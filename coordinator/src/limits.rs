@@ -12,24 +12,65 @@ use tonic::Status;
 /// The limits, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest gRPC message the coordinator decodes, in bytes.
-    pub max_message_bytes: usize,
-    /// Largest SQL text of one question, in bytes.
+    /// Largest message a researcher, steward or operator may send, in bytes. Checked
+    /// after the caller's token (a caller without one is refused before any byte of the
+    /// body is read).
+    pub max_user_message_bytes: usize,
+    /// Largest message a node may send (its released partials), in bytes.
+    pub max_node_message_bytes: usize,
+    /// Largest SQL text of one question, in bytes: the one SQL size limit of the network
+    /// (nodes and `ern validate` bound the work of a question by its tokens and nesting).
     pub max_sql_bytes: usize,
     /// Submissions one user may make per minute (also the burst).
     pub submits_per_minute: u32,
+    /// Questions one researcher may have open (neither complete nor failed) at once.
+    pub max_open_questions: u32,
     /// Longest any call may take before it fails with DEADLINE_EXCEEDED (node streams,
     /// which live for days, are exempt once opened).
     pub rpc_timeout: Duration,
+    /// How many connections are accepted, from where, and how long a handshake may take.
+    pub connections: ConnectionLimits,
 }
+
+/// Limits on connections, so that half-open TLS connections from one source cannot use up
+/// the coordinator's file descriptors and starve everyone else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once, from everyone; beyond it, no connection is accepted
+    /// until one closes (the kernel's backlog holds the rest).
+    pub max_connections: usize,
+    /// Connections open at once from one IP address; more are closed on accept.
+    pub per_source: usize,
+    /// Unfinished TLS handshakes at once from one IP address; more are closed on accept.
+    pub handshakes_per_source: usize,
+    /// How long a client has to finish its TLS handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 1024,
+            per_source: 64,
+            handshakes_per_source: 8,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Room a message needs beside its SQL (title, purpose, sites, framing), in bytes.
+pub const MESSAGE_ROOM_BESIDE_SQL: usize = 16 << 10;
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_message_bytes: 4 << 20,
+            max_user_message_bytes: 256 << 10,
+            max_node_message_bytes: 4 << 20,
             max_sql_bytes: 64 << 10,
             submits_per_minute: 60,
+            max_open_questions: 100,
             rpc_timeout: Duration::from_secs(30),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -67,6 +108,19 @@ impl SubmitLimiter {
             }
         }
     }
+}
+
+/// Refuses a new question of a researcher who has `open` questions already, naming the
+/// limit and what frees it.
+pub fn check_open_questions(open: u64, limits: &Limits) -> Result<(), Status> {
+    if open >= u64::from(limits.max_open_questions) {
+        return Err(Status::resource_exhausted(format!(
+            "open questions limit: you have {open} questions still open; this network \
+             allows {} per researcher. Wait for one to complete or pass its deadline",
+            limits.max_open_questions
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses SQL longer than the limit, naming the limit and the size (never the text).

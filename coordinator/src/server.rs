@@ -11,11 +11,19 @@ use ern_proto::v1::operator_server::OperatorServer;
 use ern_proto::v1::researcher_server::ResearcherServer;
 use ern_proto::v1::steward_server::StewardServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::crypto::ring as ring_provider;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tonic::service::interceptor::InterceptedService;
 
+use crate::accept;
+use crate::auth::Gate;
 use crate::config::{ServerTls, Transport};
 use crate::core::Coordinator;
+use crate::model::Role;
 use crate::services::{NodeLinkService, OperatorService, ResearcherService, StewardService};
 
 /// How often deadlines, timeouts and unfinished merges are looked at.
@@ -30,20 +38,38 @@ pub enum ServeError {
     /// The transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The TLS certificate, key or CA could not be used.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
 }
-
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server's TLS: its identity, and the network CA for (optional) client
 /// certificates. Researchers, stewards and operators present none; nodes must, and the
-/// NodeLink service checks theirs.
-fn tls_config(tls: &ServerTls) -> ServerTlsConfig {
-    ServerTlsConfig::new()
-        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-        .client_ca_root(Certificate::from_pem(&tls.client_ca_pem))
-        .client_auth_optional(true)
-        .timeout(HANDSHAKE_TIMEOUT)
+/// NodeLink service checks theirs. HTTP/2 only, as gRPC needs.
+fn tls_acceptor(tls: &ServerTls) -> Result<TlsAcceptor, ServeError> {
+    let bad = |what: &str, error: &dyn std::fmt::Display| ServeError::Tls(format!("{what}: {error}"));
+    let chain = CertificateDer::pem_slice_iter(&tls.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("the server certificate", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(&tls.key_pem).map_err(|e| bad("the server key", &e))?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&tls.client_ca_pem) {
+        let ca = ca.map_err(|e| bad("the client CA", &e))?;
+        roots.add(ca).map_err(|e| bad("the client CA", &e))?;
+    }
+    let provider = Arc::new(ring_provider::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| bad("the client CA", &e))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("protocol versions", &e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| bad("the server certificate and key", &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Serves `core` on `listener` until `shutdown` completes.
@@ -53,20 +79,17 @@ pub async fn serve(
     transport: Transport,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let mut builder = tonic::transport::Server::builder();
-    let require_certificate = match &transport {
-        Transport::Tls(tls) => {
-            builder = builder.tls_config(tls_config(tls))?;
-            true
-        }
+    let acceptor = match &transport {
+        Transport::Tls(tls) => Some(tls_acceptor(tls)?),
         Transport::Plaintext => {
             tracing::warn!(
                 address = ?listener.local_addr().ok(),
                 "serving PLAINTEXT on loopback: no encryption, no node certificates"
             );
-            false
+            None
         }
     };
+    let require_certificate = acceptor.is_some();
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ResearcherServer<ResearcherService>>()
@@ -96,31 +119,39 @@ pub async fn serve(
     };
     let heartbeat = core.timing().heartbeat;
     let limits = core.limits().clone();
-    let max = limits.max_message_bytes;
-    let result = builder
+    let (user_max, node_max) = (limits.max_user_message_bytes, limits.max_node_message_bytes);
+    let gate = |role| Gate::new(core.shared_db(), role);
+    accept::raise_open_files_limit(&limits.connections);
+    let (incoming, accepting) = accept::incoming(listener, acceptor, limits.connections.clone());
+    let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(heartbeat))
         .http2_keepalive_timeout(Some(heartbeat * 2))
         .timeout(limits.rpc_timeout)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(
+        .add_service(InterceptedService::new(
             ResearcherServer::new(ResearcherService::new(Arc::clone(&core)))
-                .max_decoding_message_size(max),
-        )
-        .add_service(
+                .max_decoding_message_size(user_max),
+            gate(Role::Researcher),
+        ))
+        .add_service(InterceptedService::new(
             StewardServer::new(StewardService::new(Arc::clone(&core)))
-                .max_decoding_message_size(max),
-        )
-        .add_service(
+                .max_decoding_message_size(user_max),
+            gate(Role::Steward),
+        ))
+        .add_service(InterceptedService::new(
             OperatorServer::new(OperatorService::new(Arc::clone(&core)))
-                .max_decoding_message_size(max),
-        )
-        .add_service(
+                .max_decoding_message_size(user_max),
+            gate(Role::Operator),
+        ))
+        .add_service(InterceptedService::new(
             NodeLinkServer::new(NodeLinkService::new(Arc::clone(&core), require_certificate))
-                .max_decoding_message_size(max),
-        )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .max_decoding_message_size(node_max),
+            gate(Role::Node),
+        ))
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     ticker.abort();
+    accepting.abort();
     Ok(result?)
 }

@@ -70,7 +70,7 @@ fn the_schema_migrates_once_and_survives_reopening() {
     let db = Db::open(&path).expect("reopen");
     assert_eq!(db.query("q-1").expect("read").expect("kept").title, "t");
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
-    assert_eq!(schema_version(&conn), 4);
+    assert_eq!(schema_version(&conn), 5);
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .expect("mode");
@@ -85,7 +85,7 @@ fn a_database_of_the_first_schema_gains_the_later_migrations() {
     // Back to schema 1, as a coordinator of the first version left it.
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
     conn.execute_batch(
-        "DROP INDEX targets_by_query_state; ALTER TABLE queries DROP COLUMN failure; ALTER TABLE nodes DROP COLUMN audit_head; PRAGMA user_version = 1;",
+        "DROP INDEX queries_by_submitter; DROP INDEX targets_by_query_state; ALTER TABLE queries DROP COLUMN failure; ALTER TABLE nodes DROP COLUMN audit_head; PRAGMA user_version = 1;",
     )
     .expect("downgrade");
     drop(conn);
@@ -97,16 +97,18 @@ fn a_database_of_the_first_schema_gains_the_later_migrations() {
     // Migration 4: the latest audit head a node reported.
     db.node_audit_head("a", &"ab".repeat(32))
         .expect("audit head");
+    // Migration 5: a researcher's questions counted and paged by an index.
+    assert_eq!(db.open_questions_of("ada").expect("open"), 0, "a failed question is not open");
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
-    assert_eq!(schema_version(&conn), 4);
+    assert_eq!(schema_version(&conn), 5);
     let indexes: i64 = conn
         .query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'targets_by_query_state'",
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN ('targets_by_query_state', 'queries_by_submitter')",
             [],
             |r| r.get(0),
         )
         .expect("index");
-    assert_eq!(indexes, 1);
+    assert_eq!(indexes, 2);
 }
 
 #[test]
@@ -244,5 +246,5 @@ fn deadlines_expire_waiting_sites_and_site_timeouts_fail_silent_ones() {
     );
     // Expired work is not handed to a node that connects later.
     assert!(db.approved_work("b", 201).expect("work").is_empty());
-    assert!(db.pending_for_site("a", 201).expect("pending").is_empty());
+    assert!(db.pending_for_site("a", 201, 0, 100).expect("pending").is_empty());
 }

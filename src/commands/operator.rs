@@ -4,8 +4,8 @@ use clap::{Args, Subcommand};
 use ern_coordinator::model::Role;
 use ern_proto::v1;
 
-use crate::client::{self, Connection, format_time, rpc_error};
-use crate::shown::shown;
+use crate::client::{self, Connection, PAGE_SIZE, all_pages, format_time, rpc_error};
+use ern_proto::shown::shown;
 use crate::table::new_table;
 
 /// Operator commands.
@@ -80,12 +80,22 @@ pub(crate) fn run(command: OperatorCommand) -> anyhow::Result<()> {
 }
 
 async fn nodes(args: ConnectionArgs) -> anyhow::Result<()> {
-    let mut operator = client::operator(&args.connection).await?;
-    let nodes = operator
-        .list_nodes(v1::ListNodesRequest {})
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+    let operator = client::operator(&args.connection).await?;
+    let nodes = all_pages(|page_token| {
+        let mut operator = operator.clone();
+        async move {
+            let page = operator
+                .list_nodes(v1::ListNodesRequest {
+                    page_size: PAGE_SIZE,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            Ok((page.nodes, page.next_page_token))
+        }
+    })
+    .await
+    .map_err(rpc_error)?;
     let mut table = new_table(
         &[
             "site",
@@ -98,7 +108,7 @@ async fn nodes(args: ConnectionArgs) -> anyhow::Result<()> {
         ],
         &["k", "in flight"],
     );
-    for node in nodes.nodes {
+    for node in nodes {
         table.add_row(vec![
             shown(&node.site),
             if node.connected { "yes" } else { "no" }.to_string(),
@@ -134,14 +144,24 @@ async fn add_user(args: AddUserArgs) -> anyhow::Result<()> {
 }
 
 async fn users(args: ConnectionArgs) -> anyhow::Result<()> {
-    let mut operator = client::operator(&args.connection).await?;
-    let users = operator
-        .list_users(v1::ListUsersRequest {})
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+    let operator = client::operator(&args.connection).await?;
+    let users = all_pages(|page_token| {
+        let mut operator = operator.clone();
+        async move {
+            let page = operator
+                .list_users(v1::ListUsersRequest {
+                    page_size: PAGE_SIZE,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            Ok((page.users, page.next_page_token))
+        }
+    })
+    .await
+    .map_err(rpc_error)?;
     let mut table = new_table(&["name", "role", "site", "enrolled"], &[]);
-    for user in users.users {
+    for user in users {
         let role = v1::Role::try_from(user.role)
             .ok()
             .and_then(Role::from_proto)

@@ -7,9 +7,11 @@ use clap::{ArgGroup, Args};
 use ern_proto::arrow_ipc;
 use ern_proto::v1;
 
-use crate::client::{self, Connection, format_time, parse_duration, rpc_error};
+use crate::client::{
+    self, Connection, PAGE_SIZE, all_pages, format_time, parse_duration, rpc_error,
+};
 use crate::output::{self, Format};
-use crate::shown::shown;
+use ern_proto::shown::shown;
 use crate::table::new_table;
 
 /// Arguments of `ern submit`.
@@ -208,17 +210,27 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<()> {
 
 pub(crate) fn list(args: ListArgs) -> anyhow::Result<()> {
     client::runtime()?.block_on(async {
-        let mut researcher = client::researcher(&args.connection).await?;
-        let list = researcher
-            .list_queries(v1::ListQueriesRequest {})
-            .await
-            .map_err(rpc_error)?
-            .into_inner();
+        let researcher = client::researcher(&args.connection).await?;
+        let list = all_pages(|page_token| {
+            let mut researcher = researcher.clone();
+            async move {
+                let page = researcher
+                    .list_queries(v1::ListQueriesRequest {
+                        page_size: PAGE_SIZE,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((page.queries, page.next_page_token))
+            }
+        })
+        .await
+        .map_err(rpc_error)?;
         let mut table = new_table(
             &["id", "title", "state", "sites", "answered", "submitted"],
             &["sites", "answered"],
         );
-        for query in list.queries {
+        for query in list {
             table.add_row(vec![
                 shown(&query.query_id),
                 shown(&query.title),

@@ -19,9 +19,11 @@ use ern_proto::v1;
 
 use ern_proto::v1::steward_client::StewardClient;
 
-use crate::client::{self, Authed, Connection, format_time, parse_duration, rpc_error};
+use crate::client::{
+    self, Authed, Connection, PAGE_SIZE, all_pages, format_time, parse_duration, rpc_error,
+};
 use crate::commands::researcher::{coverage_table, site_state_name};
-use crate::shown::{shown, shown_lines};
+use ern_proto::shown::{shown, shown_lines};
 use crate::table::new_table;
 
 /// Steward commands.
@@ -112,17 +114,27 @@ async fn fetch_review(
 }
 
 async fn pending(args: PendingArgs) -> anyhow::Result<()> {
-    let mut steward = client::steward(&args.connection).await?;
-    let pending = steward
-        .list_pending(v1::ListPendingRequest {})
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+    let steward = client::steward(&args.connection).await?;
+    let pending = all_pages(|page_token| {
+        let mut steward = steward.clone();
+        async move {
+            let page = steward
+                .list_pending(v1::ListPendingRequest {
+                    page_size: PAGE_SIZE,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            Ok((page.queries, page.next_page_token))
+        }
+    })
+    .await
+    .map_err(rpc_error)?;
     let mut table = new_table(
         &["id", "title", "submitted by", "submitted", "deadline"],
         &[],
     );
-    for query in pending.queries {
+    for query in pending {
         table.add_row(vec![
             shown(&query.query_id),
             shown(&query.title),

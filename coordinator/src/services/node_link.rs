@@ -5,15 +5,16 @@
 
 use std::sync::Arc;
 
+use ern_proto::shown::for_log;
 use ern_proto::v1;
 use ern_proto::v1::node_link_server::NodeLink;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::accept::PeerInfo;
 use crate::auth;
 use crate::core::Coordinator;
-use crate::model::Role;
 use crate::pki;
 
 /// Messages queued towards one node before the coordinator waits for it to read.
@@ -43,7 +44,11 @@ fn check_certificate<T>(
     token_site: &str,
     required: bool,
 ) -> Result<(), Status> {
-    let Some(chain) = request.peer_certs() else {
+    let chain = request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|peer| peer.certificates.clone());
+    let Some(chain) = chain else {
         if required {
             return Err(Status::unauthenticated(
                 "nodes must present their site's client certificate (mutual TLS)",
@@ -55,6 +60,7 @@ fn check_certificate<T>(
     match certificate_site {
         Some(site) if site == token_site => Ok(()),
         Some(site) => {
+            let site = for_log(&site);
             tracing::warn!(token_site, certificate_site = %site, "node certificate of another site");
             Err(Status::permission_denied(format!(
                 "this node's certificate is bound to site {site}, its token to site {token_site}"
@@ -74,7 +80,7 @@ impl NodeLink for NodeLinkService {
         &self,
         request: Request<Streaming<v1::NodeMessage>>,
     ) -> Result<Response<Self::OpenStreamStream>, Status> {
-        let node = auth::require(self.core.db(), request.metadata(), Role::Node)?;
+        let node = auth::caller(&request)?;
         check_certificate(&request, &node.site, self.require_certificate)?;
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
@@ -88,10 +94,11 @@ impl NodeLink for NodeLinkService {
             }
         };
         if hello.site_id != node.site {
-            tracing::warn!(token_site = %node.site, claimed = %hello.site_id, "node claimed another site");
+            let claimed = for_log(&hello.site_id);
+            tracing::warn!(token_site = %node.site, %claimed, "node claimed another site");
             return Err(Status::permission_denied(format!(
-                "this node token is bound to site {}, not {}",
-                node.site, hello.site_id
+                "this node token is bound to site {}, not {claimed}",
+                node.site
             )));
         }
         let site = node.site;
@@ -133,7 +140,7 @@ impl NodeLink for NodeLinkService {
                     }
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::debug!(site, message = status.message(), "node stream ended");
+                        tracing::debug!(site, message = %for_log(status.message()), "node stream ended");
                         break;
                     }
                 }

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::auth;
 use crate::core::{Coordinator, internal};
 use crate::db::Event;
+use crate::paging::PageRequest;
 use crate::model::{Role, now_seconds};
 
 /// Most recent events one summary returns.
@@ -33,9 +34,17 @@ impl Operator for OperatorService {
         &self,
         request: Request<v1::ListNodesRequest>,
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
-        auth::require(self.core.db(), request.metadata(), Role::Operator)?;
+        auth::caller(&request)?;
+        let list = request.get_ref();
+        let page = PageRequest::parse(list.page_size, &list.page_token)?;
+        let mut sites = self
+            .core
+            .db()
+            .sites_page(page.after.as_deref().unwrap_or(""), page.fetch())
+            .map_err(internal)?;
+        let next_page_token = page.finish(&mut sites, String::clone);
         let mut nodes = Vec::new();
-        for site in self.core.db().sites().map_err(internal)? {
+        for site in sites {
             let record = self.core.db().node(&site).map_err(internal)?;
             nodes.push(v1::NodeInfo {
                 connected: self.core.is_connected(&site),
@@ -50,14 +59,17 @@ impl Operator for OperatorService {
                 site,
             });
         }
-        Ok(Response::new(v1::ListNodesResponse { nodes }))
+        Ok(Response::new(v1::ListNodesResponse {
+            nodes,
+            next_page_token,
+        }))
     }
 
     async fn add_user(
         &self,
         request: Request<v1::AddUserRequest>,
     ) -> Result<Response<v1::AddUserResponse>, Status> {
-        let operator = auth::require(self.core.db(), request.metadata(), Role::Operator)?;
+        let operator = auth::caller(&request)?;
         let add = request.into_inner();
         let role = v1::Role::try_from(add.role)
             .ok()
@@ -86,9 +98,17 @@ impl Operator for OperatorService {
         &self,
         request: Request<v1::ListUsersRequest>,
     ) -> Result<Response<v1::ListUsersResponse>, Status> {
-        auth::require(self.core.db(), request.metadata(), Role::Operator)?;
-        let users = self.core.db().users().map_err(internal)?;
+        auth::caller(&request)?;
+        let list = request.get_ref();
+        let page = PageRequest::parse(list.page_size, &list.page_token)?;
+        let mut users = self
+            .core
+            .db()
+            .users(page.after.as_deref().unwrap_or(""), page.fetch())
+            .map_err(internal)?;
+        let next_page_token = page.finish(&mut users, |user| user.name.clone());
         Ok(Response::new(v1::ListUsersResponse {
+            next_page_token,
             users: users
                 .into_iter()
                 .map(|u| v1::UserInfo {
@@ -105,7 +125,7 @@ impl Operator for OperatorService {
         &self,
         request: Request<v1::AuditSummaryRequest>,
     ) -> Result<Response<v1::AuditSummaryResponse>, Status> {
-        auth::require(self.core.db(), request.metadata(), Role::Operator)?;
+        auth::caller(&request)?;
         let recent = match request.get_ref().recent {
             0 => 20,
             n => n.min(MAX_RECENT),

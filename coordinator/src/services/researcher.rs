@@ -9,13 +9,17 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tonic::{Request, Response, Status};
 
 use crate::auth;
-use crate::core::{Coordinator, internal};
+use crate::core::{Coordinator, echoed, internal};
 use crate::db::Event;
-use crate::limits::check_sql_size;
-use crate::model::{Role, StoredQuery, User, now_seconds};
+use crate::limits::{check_open_questions, check_sql_size};
+use crate::paging::PageRequest;
+use crate::model::{StoredQuery, User, now_seconds};
 
-/// Longest title and purpose, in characters.
-const MAX_TEXT: usize = 2000;
+/// Longest title, in characters: a title is one line of a list.
+const MAX_TITLE_CHARS: usize = 200;
+
+/// Longest purpose, in characters.
+const MAX_PURPOSE_CHARS: usize = 2000;
 
 /// The Researcher service over the shared core.
 #[derive(Debug, Clone)]
@@ -34,7 +38,8 @@ impl ResearcherService {
         match self.core.db().query(query_id).map_err(internal)? {
             Some(query) if query.submitted_by == user.name => Ok(query),
             _ => Err(Status::not_found(format!(
-                "you have no question {query_id}"
+                "you have no question {}",
+                echoed(query_id)
             ))),
         }
     }
@@ -79,7 +84,7 @@ impl Researcher for ResearcherService {
         &self,
         request: Request<v1::SubmitRequest>,
     ) -> Result<Response<v1::SubmitResponse>, Status> {
-        let user = auth::require(self.core.db(), request.metadata(), Role::Researcher)?;
+        let user = auth::caller(&request)?;
         self.core.submissions().check(&user.name)?;
         let submit = request.into_inner();
         check_sql_size(&submit.sql, self.core.limits())?;
@@ -87,11 +92,29 @@ impl Researcher for ResearcherService {
         if title.is_empty() {
             return Err(Status::invalid_argument("a question needs a title"));
         }
-        if title.chars().count() > MAX_TEXT || submit.purpose.chars().count() > MAX_TEXT {
+        if title.chars().count() > MAX_TITLE_CHARS {
             return Err(Status::invalid_argument(format!(
-                "the title and the purpose are at most {MAX_TEXT} characters each"
+                "title length limit: a title is at most {MAX_TITLE_CHARS} characters"
             )));
         }
+        if submit.purpose.chars().count() > MAX_PURPOSE_CHARS {
+            return Err(Status::invalid_argument(format!(
+                "purpose length limit: a purpose is at most {MAX_PURPOSE_CHARS} characters"
+            )));
+        }
+        let max_deadline = self.core.timing().max_deadline.as_secs();
+        if submit.deadline_seconds > max_deadline {
+            return Err(Status::invalid_argument(format!(
+                "deadline limit: a question may wait at most {} hours for its answers",
+                max_deadline / 3600
+            )));
+        }
+        let open = self
+            .core
+            .db()
+            .open_questions_of(&user.name)
+            .map_err(internal)?;
+        check_open_questions(open, self.core.limits())?;
         let now = now_seconds();
         if let Err(refusal) = ern_queries::validate(&submit.sql, self.core.planning()).await {
             let _ = self.core.db().record_event(&Event {
@@ -114,7 +137,8 @@ impl Researcher for ResearcherService {
         sites.dedup();
         if let Some(unknown) = sites.iter().find(|s| !enrolled.contains(s)) {
             return Err(Status::invalid_argument(format!(
-                "no site {unknown} is enrolled in this network"
+                "no site {} is enrolled in this network",
+                echoed(unknown)
             )));
         }
         if sites.is_empty() {
@@ -156,7 +180,7 @@ impl Researcher for ResearcherService {
         &self,
         request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::QueryStatus>, Status> {
-        let user = auth::require(self.core.db(), request.metadata(), Role::Researcher)?;
+        let user = auth::caller(&request)?;
         let query = self.own_query(&user, &request.get_ref().query_id)?;
         Ok(Response::new(self.status_of(&query)?))
     }
@@ -165,7 +189,7 @@ impl Researcher for ResearcherService {
         &self,
         request: Request<v1::GetResultsRequest>,
     ) -> Result<Response<v1::QueryResults>, Status> {
-        let user = auth::require(self.core.db(), request.metadata(), Role::Researcher)?;
+        let user = auth::caller(&request)?;
         let query = self.own_query(&user, &request.get_ref().query_id)?;
         let targets = self.core.db().targets(&query.id).map_err(internal)?;
         if !query.failure.is_empty() {
@@ -195,9 +219,17 @@ impl Researcher for ResearcherService {
         &self,
         request: Request<v1::ListQueriesRequest>,
     ) -> Result<Response<v1::ListQueriesResponse>, Status> {
-        let user = auth::require(self.core.db(), request.metadata(), Role::Researcher)?;
+        let user = auth::caller(&request)?;
+        let list = request.get_ref();
+        let page = PageRequest::parse(list.page_size, &list.page_token)?;
+        let mut rows = self
+            .core
+            .db()
+            .queries_by(&user.name, page.after_row(i64::MAX)?, page.fetch())
+            .map_err(internal)?;
+        let next_page_token = page.finish(&mut rows, |(row, _)| row.to_string());
         let mut queries = Vec::new();
-        for query in self.core.db().queries_by(&user.name).map_err(internal)? {
+        for (_, query) in rows {
             let targets = self.core.db().targets(&query.id).map_err(internal)?;
             let state = query_state(&query) as i32;
             queries.push(v1::QuerySummary {
@@ -212,6 +244,9 @@ impl Researcher for ResearcherService {
                     .count() as u32,
             });
         }
-        Ok(Response::new(v1::ListQueriesResponse { queries }))
+        Ok(Response::new(v1::ListQueriesResponse {
+            queries,
+            next_page_token,
+        }))
     }
 }

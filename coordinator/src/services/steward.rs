@@ -10,9 +10,10 @@ use ern_proto::v1::steward_server::Steward;
 use tonic::{Request, Response, Status};
 
 use crate::auth;
-use crate::core::{Coordinator, internal};
+use crate::core::{Coordinator, echoed, internal};
 use crate::db::{Event, ReceivedApproval};
-use crate::model::{Role, SiteState, StoredQuery, Target, User, now_seconds};
+use crate::paging::PageRequest;
+use crate::model::{SiteState, StoredQuery, Target, User, now_seconds};
 
 /// Longest rejection reason, in characters.
 const MAX_REASON: usize = 2000;
@@ -32,8 +33,13 @@ impl StewardService {
     /// A question that targets the steward's site, with that site's target; NOT_FOUND
     /// otherwise (another site's work looks absent).
     fn site_query(&self, user: &User, query_id: &str) -> Result<(StoredQuery, Target), Status> {
-        let not_found =
-            || Status::not_found(format!("no question {query_id} for site {}", user.site));
+        let not_found = || {
+            Status::not_found(format!(
+                "no question {} for site {}",
+                echoed(query_id),
+                user.site
+            ))
+        };
         let query = self
             .core
             .db()
@@ -66,16 +72,19 @@ impl Steward for StewardService {
         &self,
         request: Request<v1::ListPendingRequest>,
     ) -> Result<Response<v1::ListPendingResponse>, Status> {
-        let user = auth::require(self.core.db(), request.metadata(), Role::Steward)?;
-        let pending = self
+        let user = auth::caller(&request)?;
+        let list = request.get_ref();
+        let page = PageRequest::parse(list.page_size, &list.page_token)?;
+        let mut pending = self
             .core
             .db()
-            .pending_for_site(&user.site, now_seconds())
+            .pending_for_site(&user.site, now_seconds(), page.after_row(0)?, page.fetch())
             .map_err(internal)?;
+        let next_page_token = page.finish(&mut pending, |(row, _)| row.to_string());
         Ok(Response::new(v1::ListPendingResponse {
             queries: pending
                 .into_iter()
-                .map(|q| v1::PendingQuery {
+                .map(|(_, q)| v1::PendingQuery {
                     query_id: q.id,
                     title: q.title,
                     submitted_by: q.submitted_by,
@@ -83,6 +92,7 @@ impl Steward for StewardService {
                     deadline: q.deadline,
                 })
                 .collect(),
+            next_page_token,
         }))
     }
 
@@ -90,7 +100,7 @@ impl Steward for StewardService {
         &self,
         request: Request<v1::ShowQueryRequest>,
     ) -> Result<Response<v1::QueryReview>, Status> {
-        let user = auth::require(self.core.db(), request.metadata(), Role::Steward)?;
+        let user = auth::caller(&request)?;
         let (query, target) = self.site_query(&user, &request.get_ref().query_id)?;
         let report = match ern_queries::validate(&query.sql, self.core.planning()).await {
             Ok(validated) => validated.report,
@@ -125,7 +135,7 @@ impl Steward for StewardService {
         &self,
         request: Request<v1::ApproveRequest>,
     ) -> Result<Response<v1::DecisionResponse>, Status> {
-        let user = auth::require(self.core.db(), request.metadata(), Role::Steward)?;
+        let user = auth::caller(&request)?;
         let approve = request.into_inner();
         let (query, target) = self.site_query(&user, &approve.query_id)?;
         let now = now_seconds();
@@ -172,7 +182,7 @@ impl Steward for StewardService {
         &self,
         request: Request<v1::RejectRequest>,
     ) -> Result<Response<v1::DecisionResponse>, Status> {
-        let user = auth::require(self.core.db(), request.metadata(), Role::Steward)?;
+        let user = auth::caller(&request)?;
         let reject = request.into_inner();
         let reason = reject.reason.trim().to_string();
         if reason.is_empty() || reason.chars().count() > MAX_REASON {

@@ -38,13 +38,31 @@ fn escaped(text: &str, keep_newlines: bool) -> String {
 
 /// One line of another party's text: every control character (line breaks too),
 /// bidirectional override and invisible character as a visible `\u{…}` escape.
-pub(crate) fn shown(text: &str) -> String {
+pub fn shown(text: &str) -> String {
     escaped(text, false)
 }
 
 /// Another party's text of several lines (SQL): as [`shown`], but line breaks stay.
-pub(crate) fn shown_lines(text: &str) -> String {
+pub fn shown_lines(text: &str) -> String {
     escaped(text, true)
+}
+
+/// One line of another party's text as [`shown`], cut to at most `max_chars` characters of
+/// the original (the rest is counted, not shown): for error messages and log lines that
+/// would otherwise echo a megabyte back.
+pub fn shown_bounded(text: &str, max_chars: usize) -> String {
+    let total = text.chars().count();
+    if total <= max_chars {
+        return shown(text);
+    }
+    let head: String = text.chars().take(max_chars).collect();
+    format!("{}… ({} more characters)", shown(&head), total - max_chars)
+}
+
+/// A value for a log field: [`shown_bounded`] to 256 characters, so one party cannot
+/// forge a log line or fill the log through a name, a version or a message it chose.
+pub fn for_log(text: &str) -> String {
+    shown_bounded(text, 256)
 }
 
 #[cfg(test)]
@@ -75,5 +93,10 @@ mod tests {
         assert_eq!(shown("a\nb"), "a\\u{a}b");
         let long = "x".repeat(1 << 20);
         assert_eq!(shown(&long).len(), long.len());
+        let bounded = shown_bounded(&long, 64);
+        assert!(bounded.starts_with(&"x".repeat(64)));
+        assert!(bounded.ends_with(&format!("({} more characters)", (1 << 20) - 64)));
+        assert_eq!(shown_bounded("a\u{1b}b", 64), "a\\u{1b}b");
+        assert!(!for_log(&"\u{202e}".repeat(10_000)).contains('\u{202e}'));
     }
 }

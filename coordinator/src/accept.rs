@@ -1,0 +1,422 @@
+//! Accepting connections under limits, so that no one source can use up the
+//! coordinator's file descriptors.
+//!
+//! Red team: 200 half-open TLS connections a second, under the common 1,024 open-files
+//! limit, gave normal clients 1–10 s latency and deadline errors. Here the coordinator
+//! accepts a connection only while fewer than `max_connections` are open (beyond that the
+//! kernel's backlog holds new ones: backpressure, not refusal), closes at once a
+//! connection from an address that already has `per_source` open or `handshakes_per_source`
+//! TLS handshakes unfinished, and gives every handshake `handshake_timeout` to finish. The
+//! TLS handshake is done here (rustls, as tonic would) so that the count of unfinished
+//! handshakes is exact; tonic then serves HTTP/2 over the finished stream.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+
+use crate::limits::ConnectionLimits;
+
+/// How often refused connections are summarised in the log, at most.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Who is at the other end of a connection: its address and, under TLS, the certificate
+/// chain it presented. Handlers find it in their request's extensions.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The remote address.
+    pub remote: Option<SocketAddr>,
+    /// The client certificate chain, leaf first; `None` without TLS or without one.
+    pub certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+/// Open connections and unfinished handshakes per source address.
+#[derive(Debug, Default)]
+struct Sources {
+    counts: Mutex<HashMap<IpAddr, SourceCount>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct SourceCount {
+    connections: usize,
+    handshakes: usize,
+}
+
+impl Sources {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, SourceCount>> {
+        // A panic while holding this lock leaves plain counters, still usable.
+        self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes a connection slot (and a handshake slot, under TLS) for `ip`, or `None` when
+    /// the source is at one of its caps.
+    fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        limits: &ConnectionLimits,
+        handshake: bool,
+        permit: OwnedSemaphorePermit,
+    ) -> Option<(SourceSlot, Option<HandshakeSlot>)> {
+        let mut counts = self.counts();
+        let now = counts.get(&ip).copied().unwrap_or_default();
+        if now.connections >= limits.per_source
+            || (handshake && now.handshakes >= limits.handshakes_per_source)
+        {
+            return None;
+        }
+        let count = counts.entry(ip).or_default();
+        count.connections += 1;
+        let handshake = handshake.then(|| {
+            count.handshakes += 1;
+            HandshakeSlot {
+                sources: Arc::clone(self),
+                ip,
+            }
+        });
+        let slot = SourceSlot {
+            sources: Arc::clone(self),
+            ip,
+            _permit: permit,
+        };
+        Some((slot, handshake))
+    }
+
+    fn release(&self, ip: IpAddr, connection: bool) {
+        let mut counts = self.counts();
+        if let Some(count) = counts.get_mut(&ip) {
+            if connection {
+                count.connections = count.connections.saturating_sub(1);
+            } else {
+                count.handshakes = count.handshakes.saturating_sub(1);
+            }
+            if count.connections == 0 && count.handshakes == 0 {
+                counts.remove(&ip);
+            }
+        }
+    }
+}
+
+/// One open connection's place in the counts; given back when the connection closes.
+#[derive(Debug)]
+struct SourceSlot {
+    sources: Arc<Sources>,
+    ip: IpAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        self.sources.release(self.ip, true);
+    }
+}
+
+/// One unfinished handshake's place in the counts; given back when it ends either way.
+#[derive(Debug)]
+struct HandshakeSlot {
+    sources: Arc<Sources>,
+    ip: IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.sources.release(self.ip, false);
+    }
+}
+
+/// A TCP connection holding its slot.
+#[derive(Debug)]
+pub struct Counted {
+    stream: TcpStream,
+    _slot: SourceSlot,
+}
+
+/// An accepted connection, ready for HTTP/2.
+#[derive(Debug)]
+pub enum Accepted {
+    /// Plaintext (loopback only).
+    Plain(Counted),
+    /// TLS, handshake finished.
+    Tls(Box<TlsStream<Counted>>),
+}
+
+impl Connected for Accepted {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        match self {
+            Accepted::Plain(counted) => PeerInfo {
+                remote: counted.stream.peer_addr().ok(),
+                certificates: None,
+            },
+            Accepted::Tls(tls) => {
+                let (counted, session) = tls.get_ref();
+                PeerInfo {
+                    remote: counted.stream.peer_addr().ok(),
+                    certificates: session
+                        .peer_certificates()
+                        .map(|chain| Arc::new(chain.to_vec())),
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+impl AsyncRead for Accepted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Accepted::Plain(counted) => Pin::new(counted).poll_read(cx, buf),
+            Accepted::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Accepted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Accepted::Plain(counted) => Pin::new(counted).poll_write(cx, buf),
+            Accepted::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Accepted::Plain(counted) => Pin::new(counted).poll_flush(cx),
+            Accepted::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Accepted::Plain(counted) => Pin::new(counted).poll_shutdown(cx),
+            Accepted::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Descriptors the coordinator needs beside its connections: its database, logs, the
+/// listener, the runtime's own.
+pub const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Raises the soft open-files limit to the hard one (as servers commonly do) and warns
+/// when it is still below `max_connections` plus [`RESERVED_DESCRIPTORS`]: past that, an
+/// accept fails with "too many open files" before the connection limits apply. Returns
+/// the soft limit in force, if known.
+pub fn raise_open_files_limit(limits: &ConnectionLimits) -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let current = getrlimit(Resource::Nofile);
+    let mut soft = current.current;
+    if let (Some(now), Some(hard)) = (current.current, current.maximum)
+        && now < hard
+    {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => soft = Some(hard),
+            Err(error) => tracing::debug!(%error, "raising the open-files limit"),
+        }
+    }
+    let needed = limits.max_connections as u64 + RESERVED_DESCRIPTORS;
+    match soft {
+        Some(soft) if soft < needed => tracing::warn!(
+            open_files_limit = soft,
+            max_connections = limits.max_connections,
+            "the open-files limit is below max_connections + {RESERVED_DESCRIPTORS}: raise it \
+             (ulimit -n, or LimitNOFILE= in a systemd unit) or lower max_connections"
+        ),
+        _ => {}
+    }
+    soft
+}
+
+/// Connections accepted under `limits` from `listener`, TLS-terminated by `tls` if given,
+/// as a stream for tonic's `serve_with_incoming`, and the task accepting them (abort it
+/// when serving ends).
+pub fn incoming(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    limits: ConnectionLimits,
+) -> (ReceiverStream<io::Result<Accepted>>, JoinHandle<()>) {
+    let (sender, receiver) = mpsc::channel(limits.max_connections.clamp(1, 1024));
+    let task = tokio::spawn(accept_loop(listener, tls, limits, sender));
+    (ReceiverStream::new(receiver), task)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    limits: ConnectionLimits,
+    sender: mpsc::Sender<io::Result<Accepted>>,
+) {
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let sources = Arc::new(Sources::default());
+    let mut refused = 0u64;
+    let mut last_report = Instant::now();
+    loop {
+        // Backpressure: with every slot taken, stop accepting until a connection closes.
+        let Ok(permit) = Arc::clone(&open).acquire_owned().await else {
+            return;
+        };
+        let (stream, address) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors or a transient error: wait rather than spin.
+                tracing::warn!(%error, "accepting a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ip = address.ip().to_canonical();
+        let Some((slot, handshake)) = sources.admit(ip, &limits, tls.is_some(), permit) else {
+            drop(stream);
+            refused += 1;
+            if last_report.elapsed() >= REFUSAL_LOG_INTERVAL {
+                tracing::warn!(
+                    refused,
+                    source = %ip,
+                    "closed connections over the per-source limits"
+                );
+                refused = 0;
+                last_report = Instant::now();
+            }
+            continue;
+        };
+        // Latency matters more than packet count for small gRPC messages.
+        let _ = stream.set_nodelay(true);
+        let counted = Counted {
+            stream,
+            _slot: slot,
+        };
+        match &tls {
+            None => {
+                if sender.send(Ok(Accepted::Plain(counted))).await.is_err() {
+                    return;
+                }
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let sender = sender.clone();
+                let timeout = limits.handshake_timeout;
+                tokio::spawn(async move {
+                    let finished = tokio::time::timeout(timeout, acceptor.accept(counted)).await;
+                    drop(handshake);
+                    match finished {
+                        Ok(Ok(stream)) => {
+                            let _ = sender.send(Ok(Accepted::Tls(Box::new(stream)))).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%error, source = %ip, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(source = %ip, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_source_at_its_caps_is_refused_and_others_are_not() {
+        let limits = ConnectionLimits {
+            max_connections: 10,
+            per_source: 2,
+            handshakes_per_source: 1,
+            handshake_timeout: Duration::from_secs(1),
+        };
+        let open = Arc::new(Semaphore::new(10));
+        let sources = Arc::new(Sources::default());
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "10.0.0.2".parse().expect("ip");
+        let permit = || Arc::clone(&open).try_acquire_owned().expect("permit");
+        let (first, first_handshake) = sources.admit(a, &limits, true, permit()).expect("first");
+        assert!(
+            sources.admit(a, &limits, true, permit()).is_none(),
+            "second handshake"
+        );
+        let other = sources.admit(b, &limits, true, permit()).expect("another source");
+        drop(first_handshake);
+        let second = sources.admit(a, &limits, true, permit()).expect("handshake done");
+        assert!(
+            sources.admit(a, &limits, false, permit()).is_none(),
+            "third connection"
+        );
+        drop((first, second, other));
+        assert!(sources.counts().is_empty(), "every slot given back");
+        assert_eq!(open.available_permits(), 10);
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_one() {
+        let limits = ConnectionLimits::default();
+        let soft = raise_open_files_limit(&limits);
+        let after = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        assert_eq!(soft, after.current);
+        if after.maximum.is_some() {
+            assert_eq!(after.current, after.maximum, "soft raised to hard");
+        }
+    }
+}
