@@ -58,7 +58,9 @@ struct SourceCount {
 impl Sources {
     fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, SourceCount>> {
         // A panic while holding this lock leaves plain counters, still usable.
-        self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Takes a connection slot (and a handshake slot, under TLS) for `ip`, or `None` when
@@ -366,7 +368,9 @@ async fn accept_loop(
                         Ok(Ok(stream)) => {
                             let _ = sender.send(Ok(Accepted::Tls(Box::new(stream)))).await;
                         }
-                        Ok(Err(error)) => tracing::debug!(%error, source = %ip, "TLS handshake failed"),
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, source = %ip, "TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(source = %ip, "TLS handshake timed out"),
                     }
                 });
@@ -397,9 +401,13 @@ mod tests {
             sources.admit(a, &limits, true, permit()).is_none(),
             "second handshake"
         );
-        let other = sources.admit(b, &limits, true, permit()).expect("another source");
+        let other = sources
+            .admit(b, &limits, true, permit())
+            .expect("another source");
         drop(first_handshake);
-        let second = sources.admit(a, &limits, true, permit()).expect("handshake done");
+        let second = sources
+            .admit(a, &limits, true, permit())
+            .expect("handshake done");
         assert!(
             sources.admit(a, &limits, false, permit()).is_none(),
             "third connection"

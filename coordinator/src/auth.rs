@@ -8,8 +8,8 @@
 use ern_queries::ids::is_valid_id;
 use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
-use subtle::ConstantTimeEq;
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 
 use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;

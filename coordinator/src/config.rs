@@ -143,7 +143,8 @@ impl RawLimits {
         if positive.contains(&0) {
             return Err("limits must be positive".into());
         }
-        if self.max_sql_bytes.saturating_add(MESSAGE_ROOM_BESIDE_SQL) > self.max_user_message_bytes {
+        if self.max_sql_bytes.saturating_add(MESSAGE_ROOM_BESIDE_SQL) > self.max_user_message_bytes
+        {
             return Err(format!(
                 "max_sql_bytes ({}) must leave {MESSAGE_ROOM_BESIDE_SQL} bytes of \
                  max_user_message_bytes ({}) for a question's title and purpose",
@@ -365,10 +366,8 @@ mod tests {
             "unknown key"
         );
         assert!(
-            message(load(&format!(
-                "{base}[limits]\nmax_sql_bytes = 300000\n"
-            )))
-            .contains("max_user_message_bytes")
+            message(load(&format!("{base}[limits]\nmax_sql_bytes = 300000\n")))
+                .contains("max_user_message_bytes")
         );
         let config = load(&format!(
             "{base}[limits]\nmax_user_message_bytes = 1048576\nmax_sql_bytes = 300000\n"
@@ -383,16 +382,11 @@ mod tests {
         let config = load(base).expect("defaults");
         assert_eq!(config.timing.max_deadline.as_secs(), 30 * 24 * 3600);
         assert!(
-            message(load(&format!(
-                "{base}default_deadline_hours = 800\n"
-            )))
-            .contains("max_deadline_hours")
+            message(load(&format!("{base}default_deadline_hours = 800\n")))
+                .contains("max_deadline_hours")
         );
         assert!(
-            message(load(&format!(
-                "{base}max_deadline_hours = 10000000\n"
-            )))
-            .contains("ten years")
+            message(load(&format!("{base}max_deadline_hours = 10000000\n"))).contains("ten years")
         );
     }
 }

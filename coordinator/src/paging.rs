@@ -68,7 +68,9 @@ impl PageRequest {
             return String::new();
         }
         rows.truncate(self.size);
-        rows.last().map(|last| hex::encode(key(last))).unwrap_or_default()
+        rows.last()
+            .map(|last| hex::encode(key(last)))
+            .unwrap_or_default()
     }
 }
 
@@ -95,7 +97,10 @@ mod tests {
         assert_eq!(next.finish(&mut last, |row| row.to_string()), "");
         for foreign in ["zz", "ff", "\u{1b}[2K"] {
             let refused = PageRequest::parse(1, foreign).and_then(|p| p.after_row(0));
-            assert_eq!(refused.expect_err(foreign).code(), tonic::Code::InvalidArgument);
+            assert_eq!(
+                refused.expect_err(foreign).code(),
+                tonic::Code::InvalidArgument
+            );
         }
     }
 }

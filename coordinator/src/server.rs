@@ -47,7 +47,8 @@ pub enum ServeError {
 /// certificates. Researchers, stewards and operators present none; nodes must, and the
 /// NodeLink service checks theirs. HTTP/2 only, as gRPC needs.
 fn tls_acceptor(tls: &ServerTls) -> Result<TlsAcceptor, ServeError> {
-    let bad = |what: &str, error: &dyn std::fmt::Display| ServeError::Tls(format!("{what}: {error}"));
+    let bad =
+        |what: &str, error: &dyn std::fmt::Display| ServeError::Tls(format!("{what}: {error}"));
     let chain = CertificateDer::pem_slice_iter(&tls.cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad("the server certificate", &e))?;
@@ -58,10 +59,11 @@ fn tls_acceptor(tls: &ServerTls) -> Result<TlsAcceptor, ServeError> {
         roots.add(ca).map_err(|e| bad("the client CA", &e))?;
     }
     let provider = Arc::new(ring_provider::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| bad("the client CA", &e))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| bad("the client CA", &e))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| bad("protocol versions", &e))?

@@ -9,8 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{SQL, start, submit};
-use ern_coordinator::limits::{ConnectionLimits, Limits};
 use ern_coordinator::db::Event;
+use ern_coordinator::limits::{ConnectionLimits, Limits};
 use ern_coordinator::model::{Role, SiteState, StoredQuery};
 use ern_proto::transport::{self, BearerToken};
 use ern_proto::v1;
@@ -88,7 +88,10 @@ async fn two_authorization_headers_and_a_wrong_role_reveal_nothing() {
             format!("Bearer {token}").parse().expect("header"),
         );
     }
-    let status = stranger.list_queries(doubled).await.expect_err("two headers");
+    let status = stranger
+        .list_queries(doubled)
+        .await
+        .expect_err("two headers");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     assert!(status.message().contains("more than one"), "{status:?}");
 
@@ -97,7 +100,10 @@ async fn two_authorization_headers_and_a_wrong_role_reveal_nothing() {
         "authorization",
         format!("Bearer {steward_token}").parse().expect("header"),
     );
-    let status = stranger.list_queries(wrong_role).await.expect_err("a steward");
+    let status = stranger
+        .list_queries(wrong_role)
+        .await
+        .expect_err("a steward");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert!(status.message().contains("researcher role"), "{status:?}");
     assert!(
@@ -150,7 +156,10 @@ async fn deadlines_titles_and_open_questions_have_ceilings() {
         .submit(submit(&"t".repeat(201), SQL))
         .await
         .expect_err("long title");
-    assert!(status.message().contains("title length limit"), "{status:?}");
+    assert!(
+        status.message().contains("title length limit"),
+        "{status:?}"
+    );
 
     for n in 0..3 {
         let mut asked = submit(&format!("q{n}"), SQL);
@@ -169,7 +178,10 @@ async fn deadlines_titles_and_open_questions_have_ceilings() {
     );
     // Another researcher is unaffected.
     let mut other = net.researcher(net.user("ben", Role::Researcher, "")).await;
-    other.submit(submit("mine", SQL)).await.expect("ben's first");
+    other
+        .submit(submit("mine", SQL))
+        .await
+        .expect("ben's first");
 }
 
 /// Stores `count` questions of `researcher` at sites a and b straight in the database

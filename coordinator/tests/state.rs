@@ -98,7 +98,11 @@ fn a_database_of_the_first_schema_gains_the_later_migrations() {
     db.node_audit_head("a", &"ab".repeat(32))
         .expect("audit head");
     // Migration 5: a researcher's questions counted and paged by an index.
-    assert_eq!(db.open_questions_of("ada").expect("open"), 0, "a failed question is not open");
+    assert_eq!(
+        db.open_questions_of("ada").expect("open"),
+        0,
+        "a failed question is not open"
+    );
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
     assert_eq!(schema_version(&conn), 5);
     let indexes: i64 = conn
@@ -246,5 +250,9 @@ fn deadlines_expire_waiting_sites_and_site_timeouts_fail_silent_ones() {
     );
     // Expired work is not handed to a node that connects later.
     assert!(db.approved_work("b", 201).expect("work").is_empty());
-    assert!(db.pending_for_site("a", 201, 0, 100).expect("pending").is_empty());
+    assert!(
+        db.pending_for_site("a", 201, 0, 100)
+            .expect("pending")
+            .is_empty()
+    );
 }

@@ -8,12 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::{SQL, start, submit};
-use ern_proto::v1::researcher_client::ResearcherClient;
 use ern_coordinator::limits::Limits;
 use ern_coordinator::model::Role;
 use ern_coordinator::pki::NetworkCa;
 use ern_proto::transport::{self, ClientTls};
 use ern_proto::v1;
+use ern_proto::v1::researcher_client::ResearcherClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handshake_needs_the_network_ca_and_tls() {

@@ -33,7 +33,7 @@ use serde::Deserialize;
 
 use ern_proto::transport::{BearerToken, ClientTls, is_plaintext};
 
-use ern_queries::dominance::Dominance;
+use ern_queries::Dominance;
 
 use crate::engine::{MIN_K, NodePolicy};
 use crate::steward_key::{StewardKeyError, StewardPublicKey};

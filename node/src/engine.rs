@@ -20,7 +20,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::physical_plan::collect;
 use datafusion::prelude::SessionContext;
 use ern_proto::arrow_ipc;
-use ern_queries::dominance::Dominance;
+use ern_queries::Dominance;
 use ern_queries::split;
 use ern_queries::{Refusal, Rule, SiteFacts};
 use ring::rand::{SecureRandom, SystemRandom};

@@ -639,7 +639,7 @@ async fn a_small_registry_runs_in_one_partition() {
 async fn a_sum_dominated_by_one_patient_is_dropped() {
     let fixture = fixture(3000);
     let mut policy = fixture.policy();
-    policy.dominance = ern_queries::dominance::Dominance {
+    policy.dominance = ern_queries::Dominance {
         top: 1,
         max_share: 0.3,
     };

@@ -1,5 +1,7 @@
-//! What a query may use, in one place for a steward to review. Everything not listed
-//! here is refused: these are allowlists, never denylists.
+//! What a query may use, in one place for a steward to review: tables, the columns
+//! reference tables join on, aggregates, scalar and conditional functions, each with why
+//! it is safe. Everything not listed here is refused: these are allowlists, never
+//! denylists. The rules that use them are in [`crate::rules`].
 
 /// Tables a query may read: the node's patient tables and the public reference tables.
 pub const TABLES: &[&str] = &[
@@ -25,91 +27,153 @@ pub const BARRIER_AGGREGATES: &[&str] = &["count", "sum", "avg"];
 pub const PER_PATIENT_AGGREGATES: &[&str] =
     &["count", "sum", "avg", "min", "max", "bool_and", "bool_or"];
 
-/// Scalar functions allowed anywhere. Each is cheap (no regular expressions, no
-/// repetition or padding to a length the query chooses). None may fail on a value: a
+/// One allowlisted function and why it is safe on patient rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowed {
+    /// The function's name, lower case, as DataFusion names it.
+    pub name: &'static str,
+    /// Why it may run on patient rows: cheap, total on every value (the node gives NULL
+    /// where DataFusion would fail), and what it can and cannot reveal.
+    pub why: &'static str,
+}
+
+const fn allowed(name: &'static str, why: &'static str) -> Allowed {
+    Allowed { name, why }
+}
+
+/// Scalar functions allowed anywhere (rule 5). Each is cheap: no regular expressions, no
+/// repetition or padding to a length the query chooses. None may fail on a value: a
 /// failure that depends on data tells the researcher that some patient has such a value.
 /// Functions that parse text into numbers or dates are left out, and so is `make_date`
 /// (it builds dates outside the range every other date function can handle). The node
 /// wraps every one of these so that it gives NULL where DataFusion would report an error
-/// (`ern_node::total`; `node/tests/total.rs` calls each on hostile values).
-pub const SCALAR_FUNCTIONS: &[&str] = &[
+/// (`ern_node::total`; `node/tests/total.rs` calls each on hostile values). None may shape
+/// a value that flows into a released aggregate (rule 4): they are for WHERE and GROUP BY,
+/// where k covers what they compute.
+pub const SCALAR_FUNCTIONS: &[Allowed] = &[
     // numbers
-    "abs",
-    "ceil",
-    "floor",
-    "round",
-    "trunc",
-    "signum",
-    "sqrt",
-    "cbrt",
-    "exp",
-    "ln",
-    "log10",
-    "log2",
-    "power",
-    "greatest",
-    "least",
-    "isnan",
-    "iszero",
-    // nulls
-    "coalesce",
-    "nullif",
-    "nvl",
-    "ifnull",
+    allowed(
+        "abs",
+        "total; the smallest integer gives NULL on the node instead of overflowing",
+    ),
+    allowed(
+        "ceil",
+        "total on every number; NaN and infinities pass through",
+    ),
+    allowed(
+        "floor",
+        "total on every number; NaN and infinities pass through",
+    ),
+    allowed(
+        "round",
+        "total; a digits argument out of range gives NULL on the node",
+    ),
+    allowed(
+        "trunc",
+        "total; a digits argument out of range gives NULL on the node",
+    ),
+    allowed(
+        "signum",
+        "total: -1, 0 or 1 (an indicator, so never inside a released aggregate)",
+    ),
+    allowed("sqrt", "a negative gives NULL on the node, not an error"),
+    allowed("cbrt", "total on every number"),
+    allowed("exp", "overflow gives infinity, not an error"),
+    allowed(
+        "ln",
+        "zero and negatives give NULL or -infinity on the node, not an error",
+    ),
+    allowed(
+        "log10",
+        "zero and negatives give NULL or -infinity on the node, not an error",
+    ),
+    allowed(
+        "log2",
+        "zero and negatives give NULL or -infinity on the node, not an error",
+    ),
+    allowed(
+        "power",
+        "floating-point: overflow gives infinity, 0 to a negative power NULL on the node",
+    ),
+    allowed("isnan", "a test: true or false on every number"),
+    allowed("iszero", "a test: true or false on every number"),
     // text
-    "lower",
-    "upper",
-    "length",
-    "char_length",
-    "character_length",
-    "octet_length",
-    "substr",
-    "substring",
-    "left",
-    "right",
-    "trim",
-    "btrim",
-    "ltrim",
-    "rtrim",
-    "starts_with",
-    "ends_with",
-    "strpos",
-    "concat",
-    "concat_ws",
-    "split_part",
-    "initcap",
-    "contains",
+    allowed("lower", "total on every text; the length is the input's"),
+    allowed("upper", "total on every text; the length is the input's"),
+    allowed("length", "total: a count of characters"),
+    allowed("char_length", "total: a count of characters"),
+    allowed("character_length", "total: a count of characters"),
+    allowed("octet_length", "total: a count of bytes"),
+    allowed(
+        "substr",
+        "a negative length or a start past the end gives NULL on the node, not an error",
+    ),
+    allowed("substring", "as substr"),
+    allowed("left", "total; never longer than its input"),
+    allowed("right", "total; never longer than its input"),
+    allowed("trim", "total; never longer than its input"),
+    allowed("btrim", "total; never longer than its input"),
+    allowed("ltrim", "total; never longer than its input"),
+    allowed("rtrim", "total; never longer than its input"),
+    allowed("starts_with", "a test: true or false"),
+    allowed("ends_with", "a test: true or false"),
+    allowed("strpos", "total: a position, 0 when absent"),
+    allowed("concat", "total; as long as its inputs together"),
+    allowed("concat_ws", "total; as long as its inputs together"),
+    allowed(
+        "split_part",
+        "a position of 0 gives NULL on the node, not an error",
+    ),
+    allowed("initcap", "total on every text; the length is the input's"),
+    allowed("contains", "a test: true or false"),
     // dates
-    "date_part",
-    "date_trunc",
-    "current_date",
+    allowed(
+        "date_part",
+        "the unit must be written in the query; on a stored date every unit is defined",
+    ),
+    allowed(
+        "date_trunc",
+        "the unit must be written in the query; total on stored dates",
+    ),
+    allowed("current_date", "no argument: the same for every row"),
+];
+
+/// Conditional functions allowed anywhere but inside a released aggregate's value (rule
+/// 4): in WHERE and GROUP BY, where k covers the condition. Like CASE, BETWEEN and IN
+/// lists (expression forms the validator allows directly), they choose between values
+/// and cannot fail.
+pub const CONDITIONAL_FUNCTIONS: &[Allowed] = &[
+    allowed(
+        "coalesce",
+        "the first non-null of its arguments; cannot fail",
+    ),
+    allowed("nullif", "NULL when its arguments are equal; cannot fail"),
+    allowed("nvl", "as coalesce of two"),
+    allowed("ifnull", "as coalesce of two"),
+    allowed("greatest", "the largest of its arguments; cannot fail"),
+    allowed("least", "the smallest of its arguments; cannot fail"),
 ];
 
 /// Allowlisted functions whose first argument, a unit, must be a literal: a unit read
 /// from data could be invalid for one patient only.
 pub const UNIT_FIRST: &[&str] = &["date_part", "date_trunc"];
 
-/// Scalar functions whose allowlisting needs a reason beyond "cheap and total".
-pub const NOTES: &[(&str, &str)] = &[
-    (
-        "power",
-        "floating-point: overflow gives infinity, not an error; never inside a released aggregate (rule 4)",
-    ),
-    (
-        "substr",
-        "a negative length or a start past the end gives NULL on the node, not an error",
-    ),
-    (
-        "date_part",
-        "the unit must be written in the query; on a stored date every unit is defined",
-    ),
-    ("date_trunc", "the unit must be written in the query"),
-];
+/// Every allowlisted scalar and conditional function, by name.
+pub fn scalar_function_names() -> Vec<&'static str> {
+    SCALAR_FUNCTIONS
+        .iter()
+        .chain(CONDITIONAL_FUNCTIONS)
+        .map(|f| f.name)
+        .collect()
+}
 
-/// True when `name` (lower case, as DataFusion names functions) is an allowed scalar
-/// function.
+/// True when `name` (lower case, as DataFusion names functions) is an allowed scalar or
+/// conditional function.
 pub fn is_allowed_scalar(name: &str) -> bool {
-    SCALAR_FUNCTIONS.contains(&name)
+    SCALAR_FUNCTIONS
+        .iter()
+        .chain(CONDITIONAL_FUNCTIONS)
+        .any(|f| f.name == name)
 }
 
 /// The hint for a refused aggregate function at the barrier.

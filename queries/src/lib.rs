@@ -13,14 +13,15 @@
 //! tell a value. Everything is matched against allowlists ([`allowlist`]).
 //!
 //! # Layout
-//! - [`rules`]: the rules and the refusal a researcher sees.
-//! - [`allowlist`]: tables, aggregates and scalar functions a query may use.
+//! - [`rules`]: one module per disclosure rule of DESIGN.md, each with its refusals
+//!   (rule 1 in [`rules::one_query`], 2 [`rules::barrier`], 3 [`rules::pid_use`], 4
+//!   [`rules::barrier_aggregates`], 5 [`rules::functions`], 6 [`rules::group_size`], 7
+//!   [`rules::no_data_in_errors`], 8 [`rules::resource_limits`]).
+//! - [`allowlist`]: tables, aggregates, scalar and conditional functions a query may use,
+//!   each with why it is safe.
 //! - [`catalog`]: the schema-only planning context.
-//! - [`validate`]: parse, plan, walk the plan.
+//! - [`validate`]: parse, plan, walk the plan once, asking each rule.
 //! - [`split`]: the per-site plan and the merge of partial results.
-//! - `pid_class`: rule 3, one class of pid columns reaches the barrier.
-//! - `values`: rule 4, only plain values flow into released aggregates.
-//! - [`dominance`]: rule 6's dominance rule for released sums.
 //! - [`uniqueness`]: where a site may count patients without a distinct count.
 //! - [`hash`]: the canonical query hash that approvals sign.
 //! - [`ids`]: the shape of site, study and user ids.
@@ -30,18 +31,16 @@
 pub mod allowlist;
 pub mod casefile;
 pub mod catalog;
-pub mod dominance;
 pub mod hash;
 pub mod ids;
-mod pid_class;
 pub mod rules;
 pub mod schema;
 pub mod split;
 pub mod uniqueness;
 pub mod validate;
-mod values;
 
 pub use hash::{POLICY_VERSION, query_hash};
+pub use rules::group_size::Dominance;
 pub use rules::{Refusal, Rule};
 pub use uniqueness::SiteFacts;
 pub use validate::{ValidatedQuery, validate};

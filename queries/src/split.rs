@@ -24,14 +24,14 @@ use datafusion::logical_expr::{
 use datafusion::prelude::SessionContext;
 
 use crate::catalog::session_config;
-use crate::dominance::{Dominance, top_abs_sum};
+use crate::rules::group_size::{Dominance, top_abs_sum};
 use crate::uniqueness::{SiteFacts, unique_columns};
 use crate::validate::{AggregateKind, Barrier, ValidatedQuery};
 
 /// Prefix of the hidden per-group patient counts in a site plan's output.
 pub const HIDDEN_PATIENTS: &str = "__patients";
 
-/// Prefix of the hidden per-group dominance shares (see [`crate::dominance`]): for each
+/// Prefix of the hidden per-group dominance shares (see [`crate::rules::group_size`]): for each
 /// released SUM and AVG, the share of the group's total absolute value that its largest
 /// patient contributions hold.
 pub const HIDDEN_DOMINANCE: &str = "__dominance";

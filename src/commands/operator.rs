@@ -5,8 +5,8 @@ use ern_coordinator::model::Role;
 use ern_proto::v1;
 
 use crate::client::{self, Connection, PAGE_SIZE, all_pages, format_time, rpc_error};
-use ern_proto::shown::shown;
 use crate::table::new_table;
+use ern_proto::shown::shown;
 
 /// Operator commands.
 #[derive(Debug, Subcommand)]

@@ -11,8 +11,8 @@ use crate::client::{
     self, Connection, PAGE_SIZE, all_pages, format_time, parse_duration, rpc_error,
 };
 use crate::output::{self, Format};
-use ern_proto::shown::shown;
 use crate::table::new_table;
+use ern_proto::shown::shown;
 
 /// Arguments of `ern submit`.
 #[derive(Debug, Args)]

@@ -23,8 +23,8 @@ use crate::client::{
     self, Authed, Connection, PAGE_SIZE, all_pages, format_time, parse_duration, rpc_error,
 };
 use crate::commands::researcher::{coverage_table, site_state_name};
-use ern_proto::shown::{shown, shown_lines};
 use crate::table::new_table;
+use ern_proto::shown::{shown, shown_lines};
 
 /// Steward commands.
 #[derive(Debug, Subcommand)]

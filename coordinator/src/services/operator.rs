@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 use crate::auth;
 use crate::core::{Coordinator, internal};
 use crate::db::Event;
-use crate::paging::PageRequest;
 use crate::model::{Role, now_seconds};
+use crate::paging::PageRequest;
 
 /// Most recent events one summary returns.
 const MAX_RECENT: u32 = 1000;

@@ -12,8 +12,8 @@ use crate::auth;
 use crate::core::{Coordinator, echoed, internal};
 use crate::db::Event;
 use crate::limits::{check_open_questions, check_sql_size};
-use crate::paging::PageRequest;
 use crate::model::{StoredQuery, User, now_seconds};
+use crate::paging::PageRequest;
 
 /// Longest title, in characters: a title is one line of a list.
 const MAX_TITLE_CHARS: usize = 200;

@@ -12,8 +12,8 @@ use tonic::{Request, Response, Status};
 use crate::auth;
 use crate::core::{Coordinator, echoed, internal};
 use crate::db::{Event, ReceivedApproval};
-use crate::paging::PageRequest;
 use crate::model::{SiteState, StoredQuery, Target, User, now_seconds};
+use crate::paging::PageRequest;
 
 /// Longest rejection reason, in characters.
 const MAX_REASON: usize = 2000;

@@ -28,7 +28,6 @@ pub const SQL: &str = "SELECT sex, COUNT(*) AS n FROM patient GROUP BY sex";
 
 /// A coordinator serving TLS on loopback, with its CA.
 pub struct Network {
-
     pub core: Arc<Coordinator>,
     pub url: String,
     pub ca: NetworkCa,
@@ -181,4 +180,3 @@ pub fn submit(title: &str, sql: &str) -> v1::SubmitRequest {
         ..Default::default()
     }
 }
-

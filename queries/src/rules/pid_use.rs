@@ -1,4 +1,6 @@
-//! Rule 3, one pid class: the patients counted are the patients whose data is released.
+//! Rule 3, pid use: `pid` appears only in equi-joins, in `COUNT(DISTINCT pid)` and as
+//! the key of a per-patient grouping, and the patients counted are the patients whose
+//! data is released.
 //!
 //! The node's hidden `COUNT(DISTINCT pid)` guards a group only if every row of the group
 //! belongs to the patient it counts. A cross join, or a join of two patient tables on
@@ -11,9 +13,11 @@
 //! through `b.pid = b.pid`. A plan is accepted only when exactly one class reaches the
 //! barrier and it covers every patient-table scan.
 
-use datafusion::common::Column;
+use datafusion::common::{Column, DFSchema};
+use datafusion::logical_expr::{Expr, JoinType};
 
 use crate::rules::{Refusal, Rule};
+use crate::validate::unalias;
 
 /// One class of pid columns, equal on every row where they are not null.
 #[derive(Debug, Clone)]
@@ -183,4 +187,84 @@ impl PidSet {
     pub(crate) fn both_read_patients(left: &PidSet, right: &PidSet) -> bool {
         !left.classes.is_empty() && !right.classes.is_empty()
     }
+}
+
+pub(crate) fn is_pid(column: &Column, pids: &PidSet) -> bool {
+    // Any column named pid counts too, whatever its source: renaming is tracked, and a
+    // column that merely looks like a pid is treated as one.
+    column.name == "pid"
+        || pids.contains(column)
+        || pids
+            .columns()
+            .any(|p| p.relation.is_none() && p.name == column.name)
+}
+
+pub(crate) fn as_pid_column<'a>(expr: &'a Expr, pids: &PidSet) -> Option<&'a Column> {
+    match unalias(expr) {
+        Expr::Column(column) if is_pid(column, pids) => Some(column),
+        _ => None,
+    }
+}
+
+pub(crate) fn has_pid(schema: &DFSchema, pids: &PidSet) -> bool {
+    schema.columns().iter().any(|c| is_pid(c, pids))
+}
+
+/// pid as a key of the released grouping.
+pub(crate) fn grouped_by_pid(group: &Expr) -> Refusal {
+    Refusal::new(
+        Rule::PidUse,
+        group,
+        "grouping by pid would release one row per patient",
+    )
+    .hint("GROUP BY patient attributes and COUNT(DISTINCT pid)")
+}
+
+/// pid aggregated other than as COUNT(DISTINCT pid).
+pub(crate) fn aggregated_pid(expr: &Expr) -> Refusal {
+    Refusal::new(
+        Rule::PidUse,
+        expr,
+        "pid may be aggregated only as COUNT(DISTINCT pid)",
+    )
+    .hint("COUNT(DISTINCT pid) counts patients")
+}
+
+/// A join condition with pid on one side only.
+pub(crate) fn pid_joined_to_other(left: &Expr, right: &Expr) -> Refusal {
+    Refusal::new(
+        Rule::PidUse,
+        format!("{left} = {right}"),
+        "pid may be joined only to another pid",
+    )
+}
+
+/// pid used in an expression.
+pub(crate) fn pid_in_expression(column: &Column) -> Refusal {
+    Refusal::new(
+        Rule::PidUse,
+        column,
+        "pid may appear only in equi-joins, COUNT(DISTINCT pid) and per-patient grouping",
+    )
+    .hint("pid is a pseudonym: nothing may be computed from it")
+}
+
+/// A cross join with a patient table on one side.
+pub(crate) fn cross_join(join_type: JoinType) -> Refusal {
+    Refusal::new(
+        Rule::PidUse,
+        format!("{join_type} join"),
+        "is a cross join involving a patient table: every row of one side meets every row of the other",
+    )
+    .hint("join patient tables on pid (ON a.pid = b.pid) and reference tables on their codes")
+}
+
+/// A FULL join of two patient tables.
+pub(crate) fn full_join_of_patients() -> Refusal {
+    Refusal::new(
+        Rule::PidUse,
+        "FULL join",
+        "of two patient tables leaves rows where either patient is missing, so no one pid counts every row",
+    )
+    .hint("use an inner or a LEFT join on pid")
 }

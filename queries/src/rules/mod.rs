@@ -1,8 +1,31 @@
-//! The disclosure-control rules of DESIGN.md, and the refusal a researcher sees.
+//! The disclosure-control rules of DESIGN.md, one module each, and the refusal a
+//! researcher sees.
 //!
-//! A refusal names the rule, the part of the query that broke it (as the researcher wrote
-//! it, or as DataFusion prints it) and a hint. It never holds a data value: validation
-//! runs on the plan, before any data is read.
+//! | Rule | What it says | Where |
+//! |------|--------------|-------|
+//! | 1 | one statement, a query, over the registered tables | [`one_query`] |
+//! | 2 | one aggregation barrier at the top; per-patient aggregation below | [`barrier`] |
+//! | 3 | pid only in joins, `COUNT(DISTINCT pid)`, per-patient keys; one pid class | [`pid_use`] |
+//! | 4 | released aggregates, and the plain values that flow into them | [`barrier_aggregates`] |
+//! | 5 | allowlisted, total functions; no windows, grouping sets, subquery expressions | [`functions`] (lists in [`crate::allowlist`]) |
+//! | 6 | k distinct patients per group, and the dominance rule | [`group_size`] (hidden columns added by [`crate::split`]) |
+//! | 7 | no data in errors: nothing that can fail on one patient's value | [`no_data_in_errors`] |
+//! | 8 | limits on size, nesting, scans, time and memory | [`resource_limits`] |
+//!
+//! [`crate::validate`] walks the plan and asks each rule about each node; every refusal
+//! is made by a constructor of its rule's module, written once. A refusal names the rule,
+//! the part of the query that broke it (as the researcher wrote it, or as DataFusion
+//! prints it) and a hint. It never holds a data value: validation runs on the plan, before
+//! any data is read.
+
+pub mod barrier;
+pub mod barrier_aggregates;
+pub mod functions;
+pub mod group_size;
+pub mod no_data_in_errors;
+pub mod one_query;
+pub mod pid_use;
+pub mod resource_limits;
 
 use std::fmt;
 

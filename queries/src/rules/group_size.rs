@@ -1,4 +1,13 @@
-//! Rule 6's dominance rule: one outlier's value cannot be read off a sum over k patients.
+//! Rule 6, minimum group size: every released group holds at least k distinct patients,
+//! counted by the node, and no group's sum is dominated by one or two patients.
+//!
+//! The counts are hidden columns the site plan adds ([`crate::split`]): `COUNT(DISTINCT
+//! pid)` for every group, and behind every `SUM(x)`, `AVG(x)` and `COUNT(x)` the distinct
+//! patients with a non-null, non-zero contribution; a group where either is below k is
+//! dropped before anything leaves the node. Where each row is one patient
+//! ([`crate::uniqueness`]) a plain count stands in for the distinct one.
+//!
+//! ## Dominance: one outlier's value cannot be read off a sum over k patients
 //!
 //! A SUM or AVG over a group of k patients passes the patient counts, yet when one
 //! patient's contribution is nearly all of it (a thousand years of follow-up among four

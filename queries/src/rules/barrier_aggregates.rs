@@ -1,4 +1,10 @@
-//! Rule 4, plain values: what may flow into a released aggregate.
+//! Rule 4, barrier aggregates: what the released numbers are, and the plain values that
+//! may flow into them.
+//!
+//! At the barrier: COUNT(*), COUNT(column), COUNT(DISTINCT pid), SUM and AVG over
+//! numbers, one argument each, no FILTER, no ORDER BY, no DISTINCT but over pid
+//! ([`check_barrier_aggregate`]). MIN, MAX, medians, percentiles and list aggregates
+//! release individual values.
 //!
 //! A released `SUM(x)` over k patients tells a single patient's secret as soon as `x` can
 //! be made to depend on a condition: `SUM(CAST(<one patient's attributes> AS INT) * v)`,
@@ -32,7 +38,133 @@ use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::logical_expr::expr::{AggregateFunction, Alias};
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, Operator};
 
+use crate::allowlist;
+use crate::rules::functions::{self, Place};
+use crate::rules::{Refusal, Rule, pid_use};
 use crate::schema;
+use crate::validate::{AggregateKind, Below, unalias};
+
+pub(crate) fn check_barrier_aggregate(
+    expr: &Expr,
+    below: &Below,
+    schema: &DFSchema,
+) -> Result<AggregateKind, Refusal> {
+    let pids = &below.pids;
+    let Expr::AggregateFunction(AggregateFunction { func, params }) = unalias(expr) else {
+        return Err(Refusal::new(
+            Rule::BarrierAggregates,
+            expr,
+            "is not an aggregate function",
+        ));
+    };
+    let name = func.name().to_lowercase();
+    if !allowlist::BARRIER_AGGREGATES.contains(&name.as_str()) {
+        return Err(Refusal::new(
+            Rule::BarrierAggregates,
+            expr,
+            format!("{} is not a released aggregate", name.to_uppercase()),
+        )
+        .hint(allowlist::barrier_aggregate_hint(&name)));
+    }
+    if params.filter.is_some() {
+        return Err(Refusal::new(
+            Rule::BarrierAggregates,
+            expr,
+            "FILTER clauses are not allowed in released aggregates",
+        )
+        .hint("move the condition to WHERE, or GROUP BY it so each subgroup meets k on its own"));
+    }
+    if !params.order_by.is_empty() {
+        return Err(Refusal::new(
+            Rule::BarrierAggregates,
+            expr,
+            "ordered aggregates are not allowed",
+        ));
+    }
+    let args = &params.args;
+    if args.len() > 1 {
+        return Err(Refusal::new(
+            Rule::BarrierAggregates,
+            expr,
+            format!(
+                "{} takes one argument here: several would hide which values are counted",
+                name.to_uppercase()
+            ),
+        ));
+    }
+    let single_pid = match args.as_slice() {
+        [arg] => pid_use::as_pid_column(arg, pids).is_some(),
+        _ => false,
+    };
+    match (name.as_str(), params.distinct) {
+        ("count", true) if single_pid => return Ok(AggregateKind::CountDistinctPid),
+        ("count", true) => {
+            return Err(Refusal::new(Rule::BarrierAggregates, expr, "COUNT(DISTINCT …) is allowed only over pid")
+                .hint("distinct counts of other values cannot be added across sites; GROUP BY the value and COUNT(DISTINCT pid)"));
+        }
+        (_, true) => {
+            return Err(Refusal::new(
+                Rule::BarrierAggregates,
+                expr,
+                "DISTINCT is allowed only in COUNT(DISTINCT pid)",
+            ));
+        }
+        (_, false) if single_pid => return Err(pid_use::aggregated_pid(expr)),
+        _ => {}
+    }
+    for arg in args {
+        functions::check_scalar(arg, pids, schema, Place::Below)?;
+        check_plain(expr, below.values.of_expr(arg, schema))?;
+    }
+    match name.as_str() {
+        "count" => Ok(AggregateKind::Count),
+        "sum" | "avg" => {
+            let numeric = args
+                .first()
+                .and_then(|a| a.get_type(schema).ok())
+                .is_some_and(|t| t.is_numeric());
+            if !numeric {
+                return Err(Refusal::new(
+                    Rule::BarrierAggregates,
+                    expr,
+                    format!("{} needs a numeric argument", name.to_uppercase()),
+                ));
+            }
+            Ok(if name == "sum" {
+                AggregateKind::Sum
+            } else {
+                AggregateKind::Avg
+            })
+        }
+        _ => Err(Refusal::new(
+            Rule::BarrierAggregates,
+            expr,
+            "is not a released aggregate",
+        )),
+    }
+}
+
+/// Rule 4's plain values: the argument of a released aggregate, traced through every
+/// subquery, is plain and bounded (see [`crate::values`]).
+fn check_plain(aggregate: &Expr, value: Value) -> Result<(), Refusal> {
+    match value {
+        Value::Derived(why) => Err(Refusal::new(
+            Rule::BarrierAggregates,
+            aggregate,
+            format!(
+                "its argument is {why}: a value that flows into a released aggregate must stay plain (whole-number columns combined with +, -, and * by a whole number)"
+            ),
+        )
+        .hint("GROUP BY the condition or the computed value instead, so that each subgroup meets k on its own; scale a released total outside the aggregate, e.g. AVG(x) / 12.0")),
+        Value::Plain { bound } if bound.is_nan() || bound > MAX_MAGNITUDE => Err(Refusal::new(
+            Rule::BarrierAggregates,
+            aggregate,
+            "its argument can exceed 2^32 in magnitude on one row, where a sum could overflow",
+        )
+        .hint("scale the released total instead, e.g. SUM(x) * 1000")),
+        Value::Plain { .. } => Ok(()),
+    }
+}
 
 /// The largest magnitude a value flowing into a released aggregate may reach on one row:
 /// 2^32. Summed over fewer than 2^31 rows it stays inside a 64-bit integer, and far from
@@ -218,13 +350,6 @@ impl Values {
             }
             _ => Value::Derived("a per-patient aggregate that is not COUNT, SUM, AVG, MIN or MAX"),
         }
-    }
-}
-
-fn unalias(expr: &Expr) -> &Expr {
-    match expr {
-        Expr::Alias(Alias { expr, .. }) => unalias(expr),
-        other => other,
     }
 }
 
