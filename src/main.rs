@@ -55,6 +55,10 @@ enum Command {
     /// Nodes, users and the audit trail (registry operator).
     #[command(subcommand)]
     Operator(commands::operator::OperatorCommand),
+    /// The tables, columns, types and value sets a question can use (offline).
+    Schema(commands::explore::SchemaArgs),
+    /// Example questions, runnable with `ern submit --sql` or `ern demo --sql` (offline).
+    Examples(commands::explore::ExamplesArgs),
     /// Run the showcase: a coordinator and synthetic hospitals answer research questions
     /// together over gRPC on loopback.
     Demo(commands::demo::DemoArgs),
@@ -72,6 +76,8 @@ fn main() -> std::process::ExitCode {
         Command::Keygen(keygen) => commands::keygen::run(keygen),
         Command::Synth(args) => commands::synth::run(args),
         Command::Ingest(args) => commands::ingest::run(args),
+        Command::Schema(args) => commands::explore::schema(args),
+        Command::Examples(args) => commands::explore::examples(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Node(command) => commands::node::run(command),
         Command::Coordinator(command) => commands::coordinator::run(command),

@@ -400,3 +400,54 @@ fn the_scripted_demo_refuses_a_bad_question_with_nothing_on_stdout() {
     assert!(message.contains("rule 4"), "{message}");
     assert!(message.contains("MAX"), "{message}");
 }
+
+#[test]
+fn schema_and_examples_work_offline_and_the_examples_run_in_the_demo() {
+    let output = ern(&["schema"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    for expected in [
+        "genetic_finding",
+        "orpha_closure",
+        "female, male, undetermined, unknown",
+        "1880 to 2100",
+        "reference data",
+    ] {
+        assert!(text.contains(expected), "{expected} missing:\n{text}");
+    }
+    let json = ern(&["schema", "--format", "json"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let tables: serde_json::Value = serde_json::from_str(&stdout(&json)).expect("JSON");
+    assert_eq!(tables.as_array().expect("tables").len(), 6);
+    assert_eq!(tables[0]["table"], "patient");
+    assert_eq!(tables[0]["columns"][3]["values"][0], "female");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let examples = ern(&["examples", "--format", "json", "--out", path(dir.path())]);
+    assert!(examples.status.success(), "{}", stderr(&examples));
+    let list: serde_json::Value = serde_json::from_str(&stdout(&examples)).expect("JSON");
+    let first = &list[0];
+    let file = dir
+        .path()
+        .join(format!("{}.sql", first["name"].as_str().expect("name")));
+    let sql = std::fs::read_to_string(&file).expect("written");
+    assert_eq!(sql.trim(), first["sql"].as_str().expect("sql"));
+    // The written question runs through a real network of synthetic hospitals.
+    let run = ern(&[
+        "demo",
+        "--sites",
+        "2",
+        "--patients",
+        "2000",
+        "--sql",
+        path(&file),
+        "--format",
+        "csv",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stdout(&run).starts_with("code,sex,patients"),
+        "{}",
+        stdout(&run)
+    );
+}

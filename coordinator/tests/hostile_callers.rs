@@ -392,37 +392,19 @@ async fn a_node_keeps_only_well_formed_words_at_the_coordinator() {
     drop(sender);
     // A Hello with a hostile version, on a stream of its own.
     let hostile = format!("1.0\u{1b}]0;owned\u{7}\u{202e}{}", "9".repeat(10_000));
-    let mut tls = net.trust();
-    tls.identity = Some((
-        certificate.cert_pem.clone().into_bytes(),
-        certificate.key_pem.clone().into_bytes(),
-    ));
-    let channel = transport::endpoint(&net.url, Some(&tls))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let mut client = v1::node_link_client::NodeLinkClient::with_interceptor(
-        channel,
-        BearerToken::new(&token).expect("token"),
-    );
-    let (sender, receiver) = tokio::sync::mpsc::channel(4);
-    sender
-        .send(v1::NodeMessage {
-            message: Some(v1::node_message::Message::Hello(v1::Hello {
+    let (sender, mut inbound) = net
+        .open_node_stream_saying(
+            Some(&certificate),
+            &token,
+            v1::Hello {
                 site_id: "a".into(),
                 k: 5,
                 version: hostile,
                 max_concurrent: 1,
-            })),
-        })
+            },
+        )
         .await
-        .expect("queue");
-    let mut inbound = client
-        .open_stream(tokio_stream::wrappers::ReceiverStream::new(receiver))
-        .await
-        .expect("stream")
-        .into_inner();
+        .expect("stream");
     inbound.message().await.expect("welcome").expect("welcome");
 
     // A refusal naming a forged rule, for a question of site a.

@@ -140,6 +140,53 @@ pub fn by_name(table: &str) -> Option<SchemaRef> {
     }
 }
 
+/// Allowed `sex` values.
+pub const SEX: &[&str] = &["female", "male", "undetermined", "unknown"];
+/// Allowed `vital_status` values (null: unknown).
+pub const VITAL_STATUS: &[&str] = &["alive", "dead", "lost_to_follow_up", "opted_out"];
+/// Allowed consent answers (`contact_for_research`).
+pub const YES_NO_UNKNOWN: &[&str] = &["yes", "no", "unknown"];
+/// Allowed diagnosis `code_system` values.
+pub const CODE_SYSTEM: &[&str] = &["ORPHA", "ICD10", "OMIM"];
+/// Allowed diagnosis `status` values.
+pub const DIAGNOSIS_STATUS: &[&str] = &["confirmed", "provisional", "differential", "refuted"];
+/// Allowed `onset` values.
+pub const ONSET: &[&str] = &["antenatal", "at_birth", "date", "undetermined"];
+/// Allowed `zygosity` values.
+pub const ZYGOSITY: &[&str] = &[
+    "heterozygous",
+    "homozygous",
+    "hemizygous",
+    "compound_heterozygous",
+    "unknown",
+];
+
+/// The values a stored text column can hold, where data-model.md fixes them (ingest
+/// refuses any other): its public domain. `None` for free text and codes.
+pub fn value_set(table: &str, column: &str) -> Option<&'static [&'static str]> {
+    match (table, column) {
+        ("patient", "sex") => Some(SEX),
+        ("patient", "vital_status") => Some(VITAL_STATUS),
+        ("patient", "contact_for_research") => Some(YES_NO_UNKNOWN),
+        ("diagnosis", "code_system") => Some(CODE_SYSTEM),
+        ("diagnosis", "status") => Some(DIAGNOSIS_STATUS),
+        ("diagnosis", "onset") => Some(ONSET),
+        ("genetic_finding", "zygosity") => Some(ZYGOSITY),
+        _ => None,
+    }
+}
+
+/// The declared range of a stored numeric column, inclusive, where data-model.md gives
+/// one (years 1880-2100, months 1-12, ages 0-150).
+pub fn declared_range(column: &str) -> Option<(i64, i64)> {
+    match column {
+        "birth_year" => Some((1880, 2100)),
+        "birth_month" => Some((1, 12)),
+        "age_at_onset" | "age_at_diagnosis" => Some((0, 150)),
+        _ => None,
+    }
+}
+
 /// The largest magnitude a stored numeric column can hold, from the declared ranges of
 /// data-model.md (years 1880-2100, months 1-12, ages 0-150; dates as days since
 /// 1970-01-01 within 1880-01-01 … 2100-12-31). Reference depths are small by

@@ -35,6 +35,7 @@ use ern_proto::v1;
 use super::ingest::ingest_export;
 use super::keygen::{self, CA_CERT, TlsArgs};
 use crate::client::{self, Connection, rpc_error};
+use crate::commands::explore::EXAMPLES;
 use crate::commands::researcher::coverage_table;
 use crate::output::{self, Format};
 use crate::progress_bar::Bar;
@@ -89,27 +90,11 @@ pub(crate) struct DemoArgs {
     format: DemoFormat,
 }
 
-/// The showcase questions: (title, SQL).
-const SHOWCASE: &[(&str, &str)] = &[
-    (
-        "Patients with any rare cardiomyopathy (ORPHA:167848 and all its descendants in the Orphanet hierarchy), by decade of birth",
-        "SELECT (p.birth_year / 10) * 10 AS decade, COUNT(DISTINCT p.pid) AS patients \
-         FROM patient p JOIN diagnosis d ON p.pid = d.pid JOIN orpha_closure c ON d.code = c.descendant \
-         WHERE c.ancestor = 'ORPHA:167848' GROUP BY (p.birth_year / 10) * 10 ORDER BY decade",
-    ),
-    (
-        "Mean diagnostic delay in years, for the ten disorders with most patients",
-        "SELECT t.name AS disorder, COUNT(DISTINCT d.pid) AS patients, AVG(d.age_at_diagnosis - d.age_at_onset) AS mean_delay_years \
-         FROM diagnosis d JOIN orpha_term t ON d.code = t.orpha_code \
-         WHERE d.age_at_onset IS NOT NULL AND d.age_at_diagnosis IS NOT NULL \
-         GROUP BY t.name ORDER BY patients DESC LIMIT 10",
-    ),
-    (
-        "Most frequent causative genes among patients with hypertrophic cardiomyopathy (ORPHA:217569 group)",
-        "SELECT g.gene_symbol, COUNT(DISTINCT g.pid) AS patients \
-         FROM genetic_finding g JOIN diagnosis d ON g.pid = d.pid JOIN orpha_closure c ON d.code = c.descendant \
-         WHERE c.ancestor = 'ORPHA:217569' AND g.causative GROUP BY g.gene_symbol ORDER BY patients DESC, g.gene_symbol",
-    ),
+/// The showcase questions, from the examples (`ern examples`).
+const SHOWCASE: [&str; 3] = [
+    "cardiomyopathy-by-decade",
+    "delay-top-ten-disorders",
+    "hcm-causative-genes",
 ];
 
 /// How long the demo waits for the nodes to connect and for a question to finish.
@@ -147,9 +132,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", path.display()))?;
             vec![(format!("Question from {}", path.display()), sql)]
         }
-        None => SHOWCASE
+        None => EXAMPLES
             .iter()
-            .map(|(title, sql)| (title.to_string(), sql.to_string()))
+            .filter(|example| SHOWCASE.contains(&example.name))
+            .map(|example| (example.title.to_string(), example.sql.to_string()))
             .collect(),
     };
     let work = tempfile::tempdir().context("creating a temporary directory")?;

@@ -2,6 +2,7 @@
 
 pub(crate) mod coordinator;
 pub(crate) mod demo;
+pub(crate) mod explore;
 pub(crate) mod ingest;
 pub(crate) mod keygen;
 pub(crate) mod node;

@@ -111,6 +111,23 @@ impl Network {
         token: &str,
         site: &str,
     ) -> Result<NodeStream, tonic::Status> {
+        let hello = v1::Hello {
+            site_id: site.into(),
+            k: 5,
+            version: "test".into(),
+            max_concurrent: 1,
+        };
+        self.open_node_stream_saying(certificate, token, hello)
+            .await
+    }
+
+    /// Opens a node stream presenting `certificate` (if any) with `token`, saying `hello`.
+    pub async fn open_node_stream_saying(
+        &self,
+        certificate: Option<&IssuedCertificate>,
+        token: &str,
+        hello: v1::Hello,
+    ) -> Result<NodeStream, tonic::Status> {
         let mut tls = self.trust();
         tls.identity = certificate.map(|c| {
             (
@@ -128,12 +145,7 @@ impl Network {
         let (sender, receiver) = mpsc::channel(4);
         sender
             .send(v1::NodeMessage {
-                message: Some(v1::node_message::Message::Hello(v1::Hello {
-                    site_id: site.into(),
-                    k: 5,
-                    version: "test".into(),
-                    max_concurrent: 1,
-                })),
+                message: Some(v1::node_message::Message::Hello(hello)),
             })
             .await
             .expect("queue");

@@ -111,24 +111,11 @@ const fn column(name: &'static str, required: bool, format: Format) -> ColumnSpe
     }
 }
 
-/// Allowed `sex` values.
-pub const SEX: &[&str] = &["female", "male", "undetermined", "unknown"];
-/// Allowed `vital_status` values.
-pub const VITAL_STATUS: &[&str] = &["alive", "dead", "lost_to_follow_up", "opted_out"];
-/// Allowed consent answers.
-pub const YES_NO_UNKNOWN: &[&str] = &["yes", "no", "unknown"];
-/// Allowed diagnosis `status` values.
-pub const DIAGNOSIS_STATUS: &[&str] = &["confirmed", "provisional", "differential", "refuted"];
-/// Allowed `onset` values.
-pub const ONSET: &[&str] = &["antenatal", "at_birth", "date", "undetermined"];
-/// Allowed `zygosity` values.
-pub const ZYGOSITY: &[&str] = &[
-    "heterozygous",
-    "homozygous",
-    "hemizygous",
-    "compound_heterozygous",
-    "unknown",
-];
+// The value sets are the store's contract too (`ern schema`, secure aggregation's
+// public domains): one list, in `ern_queries::schema`.
+pub use ern_queries::schema::{
+    DIAGNOSIS_STATUS, ONSET, SEX, VITAL_STATUS, YES_NO_UNKNOWN, ZYGOSITY,
+};
 
 const PATIENT_COLUMNS: &[ColumnSpec] = &[
     column("local_id", true, Format::LocalId),

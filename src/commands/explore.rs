@@ -1,0 +1,261 @@
+//! `ern schema` and `ern examples`: what a researcher can ask about, offline.
+//!
+//! Before this, the schema was learnt from error messages. Both commands read the
+//! contract compiled into the binary (the store's Arrow schemas, value sets and declared
+//! ranges that ingest and every node enforce), so they need no coordinator and show
+//! exactly what the rules check against.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use arrow::datatypes::DataType;
+use clap::{Args, ValueEnum};
+use ern_queries::schema;
+use serde_json::json;
+
+use crate::table::new_table;
+
+/// How `ern schema` and `ern examples` print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ListFormat {
+    /// A table for the terminal.
+    Table,
+    /// JSON, for scripts.
+    Json,
+}
+
+/// Arguments of `ern schema`.
+#[derive(Debug, Args)]
+pub(crate) struct SchemaArgs {
+    /// How to print.
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    format: ListFormat,
+}
+
+/// Arguments of `ern examples`.
+#[derive(Debug, Args)]
+pub(crate) struct ExamplesArgs {
+    /// How to print.
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    format: ListFormat,
+    /// Also write each question to DIR/<name>.sql, ready for `ern submit --sql` or
+    /// `ern demo --sql`.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+/// One example question.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Example {
+    /// A short file-name-like name.
+    pub(crate) name: &'static str,
+    /// What it asks.
+    pub(crate) title: &'static str,
+    /// The SQL.
+    pub(crate) sql: &'static str,
+}
+
+/// The example questions of data-model.md (section 4) and the showcase's; every one is
+/// accepted by the rules (tested) and runs in `ern demo --sql`.
+pub(crate) const EXAMPLES: &[Example] = &[
+    Example {
+        name: "patients-by-disorder-and-sex",
+        title: "Patients per disorder and sex",
+        sql: "SELECT d.code, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON p.pid = d.pid GROUP BY d.code, p.sex",
+    },
+    Example {
+        name: "cardiomyopathy-by-decade",
+        title: "Patients with any rare cardiomyopathy (ORPHA:167848 and all its descendants in the Orphanet hierarchy), by decade of birth",
+        sql: "SELECT (p.birth_year / 10) * 10 AS decade, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON p.pid = d.pid JOIN orpha_closure c ON d.code = c.descendant WHERE c.ancestor = 'ORPHA:167848' GROUP BY (p.birth_year / 10) * 10 ORDER BY decade",
+    },
+    Example {
+        name: "diagnostic-delay",
+        title: "Mean diagnostic delay in years per disorder",
+        sql: "SELECT d.code, AVG(d.age_at_diagnosis - d.age_at_onset) AS mean_delay, COUNT(DISTINCT d.pid) AS patients FROM diagnosis d WHERE d.age_at_onset IS NOT NULL AND d.age_at_diagnosis IS NOT NULL GROUP BY d.code",
+    },
+    Example {
+        name: "diagnostic-delay-bands",
+        title: "Distribution of the diagnostic delay in 5-year bands",
+        sql: "SELECT d.code, ((d.age_at_diagnosis - d.age_at_onset) / 5) * 5 AS delay_band, COUNT(DISTINCT d.pid) AS patients FROM diagnosis d WHERE d.age_at_onset IS NOT NULL AND d.age_at_diagnosis IS NOT NULL GROUP BY d.code, ((d.age_at_diagnosis - d.age_at_onset) / 5) * 5",
+    },
+    Example {
+        name: "delay-top-ten-disorders",
+        title: "Mean diagnostic delay in years, for the ten disorders with most patients",
+        sql: "SELECT t.name AS disorder, COUNT(DISTINCT d.pid) AS patients, AVG(d.age_at_diagnosis - d.age_at_onset) AS mean_delay_years FROM diagnosis d JOIN orpha_term t ON d.code = t.orpha_code WHERE d.age_at_onset IS NOT NULL AND d.age_at_diagnosis IS NOT NULL GROUP BY t.name ORDER BY patients DESC LIMIT 10",
+    },
+    Example {
+        name: "hcm-causative-genes",
+        title: "Most frequent causative genes among patients with hypertrophic cardiomyopathy (ORPHA:217569 group)",
+        sql: "SELECT g.gene_symbol, COUNT(DISTINCT g.pid) AS patients FROM genetic_finding g JOIN diagnosis d ON g.pid = d.pid JOIN orpha_closure c ON d.code = c.descendant WHERE c.ancestor = 'ORPHA:217569' AND g.causative GROUP BY g.gene_symbol ORDER BY patients DESC, g.gene_symbol",
+    },
+    Example {
+        name: "undiagnosed-with-phenotype",
+        title: "Share of undiagnosed patients with a given phenotype (HP:0001639, hypertrophic cardiomyopathy)",
+        sql: "SELECT p.undiagnosed, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN phenotype f ON p.pid = f.pid WHERE f.hpo_id = 'HP:0001639' AND NOT f.excluded GROUP BY p.undiagnosed",
+    },
+];
+
+/// Tables in the order of data-model.md.
+const TABLES: [&str; 6] = [
+    "patient",
+    "diagnosis",
+    "genetic_finding",
+    "phenotype",
+    schema::ORPHA_TERM,
+    schema::ORPHA_CLOSURE,
+];
+
+/// What a column can hold, in words: its value set, its range, or nothing declared.
+fn column_values(table: &str, column: &str) -> String {
+    if column == "pid" {
+        return "pseudonym: only in joins on pid, COUNT(DISTINCT pid), per-patient GROUP BY".into();
+    }
+    if let Some(values) = schema::value_set(table, column) {
+        return values.join(", ");
+    }
+    if let Some((low, high)) = schema::declared_range(column) {
+        return format!("{low} to {high}");
+    }
+    let data_type = schema::by_name(table).and_then(|s| {
+        s.field_with_name(column)
+            .ok()
+            .map(|f| f.data_type().clone())
+    });
+    match (column, data_type) {
+        ("code", _) => "ORPHA:n, ICD10:… or OMIM:n".into(),
+        ("orpha_code" | "ancestor" | "descendant", _) => "ORPHA:n".into(),
+        ("hgnc_id", _) => "HGNC:n".into(),
+        ("hpo_id", _) => "HP:nnnnnnn".into(),
+        ("depth", _) => "0 for a term itself, 1 for its parents, …".into(),
+        (_, Some(DataType::Date32)) => "a date, 1880-01-01 to 2100-12-31".into(),
+        (_, Some(DataType::Boolean)) => "true, false".into(),
+        _ => "free text".into(),
+    }
+}
+
+fn table_kind(table: &str) -> &'static str {
+    if schema::PATIENT_TABLES.contains(&table) {
+        "patient data"
+    } else {
+        "reference data (public)"
+    }
+}
+
+/// `ern schema`.
+pub(crate) fn schema(args: SchemaArgs) -> anyhow::Result<()> {
+    match args.format {
+        ListFormat::Json => {
+            let tables: Vec<serde_json::Value> = TABLES
+                .iter()
+                .filter_map(|table| Some((table, schema::by_name(table)?)))
+                .map(|(table, arrow_schema)| {
+                    let columns: Vec<serde_json::Value> = arrow_schema
+                        .fields()
+                        .iter()
+                        .map(|field| {
+                            json!({
+                                "name": field.name(),
+                                "type": field.data_type().to_string(),
+                                "nullable": field.is_nullable(),
+                                "values": schema::value_set(table, field.name()),
+                                "range": schema::declared_range(field.name()),
+                            })
+                        })
+                        .collect();
+                    json!({
+                        "table": table,
+                        "reference": !schema::PATIENT_TABLES.contains(table),
+                        "columns": columns,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&tables)?);
+        }
+        ListFormat::Table => {
+            let mut out = new_table(&["table", "column", "type", "null", "values"], &[]);
+            for table in TABLES {
+                let Some(arrow_schema) = schema::by_name(table) else {
+                    continue;
+                };
+                for (index, field) in arrow_schema.fields().iter().enumerate() {
+                    let name = if index == 0 {
+                        format!("{table}\n({})", table_kind(table))
+                    } else {
+                        String::new()
+                    };
+                    out.add_row(vec![
+                        name,
+                        field.name().clone(),
+                        field.data_type().to_string(),
+                        if field.is_nullable() { "yes" } else { "" }.to_string(),
+                        column_values(table, field.name()),
+                    ]);
+                }
+            }
+            println!("{out}");
+            println!(
+                "Join patient tables on pid; join orpha_closure (ancestor, descendant) and \
+                 orpha_term (orpha_code) on their codes. `ern examples` shows questions."
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `ern examples`.
+pub(crate) fn examples(args: ExamplesArgs) -> anyhow::Result<()> {
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for example in EXAMPLES {
+            let path = dir.join(format!("{}.sql", example.name));
+            std::fs::write(&path, format!("{}\n", example.sql))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        eprintln!("{} questions written to {}", EXAMPLES.len(), dir.display());
+    }
+    match args.format {
+        ListFormat::Json => {
+            let list: Vec<serde_json::Value> = EXAMPLES
+                .iter()
+                .map(|e| json!({"name": e.name, "title": e.title, "sql": e.sql}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+        ListFormat::Table => {
+            let mut out = new_table(&["name", "question", "SQL"], &[]);
+            for example in EXAMPLES {
+                out.add_row(vec![example.name, example.title, example.sql]);
+            }
+            println!("{out}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every example passes the rules the coordinator and nodes apply.
+    #[tokio::test]
+    async fn every_example_is_accepted() {
+        let state = ern_queries::catalog::planning_state().expect("planning state");
+        for example in EXAMPLES {
+            if let Err(refusal) = ern_queries::validate(example.sql, &state).await {
+                panic!("{}: {refusal}", example.name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_table_of_the_contract_is_listed() {
+        for table in ern_queries::allowlist::TABLES {
+            assert!(TABLES.contains(table), "{table}");
+        }
+        assert_eq!(
+            column_values("patient", "sex"),
+            "female, male, undetermined, unknown"
+        );
+        assert_eq!(column_values("patient", "birth_year"), "1880 to 2100");
+    }
+}
