@@ -494,9 +494,10 @@ async fn verified_facts(ctx: &SessionContext) -> Result<SiteFacts, DataFusionErr
     Ok(SiteFacts::with_unique_pid_tables([table]))
 }
 
-/// Rule 6: drops every group whose smallest hidden patient count is under `k`, or whose
-/// largest patient contributions to a released sum hold more than the dominance rule
-/// allows, then the hidden columns.
+/// Rule 6: drops every group whose smallest hidden patient count is under `k`, whose
+/// patients without a value behind a `COUNT(x)` or `AVG(x)` are more than none but fewer
+/// than `k`, or whose largest patient contributions to a released sum hold more than the
+/// dominance rule allows; then the hidden columns.
 fn suppress(
     batches: Vec<RecordBatch>,
     schema: SchemaRef,
@@ -518,6 +519,23 @@ fn suppress(
             return Err("the site plan has no hidden patient count".into());
         }
         let mut keep = vec![true; batch.num_rows()];
+        let everyone = batch_schema
+            .index_of(&split::everyone_count_name())
+            .map_err(|_| "the site plan has no count of every patient")?;
+        let everyone = batch
+            .column(everyone)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or("a hidden count is not Int64")?;
+        let checks_left_out: Vec<bool> = counts
+            .iter()
+            .map(|&i| {
+                batch_schema
+                    .field(i)
+                    .name()
+                    .starts_with(split::HIDDEN_VALUED)
+            })
+            .collect();
+        let counts_position = |index: usize| counts.iter().position(|&i| i == index).unwrap_or(0);
         for &index in &counts {
             let column = batch
                 .column(index)
@@ -525,7 +543,14 @@ fn suppress(
                 .ok_or("a hidden count is not Int64")?;
             for (row, count) in column.iter().enumerate() {
                 let count = count.unwrap_or(0);
-                keep[row] &= count >= 0 && count as u64 >= k;
+                // Behind COUNT(x) and AVG(x), the patients without a value must be none
+                // or at least k too: `COUNT(*) - COUNT(x)` read their number (red team
+                // round 3).
+                let left_out = everyone.value(row).saturating_sub(count);
+                let left_out_ok = !checks_left_out[counts_position(index)]
+                    || left_out == 0
+                    || (left_out > 0 && left_out as u64 >= k);
+                keep[row] &= count >= 0 && count as u64 >= k && left_out_ok;
             }
         }
         for &index in &shares {

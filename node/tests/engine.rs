@@ -500,17 +500,21 @@ async fn an_outer_join_cannot_release_one_patients_value() {
     let engine = fixture.engine().await;
     let rare = rare_codes(&fixture.store).await;
     for code in rare.iter().take(3) {
-        // Thousands of patients per sex, but only a handful with the rare code's onset age.
+        // Thousands of patients per sex, but only a handful with the rare code: the
+        // nullable side's values carry the ON condition into the average (rule 4).
         let sql = format!(
             "SELECT p.sex, AVG(d.age_at_diagnosis) AS mean_age, COUNT(*) AS n FROM patient p LEFT JOIN diagnosis d ON p.pid = d.pid AND d.code = '{code}' GROUP BY p.sex"
         );
-        let released = engine.execute(&fixture.request(&sql)).await.expect("ran");
-        assert_eq!(
-            released.groups_released,
-            0,
-            "{sql} released {:?}",
-            text_rows(&released.batches)
-        );
+        match engine.execute(&fixture.request(&sql)).await {
+            Err(ExecuteError::Refused(refusal)) => {
+                assert_eq!(
+                    refusal.rule,
+                    ern_queries::Rule::BarrierAggregates,
+                    "{refusal}"
+                );
+            }
+            other => panic!("{sql}: {other:?}"),
+        }
     }
 }
 
@@ -534,6 +538,34 @@ async fn a_sum_needs_k_patients_with_a_value() {
             row[0]
         );
     }
+}
+
+/// Red team round 3: `COUNT(*) - COUNT(x)` read how many patients of a group had no `x`,
+/// however few. The patients an aggregate leaves out (no value, or a zero contribution to
+/// a sum) must be none or at least k, checked against an independent computation.
+#[tokio::test]
+async fn the_patients_an_aggregate_leaves_out_are_none_or_at_least_k() {
+    let fixture = fixture(3000);
+    let engine = fixture.engine().await;
+    let sql = "SELECT d.code, COUNT(d.age_at_onset) AS with_onset FROM diagnosis d GROUP BY d.code";
+    let released = engine.execute(&fixture.request(sql)).await.expect("ran");
+    let everyone = "COUNT(DISTINCT pid)";
+    let with_value = "COUNT(DISTINCT CASE WHEN age_at_onset IS NOT NULL THEN pid END)";
+    let independent = format!(
+        "SELECT code, COUNT(age_at_onset) AS with_onset FROM diagnosis GROUP BY code \
+         HAVING {everyone} >= 5 AND {with_value} >= 5 AND {everyone} - {with_value} NOT BETWEEN 1 AND 4"
+    );
+    let expected = sorted_rows(&plain_sql(&fixture.store, &independent).await);
+    assert!(!expected.is_empty());
+    assert_eq!(sorted_rows(&released.batches), expected);
+    let without_the_rule = format!(
+        "SELECT code FROM diagnosis GROUP BY code HAVING {everyone} >= 5 AND {with_value} >= 5"
+    );
+    let counted = text_rows(&plain_sql(&fixture.store, &without_the_rule).await).len();
+    assert!(
+        counted > expected.len(),
+        "the fixture must have a code with 1-4 patients left out ({counted} codes pass k)"
+    );
 }
 
 #[tokio::test]

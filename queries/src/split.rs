@@ -31,10 +31,22 @@ use crate::validate::{AggregateKind, Barrier, ValidatedQuery};
 /// Prefix of the hidden per-group patient counts in a site plan's output.
 pub const HIDDEN_PATIENTS: &str = "__patients";
 
+/// Prefix of the hidden counts of patients with a value (behind `COUNT(x)` and `AVG(x)`):
+/// besides reaching k, the patients *without* a value must be none or at least k, since
+/// `COUNT(*) - COUNT(x)`, or `SUM(x) / AVG(x)` beside a patient count, reads how many
+/// they are (red team round 3). Starts with [`HIDDEN_PATIENTS`]: it is a patient count.
+pub const HIDDEN_VALUED: &str = "__patients_valued";
+
 /// Prefix of the hidden per-group dominance shares (see [`crate::rules::group_size`]): for each
 /// released SUM and AVG, the share of the group's total absolute value that its largest
 /// patient contributions hold.
 pub const HIDDEN_DOMINANCE: &str = "__dominance";
+
+/// The name of the hidden count of every patient of a group (the first hidden count);
+/// the others count the patients who contribute to one aggregate.
+pub fn everyone_count_name() -> String {
+    format!("{HIDDEN_PATIENTS}_0")
+}
 
 /// True for a hidden column of a site plan (patient counts, dominance shares).
 pub fn is_hidden(name: &str) -> bool {
@@ -159,6 +171,9 @@ fn partials(kind: &AggregateKind, expr: &Expr, counting: &Counting) -> Vec<Expr>
 struct HiddenCount {
     /// `None` for all patients of the group.
     with_value: Option<Contribution>,
+    /// True when the patients this count leaves out are read by the released numbers
+    /// (a count of values beside a count of patients) and so must be none or at least k.
+    left_out_checked: bool,
 }
 
 /// The patients who contribute to a released aggregate over an argument.
@@ -210,23 +225,40 @@ impl Contribution {
 /// - For every released aggregate over an argument (`COUNT(x)`, `SUM(x)`, `AVG(x)`), the
 ///   patients whose contribution counts (see [`Contribution`]).
 fn hidden_counts(barrier: &Barrier) -> Vec<HiddenCount> {
-    let mut counts = vec![HiddenCount { with_value: None }];
+    let mut counts = vec![HiddenCount {
+        with_value: None,
+        left_out_checked: false,
+    }];
     for aggregate in &barrier.aggregates {
         let Some(argument) = argument_of(&aggregate.expr) else {
             continue;
         };
-        let nonzero = matches!(aggregate.kind, AggregateKind::Sum | AggregateKind::Avg);
-        let counts_everyone = matches!(&argument, Expr::Column(c) if *c == barrier.pid)
-            || (!nonzero && matches!(argument, Expr::Literal(ref v, _) if !v.is_null()));
-        if counts_everyone {
+        if matches!(&argument, Expr::Column(c) if *c == barrier.pid) {
             continue;
         }
-        counts.push(HiddenCount {
-            with_value: Some(Contribution {
-                value: argument,
-                nonzero,
-            }),
-        });
+        let summed = matches!(aggregate.kind, AggregateKind::Sum | AggregateKind::Avg);
+        if summed {
+            counts.push(HiddenCount {
+                with_value: Some(Contribution {
+                    value: argument.clone(),
+                    nonzero: true,
+                }),
+                left_out_checked: false,
+            });
+        }
+        // The patients with a value: COUNT(x) releases their number, and AVG(x) beside
+        // SUM(x) does too.
+        let counted_values = matches!(aggregate.kind, AggregateKind::Count | AggregateKind::Avg);
+        let every_row_has_one = matches!(argument, Expr::Literal(ref v, _) if !v.is_null());
+        if counted_values && !every_row_has_one {
+            counts.push(HiddenCount {
+                with_value: Some(Contribution {
+                    value: argument,
+                    nonzero: false,
+                }),
+                left_out_checked: true,
+            });
+        }
     }
     counts
 }
@@ -318,7 +350,7 @@ fn one_phase_site_plan(
             None => patients_in(&barrier.pid, counting),
             Some(contribution) => patients_where(&barrier.pid, counting, contribution.on_row())?,
         };
-        hidden_at.push(position_of(&mut computed, count));
+        hidden_at.push((position_of(&mut computed, count), hidden.left_out_checked));
     }
     // One row per patient: each row's value is that patient's contribution.
     let mut dominance_at = Vec::new();
@@ -371,14 +403,17 @@ fn per_patient_site_plan(
             partial_recipes.push(FromPatients::Sum(position_of(&mut per_patient, partial)));
         }
     }
-    let hidden_recipes: Vec<FromPatients> = hidden_counts(barrier)
+    let hidden_recipes: Vec<(FromPatients, bool)> = hidden_counts(barrier)
         .into_iter()
-        .map(|hidden| match hidden.with_value {
-            None => FromPatients::Patients,
-            Some(contribution) => {
-                let (value, zero) = contribution.per_patient();
-                FromPatients::PatientsWith(position_of(&mut per_patient, value), zero)
-            }
+        .map(|hidden| {
+            let recipe = match hidden.with_value {
+                None => FromPatients::Patients,
+                Some(contribution) => {
+                    let (value, zero) = contribution.per_patient();
+                    FromPatients::PatientsWith(position_of(&mut per_patient, value), zero)
+                }
+            };
+            (recipe, hidden.left_out_checked)
         })
         .collect();
     // Each patient's contribution to a released SUM or AVG: the sum of their values.
@@ -412,8 +447,8 @@ fn per_patient_site_plan(
         .collect::<Result<Vec<_>, _>>()?;
     let hidden_at = hidden_recipes
         .iter()
-        .map(&mut place)
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|(recipe, checked)| Ok((place(recipe)?, *checked)))
+        .collect::<Result<Vec<_>, DataFusionError>>()?;
     let dominance_at: Vec<(usize, usize)> = contributions_at
         .iter()
         .map(|&at| {
@@ -436,13 +471,14 @@ fn per_patient_site_plan(
 }
 
 /// The site plan's output over an aggregation: its group columns as `__g…`, the computed
-/// expressions at `partial_at` as `__p…`, at `hidden_at` as `__patients_…`, and for each
+/// expressions at `partial_at` as `__p…`, at `hidden_at` as `__patients_…` (or
+/// `__patients_valued_…` where the patients left out are checked too), and for each
 /// pair at `dominance_at` the share top ÷ total as `__dominance_…`.
 fn named_outputs(
     aggregated: LogicalPlan,
     groups: usize,
     partial_at: &[usize],
-    hidden_at: &[usize],
+    hidden_at: &[(usize, bool)],
     dominance_at: &[(usize, usize)],
 ) -> Result<LogicalPlan, SplitError> {
     let columns = aggregated.schema().columns();
@@ -461,7 +497,14 @@ fn named_outputs(
             hidden_at
                 .iter()
                 .enumerate()
-                .map(|(k, &at)| computed_column(at).alias(format!("{HIDDEN_PATIENTS}_{k}"))),
+                .map(|(k, &(at, left_out_checked))| {
+                    let prefix = if left_out_checked {
+                        HIDDEN_VALUED
+                    } else {
+                        HIDDEN_PATIENTS
+                    };
+                    computed_column(at).alias(format!("{prefix}_{k}"))
+                }),
         )
         .chain(dominance_at.iter().enumerate().map(|(j, &(top, total))| {
             (computed_column(top) / computed_column(total)).alias(format!("{HIDDEN_DOMINANCE}_{j}"))

@@ -378,9 +378,18 @@ fn check_join(
         }
         _ => pids.attach_outer(&across),
     }
+    let (left_values, right_values) = match join.join_type {
+        JoinType::Left => (left.values, right.values.nulled_by_outer_join()),
+        JoinType::Right => (left.values.nulled_by_outer_join(), right.values),
+        JoinType::Full => (
+            left.values.nulled_by_outer_join(),
+            right.values.nulled_by_outer_join(),
+        ),
+        _ => (left.values, right.values),
+    };
     Ok(Below {
         pids,
-        values: left.values.union(right.values),
+        values: left_values.union(right_values),
     })
 }
 

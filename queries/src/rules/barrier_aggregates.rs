@@ -97,7 +97,16 @@ pub(crate) fn check_barrier_aggregate(
         _ => false,
     };
     match (name.as_str(), params.distinct) {
-        ("count", true) if single_pid => return Ok(AggregateKind::CountDistinctPid),
+        ("count", true) if single_pid => {
+            let outer = args
+                .first()
+                .and_then(|arg| pid_use::as_pid_column(arg, pids))
+                .is_some_and(|column| pids.is_outer(column));
+            if outer {
+                return Err(pid_use::outer_pid_counted(expr));
+            }
+            return Ok(AggregateKind::CountDistinctPid);
+        }
         ("count", true) => {
             return Err(Refusal::new(Rule::BarrierAggregates, expr, "COUNT(DISTINCT …) is allowed only over pid")
                 .hint("distinct counts of other values cannot be added across sites; GROUP BY the value and COUNT(DISTINCT pid)"));
@@ -239,6 +248,27 @@ impl Values {
             .get(column)
             .copied()
             .unwrap_or(Value::Derived("a column of unknown origin"))
+    }
+
+    /// The columns of an outer join's nullable side: null wherever the join's condition
+    /// fails, so in an aggregate they carry the condition inside it (red team round 3:
+    /// `SUM(p.x) - SUM(q.x)` over `LEFT JOIN q ON … AND q.birth_year >= 1900` read one
+    /// patient's values off the totals). They stay usable in WHERE and GROUP BY.
+    pub(crate) fn nulled_by_outer_join(self) -> Values {
+        Values {
+            columns: self
+                .columns
+                .into_keys()
+                .map(|column| {
+                    (
+                        column,
+                        Value::Derived(
+                            "taken from the nullable side of an outer join: null wherever the join's condition fails, which puts that condition inside the aggregate",
+                        ),
+                    )
+                })
+                .collect(),
+        }
     }
 
     /// Both sides of a join.

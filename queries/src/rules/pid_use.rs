@@ -25,8 +25,20 @@ struct PidClass {
     /// The columns; the first is the one counted (never null where the class's patient
     /// table supplied the row: the preserved side of an outer join comes first).
     columns: Vec<Column>,
+    /// The columns that came from the nullable side of an outer join and have not been
+    /// tied down since (by an inner equality): null on the rows the join did not match,
+    /// where the preserved side's data goes on. Counting such a pid would not count those
+    /// rows' patients (red team round 3: `SELECT q.pid, p.sex FROM patient p LEFT JOIN
+    /// patient q ON … AND <condition>` released p's rows with nobody counting them).
+    outer: Vec<Column>,
     /// Patient-table scans whose rows this class identifies.
     scans: usize,
+}
+
+impl PidClass {
+    fn has_total(&self) -> bool {
+        self.columns.iter().any(|c| !self.outer.contains(c))
+    }
 }
 
 /// The pid classes of a plan node's output.
@@ -43,6 +55,7 @@ impl PidSet {
         PidSet {
             classes: vec![PidClass {
                 columns: vec![pid],
+                outer: Vec::new(),
                 scans: 1,
             }],
             patient_scans: 1,
@@ -54,6 +67,13 @@ impl PidSet {
         self.classes
             .iter()
             .any(|class| class.columns.contains(column))
+    }
+
+    /// True when `column` is a pid that an outer join leaves null on unmatched rows.
+    pub(crate) fn is_outer(&self, column: &Column) -> bool {
+        self.classes
+            .iter()
+            .any(|class| class.outer.contains(column))
     }
 
     /// Every pid column.
@@ -80,9 +100,18 @@ impl PidSet {
             .position(|class| class.columns.contains(column))
     }
 
-    /// Records that `kept` and `other` hold the same patient on every row (or `other` is
-    /// null): their classes become one, with `kept`'s class counted.
+    /// Records an inner equality (an inner join's condition, a WHERE conjunct): `kept`
+    /// and `other` hold the same patient on every row, and neither is null on any row
+    /// that remains. Their classes become one, with `kept`'s class counted.
     pub(crate) fn merge(&mut self, kept: &Column, other: &Column) {
+        for class in &mut self.classes {
+            class.outer.retain(|c| c != kept && c != other);
+        }
+        self.join_classes(kept, other);
+    }
+
+    /// Joins the classes of `kept` and `other` into `kept`'s.
+    fn join_classes(&mut self, kept: &Column, other: &Column) {
         let (Some(i), Some(j)) = (self.class_of(kept), self.class_of(other)) else {
             return;
         };
@@ -91,6 +120,7 @@ impl PidSet {
         }
         let moved = self.classes[j].clone();
         self.classes[i].columns.extend(moved.columns);
+        self.classes[i].outer.extend(moved.outer);
         self.classes[i].scans += moved.scans;
         self.classes.remove(j);
     }
@@ -118,13 +148,20 @@ impl PidSet {
             }
         }
         for (preserved, nullable) in attachments {
-            self.merge(&preserved, &nullable);
+            // Every pid of the nullable side is null where the join found no match.
+            if let Some(class) = self.class_of(&nullable) {
+                let nulled = self.classes[class].columns.clone();
+                self.classes[class].outer = nulled;
+            }
+            self.join_classes(&preserved, &nullable);
         }
     }
 
     /// The pid columns of a node's output, given which input column each output is.
     /// A class none of whose columns reaches the output is refused: its patients' rows
-    /// would go on without the pid that counts them.
+    /// would go on without the pid that counts them. So is a class whose only columns to
+    /// reach it are null where an outer join found no match, while the preserved side's
+    /// pid is dropped: the unmatched rows would go on uncounted.
     pub(crate) fn project(
         &self,
         pairs: &[(Column, Column)],
@@ -142,6 +179,20 @@ impl PidSet {
                         .map(|(_, output)| output.clone())
                 })
                 .collect();
+            let mapped = |keep_outer: bool| -> Vec<Column> {
+                class
+                    .columns
+                    .iter()
+                    .filter(|column| class.outer.contains(column) == keep_outer)
+                    .flat_map(|column| {
+                        pairs
+                            .iter()
+                            .filter(move |(input, _)| input == column)
+                            .map(|(_, output)| output.clone())
+                    })
+                    .collect()
+            };
+            let (total, outer) = (mapped(false), mapped(true));
             if columns.is_empty() {
                 return Err(Refusal::new(
                     Rule::PidUse,
@@ -150,8 +201,12 @@ impl PidSet {
                 )
                 .hint("keep the pid of every patient table in each subquery's SELECT and in a per-patient GROUP BY"));
             }
+            if class.has_total() && total.is_empty() {
+                return Err(outer_pid_only(part()));
+            }
             classes.push(PidClass {
-                columns,
+                columns: total.into_iter().chain(outer.iter().cloned()).collect(),
+                outer,
                 scans: class.scans,
             });
         }
@@ -208,6 +263,26 @@ pub(crate) fn as_pid_column<'a>(expr: &'a Expr, pids: &PidSet) -> Option<&'a Col
 
 pub(crate) fn has_pid(schema: &DFSchema, pids: &PidSet) -> bool {
     schema.columns().iter().any(|c| is_pid(c, pids))
+}
+
+/// A projection or per-patient grouping that keeps only the outer-joined side's pid.
+fn outer_pid_only(part: String) -> Refusal {
+    Refusal::new(
+        Rule::PidUse,
+        part,
+        "keeps only the pid of an outer join's nullable side, which is null where the join found no match: those rows' patients would go on uncounted",
+    )
+    .hint("keep the preserved side's pid (the table before LEFT JOIN)")
+}
+
+/// COUNT(DISTINCT pid) over the nullable side of an outer join.
+pub(crate) fn outer_pid_counted(expr: &Expr) -> Refusal {
+    Refusal::new(
+        Rule::PidUse,
+        expr,
+        "counts the pid of an outer join's nullable side: beside the preserved side's count, it tells how many patients the join left unmatched, however few",
+    )
+    .hint("COUNT(DISTINCT the preserved side's pid), and put the join's condition in WHERE or GROUP BY")
 }
 
 /// pid as a key of the released grouping.
