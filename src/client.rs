@@ -113,7 +113,8 @@ where
     }
 }
 
-/// A gRPC error as a sentence: what kind of failure, then the coordinator's message.
+/// A gRPC error as a sentence: what kind of failure, then the coordinator's message,
+/// escaped.
 pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
     let kind = match status.code() {
         tonic::Code::InvalidArgument => "refused",
@@ -127,7 +128,12 @@ pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
         tonic::Code::DeadlineExceeded => "timed out",
         _ => "coordinator error",
     };
-    anyhow::anyhow!("{kind}: {}", status.message())
+    // The message is the coordinator's, which may quote what others wrote: escaped, and
+    // no longer than a screenful.
+    anyhow::anyhow!(
+        "{kind}: {}",
+        ern_queries::shown::shown_bounded(status.message(), 4000)
+    )
 }
 
 /// The runtime of a coordinator, a node or the demo: its threads plan and run questions,

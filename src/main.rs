@@ -17,6 +17,12 @@ mod table;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// What is logged without `ERN_LOG`: warnings, but the HTTP/2 and TLS libraries' only when
+/// they are errors (red team: they warn once per reset connection, so an unauthenticated
+/// client could fill the coordinator's log).
+const DEFAULT_LOG: &str =
+    "warn,h2=error,hyper=error,hyper_util=error,rustls=error,tokio_rustls=error,tonic=error";
+
 /// Federated research on rare-disease registries: ask one SQL question of many hospitals,
 /// get back only aggregated, thresholded numbers.
 #[derive(Debug, Parser)]
@@ -67,7 +73,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("ERN_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+            EnvFilter::try_from_env("ERN_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .init();

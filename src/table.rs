@@ -28,7 +28,7 @@ pub(crate) fn from_batches(
     let shown_names: Vec<String> = schema
         .fields()
         .iter()
-        .map(|f| ern_proto::shown::shown(f.name()))
+        .map(|f| ern_queries::shown::shown(f.name()))
         .collect();
     let names: Vec<&str> = shown_names.iter().map(String::as_str).collect();
     let numeric: Vec<&str> = schema
@@ -71,7 +71,7 @@ pub(crate) fn from_batches(
             table.add_row(
                 formatters
                     .iter()
-                    .map(|f| ern_proto::shown::shown(&f.value(row).to_string()))
+                    .map(|f| ern_queries::shown::shown(&f.value(row).to_string()))
                     .collect::<Vec<_>>(),
             );
         }

@@ -5,20 +5,24 @@
 //! limit, gave normal clients 1–10 s latency and deadline errors. Here the coordinator
 //! accepts a connection only while fewer than `max_connections` are open (beyond that the
 //! kernel's backlog holds new ones: backpressure, not refusal), closes at once a
-//! connection from an address that already has `per_source` open or `handshakes_per_source`
-//! TLS handshakes unfinished, and gives every handshake `handshake_timeout` to finish. The
-//! TLS handshake is done here (rustls, as tonic would) so that the count of unfinished
-//! handshakes is exact; tonic then serves HTTP/2 over the finished stream.
+//! connection from a source that already has `per_source` open or `handshakes_per_source`
+//! handshakes unfinished, and gives every handshake `handshake_timeout` to finish. A
+//! handshake here is the TLS handshake *and* the client's HTTP/2 preface: red team round
+//! 2 held every slot with connections that finished TLS and then sent nothing, which
+//! HTTP/2 keep-alive never notices (it starts after the preface). Both are done here
+//! (rustls, as tonic would) so that the count of unfinished handshakes is exact; tonic then
+//! serves HTTP/2 over the opened stream, the preface replayed. A source is an IPv4 address
+//! or an IPv6 /64 (one host commonly holds a whole /64).
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -145,13 +149,73 @@ pub struct Counted {
     _slot: SourceSlot,
 }
 
+/// The client connection preface every HTTP/2 connection starts with (RFC 9113, 3.4).
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A stream whose HTTP/2 preface was read here, replayed to the first reads.
+#[derive(Debug)]
+pub struct Prefaced<S> {
+    replayed: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> Prefaced<S> {
+    /// Reads the client's preface from `inner`; anything else is refused.
+    async fn read(mut inner: S) -> io::Result<Self> {
+        let mut preface = [0u8; 24];
+        inner.read_exact(&mut preface).await?;
+        if &preface != HTTP2_PREFACE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not an HTTP/2 connection preface",
+            ));
+        }
+        Ok(Prefaced { replayed: 0, inner })
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefaced<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.replayed < HTTP2_PREFACE.len() {
+            let rest = &HTTP2_PREFACE[self.replayed..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.replayed += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefaced<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// An accepted connection, ready for HTTP/2.
 #[derive(Debug)]
 pub enum Accepted {
     /// Plaintext (loopback only).
-    Plain(Counted),
+    Plain(Prefaced<Counted>),
     /// TLS, handshake finished.
-    Tls(Box<TlsStream<Counted>>),
+    Tls(Box<Prefaced<TlsStream<Counted>>>),
 }
 
 impl Connected for Accepted {
@@ -160,11 +224,11 @@ impl Connected for Accepted {
     fn connect_info(&self) -> PeerInfo {
         match self {
             Accepted::Plain(counted) => PeerInfo {
-                remote: counted.stream.peer_addr().ok(),
+                remote: counted.inner.stream.peer_addr().ok(),
                 certificates: None,
             },
             Accepted::Tls(tls) => {
-                let (counted, session) = tls.get_ref();
+                let (counted, session) = tls.inner.get_ref();
                 PeerInfo {
                     remote: counted.stream.peer_addr().ok(),
                     certificates: session
@@ -330,8 +394,8 @@ async fn accept_loop(
                 continue;
             }
         };
-        let ip = address.ip().to_canonical();
-        let Some((slot, handshake)) = sources.admit(ip, &limits, tls.is_some(), permit) else {
+        let ip = source_of(address.ip());
+        let Some((slot, handshake)) = sources.admit(ip, &limits, true, permit) else {
             drop(stream);
             refused += 1;
             if last_report.elapsed() >= REFUSAL_LOG_INTERVAL {
@@ -351,31 +415,42 @@ async fn accept_loop(
             stream,
             _slot: slot,
         };
-        match &tls {
-            None => {
-                if sender.send(Ok(Accepted::Plain(counted))).await.is_err() {
-                    return;
+        let tls = tls.clone();
+        let sender = sender.clone();
+        let timeout = limits.handshake_timeout;
+        tokio::spawn(async move {
+            let opened = tokio::time::timeout(timeout, open_connection(counted, tls)).await;
+            drop(handshake);
+            match opened {
+                Ok(Ok(accepted)) => {
+                    let _ = sender.send(Ok(accepted)).await;
                 }
+                Ok(Err(error)) => tracing::debug!(%error, source = %ip, "handshake failed"),
+                Err(_) => tracing::debug!(source = %ip, "handshake timed out"),
             }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let sender = sender.clone();
-                let timeout = limits.handshake_timeout;
-                tokio::spawn(async move {
-                    let finished = tokio::time::timeout(timeout, acceptor.accept(counted)).await;
-                    drop(handshake);
-                    match finished {
-                        Ok(Ok(stream)) => {
-                            let _ = sender.send(Ok(Accepted::Tls(Box::new(stream)))).await;
-                        }
-                        Ok(Err(error)) => {
-                            tracing::debug!(%error, source = %ip, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(source = %ip, "TLS handshake timed out"),
-                    }
-                });
-            }
+        });
+    }
+}
+
+/// The TLS handshake (if any) and the HTTP/2 preface of one connection.
+async fn open_connection(counted: Counted, tls: Option<TlsAcceptor>) -> io::Result<Accepted> {
+    match tls {
+        None => Ok(Accepted::Plain(Prefaced::read(counted).await?)),
+        Some(acceptor) => {
+            let stream = acceptor.accept(counted).await?;
+            Ok(Accepted::Tls(Box::new(Prefaced::read(stream).await?)))
         }
+    }
+}
+
+/// The source a connection counts against: its IPv4 address, or its IPv6 /64.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let [a, b, c, d, ..] = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+        }
+        v4 => v4,
     }
 }
 
@@ -415,6 +490,36 @@ mod tests {
         drop((first, second, other));
         assert!(sources.counts().is_empty(), "every slot given back");
         assert_eq!(open.available_permits(), 10);
+    }
+
+    #[test]
+    fn an_ipv6_host_is_one_source_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().expect("ip");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(source_of(a), source_of(b));
+        assert_ne!(source_of(a), source_of(c));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("ip");
+        assert_eq!(source_of(mapped), "10.0.0.1".parse::<IpAddr>().expect("ip"));
+    }
+
+    #[tokio::test]
+    async fn the_preface_is_checked_and_replayed() {
+        let (mut client, server) = tokio::io::duplex(64);
+        use tokio::io::AsyncWriteExt;
+        client.write_all(HTTP2_PREFACE).await.expect("write");
+        client.write_all(b"rest").await.expect("write");
+        let mut opened = Prefaced::read(server).await.expect("preface");
+        let mut all = vec![0u8; 28];
+        opened.read_exact(&mut all).await.expect("replayed");
+        assert_eq!(&all[..24], HTTP2_PREFACE);
+        assert_eq!(&all[24..], b"rest");
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(&[0x16; 24]).await.expect("write");
+        assert!(
+            Prefaced::read(server).await.is_err(),
+            "a TLS record is not a preface"
+        );
     }
 
     #[test]

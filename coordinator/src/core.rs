@@ -14,9 +14,9 @@ use std::time::Duration;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
 use ern_proto::arrow_ipc;
-use ern_proto::shown::for_log;
 use ern_proto::v1;
 use ern_queries::ValidatedQuery;
+use ern_queries::shown::for_log;
 use tokio::sync::{Notify, mpsc};
 use tonic::Status;
 
@@ -89,7 +89,7 @@ pub(crate) fn internal(error: DbError) -> Status {
 /// A caller's own input quoted back in an error: escaped, and at most 64 characters of
 /// it (a 917 KB id once came back as a 917 KB error).
 pub(crate) fn echoed(text: &str) -> String {
-    ern_proto::shown::shown_bounded(text, 64)
+    ern_queries::shown::shown_bounded(text, 64)
 }
 
 impl Coordinator {

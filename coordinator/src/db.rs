@@ -96,6 +96,18 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX queries_by_submitter ON queries(submitted_by, complete);",
 ];
 
+/// Whether a capped submission was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Stored, awaiting approval.
+    Stored,
+    /// Not stored: the researcher has this many questions open already.
+    OverLimit {
+        /// Questions open.
+        open: u64,
+    },
+}
+
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -387,45 +399,33 @@ impl Db {
     pub fn insert_query(&self, query: &StoredQuery, sites: &[String]) -> Result<(), DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        execute_cached(&tx,
-            "INSERT INTO queries (id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                query.id,
-                query.title,
-                query.purpose,
-                query.sql,
-                query.query_hash,
-                query.submitted_by,
-                query.submitted_at as i64,
-                query.deadline as i64
-            ],
-        )?;
-        for site in sites {
-            execute_cached(
-                &tx,
-                "INSERT INTO targets (query_id, site, state, updated_at) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    query.id,
-                    site,
-                    SiteState::AwaitingApproval.as_str(),
-                    query.submitted_at as i64
-                ],
-            )?;
-        }
-        insert_event(
-            &tx,
-            &Event {
-                at: query.submitted_at,
-                actor: query.submitted_by.clone(),
-                kind: "submitted".into(),
-                query_id: query.id.clone(),
-                site: String::new(),
-                detail: String::new(),
-            },
-        )?;
+        insert_query_in(&tx, query, sites)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Stores a submission as [`Db::insert_query`] does, unless its researcher already has
+    /// `max_open` questions open (neither complete nor failed): counted and stored in one
+    /// transaction, so concurrent submissions cannot pass the cap together.
+    pub fn insert_query_capped(
+        &self,
+        query: &StoredQuery,
+        sites: &[String],
+        max_open: u64,
+    ) -> Result<Admission, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let open: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM queries WHERE submitted_by = ?1 AND complete = 0 AND failure = ''",
+            params![query.submitted_by],
+            |row| row.get(0),
+        )?;
+        if open as u64 >= max_open {
+            return Ok(Admission::OverLimit { open: open as u64 });
+        }
+        insert_query_in(&tx, query, sites)?;
+        tx.commit()?;
+        Ok(Admission::Stored)
     }
 
     /// One question.
@@ -1031,6 +1031,48 @@ fn query_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredQuery> {
         complete: row.get::<_, i64>(8)? != 0,
         failure: row.get(9)?,
     })
+}
+
+/// The rows of one submission, inside the caller's transaction.
+fn insert_query_in(tx: &Connection, query: &StoredQuery, sites: &[String]) -> Result<(), DbError> {
+    execute_cached(tx,
+        "INSERT INTO queries (id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            query.id,
+            query.title,
+            query.purpose,
+            query.sql,
+            query.query_hash,
+            query.submitted_by,
+            query.submitted_at as i64,
+            query.deadline as i64
+        ],
+    )?;
+    for site in sites {
+        execute_cached(
+            tx,
+            "INSERT INTO targets (query_id, site, state, updated_at) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                query.id,
+                site,
+                SiteState::AwaitingApproval.as_str(),
+                query.submitted_at as i64
+            ],
+        )?;
+    }
+    insert_event(
+        tx,
+        &Event {
+            at: query.submitted_at,
+            actor: query.submitted_by.clone(),
+            kind: "submitted".into(),
+            query_id: query.id.clone(),
+            site: String::new(),
+            detail: String::new(),
+        },
+    )?;
+    Ok(())
 }
 
 fn transition_in(

@@ -114,13 +114,18 @@ impl SubmitLimiter {
 /// limit and what frees it.
 pub fn check_open_questions(open: u64, limits: &Limits) -> Result<(), Status> {
     if open >= u64::from(limits.max_open_questions) {
-        return Err(Status::resource_exhausted(format!(
-            "open questions limit: you have {open} questions still open; this network \
-             allows {} per researcher. Wait for one to complete or pass its deadline",
-            limits.max_open_questions
-        )));
+        return Err(open_questions_refusal(open, limits));
     }
     Ok(())
+}
+
+/// The refusal of a question over the open-questions limit.
+pub fn open_questions_refusal(open: u64, limits: &Limits) -> Status {
+    Status::resource_exhausted(format!(
+        "open questions limit: you have {open} questions still open; this network \
+         allows {} per researcher. Wait for one to complete or pass its deadline",
+        limits.max_open_questions
+    ))
 }
 
 /// Refuses SQL longer than the limit, naming the limit and the size (never the text).

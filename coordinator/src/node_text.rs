@@ -6,7 +6,7 @@
 //! megabyte where a word belongs. Rule names and references have a fixed shape and
 //! anything else is replaced by a word saying so; a version is kept escaped and short.
 
-use ern_proto::shown::shown_bounded;
+use ern_queries::shown::shown_bounded;
 
 /// Longest rule name or failure reference kept.
 const MAX_WORD: usize = 64;

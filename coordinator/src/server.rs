@@ -26,6 +26,13 @@ use crate::core::Coordinator;
 use crate::model::Role;
 use crate::services::{NodeLinkService, OperatorService, ResearcherService, StewardService};
 
+/// Largest message the unauthenticated services (health checking, reflection) decode.
+const PUBLIC_MESSAGE_BYTES: usize = 16 << 10;
+
+/// Calls open at once on one connection (a node needs one, a client a few): with the
+/// message limits, this bounds what one connection can make the coordinator buffer.
+const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+
 /// How often deadlines, timeouts and unfinished merges are looked at.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -103,10 +110,13 @@ pub async fn serve(
     health
         .set_serving::<NodeLinkServer<NodeLinkService>>()
         .await;
+    // Health checks and reflection answer without a token, so their messages are small.
+    let health_service = health_service.max_decoding_message_size(PUBLIC_MESSAGE_BYTES);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ern_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+        .build_v1()?
+        .max_decoding_message_size(PUBLIC_MESSAGE_BYTES);
 
     let ticker = {
         let core = Arc::clone(&core);
@@ -126,6 +136,7 @@ pub async fn serve(
     accept::raise_open_files_limit(&limits.connections);
     let (incoming, accepting) = accept::incoming(listener, acceptor, limits.connections.clone());
     let result = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_keepalive_interval(Some(heartbeat))
         .http2_keepalive_timeout(Some(heartbeat * 2))
         .timeout(limits.rpc_timeout)

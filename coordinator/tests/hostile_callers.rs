@@ -456,3 +456,139 @@ async fn a_node_keeps_only_well_formed_words_at_the_coordinator() {
     assert_eq!(site_a.detail, "unreadable-rule");
     drop(sender);
 }
+
+/// Red team round 2: health checking and reflection answer without a token, and decoded
+/// 4 MB messages for anyone (300 of them took the coordinator to 1.28 GB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_services_without_a_token_take_only_small_messages() {
+    let net = start(generous()).await;
+    let channel = transport::endpoint(&net.url, Some(&net.trust()))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "x".repeat(1 << 20),
+        })
+        .await
+        .expect_err("a megabyte to the health service");
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{status:?}"
+    );
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "ern.v1.Researcher".into(),
+        })
+        .await
+        .expect("a real health check still answers");
+}
+
+/// Red team round 2: connections that finished TLS and then sent nothing held every
+/// connection slot; the HTTP/2 preface is now part of the handshake, and its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_finishes_tls_and_says_nothing_is_closed() {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    let limits = Limits {
+        connections: ConnectionLimits {
+            handshake_timeout: Duration::from_secs(1),
+            ..ConnectionLimits::default()
+        },
+        ..generous()
+    };
+    let net = start(limits).await;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(net.ca.cert_pem().as_bytes()) {
+        roots.add(ca.expect("CA")).expect("root");
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let address = net.url.trim_start_matches("https://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("the TLS handshake itself succeeds");
+    let started = Instant::now();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut byte))
+        .await
+        .expect("closed by the server, not left open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// Red team round 2: 60 concurrent submissions at 99 open questions stored 101; the
+/// count and the insert are now one transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submissions_cannot_pass_the_open_questions_cap_together() {
+    let limits = Limits {
+        max_open_questions: 3,
+        ..generous()
+    };
+    let net = start(limits).await;
+    let researcher = net.researcher(net.user("ada", Role::Researcher, "")).await;
+    let mut calls = Vec::new();
+    for n in 0..24 {
+        let mut researcher = researcher.clone();
+        calls.push(tokio::spawn(async move {
+            researcher.submit(submit(&format!("q{n}"), SQL)).await
+        }));
+    }
+    let mut stored = 0;
+    for call in calls {
+        match call.await.expect("task") {
+            Ok(_) => stored += 1,
+            Err(status) => assert!(
+                status.message().contains("open questions limit"),
+                "{status:?}"
+            ),
+        }
+    }
+    assert_eq!(stored, 3);
+    assert_eq!(net.core.db().open_questions_of("ada").expect("open"), 3);
+}
+
+/// Red team round 2: refusals quoted the question raw and whole (terminal escapes in a
+/// table name came back to the researcher's terminal; a 64 KiB question, a 64 KiB error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_quote_the_question_escaped_and_short() {
+    let net = start(generous()).await;
+    let mut researcher = net.researcher(net.user("ada", Role::Researcher, "")).await;
+    let hostile = "SELECT p.sex, COUNT(*) AS n FROM \"\u{1b}]0;pwned\u{7}\u{1b}[2K\r\u{202e}evil\" p GROUP BY p.sex";
+    let status = researcher
+        .submit(submit("t", hostile))
+        .await
+        .expect_err("an unknown table");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        !status
+            .message()
+            .chars()
+            .any(|c| c.is_control() || c == '\u{202e}'),
+        "{:?}",
+        status.message()
+    );
+    let long = format!("SELECT {}", "S".repeat(60 << 10));
+    let status = researcher
+        .submit(submit("t", &long))
+        .await
+        .expect_err("not a question");
+    assert!(status.message().len() < 4000, "{}", status.message().len());
+}

@@ -6,7 +6,6 @@
 //! [`FILE_DESCRIPTOR_SET`].
 
 pub mod arrow_ipc;
-pub mod shown;
 pub mod transport;
 
 /// Package `ern.v1`: messages, clients (`*_client`) and servers (`*_server`).

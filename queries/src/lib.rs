@@ -24,6 +24,7 @@
 //! - [`split`]: the per-site plan and the merge of partial results.
 //! - [`uniqueness`]: where a site may count patients without a distinct count.
 //! - [`hash`]: the canonical query hash that approvals sign.
+//! - [`shown`]: another party's text made safe to print (escapes, bounded length).
 //! - [`ids`]: the shape of site, study and user ids.
 //! - [`casefile`]: the steward-readable format of the validation and attack suites.
 //! - [`schema`]: the Arrow schemas of the node tables (the data contract).
@@ -35,6 +36,7 @@ pub mod hash;
 pub mod ids;
 pub mod rules;
 pub mod schema;
+pub mod shown;
 pub mod split;
 pub mod uniqueness;
 pub mod validate;

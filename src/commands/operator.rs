@@ -6,7 +6,7 @@ use ern_proto::v1;
 
 use crate::client::{self, Connection, PAGE_SIZE, all_pages, format_time, rpc_error};
 use crate::table::new_table;
-use ern_proto::shown::shown;
+use ern_queries::shown::shown;
 
 /// Operator commands.
 #[derive(Debug, Subcommand)]

@@ -12,7 +12,7 @@ use crate::client::{
 };
 use crate::output::{self, Format};
 use crate::table::new_table;
-use ern_proto::shown::shown;
+use ern_queries::shown::shown;
 
 /// Arguments of `ern submit`.
 #[derive(Debug, Args)]

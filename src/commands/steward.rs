@@ -24,7 +24,7 @@ use crate::client::{
 };
 use crate::commands::researcher::{coverage_table, site_state_name};
 use crate::table::new_table;
-use ern_proto::shown::{shown, shown_lines};
+use ern_queries::shown::{shown, shown_lines};
 
 /// Steward commands.
 #[derive(Debug, Subcommand)]

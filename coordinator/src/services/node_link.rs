@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use ern_proto::shown::for_log;
 use ern_proto::v1;
 use ern_proto::v1::node_link_server::NodeLink;
+use ern_queries::shown::for_log;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};

@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 
 use crate::auth;
 use crate::core::{Coordinator, echoed, internal};
-use crate::db::Event;
-use crate::limits::{check_open_questions, check_sql_size};
+use crate::db::{Admission, Event};
+use crate::limits::{check_open_questions, check_sql_size, open_questions_refusal};
 use crate::model::{StoredQuery, User, now_seconds};
 use crate::paging::PageRequest;
 
@@ -109,6 +109,8 @@ impl Researcher for ResearcherService {
                 max_deadline / 3600
             )));
         }
+        // A first look, before the validation's work; the insert below checks again,
+        // atomically, so concurrent submissions cannot pass the cap together.
         let open = self
             .core
             .db()
@@ -163,10 +165,18 @@ impl Researcher for ResearcherService {
             complete: false,
             failure: String::new(),
         };
-        self.core
+        let admitted = self
+            .core
             .db()
-            .insert_query(&query, &sites)
+            .insert_query_capped(
+                &query,
+                &sites,
+                u64::from(self.core.limits().max_open_questions),
+            )
             .map_err(internal)?;
+        if let Admission::OverLimit { open } = admitted {
+            return Err(open_questions_refusal(open, self.core.limits()));
+        }
         tracing::info!(query = %query.id, researcher = %user.name, sites = sites.len(), "submitted");
         Ok(Response::new(v1::SubmitResponse {
             query_id: query.id,

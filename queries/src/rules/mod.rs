@@ -29,6 +29,8 @@ pub mod resource_limits;
 
 use std::fmt;
 
+use crate::shown::shown_bounded;
+
 /// The disclosure-control rules, numbered as in DESIGN.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Rule {
@@ -140,30 +142,27 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    /// A refusal without a hint.
+    /// A refusal without a hint. The part and the reason may quote the question (a name,
+    /// DataFusion's message): both are escaped and bounded, so a refusal can neither
+    /// carry terminal escapes back to the researcher nor echo a 64 KiB question.
     pub fn new(rule: Rule, part: impl fmt::Display, reason: impl Into<String>) -> Self {
         Refusal {
             rule,
-            part: shorten(&part.to_string()),
-            reason: reason.into(),
+            part: shown_bounded(&part.to_string(), MAX_PART_CHARS),
+            reason: shown_bounded(&reason.into(), MAX_REASON_CHARS),
             hint: None,
         }
     }
 
-    /// Adds a hint.
+    /// Adds a hint (escaped and bounded like the reason).
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
+        self.hint = Some(shown_bounded(&hint.into(), MAX_REASON_CHARS));
         self
     }
 }
 
-/// Long expressions are cut so a refusal stays readable.
-fn shorten(text: &str) -> String {
-    const MAX: usize = 160;
-    if text.chars().count() <= MAX {
-        text.to_string()
-    } else {
-        let cut: String = text.chars().take(MAX).collect();
-        format!("{cut}…")
-    }
-}
+/// Longest quoted part of a question in a refusal, in characters.
+const MAX_PART_CHARS: usize = 160;
+
+/// Longest reason or hint, in characters (the allowlist hint is the longest written).
+const MAX_REASON_CHARS: usize = 1200;

@@ -1,4 +1,6 @@
 //! Text that came from another party, made safe to print on a terminal or in a log.
+//! (Here, in the crate every side shares, so that refusals, the coordinator's errors and
+//! logs and the CLI escape the same characters.)
 //!
 //! Titles, purposes, SQL, reasons, rule names, versions and ids come from researchers,
 //! stewards, nodes or the coordinator. Printed raw, an escape sequence in one of them
@@ -13,11 +15,18 @@ use std::fmt::Write;
 fn is_hazard(c: char) -> bool {
     c.is_control()
         || matches!(c,
-            '\u{200B}'..='\u{200F}'   // zero-width spaces and joiners, LRM, RLM
-            | '\u{202A}'..='\u{202E}' // bidirectional embeddings and overrides
-            | '\u{2066}'..='\u{2069}' // bidirectional isolates
+            '\u{00AD}'                // soft hyphen
+            | '\u{034F}'              // combining grapheme joiner
             | '\u{061C}'              // Arabic letter mark
+            | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' // Hangul fillers
+            | '\u{180E}'              // Mongolian vowel separator
+            | '\u{200B}'..='\u{200F}' // zero-width spaces and joiners, LRM, RLM
+            | '\u{2028}' | '\u{2029}' // line and paragraph separators
+            | '\u{202A}'..='\u{202E}' // bidirectional embeddings and overrides
+            | '\u{2060}'..='\u{206F}' // word joiner, invisible operators, isolates
             | '\u{FEFF}'              // zero-width no-break space
+            | '\u{FFF9}'..='\u{FFFB}' // interlinear annotation
+            | '\u{E0000}'..='\u{E007F}' // tag characters
         )
 }
 
@@ -82,6 +91,9 @@ mod tests {
             "bell\u{7}",
             "csi\u{9b}31m",
             "\u{2066}isolate\u{2069}",
+            "tag\u{E0041}\u{E007F}s",
+            "line\u{2028}separator\u{2029}",
+            "soft\u{AD}hyphen\u{2060}joiner",
         ];
         for text in corpus {
             let line = shown(text);
