@@ -20,10 +20,10 @@
 //! submits_per_minute = 60         # per user, also the burst
 //! max_open_questions = 100        # per researcher: neither complete nor failed
 //! rpc_timeout_seconds = 30        # deadline of every call (node streams excepted)
-//! max_connections = 1024          # open at once; more wait in the kernel's backlog
-//! max_connections_per_source = 64 # open at once from one IP address
-//! max_handshakes_per_source = 8   # unfinished TLS handshakes from one IP address
-//! handshake_timeout_seconds = 10  # time to finish a TLS handshake
+//! max_connections = 4096          # open at once; more wait in the kernel's backlog
+//! max_connections_per_source = 32 # open at once from one IPv4 address or IPv6 /64
+//! max_handshakes_per_source = 8   # unfinished handshakes (TLS, HTTP/2 preface) per source
+//! handshake_timeout_seconds = 10  # time to finish TLS and send the HTTP/2 preface
 //! ```
 //!
 //! The coordinator needs a file descriptor per connection: it raises its soft
