@@ -65,6 +65,8 @@ enum Command {
     Schema(commands::explore::SchemaArgs),
     /// Example questions, runnable with `ern submit --sql` or `ern demo --sql` (offline).
     Examples(commands::explore::ExamplesArgs),
+    /// Check a question against the disclosure rules as the network will (offline).
+    Validate(commands::explore::ValidateArgs),
     /// Run the showcase: a coordinator and synthetic hospitals answer research questions
     /// together over gRPC on loopback.
     Demo(commands::demo::DemoArgs),
@@ -84,6 +86,7 @@ fn main() -> std::process::ExitCode {
         Command::Ingest(args) => commands::ingest::run(args),
         Command::Schema(args) => commands::explore::schema(args),
         Command::Examples(args) => commands::explore::examples(args),
+        Command::Validate(args) => commands::explore::validate(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Node(command) => commands::node::run(command),
         Command::Coordinator(command) => commands::coordinator::run(command),

@@ -383,6 +383,7 @@ fn a_refused_question_is_refused_at_submission_with_its_rule() {
 
 #[test]
 fn health_checking_and_reflection_answer_standard_clients() {
+    // Health checking needs no token; reflection needs any enrolled user's.
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -421,11 +422,20 @@ fn health_checking_and_reflection_answer_standard_clients() {
                 .into_inner();
             assert_eq!(response.status, ServingStatus::Serving as i32, "{service}");
         }
-        let mut reflection = ServerReflectionClient::new(channel);
         let request = ServerReflectionRequest {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
         };
+        // Reflection answers enrolled users only (its replies are large; red team round
+        // 3 filled memory with replies nobody read).
+        let mut stranger = ServerReflectionClient::new(channel.clone());
+        let refused = stranger
+            .server_reflection_info(tokio_stream::iter(vec![request.clone()]))
+            .await
+            .expect_err("no token");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        let token = ern_proto::transport::BearerToken::new(&net.operator).expect("token");
+        let mut reflection = ServerReflectionClient::with_interceptor(channel, token);
         let mut responses = reflection
             .server_reflection_info(tokio_stream::iter(vec![request]))
             .await

@@ -15,9 +15,11 @@
 //! or an IPv6 /64 (one host commonly holds a whole /64).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -45,6 +47,69 @@ pub struct PeerInfo {
     pub remote: Option<SocketAddr>,
     /// The client certificate chain, leaf first; `None` without TLS or without one.
     pub certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// Who has called on this connection, shared with the connection's watch.
+    caller: Arc<AtomicU8>,
+}
+
+/// Nobody has made an authenticated call on the connection yet.
+const ANONYMOUS: u8 = 0;
+/// A researcher, steward or operator has.
+const USER: u8 = 1;
+/// A node has (its stream lives for days).
+const NODE: u8 = 2;
+
+impl PeerInfo {
+    /// Records an authenticated call on this connection (the authentication gate does,
+    /// before the call's body is read), which decides how long the connection may live.
+    pub fn record_caller(&self, node: bool) {
+        self.caller
+            .fetch_max(if node { NODE } else { USER }, Ordering::Relaxed);
+    }
+}
+
+/// How long a connection may live by who uses it: one that has made no authenticated
+/// call by `handshake_timeout` after its preface is closed (red team round 3: clients that
+/// answered keep-alive pings and never called held every slot); one used by researchers,
+/// stewards or operators lives at most `user_connection_max_age` (every call has its own
+/// short deadline; the CLI opens a connection per command); a node's lives on.
+#[derive(Debug)]
+struct Watch {
+    caller: Arc<AtomicU8>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    opened: tokio::time::Instant,
+    user_max_age: Duration,
+    unlimited: bool,
+}
+
+impl Watch {
+    fn new(caller: Arc<AtomicU8>, grace: Duration, user_max_age: Duration) -> Watch {
+        let opened = tokio::time::Instant::now();
+        Watch {
+            caller,
+            sleep: Box::pin(tokio::time::sleep_until(opened + grace)),
+            opened,
+            user_max_age,
+            unlimited: false,
+        }
+    }
+
+    /// True once the connection has outlived what its callers allow; otherwise arranges
+    /// to be polled again at the next deadline.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.unlimited || self.sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let user_deadline = self.opened + self.user_max_age;
+            match self.caller.load(Ordering::Relaxed) {
+                NODE => self.unlimited = true,
+                USER if self.sleep.deadline() < user_deadline => {
+                    self.sleep.as_mut().reset(user_deadline);
+                }
+                _ => return true,
+            }
+        }
+    }
 }
 
 /// Open connections and unfinished handshakes per source address.
@@ -209,31 +274,41 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefaced<S> {
     }
 }
 
-/// An accepted connection, ready for HTTP/2.
+/// An opened connection's stream.
 #[derive(Debug)]
-pub enum Accepted {
+enum Io {
     /// Plaintext (loopback only).
     Plain(Prefaced<Counted>),
     /// TLS, handshake finished.
     Tls(Box<Prefaced<TlsStream<Counted>>>),
 }
 
+/// An accepted connection, ready for HTTP/2, under its [`Watch`].
+#[derive(Debug)]
+pub struct Accepted {
+    io: Io,
+    watch: Watch,
+}
+
 impl Connected for Accepted {
     type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> PeerInfo {
-        match self {
-            Accepted::Plain(counted) => PeerInfo {
+        let caller = Arc::clone(&self.watch.caller);
+        match &self.io {
+            Io::Plain(counted) => PeerInfo {
                 remote: counted.inner.stream.peer_addr().ok(),
                 certificates: None,
+                caller,
             },
-            Accepted::Tls(tls) => {
+            Io::Tls(tls) => {
                 let (counted, session) = tls.inner.get_ref();
                 PeerInfo {
                     remote: counted.stream.peer_addr().ok(),
                     certificates: session
                         .peer_certificates()
                         .map(|chain| Arc::new(chain.to_vec())),
+                    caller,
                 }
             }
         }
@@ -286,9 +361,14 @@ impl AsyncRead for Accepted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Accepted::Plain(counted) => Pin::new(counted).poll_read(cx, buf),
-            Accepted::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        let this = self.get_mut();
+        if this.watch.expired(cx) {
+            // End of stream: HTTP/2 closes the connection.
+            return Poll::Ready(Ok(()));
+        }
+        match &mut this.io {
+            Io::Plain(counted) => Pin::new(counted).poll_read(cx, buf),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -299,23 +379,27 @@ impl AsyncWrite for Accepted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Accepted::Plain(counted) => Pin::new(counted).poll_write(cx, buf),
-            Accepted::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        let this = self.get_mut();
+        if this.watch.expired(cx) {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        match &mut this.io {
+            Io::Plain(counted) => Pin::new(counted).poll_write(cx, buf),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Accepted::Plain(counted) => Pin::new(counted).poll_flush(cx),
-            Accepted::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(counted) => Pin::new(counted).poll_flush(cx),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Accepted::Plain(counted) => Pin::new(counted).poll_shutdown(cx),
-            Accepted::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(counted) => Pin::new(counted).poll_shutdown(cx),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -418,12 +502,15 @@ async fn accept_loop(
         let tls = tls.clone();
         let sender = sender.clone();
         let timeout = limits.handshake_timeout;
+        let user_max_age = limits.user_connection_max_age;
         tokio::spawn(async move {
             let opened = tokio::time::timeout(timeout, open_connection(counted, tls)).await;
             drop(handshake);
             match opened {
-                Ok(Ok(accepted)) => {
-                    let _ = sender.send(Ok(accepted)).await;
+                Ok(Ok(io)) => {
+                    let watch =
+                        Watch::new(Arc::new(AtomicU8::new(ANONYMOUS)), timeout, user_max_age);
+                    let _ = sender.send(Ok(Accepted { io, watch })).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%error, source = %ip, "handshake failed"),
                 Err(_) => tracing::debug!(source = %ip, "handshake timed out"),
@@ -433,12 +520,12 @@ async fn accept_loop(
 }
 
 /// The TLS handshake (if any) and the HTTP/2 preface of one connection.
-async fn open_connection(counted: Counted, tls: Option<TlsAcceptor>) -> io::Result<Accepted> {
+async fn open_connection(counted: Counted, tls: Option<TlsAcceptor>) -> io::Result<Io> {
     match tls {
-        None => Ok(Accepted::Plain(Prefaced::read(counted).await?)),
+        None => Ok(Io::Plain(Prefaced::read(counted).await?)),
         Some(acceptor) => {
             let stream = acceptor.accept(counted).await?;
-            Ok(Accepted::Tls(Box::new(Prefaced::read(stream).await?)))
+            Ok(Io::Tls(Box::new(Prefaced::read(stream).await?)))
         }
     }
 }
@@ -465,6 +552,7 @@ mod tests {
             per_source: 2,
             handshakes_per_source: 1,
             handshake_timeout: Duration::from_secs(1),
+            user_connection_max_age: Duration::from_secs(5),
         };
         let open = Arc::new(Semaphore::new(10));
         let sources = Arc::new(Sources::default());

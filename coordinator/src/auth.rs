@@ -15,6 +15,7 @@ use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+use crate::accept::PeerInfo;
 use crate::db::Db;
 use crate::model::{Role, User};
 
@@ -89,13 +90,22 @@ pub fn require(db: &Db, metadata: &MetadataMap, role: Role) -> Result<User, Stat
 #[derive(Debug, Clone)]
 pub struct Gate {
     db: Arc<Db>,
-    role: Role,
+    role: Option<Role>,
 }
 
 impl Gate {
     /// A gate letting through users of `role` only.
     pub fn new(db: Arc<Db>, role: Role) -> Self {
-        Gate { db, role }
+        Gate {
+            db,
+            role: Some(role),
+        }
+    }
+
+    /// A gate letting through any enrolled user (server reflection: its answers are
+    /// large, so strangers may not ask).
+    pub fn any_user(db: Arc<Db>) -> Self {
+        Gate { db, role: None }
     }
 }
 
@@ -105,7 +115,14 @@ struct Caller(User);
 
 impl Interceptor for Gate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let user = require(&self.db, request.metadata(), self.role)?;
+        let user = match self.role {
+            Some(role) => require(&self.db, request.metadata(), role)?,
+            None => authenticate(&self.db, request.metadata())?,
+        };
+        // The connection lives by who calls on it (see `accept`).
+        if let Some(peer) = request.extensions().get::<PeerInfo>() {
+            peer.record_caller(user.role == Role::Node);
+        }
         request.extensions_mut().insert(Caller(user));
         Ok(request)
     }

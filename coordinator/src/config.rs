@@ -163,6 +163,7 @@ impl RawLimits {
                 per_source: self.max_connections_per_source,
                 handshakes_per_source: self.max_handshakes_per_source,
                 handshake_timeout: Duration::from_secs(self.handshake_timeout_seconds),
+                ..ConnectionLimits::default()
             },
         })
     }

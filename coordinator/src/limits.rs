@@ -43,17 +43,23 @@ pub struct ConnectionLimits {
     pub per_source: usize,
     /// Unfinished TLS handshakes at once from one IP address; more are closed on accept.
     pub handshakes_per_source: usize,
-    /// How long a client has to finish its TLS handshake.
+    /// How long a client has to finish its TLS handshake and send its HTTP/2 preface,
+    /// and then to make its first authenticated call.
     pub handshake_timeout: Duration,
+    /// How long a connection used by researchers, stewards or operators may live (their
+    /// calls each have a short deadline; the CLI opens one connection per command).
+    /// Nodes' connections are exempt.
+    pub user_connection_max_age: Duration,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
-            max_connections: 1024,
-            per_source: 64,
+            max_connections: 4096,
+            per_source: 32,
             handshakes_per_source: 8,
             handshake_timeout: Duration::from_secs(10),
+            user_connection_max_age: Duration::from_secs(300),
         }
     }
 }

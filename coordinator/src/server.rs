@@ -110,7 +110,9 @@ pub async fn serve(
     health
         .set_serving::<NodeLinkServer<NodeLinkService>>()
         .await;
-    // Health checks and reflection answer without a token, so their messages are small.
+    // Health checks answer without a token, reflection to any enrolled user (its answers
+    // are large; red team round 3 filled memory with reflection replies nobody read):
+    // both take small messages.
     let health_service = health_service.max_decoding_message_size(PUBLIC_MESSAGE_BYTES);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ern_proto::FILE_DESCRIPTOR_SET)
@@ -141,7 +143,10 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(heartbeat * 2))
         .timeout(limits.rpc_timeout)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(InterceptedService::new(
+            reflection,
+            Gate::any_user(core.shared_db()),
+        ))
         .add_service(InterceptedService::new(
             ResearcherServer::new(ResearcherService::new(Arc::clone(&core)))
                 .max_decoding_message_size(user_max),

@@ -336,6 +336,7 @@ async fn half_open_connections_from_one_source_are_capped_and_time_out() {
             per_source: 8,
             handshakes_per_source: 3,
             handshake_timeout: Duration::from_secs(1),
+            ..ConnectionLimits::default()
         },
         ..generous()
     };
@@ -532,6 +533,38 @@ async fn a_connection_that_finishes_tls_and_says_nothing_is_closed() {
         .expect("closed by the server, not left open");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
+
+    // Red team round 3: a client that speaks HTTP/2 (preface, SETTINGS, ping answers) but
+    // never makes an authenticated call is closed once its grace is over.
+    let tcp = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS");
+    use tokio::io::AsyncWriteExt;
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("preface");
+    tls.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .expect("SETTINGS");
+    tls.flush().await.expect("flush");
+    let started = Instant::now();
+    let mut sink = vec![0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(6), tls.read(&mut sink)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => continue, // the server's SETTINGS, its ack, pings
+            Err(_) => panic!("an anonymous HTTP/2 connection was left open"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// Red team round 2: 60 concurrent submissions at 99 open questions stored 101; the

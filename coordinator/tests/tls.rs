@@ -209,8 +209,15 @@ async fn a_message_over_the_size_limit_is_refused_without_harm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stream_outlives_the_call_deadline() {
+    // Also past the grace of a connection without an authenticated call, and past the
+    // lifetime of a user's connection: a node's connection lives on.
     let limits = Limits {
         rpc_timeout: Duration::from_secs(1),
+        connections: ern_coordinator::limits::ConnectionLimits {
+            handshake_timeout: Duration::from_secs(1),
+            user_connection_max_age: Duration::from_secs(2),
+            ..Default::default()
+        },
         ..Limits::default()
     };
     let net = start(limits).await;

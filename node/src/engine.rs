@@ -495,8 +495,8 @@ async fn verified_facts(ctx: &SessionContext) -> Result<SiteFacts, DataFusionErr
 }
 
 /// Rule 6: drops every group whose smallest hidden patient count is under `k`, whose
-/// patients without a value behind a `COUNT(x)` or `AVG(x)` are more than none but fewer
-/// than `k`, or whose largest patient contributions to a released sum hold more than the
+/// patients without a value behind a `COUNT(x)`, `SUM(x)` or `AVG(x)` are more than none
+/// but fewer than `k`, or whose largest patient contributions to a released sum hold more than the
 /// dominance rule allows; then the hidden columns.
 fn suppress(
     batches: Vec<RecordBatch>,
@@ -543,9 +543,9 @@ fn suppress(
                 .ok_or("a hidden count is not Int64")?;
             for (row, count) in column.iter().enumerate() {
                 let count = count.unwrap_or(0);
-                // Behind COUNT(x) and AVG(x), the patients without a value must be none
-                // or at least k too: `COUNT(*) - COUNT(x)` read their number (red team
-                // round 3).
+                // Behind COUNT(x), SUM(x) and AVG(x), the patients without a value must
+                // be none or at least k too: `COUNT(*) - COUNT(x)` read their number (red
+                // team round 3), `SUM(x) - SUM(x + y - y)` their values (round 4).
                 let left_out = everyone.value(row).saturating_sub(count);
                 let left_out_ok = !checks_left_out[counts_position(index)]
                     || left_out == 0

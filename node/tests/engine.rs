@@ -547,13 +547,19 @@ async fn a_sum_needs_k_patients_with_a_value() {
 async fn the_patients_an_aggregate_leaves_out_are_none_or_at_least_k() {
     let fixture = fixture(3000);
     let engine = fixture.engine().await;
-    let sql = "SELECT d.code, COUNT(d.age_at_onset) AS with_onset FROM diagnosis d GROUP BY d.code";
+    // COUNT(x) releases how many have a value; SUM(x) beside it does too (red team round
+    // 4: SUM(x + y - y) sums x over the patients without y).
+    let sql = "SELECT d.code, COUNT(d.age_at_onset) AS with_onset, SUM(d.age_at_onset + 1 - 1) AS total FROM diagnosis d GROUP BY d.code";
     let released = engine.execute(&fixture.request(sql)).await.expect("ran");
     let everyone = "COUNT(DISTINCT pid)";
     let with_value = "COUNT(DISTINCT CASE WHEN age_at_onset IS NOT NULL THEN pid END)";
     let independent = format!(
-        "SELECT code, COUNT(age_at_onset) AS with_onset FROM diagnosis GROUP BY code \
-         HAVING {everyone} >= 5 AND {with_value} >= 5 AND {everyone} - {with_value} NOT BETWEEN 1 AND 4"
+        "WITH c AS (SELECT code, pid, SUM(age_at_onset) AS v FROM diagnosis GROUP BY code, pid) \
+         SELECT d.code, COUNT(d.age_at_onset) AS with_onset, SUM(d.age_at_onset) AS total FROM diagnosis d GROUP BY d.code \
+         HAVING COUNT(DISTINCT pid) >= 5 AND COUNT(DISTINCT CASE WHEN age_at_onset IS NOT NULL THEN pid END) >= 5 \
+         AND COUNT(DISTINCT pid) - COUNT(DISTINCT CASE WHEN age_at_onset IS NOT NULL THEN pid END) NOT BETWEEN 1 AND 4 \
+         AND COUNT(DISTINCT CASE WHEN age_at_onset <> 0 THEN pid END) >= 5 \
+         AND (SELECT MAX(abs(v)) FROM c WHERE c.code = d.code) + 0 <= 0.85 * (SELECT SUM(abs(v)) FROM c WHERE c.code = d.code)"
     );
     let expected = sorted_rows(&plain_sql(&fixture.store, &independent).await);
     assert!(!expected.is_empty());
@@ -664,7 +670,8 @@ async fn a_small_registry_runs_in_one_partition() {
 
 /// Rule 6's dominance rule, against an independent computation: per code, each patient's
 /// contribution to `SUM(age_at_diagnosis)` is their own sum; a code is released only with
-/// at least k patients, k of them contributing, and its largest contribution holding at
+/// at least k patients, k of them contributing, none or at least k without a value, and
+/// its largest contribution holding at
 /// most the policy's share of the total (a (1, 30 %) rule here, so that it bites on a
 /// small synthetic store).
 #[tokio::test]
@@ -683,12 +690,14 @@ async fn a_sum_dominated_by_one_patient_is_dropped() {
     let independent = "WITH c AS (SELECT code, pid, SUM(age_at_diagnosis) AS v FROM diagnosis GROUP BY code, pid) \
         SELECT code, SUM(v) AS total FROM c GROUP BY code \
         HAVING COUNT(DISTINCT pid) >= 5 AND COUNT(CASE WHEN v <> 0 THEN 1 END) >= 5 \
+        AND COUNT(DISTINCT pid) - COUNT(v) NOT BETWEEN 1 AND 4 \
         AND MAX(abs(v)) <= 0.3 * SUM(abs(v))";
     let expected = sorted_rows(&plain_sql(&fixture.store, independent).await);
     assert_eq!(sorted_rows(&released.batches), expected);
     let without_dominance = "WITH c AS (SELECT code, pid, SUM(age_at_diagnosis) AS v FROM diagnosis GROUP BY code, pid) \
         SELECT code FROM c GROUP BY code \
-        HAVING COUNT(DISTINCT pid) >= 5 AND COUNT(CASE WHEN v <> 0 THEN 1 END) >= 5";
+        HAVING COUNT(DISTINCT pid) >= 5 AND COUNT(CASE WHEN v <> 0 THEN 1 END) >= 5 \
+        AND COUNT(DISTINCT pid) - COUNT(v) NOT BETWEEN 1 AND 4";
     let counted = text_rows(&plain_sql(&fixture.store, without_dominance).await).len();
     assert!(
         counted > expected.len(),

@@ -15,18 +15,33 @@ use std::fmt::Write;
 fn is_hazard(c: char) -> bool {
     c.is_control()
         || matches!(c,
-            '\u{00AD}'                // soft hyphen
-            | '\u{034F}'              // combining grapheme joiner
-            | '\u{061C}'              // Arabic letter mark
-            | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' // Hangul fillers
-            | '\u{180E}'              // Mongolian vowel separator
-            | '\u{200B}'..='\u{200F}' // zero-width spaces and joiners, LRM, RLM
-            | '\u{2028}' | '\u{2029}' // line and paragraph separators
-            | '\u{202A}'..='\u{202E}' // bidirectional embeddings and overrides
-            | '\u{2060}'..='\u{206F}' // word joiner, invisible operators, isolates
-            | '\u{FEFF}'              // zero-width no-break space
-            | '\u{FFF9}'..='\u{FFFB}' // interlinear annotation
-            | '\u{E0000}'..='\u{E007F}' // tag characters
+            // Unicode's default-ignorable code points (drawn as nothing) and the format
+            // characters (general category Cf), line and paragraph separators among them.
+            '\u{00AD}'
+            | '\u{034F}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
         )
 }
 
@@ -94,6 +109,8 @@ mod tests {
             "tag\u{E0041}\u{E007F}s",
             "line\u{2028}separator\u{2029}",
             "soft\u{AD}hyphen\u{2060}joiner",
+            "Sex ratio x\u{FE01}\u{E0101}",
+            "arabic\u{0600}\u{06DD}format",
         ];
         for text in corpus {
             let line = shown(text);

@@ -31,7 +31,8 @@ use crate::validate::{AggregateKind, Barrier, ValidatedQuery};
 /// Prefix of the hidden per-group patient counts in a site plan's output.
 pub const HIDDEN_PATIENTS: &str = "__patients";
 
-/// Prefix of the hidden counts of patients with a value (behind `COUNT(x)` and `AVG(x)`):
+/// Prefix of the hidden counts of patients with a value (behind `COUNT(x)`, `SUM(x)` and
+/// `AVG(x)`):
 /// besides reaching k, the patients *without* a value must be none or at least k, since
 /// `COUNT(*) - COUNT(x)`, or `SUM(x) / AVG(x)` beside a patient count, reads how many
 /// they are (red team round 3). Starts with [`HIDDEN_PATIENTS`]: it is a patient count.
@@ -246,9 +247,13 @@ fn hidden_counts(barrier: &Barrier) -> Vec<HiddenCount> {
                 left_out_checked: false,
             });
         }
-        // The patients with a value: COUNT(x) releases their number, and AVG(x) beside
-        // SUM(x) does too.
-        let counted_values = matches!(aggregate.kind, AggregateKind::Count | AggregateKind::Avg);
+        // The patients with a value: COUNT(x) releases their number, AVG(x) beside SUM(x)
+        // does too, and SUM(x + y - y) beside SUM(x) sums x over the patients without y
+        // (red team round 4).
+        let counted_values = matches!(
+            aggregate.kind,
+            AggregateKind::Count | AggregateKind::Avg | AggregateKind::Sum
+        );
         let every_row_has_one = matches!(argument, Expr::Literal(ref v, _) if !v.is_null());
         if counted_values && !every_row_has_one {
             counts.push(HiddenCount {

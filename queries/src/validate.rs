@@ -147,6 +147,7 @@ pub(crate) fn check_barrier(
         functions::check_scalar(group, pids, schema, Place::Below)?;
         report.group_by.push(group.to_string());
     }
+    pids.check_one_class(|| "the aggregation".to_string())?;
     let mut aggregates = Vec::with_capacity(aggregate.aggr_expr.len());
     for expr in &aggregate.aggr_expr {
         let kind = barrier_aggregates::check_barrier_aggregate(expr, &below, schema)?;
@@ -156,7 +157,6 @@ pub(crate) fn check_barrier(
             expr: unalias(expr).clone(),
         });
     }
-    pids.check_one_class(|| "the aggregation".to_string())?;
     let Some(pid) = pids.counted().cloned() else {
         return Err(barrier::no_patients_counted());
     };
@@ -176,6 +176,13 @@ pub(crate) struct Below {
     pub(crate) pids: PidSet,
     /// Rule 4: which output columns hold plain values.
     pub(crate) values: Values,
+    /// Rule 4: why a patient's number of rows here can depend on a condition or on a
+    /// reference table's shape (a join with `orpha_closure`, an outer join to patient
+    /// data); `None` where it cannot. Above such rows, an aggregate that weighs values by
+    /// their rows (COUNT, SUM, AVG) carries that condition (red team round 4: a closure
+    /// join that fanned out only one patient's row released her values as per-patient
+    /// SUM minus MAX).
+    pub(crate) multiplied: Option<&'static str>,
 }
 
 /// Rules 1-5 below the barrier; returns what the plan's output holds.
@@ -206,9 +213,13 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Belo
                 }
                 _ => PidSet::default(),
             };
+            let multiplied = (table == schema::ORPHA_CLOSURE).then_some(
+                "rows joined to orpha_closure, which gives each code one row per ancestor or descendant",
+            );
             Ok(Below {
                 pids,
                 values: Values::of_scan(&scan.projected_schema),
+                multiplied,
             })
         }
         LogicalPlan::SubqueryAlias(alias) => {
@@ -219,6 +230,7 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Belo
                     .pids
                     .project(&pairs, || format!("subquery {}", alias.alias))?,
                 values: inner.values.renamed(&pairs),
+                multiplied: inner.multiplied,
             })
         }
         LogicalPlan::Projection(projection) => {
@@ -242,6 +254,7 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Belo
                     .pids
                     .project(&pairs, || selected_part(&projection.expr))?,
                 values: Values::from_outputs(outputs),
+                multiplied: inner.multiplied,
             })
         }
         LogicalPlan::Filter(filter) => {
@@ -378,6 +391,19 @@ fn check_join(
         }
         _ => pids.attach_outer(&across),
     }
+    check_reference_preserved(join.join_type, &left.pids, &right.pids)?;
+    let outer_to_patients = match join.join_type {
+        JoinType::Left => right.pids.reads_patients(),
+        JoinType::Right => left.pids.reads_patients(),
+        JoinType::Full => left.pids.reads_patients() || right.pids.reads_patients(),
+        _ => false,
+    };
+    let multiplied = left
+        .multiplied
+        .or(right.multiplied)
+        .or(outer_to_patients.then_some(
+        "rows of an outer join to patient data, which gives a patient one row or as many as match",
+    ));
     let (left_values, right_values) = match join.join_type {
         JoinType::Left => (left.values, right.values.nulled_by_outer_join()),
         JoinType::Right => (left.values.nulled_by_outer_join(), right.values),
@@ -390,7 +416,29 @@ fn check_join(
     Ok(Below {
         pids,
         values: left_values.union(right_values),
+        multiplied,
     })
+}
+
+/// A reference table on the preserved side of an outer join with patient data: its rows
+/// without patients go on, counted by COUNT(*) but by no patient count, so a condition in
+/// the join's ON can make one patient's match show in the row count (red team round 4).
+fn check_reference_preserved(
+    join_type: JoinType,
+    left: &PidSet,
+    right: &PidSet,
+) -> Result<(), Refusal> {
+    let (l, r) = (left.reads_patients(), right.reads_patients());
+    let refused = match join_type {
+        JoinType::Left => !l && r,
+        JoinType::Right => l && !r,
+        JoinType::Full => l != r,
+        _ => false,
+    };
+    if refused {
+        return Err(pid_use::reference_preserved(join_type));
+    }
+    Ok(())
 }
 
 /// One input of a join: a join below it sees the same WHERE conjuncts.
@@ -501,6 +549,11 @@ fn check_per_patient(
         if params.filter.is_some() || !params.order_by.is_empty() {
             return Err(functions::aggregate_modifiers(expr));
         }
+        if let Some(why) = inner.multiplied
+            && barrier_aggregates::weighs_rows(&name, params.distinct)
+        {
+            return Err(barrier_aggregates::multiplied_rows(expr, why));
+        }
         for arg in &params.args {
             functions::check_scalar(arg, &inner.pids, schema, Place::Below)?;
         }
@@ -510,9 +563,11 @@ fn check_per_patient(
             inner.values.of_per_patient(expr, schema),
         ));
     }
+    // One row per patient now, whatever the rows below were.
     Ok(Below {
         pids,
         values: Values::from_outputs(outputs),
+        multiplied: None,
     })
 }
 

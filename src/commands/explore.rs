@@ -44,6 +44,13 @@ pub(crate) struct ExamplesArgs {
     out: Option<PathBuf>,
 }
 
+/// Arguments of `ern validate`.
+#[derive(Debug, Args)]
+pub(crate) struct ValidateArgs {
+    #[command(flatten)]
+    question: crate::commands::researcher::SqlSource,
+}
+
 /// One example question.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Example {
@@ -198,6 +205,40 @@ pub(crate) fn schema(args: SchemaArgs) -> anyhow::Result<()> {
                  orpha_term (orpha_code) on their codes. `ern examples` shows questions."
             );
         }
+    }
+    Ok(())
+}
+
+/// `ern validate`: the check the coordinator and every node make, offline, from the
+/// rules compiled into this binary. Accepted: the steward's report and the query hash a
+/// steward signs, exit 0. Refused: the rule and the reason on stderr, exit 1.
+pub(crate) fn validate(args: ValidateArgs) -> anyhow::Result<()> {
+    let sql = args.question.read()?;
+    // Planning recurses once per nesting level: on a thread with the planning stack.
+    let runtime = crate::client::server_runtime()?;
+    let validated = runtime.block_on(async {
+        let state = ern_queries::catalog::planning_state()?;
+        anyhow::Ok(ern_queries::validate(&sql, &state).await)
+    })?;
+    let query = validated.map_err(|refusal| anyhow::anyhow!("{refusal}"))?;
+    let report = &query.report;
+    let join = |items: &mut dyn Iterator<Item = &String>| {
+        items
+            .map(|item| ern_queries::shown::shown(item))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("accepted");
+    println!("query hash: {}", ern_queries::query_hash(&sql));
+    println!("tables: {}", join(&mut report.tables.iter()));
+    println!("columns: {}", join(&mut report.columns.iter()));
+    println!(
+        "released aggregates: {}",
+        join(&mut report.aggregates.iter())
+    );
+    println!("grouped by: {}", join(&mut report.group_by.iter()));
+    for comment in ern_queries::validate::sql_comments(&sql) {
+        println!("comment: {}", ern_queries::shown::shown(&comment));
     }
     Ok(())
 }

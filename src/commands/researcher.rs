@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{ArgGroup, Args};
+use clap::Args;
 use ern_proto::arrow_ipc;
 use ern_proto::v1;
 
@@ -16,14 +16,9 @@ use ern_queries::shown::shown;
 
 /// Arguments of `ern submit`.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("query").required(true).args(["sql", "sql_text"])))]
 pub(crate) struct SubmitArgs {
-    /// A file holding the SQL question.
-    #[arg(long)]
-    sql: Option<PathBuf>,
-    /// The SQL question itself.
-    #[arg(long)]
-    sql_text: Option<String>,
+    #[command(flatten)]
+    question: SqlSource,
     /// A short title stewards see.
     #[arg(long)]
     title: String,
@@ -77,14 +72,33 @@ pub(crate) struct ListArgs {
     connection: Connection,
 }
 
-pub(crate) fn submit(args: SubmitArgs) -> anyhow::Result<()> {
-    let sql = match (&args.sql, &args.sql_text) {
-        (Some(path), _) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+/// Where a question's SQL comes from: a file or the command line (one of them).
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct SqlSource {
+    /// A file holding the SQL question.
+    #[arg(long)]
+    sql: Option<PathBuf>,
+    /// The SQL question itself.
+    #[arg(long)]
+    sql_text: Option<String>,
+}
+
+impl SqlSource {
+    /// The SQL text.
+    pub(crate) fn read(&self) -> anyhow::Result<String> {
+        match (&self.sql, &self.sql_text) {
+            (Some(path), _) => {
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+            }
+            (None, Some(text)) => Ok(text.clone()),
+            (None, None) => anyhow::bail!("give --sql FILE or --sql-text TEXT"),
         }
-        (None, Some(text)) => text.clone(),
-        (None, None) => anyhow::bail!("give --sql FILE or --sql-text TEXT"),
-    };
+    }
+}
+
+pub(crate) fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let sql = args.question.read()?;
     client::runtime()?.block_on(async {
         let mut researcher = client::researcher(&args.connection).await?;
         let response = researcher

@@ -121,6 +121,11 @@ pub(crate) fn check_barrier_aggregate(
         (_, false) if single_pid => return Err(pid_use::aggregated_pid(expr)),
         _ => {}
     }
+    if let Some(why) = below.multiplied
+        && weighs_rows(&name, params.distinct)
+    {
+        return Err(multiplied_rows(expr, why));
+    }
     for arg in args {
         functions::check_scalar(arg, pids, schema, Place::Below)?;
         check_plain(expr, below.values.of_expr(arg, schema))?;
@@ -151,6 +156,23 @@ pub(crate) fn check_barrier_aggregate(
             "is not a released aggregate",
         )),
     }
+}
+
+/// True for an aggregate whose result depends on how many rows each value has: COUNT,
+/// SUM and AVG (not COUNT(DISTINCT …), MIN, MAX, BOOL_AND, BOOL_OR).
+pub(crate) fn weighs_rows(name: &str, distinct: bool) -> bool {
+    !distinct && matches!(name, "count" | "sum" | "avg")
+}
+
+/// An aggregate that weighs values by rows whose number per patient can depend on a
+/// condition.
+pub(crate) fn multiplied_rows(aggregate: &Expr, why: &str) -> Refusal {
+    Refusal::new(
+        Rule::BarrierAggregates,
+        aggregate,
+        format!("weighs its values by {why}: that number of rows carries a condition into the aggregate"),
+    )
+    .hint("count patients with COUNT(DISTINCT pid), or aggregate per patient with MIN or MAX first (GROUP BY pid in a subquery)")
 }
 
 /// Rule 4's plain values: the argument of a released aggregate, traced through every

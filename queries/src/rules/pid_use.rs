@@ -334,6 +334,16 @@ pub(crate) fn cross_join(join_type: JoinType) -> Refusal {
     .hint("join patient tables on pid (ON a.pid = b.pid) and reference tables on their codes")
 }
 
+/// A reference table kept whole by an outer join with patient data.
+pub(crate) fn reference_preserved(join_type: JoinType) -> Refusal {
+    Refusal::new(
+        Rule::PidUse,
+        format!("{join_type} join"),
+        "keeps a reference table's rows whether or not a patient matches them: those rows are counted by no patient count",
+    )
+    .hint("join the reference table to the patient tables (patient data first, then LEFT JOIN the reference table, or an inner join)")
+}
+
 /// A FULL join of two patient tables.
 pub(crate) fn full_join_of_patients() -> Refusal {
     Refusal::new(
