@@ -451,3 +451,33 @@ fn schema_and_examples_work_offline_and_the_examples_run_in_the_demo() {
         stdout(&run)
     );
 }
+
+#[test]
+fn validate_checks_a_question_offline_as_the_network_will() {
+    let accepted = ern(&[
+        "validate",
+        "--sql-text",
+        "SELECT p.sex, COUNT(DISTINCT p.pid) AS n FROM patient p GROUP BY p.sex -- by sex",
+    ]);
+    assert!(accepted.status.success(), "{}", stderr(&accepted));
+    let report = stdout(&accepted);
+    assert!(report.starts_with("accepted\n"), "{report}");
+    assert!(report.contains("query hash: "), "{report}");
+    assert!(report.contains("tables: patient"), "{report}");
+    assert!(report.contains("comment: -- by sex"), "{report}");
+
+    let refused = ern(&[
+        "validate",
+        "--sql-text",
+        "SELECT p.birth_year, MAX(p.death_date) AS d FROM patient p GROUP BY p.birth_year",
+    ]);
+    assert!(!refused.status.success());
+    assert!(stdout(&refused).is_empty());
+    assert!(
+        stderr(&refused).contains("rule 4 (barrier-aggregates)"),
+        "{}",
+        stderr(&refused)
+    );
+    let both = ern(&["validate", "--sql-text", "SELECT 1", "--sql", "q.sql"]);
+    assert!(!both.status.success(), "one source only");
+}
