@@ -117,7 +117,7 @@ where
 /// escaped.
 pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
     let kind = match status.code() {
-        tonic::Code::InvalidArgument => "refused",
+        tonic::Code::InvalidArgument => "not accepted",
         tonic::Code::Unauthenticated => "not authenticated",
         tonic::Code::PermissionDenied => "not allowed",
         tonic::Code::NotFound => "not found",

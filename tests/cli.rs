@@ -478,6 +478,18 @@ fn validate_checks_a_question_offline_as_the_network_will() {
         "{}",
         stderr(&refused)
     );
+    // A typo and an unknown name are mistakes in the question, not privacy refusals.
+    for mistake in [
+        "SELEC p.sex, COUNT(*) AS n FROM patient p GROUP BY p.sex",
+        "SELECT p.colour, COUNT(*) AS n FROM patient p GROUP BY p.colour",
+        "SELECT p.sex, COUNT(*) AS n FROM patients p GROUP BY p.sex",
+    ] {
+        let refused = ern(&["validate", "--sql-text", mistake]);
+        assert!(!refused.status.success());
+        let text = stderr(&refused);
+        assert!(text.contains("not a valid question"), "{mistake}: {text}");
+        assert!(!text.contains("refused by rule"), "{mistake}: {text}");
+    }
     let both = ern(&["validate", "--sql-text", "SELECT 1", "--sql", "q.sql"]);
     assert!(!both.status.success(), "one source only");
 }

@@ -209,6 +209,7 @@ pub(crate) fn unknown_function(name: &str) -> Refusal {
         "allowed: {}",
         allowlist::scalar_function_names().join(", ")
     ))
+    .as_mistake()
 }
 
 /// A known scalar function that is not on the allowlist.

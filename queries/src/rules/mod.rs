@@ -127,12 +127,17 @@ impl fmt::Display for Rule {
     }
 }
 
-/// Why a query is refused.
+/// Why a query is refused: a disclosure rule it breaks, or a mistake in it (a syntax
+/// error, an unknown name, types that do not fit) that reads as one, not as a privacy
+/// violation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("refused by {rule}: {part}: {reason}{}", hint.as_ref().map(|h| format!(" (hint: {h})")).unwrap_or_default())]
+#[error("{}{part}: {reason}{}", if *mistake { "not a valid question: ".to_string() } else { format!("refused by {rule}: ") }, hint.as_ref().map(|h| format!(" (hint: {h})")).unwrap_or_default())]
 pub struct Refusal {
-    /// The rule broken.
+    /// The rule broken (for a mistake, the rule that would stop it from running: 1 for
+    /// syntax, names and types, 5 for an unknown function).
     pub rule: Rule,
+    /// True for a mistake in the question rather than a disclosure rule broken.
+    pub mistake: bool,
     /// The offending part of the query.
     pub part: String,
     /// What is wrong with it.
@@ -148,10 +153,18 @@ impl Refusal {
     pub fn new(rule: Rule, part: impl fmt::Display, reason: impl Into<String>) -> Self {
         Refusal {
             rule,
+            mistake: false,
             part: shown_bounded(&part.to_string(), MAX_PART_CHARS),
             reason: shown_bounded(&reason.into(), MAX_REASON_CHARS),
             hint: None,
         }
+    }
+
+    /// The same, as a mistake in the question (a syntax error, an unknown name, a type
+    /// that does not fit), not a disclosure rule broken.
+    pub fn as_mistake(mut self) -> Self {
+        self.mistake = true;
+        self
     }
 
     /// Adds a hint (escaped and bounded like the reason).

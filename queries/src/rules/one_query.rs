@@ -78,6 +78,7 @@ pub(crate) fn not_valid_sql(error: impl std::fmt::Display) -> Refusal {
         "the SQL text",
         format!("is not valid SQL: {error}"),
     )
+    .as_mistake()
 }
 
 /// A statement or plan that is not a query.
@@ -87,8 +88,27 @@ pub(crate) fn not_a_query(part: impl std::fmt::Display) -> Refusal {
 
 /// A table that is not one of the registered tables.
 pub(crate) fn unknown_table(part: impl std::fmt::Display) -> Refusal {
-    Refusal::new(Rule::OneQuery, part, "is not one of the registered tables")
-        .hint(format!("the tables are: {}", allowlist::TABLES.join(", ")))
+    Refusal::new(Rule::OneQuery, part, "is not one of the registered tables").hint(format!(
+        "the tables are: {} (`ern schema` lists them)",
+        allowlist::TABLES.join(", ")
+    ))
+}
+
+/// A table name that is a plain word but no registered table: a typo, a mistake in the
+/// question. A path, a URL, another schema or catalog stays a rule 1 refusal.
+fn table_refusal(table: &datafusion::common::TableReference) -> Refusal {
+    let refusal = unknown_table(format!("table {table}"));
+    let plain_word = table.schema().is_none()
+        && table.catalog().is_none()
+        && table
+            .table()
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_');
+    if plain_word {
+        refusal.as_mistake()
+    } else {
+        refusal
+    }
 }
 
 /// The tables and functions a statement names, before it is planned: every table a
@@ -103,7 +123,7 @@ pub(crate) fn check_names(statement: &DfStatement, state: &SessionState) -> Resu
             && table.schema().is_none_or(|schema| schema == "public")
             && table.catalog().is_none_or(|catalog| catalog == "ern");
         if !registered {
-            return Err(unknown_table(format!("table {table}")));
+            return Err(table_refusal(&table));
         }
     }
     let DfStatement::Statement(inner) = statement else {
@@ -146,7 +166,8 @@ pub(crate) fn planning_refusal(error: DataFusionError) -> Refusal {
             "a column",
             format!("is not in the tables the query reads: {message}"),
         )
-        .hint("check the column names of the tables in the data model"),
+        .hint("`ern schema` lists the columns of every table")
+        .as_mistake(),
         DataFusionError::NotImplemented(_) => Refusal::new(
             Rule::OneQuery,
             "the query",
@@ -174,6 +195,7 @@ pub(crate) fn types_do_not_fit(error: DataFusionError) -> Refusal {
         format!("its types do not fit: {}", first_line(&error.strip_backtrace())),
     )
     .hint("compare columns with values of their own type (dates with DATE '2020-01-01', numbers with numbers)")
+    .as_mistake()
 }
 
 fn first_line(text: &str) -> String {
