@@ -48,7 +48,7 @@ pub struct PeerInfo {
     /// The client certificate chain, leaf first; `None` without TLS or without one.
     pub certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
     /// Who has called on this connection, shared with the connection's watch.
-    caller: Arc<AtomicU8>,
+    caller: Arc<Callers>,
 }
 
 /// Nobody has made an authenticated call on the connection yet.
@@ -58,12 +58,75 @@ const USER: u8 = 1;
 /// A node has (its stream lives for days).
 const NODE: u8 = 2;
 
+/// Who calls on one connection, and the count of connections per user it takes part in
+/// (red team round 4: one researcher's token, one cheap call per connection, held every
+/// connection slot of the coordinator).
+#[derive(Debug)]
+struct Callers {
+    state: AtomicU8,
+    user: Mutex<Option<String>>,
+    per_user: Arc<PerUser>,
+}
+
+/// Connections open per user.
+#[derive(Debug)]
+struct PerUser {
+    open: Mutex<HashMap<String, usize>>,
+    cap: usize,
+}
+
+impl PerUser {
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for Callers {
+    fn drop(&mut self) {
+        let user = self
+            .user
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(user) = user {
+            let mut open = self.per_user.open();
+            if let Some(count) = open.get_mut(&user) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    open.remove(&user);
+                }
+            }
+        }
+    }
+}
+
 impl PeerInfo {
-    /// Records an authenticated call on this connection (the authentication gate does,
-    /// before the call's body is read), which decides how long the connection may live.
-    pub fn record_caller(&self, node: bool) {
-        self.caller
-            .fetch_max(if node { NODE } else { USER }, Ordering::Relaxed);
+    /// Records a call by researcher, steward or operator `name` on this connection (the
+    /// authentication gate does, before the call's body is read): the connection then
+    /// lives at most the user's connection age, and counts against the user's cap.
+    /// Refused with the number of connections the user has open when over the cap.
+    pub fn record_user(&self, name: &str) -> Result<(), usize> {
+        let callers = &self.caller;
+        let mut user = callers.user.lock().unwrap_or_else(|p| p.into_inner());
+        if user.is_none() {
+            let mut open = callers.per_user.open();
+            let count = open.entry(name.to_string()).or_default();
+            if *count >= callers.per_user.cap {
+                return Err(*count);
+            }
+            *count += 1;
+            *user = Some(name.to_string());
+        }
+        callers.state.fetch_max(USER, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Records that a node holds this connection, once its token *and* its certificate
+    /// were checked: the connection lives on.
+    pub fn record_node(&self) {
+        self.caller.state.fetch_max(NODE, Ordering::Relaxed);
     }
 }
 
@@ -74,7 +137,7 @@ impl PeerInfo {
 /// short deadline; the CLI opens a connection per command); a node's lives on.
 #[derive(Debug)]
 struct Watch {
-    caller: Arc<AtomicU8>,
+    caller: Arc<Callers>,
     sleep: Pin<Box<tokio::time::Sleep>>,
     opened: tokio::time::Instant,
     user_max_age: Duration,
@@ -82,7 +145,7 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(caller: Arc<AtomicU8>, grace: Duration, user_max_age: Duration) -> Watch {
+    fn new(caller: Arc<Callers>, grace: Duration, user_max_age: Duration) -> Watch {
         let opened = tokio::time::Instant::now();
         Watch {
             caller,
@@ -101,7 +164,7 @@ impl Watch {
                 return false;
             }
             let user_deadline = self.opened + self.user_max_age;
-            match self.caller.load(Ordering::Relaxed) {
+            match self.caller.state.load(Ordering::Relaxed) {
                 NODE => self.unlimited = true,
                 USER if self.sleep.deadline() < user_deadline => {
                     self.sleep.as_mut().reset(user_deadline);
@@ -462,6 +525,10 @@ async fn accept_loop(
 ) {
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let sources = Arc::new(Sources::default());
+    let per_user = Arc::new(PerUser {
+        open: Mutex::new(HashMap::new()),
+        cap: limits.per_user,
+    });
     let mut refused = 0u64;
     let mut last_report = Instant::now();
     loop {
@@ -503,13 +570,18 @@ async fn accept_loop(
         let sender = sender.clone();
         let timeout = limits.handshake_timeout;
         let user_max_age = limits.user_connection_max_age;
+        let per_user = Arc::clone(&per_user);
         tokio::spawn(async move {
             let opened = tokio::time::timeout(timeout, open_connection(counted, tls)).await;
             drop(handshake);
             match opened {
                 Ok(Ok(io)) => {
-                    let watch =
-                        Watch::new(Arc::new(AtomicU8::new(ANONYMOUS)), timeout, user_max_age);
+                    let callers = Arc::new(Callers {
+                        state: AtomicU8::new(ANONYMOUS),
+                        user: Mutex::new(None),
+                        per_user: Arc::clone(&per_user),
+                    });
+                    let watch = Watch::new(callers, timeout, user_max_age);
                     let _ = sender.send(Ok(Accepted { io, watch })).await;
                 }
                 Ok(Err(error)) => tracing::debug!(%error, source = %ip, "handshake failed"),
@@ -553,6 +625,7 @@ mod tests {
             handshakes_per_source: 1,
             handshake_timeout: Duration::from_secs(1),
             user_connection_max_age: Duration::from_secs(5),
+            per_user: 2,
         };
         let open = Arc::new(Semaphore::new(10));
         let sources = Arc::new(Sources::default());
@@ -578,6 +651,31 @@ mod tests {
         drop((first, second, other));
         assert!(sources.counts().is_empty(), "every slot given back");
         assert_eq!(open.available_permits(), 10);
+    }
+
+    #[test]
+    fn a_user_holds_at_most_their_cap_of_connections() {
+        let per_user = Arc::new(PerUser {
+            open: Mutex::new(HashMap::new()),
+            cap: 2,
+        });
+        let peer = || PeerInfo {
+            remote: None,
+            certificates: None,
+            caller: Arc::new(Callers {
+                state: AtomicU8::new(ANONYMOUS),
+                user: Mutex::new(None),
+                per_user: Arc::clone(&per_user),
+            }),
+        };
+        let (a, b, c) = (peer(), peer(), peer());
+        a.record_user("ada").expect("first");
+        a.record_user("ada").expect("the same connection again");
+        b.record_user("ada").expect("second");
+        assert_eq!(c.record_user("ada"), Err(2), "third");
+        peer().record_user("ben").expect("another user");
+        drop(a);
+        c.record_user("ada").expect("a connection closed");
     }
 
     #[test]

@@ -90,22 +90,13 @@ pub fn require(db: &Db, metadata: &MetadataMap, role: Role) -> Result<User, Stat
 #[derive(Debug, Clone)]
 pub struct Gate {
     db: Arc<Db>,
-    role: Option<Role>,
+    role: Role,
 }
 
 impl Gate {
     /// A gate letting through users of `role` only.
     pub fn new(db: Arc<Db>, role: Role) -> Self {
-        Gate {
-            db,
-            role: Some(role),
-        }
-    }
-
-    /// A gate letting through any enrolled user (server reflection: its answers are
-    /// large, so strangers may not ask).
-    pub fn any_user(db: Arc<Db>) -> Self {
-        Gate { db, role: None }
+        Gate { db, role }
     }
 }
 
@@ -115,13 +106,17 @@ struct Caller(User);
 
 impl Interceptor for Gate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let user = match self.role {
-            Some(role) => require(&self.db, request.metadata(), role)?,
-            None => authenticate(&self.db, request.metadata())?,
-        };
-        // The connection lives by who calls on it (see `accept`).
-        if let Some(peer) = request.extensions().get::<PeerInfo>() {
-            peer.record_caller(user.role == Role::Node);
+        let user = require(&self.db, request.metadata(), self.role)?;
+        // The connection lives by who calls on it (see `accept`); a node's is recorded by
+        // the NodeLink service once its certificate is checked too.
+        if user.role != Role::Node
+            && let Some(peer) = request.extensions().get::<PeerInfo>()
+        {
+            peer.record_user(&user.name).map_err(|open| {
+                Status::resource_exhausted(format!(
+                    "connections limit: this user has {open} connections open already"
+                ))
+            })?;
         }
         request.extensions_mut().insert(Caller(user));
         Ok(request)

@@ -24,6 +24,7 @@
 //! max_connections_per_source = 32 # open at once from one IPv4 address or IPv6 /64
 //! max_handshakes_per_source = 8   # unfinished handshakes (TLS, HTTP/2 preface) per source
 //! handshake_timeout_seconds = 10  # time to finish TLS and send the HTTP/2 preface
+//! max_connections_per_user = 16   # connections one researcher, steward or operator holds
 //! ```
 //!
 //! The coordinator needs a file descriptor per connection: it raises its soft
@@ -105,6 +106,7 @@ struct RawLimits {
     max_connections_per_source: usize,
     max_handshakes_per_source: usize,
     handshake_timeout_seconds: u64,
+    max_connections_per_user: usize,
 }
 
 impl Default for RawLimits {
@@ -121,6 +123,7 @@ impl Default for RawLimits {
             max_connections_per_source: limits.connections.per_source,
             max_handshakes_per_source: limits.connections.handshakes_per_source,
             handshake_timeout_seconds: limits.connections.handshake_timeout.as_secs(),
+            max_connections_per_user: limits.connections.per_user,
         }
     }
 }
@@ -139,6 +142,7 @@ impl RawLimits {
             self.max_connections_per_source,
             self.max_handshakes_per_source,
             self.handshake_timeout_seconds as usize,
+            self.max_connections_per_user,
         ];
         if positive.contains(&0) {
             return Err("limits must be positive".into());
@@ -163,6 +167,7 @@ impl RawLimits {
                 per_source: self.max_connections_per_source,
                 handshakes_per_source: self.max_handshakes_per_source,
                 handshake_timeout: Duration::from_secs(self.handshake_timeout_seconds),
+                per_user: self.max_connections_per_user,
                 ..ConnectionLimits::default()
             },
         })

@@ -50,6 +50,8 @@ pub struct ConnectionLimits {
     /// calls each have a short deadline; the CLI opens one connection per command).
     /// Nodes' connections are exempt.
     pub user_connection_max_age: Duration,
+    /// Connections one researcher, steward or operator may hold at once.
+    pub per_user: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -60,6 +62,7 @@ impl Default for ConnectionLimits {
             handshakes_per_source: 8,
             handshake_timeout: Duration::from_secs(10),
             user_connection_max_age: Duration::from_secs(300),
+            per_user: 16,
         }
     }
 }

@@ -110,9 +110,9 @@ pub async fn serve(
     health
         .set_serving::<NodeLinkServer<NodeLinkService>>()
         .await;
-    // Health checks answer without a token, reflection to any enrolled user (its answers
-    // are large; red team round 3 filled memory with reflection replies nobody read):
-    // both take small messages.
+    // Health checks answer without a token, reflection to operators only (its answers
+    // are large; red team rounds 3 and 4 filled memory with reflection replies nobody
+    // read): both take small messages.
     let health_service = health_service.max_decoding_message_size(PUBLIC_MESSAGE_BYTES);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ern_proto::FILE_DESCRIPTOR_SET)
@@ -145,7 +145,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(InterceptedService::new(
             reflection,
-            Gate::any_user(core.shared_db()),
+            Gate::new(core.shared_db(), Role::Operator),
         ))
         .add_service(InterceptedService::new(
             ResearcherServer::new(ResearcherService::new(Arc::clone(&core)))

@@ -495,8 +495,8 @@ async fn verified_facts(ctx: &SessionContext) -> Result<SiteFacts, DataFusionErr
 }
 
 /// Rule 6: drops every group whose smallest hidden patient count is under `k`, whose
-/// patients without a value behind a `COUNT(x)`, `SUM(x)` or `AVG(x)` are more than none
-/// but fewer than `k`, or whose largest patient contributions to a released sum hold more than the
+/// patients with a row without a value behind a `COUNT(x)`, `SUM(x)` or `AVG(x)` are more
+/// than none but fewer than `k`, or whose largest patient contributions to a released sum hold more than the
 /// dominance rule allows; then the hidden columns.
 fn suppress(
     batches: Vec<RecordBatch>,
@@ -514,28 +514,12 @@ fn suppress(
                 .collect()
         };
         let counts = named(split::HIDDEN_PATIENTS);
+        let lacking = named(split::HIDDEN_LACKING);
         let shares = named(split::HIDDEN_DOMINANCE);
         if counts.is_empty() {
             return Err("the site plan has no hidden patient count".into());
         }
         let mut keep = vec![true; batch.num_rows()];
-        let everyone = batch_schema
-            .index_of(&split::everyone_count_name())
-            .map_err(|_| "the site plan has no count of every patient")?;
-        let everyone = batch
-            .column(everyone)
-            .as_primitive_opt::<Int64Type>()
-            .ok_or("a hidden count is not Int64")?;
-        let checks_left_out: Vec<bool> = counts
-            .iter()
-            .map(|&i| {
-                batch_schema
-                    .field(i)
-                    .name()
-                    .starts_with(split::HIDDEN_VALUED)
-            })
-            .collect();
-        let counts_position = |index: usize| counts.iter().position(|&i| i == index).unwrap_or(0);
         for &index in &counts {
             let column = batch
                 .column(index)
@@ -543,14 +527,20 @@ fn suppress(
                 .ok_or("a hidden count is not Int64")?;
             for (row, count) in column.iter().enumerate() {
                 let count = count.unwrap_or(0);
-                // Behind COUNT(x), SUM(x) and AVG(x), the patients without a value must
-                // be none or at least k too: `COUNT(*) - COUNT(x)` read their number (red
-                // team round 3), `SUM(x) - SUM(x + y - y)` their values (round 4).
-                let left_out = everyone.value(row).saturating_sub(count);
-                let left_out_ok = !checks_left_out[counts_position(index)]
-                    || left_out == 0
-                    || (left_out > 0 && left_out as u64 >= k);
-                keep[row] &= count >= 0 && count as u64 >= k && left_out_ok;
+                keep[row] &= count >= 0 && count as u64 >= k;
+            }
+        }
+        // Behind COUNT(x), SUM(x) and AVG(x), the patients with a row without a value
+        // must be none or at least k: `COUNT(*) - COUNT(x)` read their number (red team
+        // round 3), `SUM(a) - SUM(a + y - y)` their values (rounds 4 and 5).
+        for &index in &lacking {
+            let column = batch
+                .column(index)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or("a hidden count is not Int64")?;
+            for (row, count) in column.iter().enumerate() {
+                let count = count.unwrap_or(0);
+                keep[row] &= count == 0 || (count > 0 && count as u64 >= k);
             }
         }
         for &index in &shares {
@@ -569,7 +559,7 @@ fn suppress(
         kept += filtered.num_rows();
         dropped += batch.num_rows() - filtered.num_rows();
         let visible: Vec<usize> = (0..batch.num_columns())
-            .filter(|i| !counts.contains(i) && !shares.contains(i))
+            .filter(|i| !counts.contains(i) && !lacking.contains(i) && !shares.contains(i))
             .collect();
         let filtered = filtered.project(&visible).map_err(|e| e.to_string())?;
         if filtered.num_rows() > 0 {

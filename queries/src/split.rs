@@ -31,27 +31,22 @@ use crate::validate::{AggregateKind, Barrier, ValidatedQuery};
 /// Prefix of the hidden per-group patient counts in a site plan's output.
 pub const HIDDEN_PATIENTS: &str = "__patients";
 
-/// Prefix of the hidden counts of patients with a value (behind `COUNT(x)`, `SUM(x)` and
-/// `AVG(x)`):
-/// besides reaching k, the patients *without* a value must be none or at least k, since
-/// `COUNT(*) - COUNT(x)`, or `SUM(x) / AVG(x)` beside a patient count, reads how many
-/// they are (red team round 3). Starts with [`HIDDEN_PATIENTS`]: it is a patient count.
-pub const HIDDEN_VALUED: &str = "__patients_valued";
+/// Prefix of the hidden counts of patients with a row *without* a value behind `COUNT(x)`,
+/// `SUM(x)` and `AVG(x)`: they must be none or at least k, since `COUNT(*) - COUNT(x)`
+/// read how many they are (red team round 3) and `SUM(a) - SUM(a + y - y)` their values
+/// (round 4), even when they have other rows with a value (round 5).
+pub const HIDDEN_LACKING: &str = "__lacking";
 
 /// Prefix of the hidden per-group dominance shares (see [`crate::rules::group_size`]): for each
 /// released SUM and AVG, the share of the group's total absolute value that its largest
 /// patient contributions hold.
 pub const HIDDEN_DOMINANCE: &str = "__dominance";
 
-/// The name of the hidden count of every patient of a group (the first hidden count);
-/// the others count the patients who contribute to one aggregate.
-pub fn everyone_count_name() -> String {
-    format!("{HIDDEN_PATIENTS}_0")
-}
-
 /// True for a hidden column of a site plan (patient counts, dominance shares).
 pub fn is_hidden(name: &str) -> bool {
-    name.starts_with(HIDDEN_PATIENTS) || name.starts_with(HIDDEN_DOMINANCE)
+    name.starts_with(HIDDEN_PATIENTS)
+        || name.starts_with(HIDDEN_DOMINANCE)
+        || name.starts_with(HIDDEN_LACKING)
 }
 
 /// Errors of splitting or merging (internal: a validated query always splits).
@@ -172,48 +167,61 @@ fn partials(kind: &AggregateKind, expr: &Expr, counting: &Counting) -> Vec<Expr>
 struct HiddenCount {
     /// `None` for all patients of the group.
     with_value: Option<Contribution>,
-    /// True when the patients this count leaves out are read by the released numbers
-    /// (a count of values beside a count of patients) and so must be none or at least k.
-    left_out_checked: bool,
+    /// True for the count of patients with a row without a value: it must be none or at
+    /// least k (the others must reach k).
+    lacking: bool,
 }
 
-/// The patients who contribute to a released aggregate over an argument.
+/// The patients who contribute to a released aggregate over an argument, or who lack it.
 struct Contribution {
     /// The argument.
     value: Expr,
-    /// True for SUM and AVG: a patient counts only with a non-zero contribution (a sum
-    /// over a thousand patients of whom one is not zero is that one patient's value).
-    /// False for COUNT: a non-null value counts.
-    nonzero: bool,
+    /// Which patients count.
+    kind: Counted,
+}
+
+/// Which patients a hidden count counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// Those with a non-null, non-zero contribution (behind SUM and AVG: a sum over a
+    /// thousand patients of whom one is not zero is that one patient's value).
+    NonZero,
+    /// Those with a non-null value (behind COUNT(x)).
+    Valued,
+    /// Those with a row without a value.
+    Lacking,
 }
 
 impl Contribution {
     /// The rows where this contribution counts, in a one-phase plan.
     fn on_row(&self) -> Expr {
         let present = self.value.clone().is_not_null();
-        if self.nonzero {
-            present.and(
+        match self.kind {
+            Counted::NonZero => present.and(
                 cast(self.value.clone(), DataType::Float64)
                     .not_eq(datafusion::logical_expr::lit(0.0)),
-            )
-        } else {
-            present
+            ),
+            Counted::Valued => present,
+            Counted::Lacking => self.value.clone().is_null(),
         }
     }
 
-    /// A patient's contribution in a per-patient plan (a count of values, or the sum of
-    /// them), and what makes it count.
+    /// A patient's contribution in a per-patient plan (a count of values, the sum of
+    /// them, or the count of rows without one), and what makes it count.
     fn per_patient(&self) -> (Expr, Expr) {
-        if self.nonzero {
-            (
+        match self.kind {
+            Counted::NonZero => (
                 sum(cast(self.value.clone(), DataType::Float64)),
                 datafusion::logical_expr::lit(0.0),
-            )
-        } else {
-            (
+            ),
+            Counted::Valued => (
                 count(self.value.clone()),
                 datafusion::logical_expr::lit(0_i64),
-            )
+            ),
+            Counted::Lacking => (
+                count(datafusion::logical_expr::lit(1_i64)) - count(self.value.clone()),
+                datafusion::logical_expr::lit(0_i64),
+            ),
         }
     }
 }
@@ -228,8 +236,17 @@ impl Contribution {
 fn hidden_counts(barrier: &Barrier) -> Vec<HiddenCount> {
     let mut counts = vec![HiddenCount {
         with_value: None,
-        left_out_checked: false,
+        lacking: false,
     }];
+    let mut add = |value: &Expr, kind: Counted| {
+        counts.push(HiddenCount {
+            with_value: Some(Contribution {
+                value: value.clone(),
+                kind,
+            }),
+            lacking: kind == Counted::Lacking,
+        });
+    };
     for aggregate in &barrier.aggregates {
         let Some(argument) = argument_of(&aggregate.expr) else {
             continue;
@@ -237,32 +254,17 @@ fn hidden_counts(barrier: &Barrier) -> Vec<HiddenCount> {
         if matches!(&argument, Expr::Column(c) if *c == barrier.pid) {
             continue;
         }
-        let summed = matches!(aggregate.kind, AggregateKind::Sum | AggregateKind::Avg);
-        if summed {
-            counts.push(HiddenCount {
-                with_value: Some(Contribution {
-                    value: argument.clone(),
-                    nonzero: true,
-                }),
-                left_out_checked: false,
-            });
+        if matches!(aggregate.kind, AggregateKind::Sum | AggregateKind::Avg) {
+            add(&argument, Counted::NonZero);
         }
-        // The patients with a value: COUNT(x) releases their number, AVG(x) beside SUM(x)
-        // does too, and SUM(x + y - y) beside SUM(x) sums x over the patients without y
-        // (red team round 4).
-        let counted_values = matches!(
-            aggregate.kind,
-            AggregateKind::Count | AggregateKind::Avg | AggregateKind::Sum
-        );
         let every_row_has_one = matches!(argument, Expr::Literal(ref v, _) if !v.is_null());
-        if counted_values && !every_row_has_one {
-            counts.push(HiddenCount {
-                with_value: Some(Contribution {
-                    value: argument,
-                    nonzero: false,
-                }),
-                left_out_checked: true,
-            });
+        if !every_row_has_one {
+            if aggregate.kind == AggregateKind::Count {
+                add(&argument, Counted::Valued);
+            }
+            // The patients with a row without a value: COUNT(x), SUM(x) and AVG(x)
+            // all leave those rows out.
+            add(&argument, Counted::Lacking);
         }
     }
     counts
@@ -355,7 +357,7 @@ fn one_phase_site_plan(
             None => patients_in(&barrier.pid, counting),
             Some(contribution) => patients_where(&barrier.pid, counting, contribution.on_row())?,
         };
-        hidden_at.push((position_of(&mut computed, count), hidden.left_out_checked));
+        hidden_at.push((position_of(&mut computed, count), hidden.lacking));
     }
     // One row per patient: each row's value is that patient's contribution.
     let mut dominance_at = Vec::new();
@@ -418,7 +420,7 @@ fn per_patient_site_plan(
                     FromPatients::PatientsWith(position_of(&mut per_patient, value), zero)
                 }
             };
-            (recipe, hidden.left_out_checked)
+            (recipe, hidden.lacking)
         })
         .collect();
     // Each patient's contribution to a released SUM or AVG: the sum of their values.
@@ -477,7 +479,7 @@ fn per_patient_site_plan(
 
 /// The site plan's output over an aggregation: its group columns as `__g…`, the computed
 /// expressions at `partial_at` as `__p…`, at `hidden_at` as `__patients_…` (or
-/// `__patients_valued_…` where the patients left out are checked too), and for each
+/// `__lacking_…` for the patients with a row without a value), and for each
 /// pair at `dominance_at` the share top ÷ total as `__dominance_…`.
 fn named_outputs(
     aggregated: LogicalPlan,
@@ -498,19 +500,14 @@ fn named_outputs(
                 .enumerate()
                 .map(|(j, &at)| computed_column(at).alias(partial_name(j))),
         )
-        .chain(
-            hidden_at
-                .iter()
-                .enumerate()
-                .map(|(k, &(at, left_out_checked))| {
-                    let prefix = if left_out_checked {
-                        HIDDEN_VALUED
-                    } else {
-                        HIDDEN_PATIENTS
-                    };
-                    computed_column(at).alias(format!("{prefix}_{k}"))
-                }),
-        )
+        .chain(hidden_at.iter().enumerate().map(|(k, &(at, lacking))| {
+            let prefix = if lacking {
+                HIDDEN_LACKING
+            } else {
+                HIDDEN_PATIENTS
+            };
+            computed_column(at).alias(format!("{prefix}_{k}"))
+        }))
         .chain(dominance_at.iter().enumerate().map(|(j, &(top, total))| {
             (computed_column(top) / computed_column(total)).alias(format!("{HIDDEN_DOMINANCE}_{j}"))
         }))

@@ -21,7 +21,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::allowlist;
-use crate::rules::barrier_aggregates::Values;
+use crate::rules::barrier_aggregates::{Value, Values};
 use crate::rules::functions::{self, Place};
 use crate::rules::pid_use::{self, PidSet};
 use crate::rules::{Refusal, barrier, barrier_aggregates, one_query, resource_limits};
@@ -183,7 +183,18 @@ pub(crate) struct Below {
     /// join that fanned out only one patient's row released her values as per-patient
     /// SUM minus MAX).
     pub(crate) multiplied: Option<&'static str>,
+    /// Rule 4: why which rows, or how many, each patient has here was chosen by the
+    /// question (a WHERE or join condition beyond pid equalities, an outer join, a
+    /// reference table, DISTINCT, a grouping by more than pid); `None` for a patient's rows
+    /// as stored. A per-patient COUNT, SUM, MIN or MAX over such rows carries that choice
+    /// (red team round 5: per-patient SUM minus MAX over rows that a condition let
+    /// multiply for one patient only released her values), so it may key a group but not
+    /// flow into a released aggregate.
+    pub(crate) shaped: Option<&'static str>,
 }
+
+/// Why a per-patient value is not plain, when its rows were shaped.
+const SHAPED_PER_PATIENT: &str = "computed per patient over rows that a condition, a join, DISTINCT or a grouping by more than pid chose (that choice would sit inside the released aggregate; GROUP BY the per-patient value instead)";
 
 /// Rules 1-5 below the barrier; returns what the plan's output holds.
 fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Below, Refusal> {
@@ -216,10 +227,13 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Belo
             let multiplied = (table == schema::ORPHA_CLOSURE).then_some(
                 "rows joined to orpha_closure, which gives each code one row per ancestor or descendant",
             );
+            let shaped =
+                (!schema::PATIENT_TABLES.contains(&table)).then_some("rows of a reference table");
             Ok(Below {
                 pids,
                 values: Values::of_scan(&scan.projected_schema),
                 multiplied,
+                shaped,
             })
         }
         LogicalPlan::SubqueryAlias(alias) => {
@@ -231,6 +245,7 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Belo
                     .project(&pairs, || format!("subquery {}", alias.alias))?,
                 values: inner.values.renamed(&pairs),
                 multiplied: inner.multiplied,
+                shaped: inner.shaped,
             })
         }
         LogicalPlan::Projection(projection) => {
@@ -255,6 +270,7 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Belo
                     .project(&pairs, || selected_part(&projection.expr))?,
                 values: Values::from_outputs(outputs),
                 multiplied: inner.multiplied,
+                shaped: inner.shaped,
             })
         }
         LogicalPlan::Filter(filter) => {
@@ -262,7 +278,12 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Belo
                 LogicalPlan::Join(join) => check_join(join, report, &conjuncts(&filter.predicate))?,
                 other => check_below(other, report)?,
             };
-            for (a, b) in check_predicate(&filter.predicate, &inner.pids, filter.input.schema())? {
+            let equalities =
+                check_predicate(&filter.predicate, &inner.pids, filter.input.schema())?;
+            if conjuncts(&filter.predicate).len() > equalities.len() {
+                inner.shaped = inner.shaped.or(Some("rows a WHERE condition chose"));
+            }
+            for (a, b) in equalities {
                 inner.pids.merge(&a, &b);
             }
             Ok(inner)
@@ -275,6 +296,8 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Belo
             if !pid_use::has_pid(input.schema(), &inner.pids) {
                 return Err(barrier::distinct_without_pid());
             }
+            let mut inner = inner;
+            inner.shaped = inner.shaped.or(Some("rows DISTINCT chose"));
             Ok(inner)
         }
         LogicalPlan::Distinct(Distinct::On(_)) => Err(barrier::distinct_on_refusal()),
@@ -404,6 +427,18 @@ fn check_join(
         .or(outer_to_patients.then_some(
         "rows of an outer join to patient data, which gives a patient one row or as many as match",
     ));
+    let pid_on_pairs = join
+        .on
+        .iter()
+        .filter(|(l, _)| pid_use::as_pid_column(l, &pids).is_some())
+        .count();
+    let filter_pid_pairs = equal.len() - pid_on_pairs;
+    let conditions_beyond_pid = pid_on_pairs < join.on.len() || conditions.len() > filter_pid_pairs;
+    let shaped = left
+        .shaped
+        .or(right.shaped)
+        .or(outer_to_patients.then_some("rows an outer join matched"))
+        .or(conditions_beyond_pid.then_some("rows a join condition chose"));
     let (left_values, right_values) = match join.join_type {
         JoinType::Left => (left.values, right.values.nulled_by_outer_join()),
         JoinType::Right => (left.values.nulled_by_outer_join(), right.values),
@@ -417,6 +452,7 @@ fn check_join(
         pids,
         values: left_values.union(right_values),
         multiplied,
+        shaped,
     })
 }
 
@@ -534,6 +570,10 @@ fn check_per_patient(
     if pairs.is_empty() {
         return Err(barrier::not_per_patient(&aggregate.group_expr));
     }
+    let more_than_pid = pairs.len() < aggregate.group_expr.len();
+    let shaped = inner
+        .shaped
+        .or(more_than_pid.then_some("rows grouped by pid and more"));
     let pids = inner
         .pids
         .project(&pairs, || "a per-patient GROUP BY".to_string())?;
@@ -558,16 +598,19 @@ fn check_per_patient(
             functions::check_scalar(arg, &inner.pids, schema, Place::Below)?;
         }
         let (qualifier, field) = aggregate.schema.qualified_field(groups + index);
-        outputs.push((
-            Column::new(qualifier.cloned(), field.name()),
-            inner.values.of_per_patient(expr, schema),
-        ));
+        let value = match shaped {
+            Some(_) => Value::Derived(SHAPED_PER_PATIENT),
+            None => inner.values.of_per_patient(expr, schema),
+        };
+        outputs.push((Column::new(qualifier.cloned(), field.name()), value));
     }
-    // One row per patient now, whatever the rows below were.
+    // One row per patient now, whatever the rows below were, unless grouped by more.
+    let rows_per_key = more_than_pid.then_some("rows of a per-patient grouping by pid and more");
     Ok(Below {
         pids,
         values: Values::from_outputs(outputs),
-        multiplied: None,
+        multiplied: rows_per_key,
+        shaped: rows_per_key,
     })
 }
 

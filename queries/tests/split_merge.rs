@@ -295,7 +295,7 @@ const UNIQUENESS_QUERIES: &[(&str, bool)] = &[
         true,
     ),
     (
-        "SELECT p.sex, COUNT(*) AS patients, SUM(x.n) AS diagnoses FROM patient p JOIN (SELECT d.pid, COUNT(*) AS n FROM diagnosis d WHERE d.code = 'ORPHA:154' GROUP BY d.pid) x ON p.pid = x.pid GROUP BY p.sex",
+        "SELECT p.sex, COUNT(*) AS patients, SUM(x.n) AS diagnoses FROM patient p JOIN (SELECT d.pid, COUNT(*) AS n FROM diagnosis d GROUP BY d.pid) x ON p.pid = x.pid GROUP BY p.sex",
         true,
     ),
     // One row per patient by its GROUP BY pid, with or without facts: no cheaper with them.
@@ -312,7 +312,7 @@ const UNIQUENESS_QUERIES: &[(&str, bool)] = &[
         false,
     ),
     (
-        "SELECT t.code, COUNT(*) AS patients FROM (SELECT pid, code FROM diagnosis GROUP BY pid, code) t GROUP BY t.code",
+        "SELECT t.code, COUNT(DISTINCT t.pid) AS patients FROM (SELECT pid, code FROM diagnosis GROUP BY pid, code) t GROUP BY t.code",
         false,
     ),
 ];

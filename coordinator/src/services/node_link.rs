@@ -82,6 +82,10 @@ impl NodeLink for NodeLinkService {
     ) -> Result<Response<Self::OpenStreamStream>, Status> {
         let node = auth::caller(&request)?;
         check_certificate(&request, &node.site, self.require_certificate)?;
+        // Token and certificate checked: the connection may live as long as the stream.
+        if let Some(peer) = request.extensions().get::<PeerInfo>() {
+            peer.record_node();
+        }
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(v1::NodeMessage {
