@@ -520,27 +520,24 @@ fn suppress(
             return Err("the site plan has no hidden patient count".into());
         }
         let mut keep = vec![true; batch.num_rows()];
-        for &index in &counts {
-            let column = batch
-                .column(index)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or("a hidden count is not Int64")?;
-            for (row, count) in column.iter().enumerate() {
-                let count = count.unwrap_or(0);
-                keep[row] &= count >= 0 && count as u64 >= k;
-            }
-        }
-        // Behind COUNT(x), SUM(x) and AVG(x), the patients with a row without a value
-        // must be none or at least k: `COUNT(*) - COUNT(x)` read their number (red team
-        // round 3), `SUM(a) - SUM(a + y - y)` their values (rounds 4 and 5).
-        for &index in &lacking {
-            let column = batch
-                .column(index)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or("a hidden count is not Int64")?;
-            for (row, count) in column.iter().enumerate() {
-                let count = count.unwrap_or(0);
-                keep[row] &= count == 0 || (count > 0 && count as u64 >= k);
+        // A count of patients must reach k. Behind COUNT(x), SUM(x) and AVG(x), the
+        // patients with a row without a value must be none or at least k:
+        // `COUNT(*) - COUNT(x)` read their number (red team round 3),
+        // `SUM(a) - SUM(a + y - y)` their values (rounds 4 and 5).
+        let reaches_k = |count: i64| count >= 0 && count as u64 >= k;
+        let none_or_k = |count: i64| count == 0 || reaches_k(count);
+        for (columns, allowed) in [
+            (&counts, &reaches_k as &dyn Fn(i64) -> bool),
+            (&lacking, &none_or_k),
+        ] {
+            for &index in columns {
+                let column = batch
+                    .column(index)
+                    .as_primitive_opt::<Int64Type>()
+                    .ok_or("a hidden count is not Int64")?;
+                for (row, count) in column.iter().enumerate() {
+                    keep[row] &= allowed(count.unwrap_or(0));
+                }
             }
         }
         for &index in &shares {
