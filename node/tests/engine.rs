@@ -582,6 +582,41 @@ async fn the_patients_an_aggregate_leaves_out_are_none_or_at_least_k() {
     );
 }
 
+/// Red team round 6: padding the patients who lack `x` with k who lack every argument
+/// let `SUM(a) - SUM(a + y - y)` read the one patient with `a` but without `y`. Between
+/// two released arguments, the patients with a row where one has a value and the other
+/// has none must be none or at least k too (against plain DataFusion).
+#[tokio::test]
+async fn two_released_arguments_cannot_differ_by_fewer_than_k_patients() {
+    let fixture = fixture(3000);
+    let mut policy = fixture.policy();
+    policy.dominance = ern_queries::Dominance {
+        top: 1,
+        max_share: 1.0,
+    };
+    let engine = NodeEngine::open(&fixture.store, policy)
+        .await
+        .expect("open");
+    let sql = "SELECT d.code, SUM(d.age_at_diagnosis) AS dx, SUM(d.age_at_onset) AS onset FROM diagnosis d GROUP BY d.code";
+    let released = engine.execute(&fixture.request(sql)).await.expect("ran");
+    let patients = |condition: &str| format!("COUNT(DISTINCT CASE WHEN {condition} THEN pid END)");
+    let at_least_k = |condition: &str| format!("{} >= 5", patients(condition));
+    let none_or_k = |condition: &str| format!("{} NOT BETWEEN 1 AND 4", patients(condition));
+    let independent = format!(
+        "SELECT code, SUM(age_at_diagnosis) AS dx, SUM(age_at_onset) AS onset FROM diagnosis GROUP BY code HAVING \
+         COUNT(DISTINCT pid) >= 5 AND {} AND {} AND {} AND {} AND {} AND {}",
+        at_least_k("age_at_diagnosis <> 0"),
+        at_least_k("age_at_onset <> 0"),
+        none_or_k("age_at_diagnosis IS NULL"),
+        none_or_k("age_at_onset IS NULL"),
+        none_or_k("age_at_diagnosis IS NOT NULL AND age_at_onset IS NULL"),
+        none_or_k("age_at_onset IS NOT NULL AND age_at_diagnosis IS NULL"),
+    );
+    let expected = sorted_rows(&plain_sql(&fixture.store, &independent).await);
+    assert!(!expected.is_empty());
+    assert_eq!(sorted_rows(&released.batches), expected);
+}
+
 #[tokio::test]
 async fn patients_are_counted_distinctly_unless_the_store_proves_one_row_each() {
     let fixture = fixture(600);

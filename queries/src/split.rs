@@ -178,6 +178,11 @@ struct Contribution {
     value: Expr,
     /// Which patients count.
     kind: Counted,
+    /// For [`Counted::Lacking`]: only rows where this other released argument has a
+    /// value (red team round 6 padded the patients lacking `x` with k patients lacking
+    /// every argument, then read `SUM(a) - SUM(a + y - y)` off the one patient with `a`
+    /// but not `y`).
+    beside: Option<Expr>,
 }
 
 /// Which patients a hidden count counts.
@@ -202,7 +207,13 @@ impl Contribution {
                     .not_eq(datafusion::logical_expr::lit(0.0)),
             ),
             Counted::Valued => present,
-            Counted::Lacking => self.value.clone().is_null(),
+            Counted::Lacking => match &self.beside {
+                None => self.value.clone().is_null(),
+                Some(other) => other
+                    .clone()
+                    .is_not_null()
+                    .and(self.value.clone().is_null()),
+            },
         }
     }
 
@@ -219,7 +230,14 @@ impl Contribution {
                 datafusion::logical_expr::lit(0_i64),
             ),
             Counted::Lacking => (
-                count(datafusion::logical_expr::lit(1_i64)) - count(self.value.clone()),
+                count(Expr::Case(datafusion::logical_expr::expr::Case::new(
+                    None,
+                    vec![(
+                        Box::new(self.on_row()),
+                        Box::new(datafusion::logical_expr::lit(1_i64)),
+                    )],
+                    None,
+                ))),
                 datafusion::logical_expr::lit(0_i64),
             ),
         }
@@ -238,15 +256,17 @@ fn hidden_counts(barrier: &Barrier) -> Vec<HiddenCount> {
         with_value: None,
         lacking: false,
     }];
-    let mut add = |value: &Expr, kind: Counted| {
+    let mut add = |value: &Expr, kind: Counted, beside: Option<&Expr>| {
         counts.push(HiddenCount {
             with_value: Some(Contribution {
                 value: value.clone(),
                 kind,
+                beside: beside.cloned(),
             }),
             lacking: kind == Counted::Lacking,
         });
     };
+    let mut valued_arguments: Vec<Expr> = Vec::new();
     for aggregate in &barrier.aggregates {
         let Some(argument) = argument_of(&aggregate.expr) else {
             continue;
@@ -255,16 +275,32 @@ fn hidden_counts(barrier: &Barrier) -> Vec<HiddenCount> {
             continue;
         }
         if matches!(aggregate.kind, AggregateKind::Sum | AggregateKind::Avg) {
-            add(&argument, Counted::NonZero);
+            add(&argument, Counted::NonZero, None);
         }
         let every_row_has_one = matches!(argument, Expr::Literal(ref v, _) if !v.is_null());
         if !every_row_has_one {
             if aggregate.kind == AggregateKind::Count {
-                add(&argument, Counted::Valued);
+                add(&argument, Counted::Valued, None);
             }
             // The patients with a row without a value: COUNT(x), SUM(x) and AVG(x)
             // all leave those rows out.
-            add(&argument, Counted::Lacking);
+            add(&argument, Counted::Lacking, None);
+            let name = argument.schema_name().to_string();
+            if !valued_arguments
+                .iter()
+                .any(|known| known.schema_name().to_string() == name)
+            {
+                valued_arguments.push(argument);
+            }
+        }
+    }
+    // Between two released arguments: the patients with a row where one has a value and
+    // the other has none must be none or at least k too.
+    for first in &valued_arguments {
+        for second in &valued_arguments {
+            if first.schema_name().to_string() != second.schema_name().to_string() {
+                add(second, Counted::Lacking, Some(first));
+            }
         }
     }
     counts
