@@ -540,21 +540,26 @@ async fn a_sum_needs_k_patients_with_a_value() {
     }
 }
 
+/// An engine whose dominance rule never bites (it is tested on its own below), for the
+/// tests of the other hidden counts.
+async fn engine_without_dominance(fixture: &Fixture) -> NodeEngine {
+    let mut policy = fixture.policy();
+    policy.dominance = ern_queries::Dominance {
+        top: 1,
+        max_share: 1.0,
+    };
+    NodeEngine::open(&fixture.store, policy)
+        .await
+        .expect("open")
+}
+
 /// Red team round 3: `COUNT(*) - COUNT(x)` read how many patients of a group had no `x`,
 /// however few. The patients an aggregate leaves out (no value, or a zero contribution to
 /// a sum) must be none or at least k, checked against an independent computation.
 #[tokio::test]
 async fn the_patients_an_aggregate_leaves_out_are_none_or_at_least_k() {
     let fixture = fixture(3000);
-    // The dominance rule is tested on its own below; here it never bites.
-    let mut policy = fixture.policy();
-    policy.dominance = ern_queries::Dominance {
-        top: 1,
-        max_share: 1.0,
-    };
-    let engine = NodeEngine::open(&fixture.store, policy)
-        .await
-        .expect("open");
+    let engine = engine_without_dominance(&fixture).await;
     // COUNT(x) releases how many have a value; SUM(x) beside it does too (red team round
     // 4: SUM(x + y - y) sums x over the patients without y).
     let sql = "SELECT d.code, COUNT(d.age_at_onset) AS with_onset, SUM(d.age_at_onset + 1 - 1) AS total FROM diagnosis d GROUP BY d.code";
@@ -589,14 +594,7 @@ async fn the_patients_an_aggregate_leaves_out_are_none_or_at_least_k() {
 #[tokio::test]
 async fn two_released_arguments_cannot_differ_by_fewer_than_k_patients() {
     let fixture = fixture(3000);
-    let mut policy = fixture.policy();
-    policy.dominance = ern_queries::Dominance {
-        top: 1,
-        max_share: 1.0,
-    };
-    let engine = NodeEngine::open(&fixture.store, policy)
-        .await
-        .expect("open");
+    let engine = engine_without_dominance(&fixture).await;
     let sql = "SELECT d.code, SUM(d.age_at_diagnosis) AS dx, SUM(d.age_at_onset) AS onset FROM diagnosis d GROUP BY d.code";
     let released = engine.execute(&fixture.request(sql)).await.expect("ran");
     let patients = |condition: &str| format!("COUNT(DISTINCT CASE WHEN {condition} THEN pid END)");
