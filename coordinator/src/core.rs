@@ -11,13 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
 use ern_proto::arrow_ipc;
 use ern_proto::v1;
-use ern_queries::ValidatedQuery;
 use ern_queries::shown::for_log;
-use tokio::sync::{Notify, mpsc};
+use ern_queries::{Planner, QueryPlan, Refusal};
+use tokio::sync::{Notify, OnceCell, mpsc};
 use tonic::Status;
 
 use crate::db::{Db, DbError, Event, NodeRecord, StoredResult};
@@ -72,12 +71,21 @@ pub struct Coordinator {
     /// and an answer arrive at the same moment; sites do not wait for each other.
     dispatching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     planning: SessionState,
+    planner: Planner,
     nodes: Mutex<HashMap<String, Connection>>,
     generations: AtomicU64,
-    /// Validated plans of open questions, so answers are checked and merged without
-    /// planning the SQL again for every site.
-    validated: Mutex<HashMap<String, Arc<ValidatedQuery>>>,
+    /// The plans of open questions, built at submission (or once from the stored SQL
+    /// after a restart), so answers are checked and merged without planning again.
+    plans: Mutex<HashMap<String, Arc<OnceCell<Arc<QueryPlan>>>>>,
     merged: Notify,
+}
+
+/// Why a coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The schema-only catalogue that questions are planned against could not be built.
+    #[error("the planning catalogue could not be built: {0}")]
+    Planning(String),
 }
 
 /// Storage failures become a generic internal error; the detail goes to the log.
@@ -94,7 +102,7 @@ pub(crate) fn echoed(text: &str) -> String {
 
 impl Coordinator {
     /// A coordinator over `db`.
-    pub fn new(db: Db, timing: Timing) -> Result<Self, DataFusionError> {
+    pub fn new(db: Db, timing: Timing) -> Result<Self, StartError> {
         let limits = Limits::default();
         Ok(Coordinator {
             db: Arc::new(db),
@@ -102,10 +110,12 @@ impl Coordinator {
             submissions: SubmitLimiter::new(limits.submits_per_minute),
             limits,
             dispatching: Mutex::new(HashMap::new()),
-            planning: ern_queries::catalog::planning_state()?,
+            planning: ern_queries::catalog::planning_state()
+                .map_err(|e| StartError::Planning(e.to_string()))?,
+            planner: Planner::new(),
             nodes: Mutex::new(HashMap::new()),
             generations: AtomicU64::new(1),
-            validated: Mutex::new(HashMap::new()),
+            plans: Mutex::new(HashMap::new()),
             merged: Notify::new(),
         })
     }
@@ -142,9 +152,25 @@ impl Coordinator {
         &self.timing
     }
 
-    /// The planning state used to validate and merge.
-    pub fn planning(&self) -> &SessionState {
-        &self.planning
+    /// Plans a submitted question (rules 1-8): the one validation a question gets at the
+    /// coordinator. The caller keeps the plan with [`Coordinator::keep_plan`] once the
+    /// question has an id.
+    pub async fn plan_submission(&self, sql: &str) -> Result<QueryPlan, Refusal> {
+        self.planner.plan(sql, &self.planning).await
+    }
+
+    /// Keeps the plan of a stored question for its answers and merge.
+    pub fn keep_plan(&self, query_id: &str, plan: Arc<QueryPlan>) {
+        self.plan_cache().insert(
+            query_id.to_string(),
+            Arc::new(OnceCell::new_with(Some(plan))),
+        );
+    }
+
+    /// How many plans this coordinator has built (one per submission, one per open
+    /// question after a restart).
+    pub fn plans_built(&self) -> u64 {
+        self.planner.plans_built()
     }
 
     fn nodes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Connection>> {
@@ -367,28 +393,16 @@ impl Coordinator {
     /// A released partial must decode and have the columns the question implies.
     async fn check_partial(&self, query_id: &str, bytes: &[u8]) -> Result<(), String> {
         let (schema, _) = arrow_ipc::decode(bytes).map_err(|e| e.to_string())?;
-        let cached = self.validated_cache().get(query_id).cloned();
-        let validated = match cached {
-            Some(validated) => validated,
-            None => {
-                let query = self
-                    .db
-                    .query(query_id)
-                    .map_err(|e| e.to_string())?
-                    .ok_or("unknown question")?;
-                self.validated(&query)
-                    .await
-                    .map_err(|refusal| refusal.to_string())?
-            }
-        };
-        let expected = ern_queries::split::released_width(&validated.barrier);
-        if schema.fields().len() != expected {
-            return Err(format!(
-                "{} columns, {expected} expected",
-                schema.fields().len()
-            ));
-        }
-        Ok(())
+        let query = self
+            .db
+            .query(query_id)
+            .map_err(|e| e.to_string())?
+            .ok_or("unknown question")?;
+        let plan = self
+            .plan_of(&query)
+            .await
+            .map_err(|refusal| refusal.to_string())?;
+        plan.check_released(&schema).map_err(|e| e.to_string())
     }
 
     /// Merges a question whose sites have all finished, and stores the table.
@@ -425,7 +439,7 @@ impl Coordinator {
                 })?
                 .map_err(internal)?;
                 if failed {
-                    self.validated_cache().remove(query_id);
+                    self.plan_cache().remove(query_id);
                     self.merged.notify_waiters();
                 }
                 return Ok(failed);
@@ -445,7 +459,7 @@ impl Coordinator {
             .map_err(internal)?;
         if stored {
             tracing::info!(query = query_id, rows, "merged");
-            self.validated_cache().remove(query_id);
+            self.plan_cache().remove(query_id);
             self.merged.notify_waiters();
         }
         Ok(stored)
@@ -462,7 +476,7 @@ impl Coordinator {
             tracing::error!(query = %query.id, reason, detail, "merge");
             reason.to_string()
         };
-        let validated = self.validated(query).await.map_err(|refusal| {
+        let plan = self.plan_of(query).await.map_err(|refusal| {
             merge_failed(
                 "the question no longer passes validation",
                 refusal.to_string(),
@@ -477,12 +491,13 @@ impl Coordinator {
                 batches.extend(site_batches);
             }
         }
-        let merged = ern_queries::split::merge(&validated, batches)
+        let merged = plan
+            .merge(batches)
             .await
             .map_err(|e| merge_failed(merge_failure_reason(&e), e.to_string()))?;
         let schema = match merged.first() {
             Some(batch) => batch.schema(),
-            None => Arc::new(validated.plan.schema().as_arrow().clone()),
+            None => plan.result_schema(),
         };
         let rows = merged.iter().map(|b| b.num_rows() as u64).sum();
         let arrow_ipc = arrow_ipc::encode(&schema, &merged)
@@ -494,24 +509,26 @@ impl Coordinator {
         })
     }
 
-    fn validated_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ValidatedQuery>>> {
-        self.validated
+    fn plan_cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<OnceCell<Arc<QueryPlan>>>>> {
+        self.plans
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The validated plan of an open question, planned once.
-    async fn validated(
-        &self,
-        query: &StoredQuery,
-    ) -> Result<Arc<ValidatedQuery>, ern_queries::Refusal> {
-        if let Some(found) = self.validated_cache().get(&query.id) {
-            return Ok(Arc::clone(found));
-        }
-        let validated = Arc::new(ern_queries::validate(&query.sql, &self.planning).await?);
-        self.validated_cache()
-            .insert(query.id.clone(), Arc::clone(&validated));
-        Ok(validated)
+    /// The plan of a question: the one kept since submission, or (after a restart, or for
+    /// a question stored without one) built once from the stored SQL and kept.
+    pub async fn plan_of(&self, query: &StoredQuery) -> Result<Arc<QueryPlan>, Refusal> {
+        // One cell per question: answers racing after a restart wait for one build.
+        let cell = Arc::clone(self.plan_cache().entry(query.id.clone()).or_default());
+        cell.get_or_try_init(|| async {
+            Ok(Arc::new(
+                self.planner.plan(&query.sql, &self.planning).await?,
+            ))
+        })
+        .await
+        .cloned()
     }
 
     /// Waits until `query_id` has a merged result stored.

@@ -94,6 +94,9 @@ const MIGRATIONS: &[&str] = &[
     // 5: a researcher's questions are listed a page at a time and their open ones
     // counted at every submission.
     "CREATE INDEX queries_by_submitter ON queries(submitted_by, complete);",
+    // 6: the steward's report, derived once at submission (JSON of
+    // `ern_queries::ValidationReport`); empty for questions stored before.
+    "ALTER TABLE queries ADD COLUMN report TEXT NOT NULL DEFAULT '';",
 ];
 
 /// Whether a capped submission was stored.
@@ -399,18 +402,20 @@ impl Db {
     pub fn insert_query(&self, query: &StoredQuery, sites: &[String]) -> Result<(), DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        insert_query_in(&tx, query, sites)?;
+        insert_query_in(&tx, query, sites, "")?;
         tx.commit()?;
         Ok(())
     }
 
-    /// Stores a submission as [`Db::insert_query`] does, unless its researcher already has
-    /// `max_open` questions open (neither complete nor failed): counted and stored in one
-    /// transaction, so concurrent submissions cannot pass the cap together.
+    /// Stores a submission as [`Db::insert_query`] does, with the steward's report
+    /// (`report`, JSON), unless its researcher already has `max_open` questions open
+    /// (neither complete nor failed): counted and stored in one transaction, so concurrent
+    /// submissions cannot pass the cap together.
     pub fn insert_query_capped(
         &self,
         query: &StoredQuery,
         sites: &[String],
+        report: &str,
         max_open: u64,
     ) -> Result<Admission, DbError> {
         let mut conn = self.conn();
@@ -423,9 +428,22 @@ impl Db {
         if open as u64 >= max_open {
             return Ok(Admission::OverLimit { open: open as u64 });
         }
-        insert_query_in(&tx, query, sites)?;
+        insert_query_in(&tx, query, sites, report)?;
         tx.commit()?;
         Ok(Admission::Stored)
+    }
+
+    /// The steward's report stored with a question at submission (JSON; empty for a
+    /// question stored without one).
+    pub fn report(&self, id: &str) -> Result<Option<String>, DbError> {
+        let conn = self.conn();
+        Ok(query_row_cached(
+            &conn,
+            "SELECT report FROM queries WHERE id = ?1",
+            params![id],
+            |row| row.get(0),
+        )
+        .optional()?)
     }
 
     /// One question.
@@ -1034,10 +1052,15 @@ fn query_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredQuery> {
 }
 
 /// The rows of one submission, inside the caller's transaction.
-fn insert_query_in(tx: &Connection, query: &StoredQuery, sites: &[String]) -> Result<(), DbError> {
+fn insert_query_in(
+    tx: &Connection,
+    query: &StoredQuery,
+    sites: &[String],
+    report: &str,
+) -> Result<(), DbError> {
     execute_cached(tx,
-        "INSERT INTO queries (id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO queries (id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, report)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             query.id,
             query.title,
@@ -1046,7 +1069,8 @@ fn insert_query_in(tx: &Connection, query: &StoredQuery, sites: &[String]) -> Re
             query.query_hash,
             query.submitted_by,
             query.submitted_at as i64,
-            query.deadline as i64
+            query.deadline as i64,
+            report
         ],
     )?;
     for site in sites {

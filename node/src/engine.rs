@@ -22,7 +22,7 @@ use datafusion::prelude::SessionContext;
 use ern_proto::arrow_ipc;
 use ern_queries::Dominance;
 use ern_queries::split;
-use ern_queries::{Refusal, Rule, SiteFacts};
+use ern_queries::{Planner, Refusal, Rule, SiteFacts};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::approval::{self, Approval, ApprovalError};
@@ -155,6 +155,7 @@ pub struct NodeEngine {
     store_dir: PathBuf,
     facts: SiteFacts,
     queries: QueryRuntime,
+    planner: Planner,
 }
 
 impl std::fmt::Debug for NodeEngine {
@@ -222,7 +223,14 @@ impl NodeEngine {
             facts,
             queries: QueryRuntime::new(query_threads())
                 .map_err(|e| OpenError::Policy(format!("starting the query threads: {e}")))?,
+            planner: Planner::new(),
         })
+    }
+
+    /// How many question plans this engine has built: one per execution whose approval
+    /// holds (a retry answered from the stored release plans nothing).
+    pub fn plans_built(&self) -> u64 {
+        self.planner.plans_built()
     }
 
     /// The hash of the last entry of this node's audit log, reported with every
@@ -352,7 +360,9 @@ impl NodeEngine {
         }
 
         let state = self.ctx.state();
-        let query = ern_queries::validate(&request.sql, &state)
+        let query = self
+            .planner
+            .plan(&request.sql, &state)
             .await
             .map_err(|refusal| {
                 entry.detail = Some(refusal.to_string());
@@ -364,9 +374,10 @@ impl NodeEngine {
             entry.detail = Some(detail);
             ExecuteError::Failed { reference }
         };
-        let plan = split::site_plan_with(&query.barrier, &self.facts, self.policy.dominance)
+        let site = query
+            .site_plan(&self.facts, self.policy.dominance)
             .map_err(|e| fail(entry, e.to_string()))?;
-        let plan = total_plan(plan, &state).map_err(|e| fail(entry, e.to_string()))?;
+        let plan = total_plan(site.plan, &state).map_err(|e| fail(entry, e.to_string()))?;
         SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -420,11 +431,9 @@ impl NodeEngine {
                 )));
             }
         };
-        let schema =
-            split::released_schema(&query.barrier).map_err(|e| fail(entry, e.to_string()))?;
         let released = suppress(
             batches,
-            schema,
+            site.released,
             u64::from(self.policy.k),
             self.policy.dominance,
         )

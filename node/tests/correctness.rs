@@ -16,7 +16,6 @@ use ern_node::pseudonym::Pseudonymiser;
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
 use ern_node::synth::{SynthConfig, synthesize};
 use ern_queries::catalog::planning_state;
-use ern_queries::split::merge;
 
 /// (the researcher's SQL, the independent SQL with k = 5 applied by hand, ordered?)
 const CASES: &[(&str, &str, bool)] = &[
@@ -114,8 +113,12 @@ async fn the_example_questions_match_an_independent_computation() {
             .execute(&request)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let query = ern_queries::validate(sql, &planning).await.expect("valid");
-        let merged = merge(&query, released.batches)
+        let query = ern_queries::Planner::new()
+            .plan(sql, &planning)
+            .await
+            .expect("valid");
+        let merged = query
+            .merge(released.batches)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
         let expected = independent

@@ -746,6 +746,32 @@ async fn a_sum_dominated_by_one_patient_is_dropped() {
     );
 }
 
+/// A node builds a question's plan once per execution: from the SQL it received, after
+/// the approval holds; a retry answered from the stored release plans nothing, and a
+/// request whose approval fails is never planned.
+#[tokio::test]
+async fn a_node_plans_each_execution_once() {
+    let fixture = fixture(300);
+    let engine = fixture.engine().await;
+    let sql = "SELECT p.sex, COUNT(*) AS n FROM patient p GROUP BY p.sex";
+    let request = fixture.request(sql);
+    engine.execute(&request).await.expect("first");
+    assert_eq!(engine.plans_built(), 1);
+    engine.execute(&request).await.expect("retry");
+    assert_eq!(engine.plans_built(), 1, "a retry is answered as stored");
+    let mut forged = fixture.request("SELECT COUNT(*) AS n FROM patient");
+    forged.sql = sql.into();
+    assert!(engine.execute(&forged).await.is_err());
+    assert_eq!(
+        engine.plans_built(),
+        1,
+        "an approval that fails plans nothing"
+    );
+    let other = fixture.request("SELECT COUNT(*) AS n FROM patient");
+    engine.execute(&other).await.expect("another question");
+    assert_eq!(engine.plans_built(), 2);
+}
+
 /// Red team, 2026-12 (approval integrity): an approval replayed after the store was
 /// refreshed released numbers that differed by one patient, with no steward involved.
 /// Now the same approval on the same data returns the stored release without running,

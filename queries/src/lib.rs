@@ -20,8 +20,10 @@
 //! - [`allowlist`]: tables, aggregates, scalar and conditional functions a query may use,
 //!   each with why it is safe.
 //! - [`catalog`]: the schema-only planning context.
+//! - [`plan`]: the one entry point: SQL in, a [`QueryPlan`] out, holding everything
+//!   derived from the question (report, site plan, released schema, merge).
 //! - [`validate`]: parse, plan, walk the plan once, asking each rule.
-//! - [`split`]: the per-site plan and the merge of partial results.
+//! - [`split`]: how a plan becomes a per-site plan and how partial results merge.
 //! - [`uniqueness`]: where a site may count patients without a distinct count.
 //! - [`hash`]: the canonical query hash that approvals sign.
 //! - [`shown`]: another party's text made safe to print (escapes, bounded length).
@@ -34,6 +36,7 @@ pub mod casefile;
 pub mod catalog;
 pub mod hash;
 pub mod ids;
+pub mod plan;
 pub mod rules;
 pub mod schema;
 pub mod shown;
@@ -42,7 +45,8 @@ pub mod uniqueness;
 pub mod validate;
 
 pub use hash::{POLICY_VERSION, query_hash};
+pub use plan::{Planner, QueryPlan, SitePlan};
 pub use rules::group_size::Dominance;
 pub use rules::{Refusal, Rule};
 pub use uniqueness::SiteFacts;
-pub use validate::{ValidatedQuery, validate};
+pub use validate::{ValidatedQuery, ValidationReport};

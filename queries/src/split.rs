@@ -323,7 +323,8 @@ fn position_of(computed: &mut Vec<Expr>, expr: Expr) -> usize {
 
 /// The per-site plan: group keys `__g0…`, partials `__p0…`, and the hidden patient
 /// counts `__patients_…` (see [`hidden_counts`]), in that order. `facts` is what the
-/// site has verified about its own tables; [`SiteFacts::default`] assumes nothing.
+/// site has verified about its own tables; [`SiteFacts::default`] assumes nothing;
+/// `dominance` is the site's own dominance rule.
 ///
 /// Two shapes, same output:
 /// - Where the rows hold each patient at most once, one aggregation (see
@@ -334,12 +335,7 @@ fn position_of(computed: &mut Vec<Expr>, expr: Expr) -> usize {
 /// Every aggregation computes each distinct expression once, under its own name, as
 /// DataFusion's SQL planner does, and a projection above it gives the output names:
 /// optimiser rules recognise only unaliased aggregates.
-pub fn site_plan(barrier: &Barrier, facts: &SiteFacts) -> Result<LogicalPlan, SplitError> {
-    site_plan_with(barrier, facts, Dominance::default())
-}
-
-/// [`site_plan`] with the site's own dominance rule.
-pub fn site_plan_with(
+pub(crate) fn site_plan(
     barrier: &Barrier,
     facts: &SiteFacts,
     dominance: Dominance,
@@ -553,46 +549,28 @@ fn named_outputs(
         .build()?)
 }
 
-/// The schema of what a node releases: the site plan's output without the hidden counts.
-pub fn released_schema(barrier: &Barrier) -> Result<SchemaRef, SplitError> {
-    let plan = site_plan(barrier, &SiteFacts::default())?;
-    let arrow_schema = plan.schema().as_arrow();
+/// The schema of what a site releases: its site plan's output without the hidden counts.
+pub(crate) fn released_of(site_plan: &LogicalPlan) -> SchemaRef {
+    let arrow_schema = site_plan.schema().as_arrow();
     let fields: Vec<_> = arrow_schema
         .fields()
         .iter()
         .filter(|f| !is_hidden(f.name()))
         .cloned()
         .collect();
-    Ok(Arc::new(Schema::new(fields)))
+    Arc::new(Schema::new(fields))
 }
 
-/// The number of columns a node releases for `barrier` (group keys and partials), the
-/// width of [`released_schema`] without planning anything: AVG travels as two partials.
-pub fn released_width(barrier: &Barrier) -> usize {
-    barrier.group_exprs.len()
-        + barrier
-            .aggregates
-            .iter()
-            .map(|a| if a.kind == AggregateKind::Avg { 2 } else { 1 })
-            .sum::<usize>()
-}
-
-/// Merges the sites' released batches into the researcher's table.
-pub async fn merge(
+/// Merges the sites' released batches (already checked for width against
+/// `partial_schema`) into the researcher's table.
+pub(crate) async fn merge(
     query: &ValidatedQuery,
+    partial_schema: &SchemaRef,
     site_batches: Vec<RecordBatch>,
 ) -> Result<Vec<RecordBatch>, SplitError> {
     let barrier = &query.barrier;
-    let partial_schema = released_schema(barrier)?;
     let mut batches = Vec::with_capacity(site_batches.len());
     for batch in site_batches {
-        if batch.num_columns() != partial_schema.fields().len() {
-            return Err(SplitError::BadPartials(format!(
-                "{} columns where the query implies {}",
-                batch.num_columns(),
-                partial_schema.fields().len()
-            )));
-        }
         // Equal values may arrive in an equivalent encoding (e.g. a view string).
         let columns = batch
             .columns()
@@ -601,7 +579,7 @@ pub async fn merge(
             .map(|(column, field)| arrow::compute::cast(column, field.data_type()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| SplitError::BadPartials(e.to_string()))?;
-        let typed = RecordBatch::try_new(Arc::clone(&partial_schema), columns)
+        let typed = RecordBatch::try_new(Arc::clone(partial_schema), columns)
             .map_err(|e| SplitError::BadPartials(e.to_string()))?;
         batches.push(typed);
     }
@@ -611,7 +589,7 @@ pub async fn merge(
         // not zero, so nothing is released.
         return Ok(Vec::new());
     }
-    let table = MemTable::try_new(Arc::clone(&partial_schema), vec![batches])?;
+    let table = MemTable::try_new(Arc::clone(partial_schema), vec![batches])?;
     let scan = LogicalPlanBuilder::scan("__partials", provider_as_source(Arc::new(table)), None)?
         .build()?;
     let groups: Vec<Expr> = (0..barrier.group_exprs.len())

@@ -70,8 +70,9 @@ pub struct Barrier {
     pub pid: Column,
 }
 
-/// What a steward sees of a query before approving it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What a steward sees of a query before approving it (stored by the coordinator with the
+/// question, so a steward's look at it plans nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ValidationReport {
     /// Tables read.
     pub tables: BTreeSet<String>,
@@ -96,8 +97,9 @@ pub struct ValidatedQuery {
     pub report: ValidationReport,
 }
 
-/// Parses, plans and validates `sql` against the tables and functions of `state`.
-pub async fn validate(sql: &str, state: &SessionState) -> Result<ValidatedQuery, Refusal> {
+/// Parses, plans and validates `sql` against the tables and functions of `state`
+/// (reached through [`crate::Planner::plan`], which counts).
+pub(crate) async fn validate(sql: &str, state: &SessionState) -> Result<ValidatedQuery, Refusal> {
     let statement = one_query::parse_one_query(sql)?;
     one_query::check_names(&statement, state)?;
     let plan = state
@@ -115,7 +117,7 @@ pub async fn validate(sql: &str, state: &SessionState) -> Result<ValidatedQuery,
 }
 
 /// Validates an already planned query (the plan of `sql`).
-pub fn validate_plan(sql: &str, plan: LogicalPlan) -> Result<ValidatedQuery, Refusal> {
+pub(crate) fn validate_plan(sql: &str, plan: LogicalPlan) -> Result<ValidatedQuery, Refusal> {
     resource_limits::check_table_scans(&plan)?;
     let mut report = ValidationReport::default();
     let barrier = barrier::check_top(&plan, &mut report)?;

@@ -7,7 +7,9 @@
 
 use ern_queries::catalog::planning_context;
 use ern_queries::rules::Rule;
-use ern_queries::validate;
+mod common;
+
+use common::validate;
 use ern_queries::validate::{MAX_SQL_OPERATORS, MAX_SQL_TOKENS, PLANNING_STACK_BYTES};
 
 fn repeated(head: &str, part: &str, times: usize, tail: &str) -> String {
@@ -123,7 +125,7 @@ fn the_deepest_accepted_question_plans_in_half_the_runtime_stack() {
                 let ctx = planning_context().expect("context");
                 let state = ctx.state();
                 let query = validate(&sql, &state).await.expect("accepted");
-                let optimized = state.optimize(&query.plan).expect("optimise");
+                let optimized = state.optimize(query.logical_plan()).expect("optimise");
                 state
                     .create_physical_plan(&optimized)
                     .await

@@ -3,8 +3,9 @@
 //! plan and whose barrier never groups by pid.
 
 use ern_queries::catalog::planning_state;
-use ern_queries::split::site_plan;
-use ern_queries::validate;
+mod common;
+
+use common::{site_plan, validate};
 
 /// A small deterministic generator (xorshift64*), so failures reproduce from the seed.
 struct Rng(u64);
@@ -225,14 +226,14 @@ async fn random_sql_never_panics_and_accepted_sql_always_splits() {
                 Ok(query) => {
                     accepted += 1;
                     let plan = site_plan(
-                        &query.barrier,
+                        &query,
                         &ern_queries::SiteFacts::with_unique_pid_tables(["patient"]),
                     )
                     .unwrap_or_else(|e| panic!("{candidate}: {e}"));
                     let shown = plan.display_indent().to_string();
                     assert!(
                         !query
-                            .barrier
+                            .barrier()
                             .group_exprs
                             .iter()
                             .any(|g| g.to_string().ends_with(".pid")),

@@ -10,8 +10,11 @@ use arrow::datatypes::DataType;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use ern_queries::catalog::{planning_context, planning_state};
-use ern_queries::split::{is_hidden, merge, released_schema, released_width, site_plan};
-use ern_queries::{schema, validate};
+mod common;
+
+use common::{site_plan, validate};
+use ern_queries::schema;
+use ern_queries::split::is_hidden;
 
 /// A small deterministic generator (64-bit LCG), so the test needs no data files.
 struct Lcg(u64);
@@ -191,8 +194,7 @@ async fn merged_partials_equal_the_pooled_computation() {
             let query = validate(sql, &ctx.state())
                 .await
                 .unwrap_or_else(|r| panic!("{sql}: {r}"));
-            let plan =
-                site_plan(&query.barrier, &ern_queries::SiteFacts::default()).expect("site plan");
+            let plan = site_plan(&query, &ern_queries::SiteFacts::default()).expect("site plan");
             for batch in ctx
                 .execute_logical_plan(plan)
                 .await
@@ -211,14 +213,12 @@ async fn merged_partials_equal_the_pooled_computation() {
         }
         let query = validate(sql, &planning).await.expect("valid");
         assert_eq!(
-            released_width(&query.barrier),
-            released_schema(&query.barrier)
-                .expect("schema")
-                .fields()
-                .len(),
+            query.released_width().expect("width"),
+            released.first().map_or(0, RecordBatch::num_columns),
             "{sql}"
         );
-        let merged = merge(&query, released)
+        let merged = query
+            .merge(released)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
         let expected = pooled
@@ -259,7 +259,7 @@ async fn a_total_no_site_released_is_not_reported_as_zero() {
     let query = validate("SELECT COUNT(*) AS patients FROM patient", &planning)
         .await
         .expect("valid");
-    let merged = merge(&query, Vec::new()).await.expect("merge");
+    let merged = query.merge(Vec::new()).await.expect("merge");
     assert_eq!(merged.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
 }
 
@@ -275,7 +275,7 @@ async fn partials_of_the_wrong_shape_are_rejected() {
     let wrong =
         RecordBatch::try_from_iter(vec![("x", Arc::new(Int32Array::from(vec![1])) as ArrayRef)])
             .expect("batch");
-    assert!(merge(&query, vec![wrong]).await.is_err());
+    assert!(query.merge(vec![wrong]).await.is_err());
 }
 
 /// Queries, and whether knowing that `patient` holds one row per patient makes their
@@ -342,8 +342,8 @@ async fn counting_rows_where_pids_are_unique_gives_the_distinct_counts() {
         let query = validate(sql, &ctx.state())
             .await
             .unwrap_or_else(|r| panic!("{sql}: {r}"));
-        let plain = site_plan(&query.barrier, &ern_queries::SiteFacts::default()).expect("plan");
-        let with_facts = site_plan(&query.barrier, &facts).expect("plan");
+        let plain = site_plan(&query, &ern_queries::SiteFacts::default()).expect("plan");
+        let with_facts = site_plan(&query, &facts).expect("plan");
         // Aggregations, and distinct counts (a hash set of pids per group) in them.
         let cost = |plan: &datafusion::logical_expr::LogicalPlan| {
             let text = plan.display_indent().to_string();
@@ -381,7 +381,7 @@ async fn a_released_patient_count_and_the_hidden_one_are_computed_once_per_patie
     )
     .await
     .expect("valid");
-    let plan = site_plan(&query.barrier, &ern_queries::SiteFacts::default()).expect("plan");
+    let plan = site_plan(&query, &ern_queries::SiteFacts::default()).expect("plan");
     let text = plan.display_indent().to_string();
     assert!(
         !text.contains("DISTINCT"),
@@ -423,7 +423,7 @@ async fn hidden_counts_behind_an_argument_count_patients_not_rows() {
         ern_queries::SiteFacts::default(),
         ern_queries::SiteFacts::with_unique_pid_tables(["patient"]),
     ] {
-        let plan = site_plan(&query.barrier, &facts).expect("plan");
+        let plan = site_plan(&query, &facts).expect("plan");
         let got = site_rows(&ctx, plan).await;
         // sex, sum, count, then the hidden counts: everyone, and those with a value.
         let hidden: Vec<Vec<String>> = got
@@ -450,7 +450,7 @@ async fn a_count_over_patients_reads_no_pid_where_a_row_is_a_patient() {
     .await
     .expect("valid");
     let facts = ern_queries::SiteFacts::with_unique_pid_tables(["patient"]);
-    let plan = site_plan(&query.barrier, &facts).expect("plan");
+    let plan = site_plan(&query, &facts).expect("plan");
     let optimized = ctx.state().optimize(&plan).expect("optimize");
     let text = optimized.display_indent().to_string();
     assert!(

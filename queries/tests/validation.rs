@@ -2,7 +2,9 @@
 
 use ern_queries::catalog::planning_state;
 use ern_queries::rules::Rule;
-use ern_queries::validate;
+mod common;
+
+use common::validate;
 
 #[derive(Debug)]
 struct Case {
@@ -125,12 +127,12 @@ async fn the_report_lists_tables_columns_and_aggregates() {
     let state = planning_state().expect("planning state");
     let sql = "SELECT d.code, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON p.pid = d.pid GROUP BY d.code, p.sex";
     let query = validate(sql, &state).await.expect("valid");
-    let tables: Vec<&str> = query.report.tables.iter().map(String::as_str).collect();
+    let tables: Vec<&str> = query.report().tables.iter().map(String::as_str).collect();
     assert_eq!(tables, vec!["diagnosis", "patient"]);
     assert!(
-        query.report.columns.contains("d.code") && query.report.columns.contains("p.sex"),
+        query.report().columns.contains("d.code") && query.report().columns.contains("p.sex"),
         "{:?}",
-        query.report.columns
+        query.report().columns
     );
-    assert_eq!(query.report.aggregates, vec!["count(DISTINCT p.pid)"]);
+    assert_eq!(query.report().aggregates, vec!["count(DISTINCT p.pid)"]);
 }

@@ -218,10 +218,10 @@ pub(crate) fn validate(args: ValidateArgs) -> anyhow::Result<()> {
     let runtime = crate::client::server_runtime()?;
     let validated = runtime.block_on(async {
         let state = ern_queries::catalog::planning_state()?;
-        anyhow::Ok(ern_queries::validate(&sql, &state).await)
+        anyhow::Ok(ern_queries::Planner::new().plan(&sql, &state).await)
     })?;
     let query = validated.map_err(|refusal| anyhow::anyhow!("{refusal}"))?;
-    let report = &query.report;
+    let report = query.report();
     let join = |items: &mut dyn Iterator<Item = &String>| {
         items
             .map(|item| ern_queries::shown::shown(item))
@@ -281,8 +281,9 @@ mod tests {
     #[tokio::test]
     async fn every_example_is_accepted() {
         let state = ern_queries::catalog::planning_state().expect("planning state");
+        let planner = ern_queries::Planner::new();
         for example in EXAMPLES {
-            if let Err(refusal) = ern_queries::validate(example.sql, &state).await {
+            if let Err(refusal) = planner.plan(example.sql, &state).await {
                 panic!("{}: {refusal}", example.name);
             }
         }

@@ -118,17 +118,20 @@ impl Researcher for ResearcherService {
             .map_err(internal)?;
         check_open_questions(open, self.core.limits())?;
         let now = now_seconds();
-        if let Err(refusal) = ern_queries::validate(&submit.sql, self.core.planning()).await {
-            let _ = self.core.db().record_event(&Event {
-                at: now,
-                actor: user.name.clone(),
-                kind: "refused-at-submit".into(),
-                query_id: String::new(),
-                site: String::new(),
-                detail: refusal.rule.name().to_string(),
-            });
-            return Err(Status::invalid_argument(refusal.to_string()));
-        }
+        let plan = match self.core.plan_submission(&submit.sql).await {
+            Ok(plan) => Arc::new(plan),
+            Err(refusal) => {
+                let _ = self.core.db().record_event(&Event {
+                    at: now,
+                    actor: user.name.clone(),
+                    kind: "refused-at-submit".into(),
+                    query_id: String::new(),
+                    site: String::new(),
+                    detail: refusal.rule.name().to_string(),
+                });
+                return Err(Status::invalid_argument(refusal.to_string()));
+            }
+        };
         let enrolled = self.core.db().sites().map_err(internal)?;
         let mut sites = if submit.sites.is_empty() {
             enrolled.clone()
@@ -171,12 +174,14 @@ impl Researcher for ResearcherService {
             .insert_query_capped(
                 &query,
                 &sites,
+                &report_json(&plan),
                 u64::from(self.core.limits().max_open_questions),
             )
             .map_err(internal)?;
         if let Admission::OverLimit { open } = admitted {
             return Err(open_questions_refusal(open, self.core.limits()));
         }
+        self.core.keep_plan(&query.id, plan);
         tracing::info!(query = %query.id, researcher = %user.name, sites = sites.len(), "submitted");
         Ok(Response::new(v1::SubmitResponse {
             query_id: query.id,
@@ -259,4 +264,10 @@ impl Researcher for ResearcherService {
             next_page_token,
         }))
     }
+}
+
+/// The steward's report of a plan as stored with the question.
+fn report_json(plan: &ern_queries::QueryPlan) -> String {
+    // A report is sets and lists of strings: it always serialises.
+    serde_json::to_string(plan.report()).unwrap_or_default()
 }

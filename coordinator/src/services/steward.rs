@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use ern_proto::v1;
 use ern_proto::v1::steward_server::Steward;
+use ern_queries::ValidationReport;
 use tonic::{Request, Response, Status};
 
 use crate::auth;
@@ -56,6 +57,23 @@ impl StewardService {
             .ok_or_else(not_found)?;
         Ok((query, target))
     }
+
+    /// The steward's report of a question: the one stored at submission, or (for a
+    /// question stored without one) the kept plan's.
+    async fn report_of(&self, query: &StoredQuery) -> Result<ValidationReport, Status> {
+        let stored = self.core.db().report(&query.id).map_err(internal)?;
+        if let Some(report) = stored
+            .filter(|json| !json.is_empty())
+            .and_then(|json| serde_json::from_str(&json).ok())
+        {
+            return Ok(report);
+        }
+        match self.core.plan_of(query).await {
+            Ok(plan) => Ok(plan.report().clone()),
+            // Accepted at submission, so this means the rules changed since; say so.
+            Err(refusal) => Err(Status::failed_precondition(refusal.to_string())),
+        }
+    }
 }
 
 fn not_awaiting(query_id: &str, target: &Target) -> Status {
@@ -102,11 +120,7 @@ impl Steward for StewardService {
     ) -> Result<Response<v1::QueryReview>, Status> {
         let user = auth::caller(&request)?;
         let (query, target) = self.site_query(&user, &request.get_ref().query_id)?;
-        let report = match ern_queries::validate(&query.sql, self.core.planning()).await {
-            Ok(validated) => validated.report,
-            // Accepted at submission, so this means the rules changed since; say so.
-            Err(refusal) => return Err(Status::failed_precondition(refusal.to_string())),
-        };
+        let report = self.report_of(&query).await?;
         let k = self
             .core
             .db()

@@ -15,6 +15,7 @@ use ern_proto::transport::{self, BearerToken, ClientTls};
 use ern_proto::v1;
 use ern_proto::v1::node_link_client::NodeLinkClient;
 use ern_proto::v1::researcher_client::ResearcherClient;
+use ern_proto::v1::steward_client::StewardClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -101,6 +102,26 @@ impl Network {
             .await
             .expect("TLS handshake with the network CA");
         ResearcherClient::with_interceptor(channel, token)
+    }
+
+    /// A steward client over TLS.
+    pub async fn steward(
+        &self,
+        token: BearerToken,
+    ) -> StewardClient<
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+    > {
+        let channel = transport::endpoint(&self.url, Some(&self.trust()))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("TLS handshake with the network CA");
+        StewardClient::with_interceptor(channel, token)
+    }
+
+    /// The coordinator's database file.
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("c.db")
     }
 
     /// Opens a node stream presenting `certificate` (if any) with `token`, saying Hello

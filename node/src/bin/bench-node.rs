@@ -25,7 +25,7 @@ use ern_node::session::node_session;
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
 use ern_node::synth::{SynthConfig, synthesize};
 use ern_node::{approval, reference, schema, store};
-use ern_queries::{SiteFacts, split};
+use ern_queries::{Dominance, SiteFacts};
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -172,7 +172,8 @@ async fn phases(
     let audit_dir = work.join("audit-bench");
     std::fs::create_dir_all(&audit_dir)?;
     let audit = AuditLog::open(&audit_dir)?;
-    let query = ern_queries::validate(sql, &node.state()).await?;
+    let planner = ern_queries::Planner::new();
+    let query = planner.plan(sql, &node.state()).await?;
 
     let mut rows: Vec<(&str, Duration)> = Vec::new();
     let state = plain.state();
@@ -224,7 +225,8 @@ async fn phases(
     rows.push((
         "node: validation (parses and plans the SQL)",
         median_of(|| async {
-            ern_queries::validate(sql, &node_state)
+            planner
+                .plan(sql, &node_state)
                 .await
                 .map(drop)
                 .map_err(Into::into)
@@ -235,13 +237,14 @@ async fn phases(
     rows.push((
         "node: site plan",
         median_of(|| async {
-            split::site_plan(&query.barrier, &facts)
+            query
+                .site_plan(&facts, Dominance::default())
                 .map(drop)
                 .map_err(Into::into)
         })
         .await?,
     ));
-    let site_plan = split::site_plan(&query.barrier, &facts)?;
+    let site_plan = query.site_plan(&facts, Dominance::default())?.plan;
     rows.push((
         "node: total plan (types coerced, casts made TRY_CAST, the node's own functions)",
         median_of(|| async {

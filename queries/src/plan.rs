@@ -1,0 +1,153 @@
+//! One question's plan, built once: the single entry point from SQL to everything the
+//! coordinator and the nodes derive from it.
+//!
+//! A [`Planner`] turns SQL into a [`QueryPlan`]: the validated logical plan and its
+//! barrier, the steward's report, the released schema and width, the per-site plan for a
+//! site's facts, and the merge. The coordinator builds one at submission and keeps it for
+//! the question's life (rebuilt once from the stored SQL after a restart); a node builds
+//! one per execution from the SQL it receives. Nothing outside this crate repeats a rule
+//! of the split: the width check, the schemas and the merge are asked of the plan.
+//!
+//! Each [`Planner`] counts the plans it has built, so a test can prove that a question is
+//! validated once per party and execution, not on every look at it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::LogicalPlan;
+
+use crate::rules::Refusal;
+use crate::rules::group_size::Dominance;
+use crate::split::{self, SplitError};
+use crate::uniqueness::SiteFacts;
+use crate::validate::{Barrier, ValidatedQuery, ValidationReport, validate};
+
+/// Builds [`QueryPlan`]s and counts them.
+#[derive(Debug, Default)]
+pub struct Planner {
+    built: AtomicU64,
+}
+
+impl Planner {
+    /// A planner that has built nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses, plans and validates `sql` against the tables and functions of `state`
+    /// (rules 1-8 of DESIGN.md): the one way a question becomes a plan.
+    pub async fn plan(&self, sql: &str, state: &SessionState) -> Result<QueryPlan, Refusal> {
+        self.built.fetch_add(1, Ordering::Relaxed);
+        let validated = validate(sql, state).await?;
+        Ok(QueryPlan {
+            validated,
+            released: OnceLock::new(),
+        })
+    }
+
+    /// How many plans this planner has been asked to build (refused ones included).
+    pub fn plans_built(&self) -> u64 {
+        self.built.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything derived from one question's SQL.
+#[derive(Debug)]
+pub struct QueryPlan {
+    validated: ValidatedQuery,
+    /// The released schema, derived from a site plan on first use.
+    released: OnceLock<Result<SchemaRef, String>>,
+}
+
+/// A site's plan for one question, with the schema of what the site may release.
+#[derive(Debug, Clone)]
+pub struct SitePlan {
+    /// The plan the site runs: group keys, partials and hidden counts.
+    pub plan: LogicalPlan,
+    /// The plan's output without the hidden counts: what leaves the site.
+    pub released: SchemaRef,
+}
+
+impl QueryPlan {
+    /// The exact SQL text the plan was built from.
+    pub fn sql(&self) -> &str {
+        &self.validated.sql
+    }
+
+    /// What a steward sees of the question before approving it.
+    pub fn report(&self) -> &ValidationReport {
+        &self.validated.report
+    }
+
+    /// The full validated (unoptimised) logical plan.
+    pub fn logical_plan(&self) -> &LogicalPlan {
+        &self.validated.plan
+    }
+
+    /// The aggregation barrier: what the sites compute and the merge rebuilds.
+    pub fn barrier(&self) -> &Barrier {
+        &self.validated.barrier
+    }
+
+    /// The schema of the researcher's merged table.
+    pub fn result_schema(&self) -> SchemaRef {
+        Arc::new(self.validated.plan.schema().as_arrow().clone())
+    }
+
+    /// The per-site plan for a site that has verified `facts` about its tables, under its
+    /// dominance rule.
+    pub fn site_plan(
+        &self,
+        facts: &SiteFacts,
+        dominance: Dominance,
+    ) -> Result<SitePlan, SplitError> {
+        let plan = split::site_plan(&self.validated.barrier, facts, dominance)?;
+        let released = split::released_of(&plan);
+        Ok(SitePlan { plan, released })
+    }
+
+    /// The schema of what a site releases (group keys and partials), the same at every
+    /// site whatever its facts.
+    pub fn released_schema(&self) -> Result<SchemaRef, SplitError> {
+        self.released
+            .get_or_init(|| {
+                self.site_plan(&SiteFacts::default(), Dominance::default())
+                    .map(|site| site.released)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(SplitError::BadPartials)
+    }
+
+    /// The number of columns a site releases.
+    pub fn released_width(&self) -> Result<usize, SplitError> {
+        Ok(self.released_schema()?.fields().len())
+    }
+
+    /// Checks that a site's released schema has the shape the question implies.
+    pub fn check_released(&self, schema: &Schema) -> Result<(), SplitError> {
+        let expected = self.released_width()?;
+        if schema.fields().len() != expected {
+            return Err(SplitError::BadPartials(format!(
+                "{} columns where the query implies {expected}",
+                schema.fields().len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Merges the sites' released batches into the researcher's table.
+    pub async fn merge(
+        &self,
+        site_batches: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>, SplitError> {
+        let released = self.released_schema()?;
+        for batch in &site_batches {
+            self.check_released(&batch.schema())?;
+        }
+        split::merge(&self.validated, &released, site_batches).await
+    }
+}
