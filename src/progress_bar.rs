@@ -1,7 +1,7 @@
 //! Progress bars on stderr for the libraries' [`Progress`] reports; hidden when stderr is
 //! not a terminal, so scripts and CI logs stay clean.
 
-use ern_node::progress::Progress;
+use ern_ingest::progress::Progress;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// An indicatif bar that follows a library's stages.

@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ern_node::synth::{self, SynthConfig};
-use ern_node::{progress, pseudonym};
+use ern_ingest::progress;
+use ern_node::pseudonym;
+use ern_synth::{self as synth, SynthConfig};
 
 /// Milliseconds of a duration.
 pub(crate) fn ms(d: Duration) -> f64 {
@@ -37,7 +38,7 @@ pub(crate) fn stores(work: &Path, sites: usize, patients: usize) -> Vec<PathBuf>
     pseudonym::generate_key_file(&key).expect("key");
     let pseudonymiser = pseudonym::Pseudonymiser::from_key_file(&key).expect("key");
     let template = work.join("template");
-    ern_node::ingest::ingest(
+    ern_ingest::ingest(
         &exports[0].dir,
         &pseudonymiser,
         &template,

@@ -47,7 +47,7 @@ const fn allowed(name: &'static str, why: &'static str) -> Allowed {
 /// Functions that parse text into numbers or dates are left out, and so is `make_date`
 /// (it builds dates outside the range every other date function can handle). The node
 /// wraps every one of these so that it gives NULL where DataFusion would report an error
-/// (`ern_node::total`; `node/tests/total.rs` calls each on hostile values). None may shape
+/// (`ern_node::total`; `node/service/tests/total.rs` calls each on hostile values). None may shape
 /// a value that flows into a released aggregate (rule 4): they are for WHERE and GROUP BY,
 /// where k covers what they compute.
 pub const SCALAR_FUNCTIONS: &[Allowed] = &[

@@ -27,10 +27,10 @@ use ern_node::engine::{NodeEngine, NodePolicy};
 use ern_node::link::{self, LinkSettings};
 use ern_node::pseudonym;
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
-use ern_node::synth::{self, SynthConfig};
 use ern_proto::arrow_ipc;
 use ern_proto::transport::{BearerToken, ClientTls};
 use ern_proto::v1;
+use ern_synth::{self as synth, SynthConfig};
 
 use super::ingest::ingest_export;
 use super::keygen::{self, CA_CERT, TlsArgs};

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use ern_node::ingest::{self, IngestReport};
+use ern_ingest::IngestReport;
 use ern_node::pseudonym::Pseudonymiser;
 
 use crate::progress_bar::Bar;
@@ -34,7 +34,7 @@ pub(crate) fn run(args: IngestArgs) -> anyhow::Result<()> {
 /// Loads the key and ingests, with a progress bar.
 pub(crate) fn ingest_export(input: &Path, key: &Path, out: &Path) -> anyhow::Result<IngestReport> {
     let key = Pseudonymiser::from_key_file(key).context("loading the pseudonymisation key")?;
-    ingest::ingest(input, &key, out, &Bar::new()).with_context(|| {
+    ern_ingest::ingest(input, &key, out, &Bar::new()).with_context(|| {
         format!(
             "ingesting {} (the store {} is unchanged)",
             input.display(),

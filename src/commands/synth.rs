@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use ern_node::synth::{self, SynthConfig};
+use ern_synth::{self as synth, SynthConfig};
 
 use crate::progress_bar::Bar;
 use crate::table::new_table;
