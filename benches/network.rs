@@ -25,7 +25,6 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::prelude::SessionContext;
-use ern_coordinator::db::ReceivedApproval;
 use ern_coordinator::model::{Role, StoredQuery};
 use ern_coordinator::{Coordinator, Db, Timing, Transport, auth, server};
 use ern_node::approval;
@@ -206,17 +205,7 @@ async fn measure(
         for id in &ids {
             let signed = approval::sign(&steward, SQL, id, &query_id, now + 3600).expect("sign");
             core.db()
-                .approve(
-                    &query_id,
-                    id,
-                    &ReceivedApproval {
-                        approved_by: "steward",
-                        expires_at: signed.expires_at,
-                        key_id: &signed.key_id,
-                        signature: &signed.signature,
-                    },
-                    now,
-                )
+                .approve(&query_id, "steward", &signed, now)
                 .expect("approve");
         }
         let cpu_before = cpu_by_thread(&[COORDINATOR_THREADS, NODE_THREADS]);

@@ -20,6 +20,7 @@ use tokio::sync::{Notify, OnceCell, mpsc};
 use tonic::Status;
 
 use crate::db::{Db, DbError, Event, NodeRecord, StoredResult};
+use crate::lifecycle::{EventKind, SiteStep};
 use crate::limits::{Limits, SubmitLimiter};
 use crate::model::{SiteState, StoredQuery, now_seconds};
 
@@ -94,6 +95,12 @@ pub(crate) fn internal(error: DbError) -> Status {
     Status::internal("the coordinator's storage failed; the operator can see the detail in its log")
 }
 
+impl From<DbError> for Status {
+    fn from(error: DbError) -> Self {
+        internal(error)
+    }
+}
+
 /// A caller's own input quoted back in an error: escaped, and at most 64 characters of
 /// it (a 917 KB id once came back as a 917 KB error).
 pub(crate) fn echoed(text: &str) -> String {
@@ -142,6 +149,30 @@ impl Coordinator {
         &self.db
     }
 
+    /// Runs a write on a blocking thread and waits for it: a commit waits for the disk
+    /// (`synchronous = FULL` for what people hand over), and the async workers must serve
+    /// other calls meanwhile. Every lifecycle commit of a service or of the core goes
+    /// through here; storage failures become a generic internal error, logged.
+    pub async fn commit<T: Send + 'static, E: Send + 'static>(
+        &self,
+        what: &'static str,
+        write: impl FnOnce(&Db) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, Status>
+    where
+        Status: From<E>,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || write(&db))
+            .await
+            .map_err(|join_error| {
+                tracing::error!(%join_error, what, "a commit's thread failed");
+                Status::internal(
+                    "the coordinator's storage failed; the operator can see the detail in its log",
+                )
+            })?
+            .map_err(Status::from)
+    }
+
     /// The database, shared (for the services' authentication gates).
     pub fn shared_db(&self) -> Arc<Db> {
         Arc::clone(&self.db)
@@ -186,7 +217,7 @@ impl Coordinator {
 
     /// Registers a node's new stream (replacing an older one of the same site) and
     /// returns its generation. Work sent on an older stream is sent again.
-    pub fn node_connected(
+    pub async fn node_connected(
         &self,
         site: &str,
         hello: &v1::Hello,
@@ -195,26 +226,27 @@ impl Coordinator {
         let (k, version) = (hello.k, crate::node_text::version(&hello.version));
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let now = now_seconds();
-        self.db
-            .touch_node(&NodeRecord {
-                site: site.to_string(),
-                last_seen: now,
-                k,
-                version: version.clone(),
-                audit_head: String::new(),
-            })
-            .map_err(internal)?;
-        self.db.requeue_dispatched(site, now).map_err(internal)?;
-        self.db
-            .record_event(&Event {
-                at: now,
-                actor: format!("node:{site}"),
-                kind: "connected".into(),
-                query_id: String::new(),
-                site: site.to_string(),
-                detail: format!("k={k}"),
-            })
-            .map_err(internal)?;
+        let node = NodeRecord {
+            site: site.to_string(),
+            last_seen: now,
+            k,
+            version: version.clone(),
+            audit_head: String::new(),
+        };
+        let event = Event {
+            at: now,
+            actor: format!("node:{site}"),
+            kind: EventKind::Connected,
+            query_id: String::new(),
+            site: site.to_string(),
+            detail: format!("k={k}"),
+        };
+        self.commit("a node's connection", move |db| {
+            db.touch_node(&node)?;
+            db.requeue_dispatched(&node.site, now)?;
+            db.record_event(&event)
+        })
+        .await?;
         self.nodes().insert(
             site.to_string(),
             Connection {
@@ -250,7 +282,7 @@ impl Coordinator {
             let _ = self.db.record_event(&Event {
                 at: now,
                 actor: format!("node:{site}"),
-                kind: "disconnected".into(),
+                kind: EventKind::Disconnected,
                 query_id: String::new(),
                 site: site.to_string(),
                 detail: String::new(),
@@ -322,14 +354,7 @@ impl Coordinator {
                 message: Some(v1::coordinator_message::Message::Work(v1::Work {
                     query_id: item.query_id.clone(),
                     sql: item.sql,
-                    approval: Some(v1::Approval {
-                        study_id: item.query_id.clone(),
-                        site_id: site.to_string(),
-                        query_hash: item.query_hash,
-                        expires_at: item.expires_at,
-                        key_id: item.key_id,
-                        signature: item.signature,
-                    }),
+                    approval: Some(v1::Approval::from(item.approval)),
                 })),
             };
             if sender.send(Ok(message)).await.is_err() {
@@ -347,42 +372,38 @@ impl Coordinator {
     pub async fn handle_result(&self, site: &str, result: v1::WorkResult) -> Result<(), Status> {
         use v1::work_result::Outcome;
         let now = now_seconds();
-        let (state, detail, partial) = match result.outcome {
+        let (step, detail, partial) = match result.outcome {
             Some(Outcome::Released(released)) => match self
                 .check_partial(&result.query_id, &released.arrow_ipc)
                 .await
             {
-                Ok(()) => (SiteState::Answered, String::new(), Some(released.arrow_ipc)),
+                Ok(()) => (SiteStep::Answer, String::new(), Some(released.arrow_ipc)),
                 Err(reason) => {
                     tracing::warn!(site, query = %for_log(&result.query_id), reason, "malformed partials");
-                    (SiteState::Failed, "malformed-result".to_string(), None)
+                    (SiteStep::Fail, "malformed-result".to_string(), None)
                 }
             },
             Some(Outcome::Refused(refused)) => (
-                SiteState::Refused,
+                SiteStep::Refuse,
                 crate::node_text::rule_name(&refused.rule),
                 None,
             ),
             Some(Outcome::Failed(failed)) => (
-                SiteState::Failed,
+                SiteStep::Fail,
                 crate::node_text::failure_reference(&failed.reference),
                 None,
             ),
-            None => (SiteState::Failed, "empty-result".to_string(), None),
+            None => (SiteStep::Fail, "empty-result".to_string(), None),
         };
+        let query_id = result.query_id.clone();
+        let site_id = site.to_string();
         let recorded = self
-            .db
-            .record_answer(
-                &result.query_id,
-                site,
-                state,
-                &detail,
-                partial.as_deref(),
-                now,
-            )
-            .map_err(internal)?;
+            .commit("an answer", move |db| {
+                db.record_answer(&query_id, &site_id, step, &detail, partial.as_deref(), now)
+            })
+            .await?;
         if recorded {
-            tracing::info!(site, query = %for_log(&result.query_id), state = state.as_str(), "answer");
+            tracing::info!(site, query = %for_log(&result.query_id), state = step.to().as_str(), "answer");
             // The node has room again.
             self.dispatch(site).await?;
             self.finalize(&result.query_id).await?;
@@ -427,17 +448,12 @@ impl Coordinator {
             Err(reason) => {
                 // Merging the same stored answers again would fail again: the question
                 // ends here, with the reason, instead of being retried on every tick.
-                let db = Arc::clone(&self.db);
                 let id = query_id.to_string();
-                let failed = tokio::task::spawn_blocking(move || {
-                    db.fail_merge(&id, &reason, now_seconds())
-                })
-                .await
-                .map_err(|join_error| {
-                    tracing::error!(%join_error, query = query_id, "recording a failed merge");
-                    Status::internal("recording the failed merge failed")
-                })?
-                .map_err(internal)?;
+                let failed = self
+                    .commit("a failed merge", move |db| {
+                        db.fail_merge(&id, &reason, now_seconds())
+                    })
+                    .await?;
                 if failed {
                     self.plan_cache().remove(query_id);
                     self.merged.notify_waiters();
@@ -446,17 +462,11 @@ impl Coordinator {
             }
         };
         let rows = result.rows;
-        // The commit waits for the disk (the table must survive a crash once the question
-        // shows as complete); on a blocking thread, so the workers serve other calls.
-        let db = Arc::clone(&self.db);
+        // The table must survive a crash once the question shows as complete.
         let id = query_id.to_string();
-        let stored = tokio::task::spawn_blocking(move || db.store_result(&id, &result))
-            .await
-            .map_err(|join_error| {
-                tracing::error!(%join_error, query = query_id, "storing the merged table");
-                Status::internal("storing the merged table failed")
-            })?
-            .map_err(internal)?;
+        let stored = self
+            .commit("the merged table", move |db| db.store_result(&id, &result))
+            .await?;
         if stored {
             tracing::info!(query = query_id, rows, "merged");
             self.plan_cache().remove(query_id);
@@ -553,13 +563,18 @@ impl Coordinator {
     pub async fn tick(&self) {
         let now = now_seconds();
         let timeout = self.timing.site_timeout.as_secs();
-        match self.db.expire(now, now.saturating_sub(timeout)) {
+        match self
+            .commit("deadlines and timeouts", move |db| {
+                db.expire(now, now.saturating_sub(timeout))
+            })
+            .await
+        {
             Ok(touched) => {
                 for query_id in touched {
                     tracing::info!(query = %query_id, "deadline or site timeout");
                 }
             }
-            Err(error) => tracing::error!(%error, "expiring work"),
+            Err(status) => tracing::error!(message = status.message(), "expiring work"),
         }
         // Timeouts free room on nodes; also catches any work a race left approved.
         let connected: Vec<String> = self.nodes().keys().cloned().collect();

@@ -23,6 +23,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use ern_proto::approval::{Approval, study_of};
+
+use crate::lifecycle::{EventKind, SiteStep};
 use crate::model::{Role, SiteState, StoredQuery, Target, User};
 
 /// Schema migrations, in order. Never edit one that has shipped; append a new one.
@@ -143,7 +146,7 @@ pub struct Event {
     /// Who.
     pub actor: String,
     /// What kind.
-    pub kind: String,
+    pub kind: EventKind,
     /// The question, or empty.
     pub query_id: String,
     /// The site, or empty.
@@ -174,28 +177,9 @@ pub struct WorkItem {
     pub query_id: String,
     /// Its SQL.
     pub sql: String,
-    /// Its canonical hash.
-    pub query_hash: String,
-    /// Approval expiry.
-    pub expires_at: u64,
-    /// Approving key id.
-    pub key_id: String,
-    /// Signature.
-    pub signature: Vec<u8>,
-}
-
-/// A steward's approval as the coordinator received it (it cannot verify it: only the
-/// node holds its stewards' public keys).
-#[derive(Debug, Clone, Copy)]
-pub struct ReceivedApproval<'a> {
-    /// The approving steward's user name.
-    pub approved_by: &'a str,
-    /// End of validity.
-    pub expires_at: u64,
-    /// Signing key id.
-    pub key_id: &'a str,
-    /// Ed25519 signature.
-    pub signature: &'a [u8],
+    /// The site steward's approval, as signed (the coordinator cannot verify it: only
+    /// the node holds its stewards' public keys).
+    pub approval: Approval,
 }
 
 /// The audit trail in short.
@@ -570,34 +554,35 @@ impl Db {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// Moves a target from `from` to `to` with `detail`, recording an event, if it is in
-    /// state `from`. Returns whether it moved.
-    pub fn transition(
+    /// Takes `step` for `site`'s part in a question, recording the step's event by
+    /// `actor` with `detail`, if the part is in a state the step leaves. Returns whether
+    /// it moved.
+    pub fn step(
         &self,
         query_id: &str,
         site: &str,
-        from: &[SiteState],
-        to: SiteState,
-        event: &Event,
+        step: SiteStep,
+        actor: &str,
+        detail: &str,
+        now: u64,
     ) -> Result<bool, DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let moved = transition_in(&tx, query_id, site, from, to, &event.detail, event.at)?;
-        if moved {
-            insert_event(&tx, event)?;
-        }
+        let moved = step_in(&tx, query_id, site, step, actor, detail, now)?;
         tx.commit()?;
         Ok(moved)
     }
 
-    /// Records an approval as received and moves the target to approved, if it awaits one.
+    /// Stores a steward's approval and moves the site's part to approved, if it awaits
+    /// one ([`SiteStep::Approve`]).
     pub fn approve(
         &self,
         query_id: &str,
-        site: &str,
-        approval: &ReceivedApproval<'_>,
+        approved_by: &str,
+        approval: &Approval,
         now: u64,
     ) -> Result<bool, DbError> {
+        let step = SiteStep::Approve;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let changed = execute_cached(&tx,
@@ -606,27 +591,25 @@ impl Db {
              WHERE query_id = ?1 AND site = ?2 AND state = ?9",
             params![
                 query_id,
-                site,
-                SiteState::Approved.as_str(),
+                approval.site_id,
+                step.to().as_str(),
                 now as i64,
-                approval.approved_by,
+                approved_by,
                 approval.expires_at as i64,
                 approval.key_id,
                 approval.signature,
-                SiteState::AwaitingApproval.as_str()
+                sole_from(step).as_str()
             ],
         )?;
         if changed == 1 {
-            insert_event(
+            record_step(
                 &tx,
-                &Event {
-                    at: now,
-                    actor: approval.approved_by.to_string(),
-                    kind: "approved".into(),
-                    query_id: query_id.to_string(),
-                    site: site.to_string(),
-                    detail: format!("key {}", approval.key_id),
-                },
+                query_id,
+                &approval.site_id,
+                step,
+                approved_by,
+                &format!("key {}", approval.key_id),
+                now,
             )?;
         }
         tx.commit()?;
@@ -643,15 +626,20 @@ impl Db {
              ORDER BY t.updated_at, q.rowid",
         )?;
         let rows = statement.query_map(
-            params![site, SiteState::Approved.as_str(), now as i64],
+            params![site, sole_from(SiteStep::Dispatch).as_str(), now as i64],
             |row| {
+                let query_id: String = row.get(0)?;
                 Ok(WorkItem {
-                    query_id: row.get(0)?,
                     sql: row.get(1)?,
-                    query_hash: row.get(2)?,
-                    expires_at: row.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
-                    key_id: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
-                    signature: row.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
+                    approval: Approval {
+                        study_id: study_of(&query_id).to_string(),
+                        site_id: site.to_string(),
+                        query_hash: row.get(2)?,
+                        expires_at: row.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
+                        key_id: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                        signature: row.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
+                    },
+                    query_id,
                 })
             },
         )?;
@@ -669,9 +657,9 @@ impl Db {
             params![
                 query_id,
                 site,
-                SiteState::Dispatched.as_str(),
+                SiteStep::Dispatch.to().as_str(),
                 now as i64,
-                SiteState::Approved.as_str()
+                sole_from(SiteStep::Dispatch).as_str()
             ],
         )?;
         Ok(changed == 1)
@@ -686,20 +674,21 @@ impl Db {
             "UPDATE targets SET state = ?2, updated_at = ?3, dispatched_at = NULL WHERE site = ?1 AND state = ?4",
             params![
                 site,
-                SiteState::Approved.as_str(),
+                SiteStep::Requeue.to().as_str(),
                 now as i64,
-                SiteState::Dispatched.as_str()
+                sole_from(SiteStep::Requeue).as_str()
             ],
         )?)
     }
 
-    /// Stores a node's answer for dispatched work; false if the work was not dispatched
+    /// Stores a node's answer for dispatched work, taking `step` ([`SiteStep::Answer`],
+    /// [`SiteStep::Refuse`] or [`SiteStep::Fail`]); false if the work was not dispatched
     /// (late, duplicate or unknown answers are ignored).
     pub fn record_answer(
         &self,
         query_id: &str,
         site: &str,
-        state: SiteState,
+        step: SiteStep,
         detail: &str,
         partial: Option<&[u8]>,
         now: u64,
@@ -713,108 +702,83 @@ impl Db {
             params![
                 query_id,
                 site,
-                state.as_str(),
+                step.to().as_str(),
                 detail,
                 partial,
                 now as i64,
-                SiteState::Dispatched.as_str()
+                sole_from(step).as_str()
             ],
         )?;
         if changed == 1 {
-            insert_event(
+            record_step(
                 &tx,
-                &Event {
-                    at: now,
-                    actor: format!("node:{site}"),
-                    kind: state.as_str().to_string(),
-                    query_id: query_id.to_string(),
-                    site: site.to_string(),
-                    detail: detail.to_string(),
-                },
+                query_id,
+                site,
+                step,
+                &format!("node:{site}"),
+                detail,
+                now,
             )?;
         }
         tx.commit()?;
         Ok(changed == 1)
     }
 
-    /// Expires unfinished targets of questions past their deadline and fails dispatched
-    /// work older than `dispatched_before`. Returns the questions touched.
+    /// Expires unfinished targets of questions past their deadline
+    /// ([`SiteStep::Expire`]) and fails dispatched work older than `dispatched_before`
+    /// ([`SiteStep::TimeOut`]). Returns the questions touched.
     pub fn expire(&self, now: u64, dispatched_before: u64) -> Result<Vec<String>, DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut touched = Vec::new();
         {
-            let mut statement = tx.prepare_cached(
-                "SELECT t.query_id, t.site FROM targets t JOIN queries q ON q.id = t.query_id
-                 WHERE q.deadline <= ?1 AND t.state IN (?2, ?3, ?4)",
-            )?;
-            let rows = statement.query_map(
-                params![
-                    now as i64,
-                    SiteState::AwaitingApproval.as_str(),
-                    SiteState::Approved.as_str(),
-                    SiteState::Dispatched.as_str()
-                ],
-                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
-            )?;
-            let expired = rows.collect::<Result<Vec<_>, _>>()?;
+            let mut expired = Vec::new();
+            for state in SiteStep::Expire.from() {
+                let mut statement = tx.prepare_cached(
+                    "SELECT t.query_id, t.site FROM targets t JOIN queries q ON q.id = t.query_id
+                     WHERE q.deadline <= ?1 AND t.state = ?2",
+                )?;
+                let rows = statement.query_map(params![now as i64, state.as_str()], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })?;
+                expired.extend(rows.collect::<Result<Vec<_>, _>>()?);
+            }
             for (query_id, site) in expired {
-                transition_in(
+                if step_in(
                     &tx,
                     &query_id,
                     &site,
-                    &[
-                        SiteState::AwaitingApproval,
-                        SiteState::Approved,
-                        SiteState::Dispatched,
-                    ],
-                    SiteState::Expired,
+                    SiteStep::Expire,
+                    "coordinator",
                     "deadline",
                     now,
-                )?;
-                insert_event(
-                    &tx,
-                    &Event {
-                        at: now,
-                        actor: "coordinator".into(),
-                        kind: "expired".into(),
-                        query_id: query_id.clone(),
-                        site,
-                        detail: "deadline".into(),
-                    },
-                )?;
-                touched.push(query_id);
+                )? {
+                    touched.push(query_id);
+                }
             }
             let mut statement = tx.prepare_cached(
                 "SELECT query_id, site FROM targets WHERE state = ?1 AND dispatched_at < ?2",
             )?;
             let rows = statement.query_map(
-                params![SiteState::Dispatched.as_str(), dispatched_before as i64],
+                params![
+                    sole_from(SiteStep::TimeOut).as_str(),
+                    dispatched_before as i64
+                ],
                 |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
             )?;
             let late = rows.collect::<Result<Vec<_>, _>>()?;
             for (query_id, site) in late {
-                transition_in(
+                if step_in(
                     &tx,
                     &query_id,
                     &site,
-                    &[SiteState::Dispatched],
-                    SiteState::Failed,
+                    SiteStep::TimeOut,
+                    "coordinator",
                     "timeout",
                     now,
-                )?;
-                insert_event(
-                    &tx,
-                    &Event {
-                        at: now,
-                        actor: "coordinator".into(),
-                        kind: "failed".into(),
-                        query_id: query_id.clone(),
-                        site,
-                        detail: "timeout".into(),
-                    },
-                )?;
-                touched.push(query_id);
+                )? {
+                    touched.push(query_id);
+                }
             }
         }
         tx.commit()?;
@@ -848,7 +812,7 @@ impl Db {
                 &Event {
                     at: result.merged_at,
                     actor: "coordinator".into(),
-                    kind: "merged".into(),
+                    kind: EventKind::Merged,
                     query_id: query_id.to_string(),
                     site: String::new(),
                     detail: format!("{} rows", result.rows),
@@ -875,7 +839,7 @@ impl Db {
                 &Event {
                     at,
                     actor: "coordinator".into(),
-                    kind: "merge-failed".into(),
+                    kind: EventKind::MergeFailed,
                     query_id: query_id.to_string(),
                     site: String::new(),
                     detail: reason.to_string(),
@@ -992,18 +956,34 @@ impl Db {
         let mut statement = conn.prepare_cached(
             "SELECT at, actor, kind, query_id, site, detail FROM events ORDER BY seq DESC LIMIT ?1",
         )?;
-        let events = statement
+        let rows = statement
             .query_map(params![recent], |row| {
-                Ok(Event {
-                    at: row.get::<_, i64>(0)? as u64,
-                    actor: row.get(1)?,
-                    kind: row.get(2)?,
-                    query_id: row.get(3)?,
-                    site: row.get(4)?,
-                    detail: row.get(5)?,
-                })
+                Ok((
+                    row.get::<_, i64>(0)? as u64,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
+        let events = rows
+            .into_iter()
+            .map(|(at, actor, kind, query_id, site, detail)| {
+                Ok(Event {
+                    at,
+                    actor,
+                    kind: EventKind::parse(&kind).ok_or(DbError::Corrupt {
+                        what: "event kind",
+                        value: kind,
+                    })?,
+                    query_id,
+                    site,
+                    detail,
+                })
+            })
+            .collect::<Result<Vec<_>, DbError>>()?;
         Ok(AuditSummary {
             counts,
             recent: events,
@@ -1090,7 +1070,7 @@ fn insert_query_in(
         &Event {
             at: query.submitted_at,
             actor: query.submitted_by.clone(),
-            kind: "submitted".into(),
+            kind: EventKind::Submitted,
             query_id: query.id.clone(),
             site: String::new(),
             detail: String::new(),
@@ -1099,33 +1079,68 @@ fn insert_query_in(
     Ok(())
 }
 
-fn transition_in(
+/// The one state a step leaves, for the steps that leave one.
+fn sole_from(step: SiteStep) -> SiteState {
+    let from = step.from();
+    debug_assert_eq!(from.len(), 1, "{step:?}");
+    from[0]
+}
+
+/// Takes `step` for a site's part, with `detail`, and records its event.
+fn step_in(
     conn: &Connection,
     query_id: &str,
     site: &str,
-    from: &[SiteState],
-    to: SiteState,
+    step: SiteStep,
+    actor: &str,
     detail: &str,
     now: u64,
 ) -> Result<bool, DbError> {
-    for state in from {
+    for state in step.from() {
         let changed = execute_cached(
             conn,
             "UPDATE targets SET state = ?3, detail = ?4, updated_at = ?5 WHERE query_id = ?1 AND site = ?2 AND state = ?6",
             params![
                 query_id,
                 site,
-                to.as_str(),
+                step.to().as_str(),
                 detail,
                 now as i64,
                 state.as_str()
             ],
         )?;
         if changed == 1 {
+            record_step(conn, query_id, site, step, actor, detail, now)?;
             return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// Records the event of a step taken, if the step records one.
+fn record_step(
+    conn: &Connection,
+    query_id: &str,
+    site: &str,
+    step: SiteStep,
+    actor: &str,
+    detail: &str,
+    now: u64,
+) -> Result<(), DbError> {
+    let Some(kind) = step.event() else {
+        return Ok(());
+    };
+    insert_event(
+        conn,
+        &Event {
+            at: now,
+            actor: actor.to_string(),
+            kind,
+            query_id: query_id.to_string(),
+            site: site.to_string(),
+            detail: detail.to_string(),
+        },
+    )
 }
 
 fn insert_event(conn: &Connection, event: &Event) -> Result<(), DbError> {
@@ -1135,7 +1150,7 @@ fn insert_event(conn: &Connection, event: &Event) -> Result<(), DbError> {
         params![
             event.at as i64,
             event.actor,
-            event.kind,
+            event.kind.as_str(),
             event.query_id,
             event.site,
             event.detail

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod core;
 pub mod db;
+pub mod lifecycle;
 pub mod limits;
 pub mod model;
 pub mod node_text;

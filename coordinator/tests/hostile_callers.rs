@@ -9,9 +9,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{SQL, start, submit};
-use ern_coordinator::db::Event;
 use ern_coordinator::limits::{ConnectionLimits, Limits};
 use ern_coordinator::model::{Role, SiteState, StoredQuery};
+use ern_proto::approval::Approval;
 use ern_proto::transport::{self, BearerToken};
 use ern_proto::v1;
 use ern_proto::v1::operator_client::OperatorClient;
@@ -410,25 +410,26 @@ async fn a_node_keeps_only_well_formed_words_at_the_coordinator() {
 
     // A refusal naming a forged rule, for a question of site a.
     let id = many_questions(&net, "ada", 1).remove(0);
-    let moved = net
-        .core
-        .db()
-        .transition(
-            &id,
-            "a",
-            &[SiteState::AwaitingApproval],
-            SiteState::Dispatched,
-            &Event {
-                at: 0,
-                actor: "test".into(),
-                kind: "dispatched".into(),
-                query_id: id.clone(),
-                site: "a".into(),
-                detail: String::new(),
-            },
-        )
-        .expect("transition");
-    assert!(moved);
+    let approval = Approval {
+        study_id: id.clone(),
+        site_id: "a".into(),
+        query_hash: ern_queries::query_hash(SQL),
+        expires_at: u64::MAX / 2,
+        key_id: "0123456789abcdef".into(),
+        signature: vec![1u8; 64],
+    };
+    assert!(
+        net.core
+            .db()
+            .approve(&id, "s", &approval, 0)
+            .expect("approve")
+    );
+    assert!(
+        net.core
+            .db()
+            .mark_dispatched(&id, "a", 0)
+            .expect("dispatch")
+    );
     sender
         .send(v1::NodeMessage {
             message: Some(v1::node_message::Message::Result(v1::WorkResult {

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ern_coordinator::db::ReceivedApproval;
 use ern_coordinator::model::{Role, SiteState, StoredQuery, now_seconds};
 use ern_coordinator::{Coordinator, Db, Timing, Transport, auth, server};
+use ern_proto::approval::Approval;
 use ern_proto::v1;
 use ern_proto::v1::node_link_client::NodeLinkClient;
 use tokio::sync::mpsc;
@@ -65,16 +65,18 @@ impl Harness {
             )
             .expect("insert");
         for site in &sites {
-            let approval = ReceivedApproval {
-                approved_by: "s",
+            let approval = Approval {
+                study_id: id.into(),
+                site_id: site.clone(),
+                query_hash: ern_queries::query_hash(SQL),
                 expires_at: now + 3600,
-                key_id: "0123456789abcdef",
-                signature: &[1u8; 64],
+                key_id: "0123456789abcdef".into(),
+                signature: vec![1u8; 64],
             };
             assert!(
                 self.core
                     .db()
-                    .approve(id, site, &approval, now)
+                    .approve(id, "s", &approval, now)
                     .expect("approve")
             );
         }

@@ -7,10 +7,10 @@ mod common;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
-use ern_coordinator::db::ReceivedApproval;
 use ern_coordinator::limits::Limits;
 use ern_coordinator::model::{Role, SiteState, now_seconds};
 use ern_coordinator::{Coordinator, Db, Timing};
+use ern_proto::approval::Approval;
 use ern_proto::{arrow_ipc, v1};
 
 /// One site's released partials for `common::SQL`: sex and its count.
@@ -35,13 +35,15 @@ fn answer(query_id: &str, counts: &[(&str, i64)]) -> v1::WorkResult {
 
 fn approve_and_dispatch(db: &Db, query_id: &str, site: &str) {
     let now = now_seconds();
-    let approval = ReceivedApproval {
-        approved_by: "s",
+    let approval = Approval {
+        study_id: query_id.into(),
+        site_id: site.into(),
+        query_hash: ern_queries::query_hash(common::SQL),
         expires_at: now + 3600,
-        key_id: "0123456789abcdef",
-        signature: &[1u8; 64],
+        key_id: "0123456789abcdef".into(),
+        signature: vec![1u8; 64],
     };
-    assert!(db.approve(query_id, site, &approval, now).expect("approve"));
+    assert!(db.approve(query_id, "s", &approval, now).expect("approve"));
     assert!(db.mark_dispatched(query_id, site, now).expect("dispatch"));
 }
 

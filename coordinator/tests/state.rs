@@ -2,8 +2,10 @@
 //! the per-site state machine that the lifecycle's guarantees rest on.
 
 use ern_coordinator::auth;
-use ern_coordinator::db::{Db, Event, ReceivedApproval};
+use ern_coordinator::db::Db;
+use ern_coordinator::lifecycle::SiteStep;
 use ern_coordinator::model::{Role, SiteState, StoredQuery};
+use ern_proto::approval::Approval;
 
 fn query(id: &str, now: u64, deadline: u64) -> StoredQuery {
     StoredQuery {
@@ -20,23 +22,15 @@ fn query(id: &str, now: u64, deadline: u64) -> StoredQuery {
     }
 }
 
-fn approval() -> ReceivedApproval<'static> {
-    ReceivedApproval {
-        approved_by: "steward-a",
+/// An approval for site `site` of question `q`.
+fn approval(q: &str, site: &str) -> Approval {
+    Approval {
+        study_id: q.into(),
+        site_id: site.into(),
+        query_hash: ern_queries::query_hash("SELECT COUNT(*) AS n FROM patient"),
         expires_at: 2_000_000_000,
-        key_id: "0123456789abcdef",
-        signature: &[7u8; 64],
-    }
-}
-
-fn event(kind: &str) -> Event {
-    Event {
-        at: 1,
-        actor: "x".into(),
-        kind: kind.into(),
-        query_id: String::new(),
-        site: String::new(),
-        detail: "reason".into(),
+        key_id: "0123456789abcdef".into(),
+        signature: vec![7u8; 64],
     }
 }
 
@@ -172,13 +166,16 @@ fn a_site_moves_only_along_the_lifecycle() {
 
     // No answer is accepted for work that was never dispatched.
     assert!(
-        !db.record_answer("q-1", "a", SiteState::Answered, "", Some(b"x"), 11)
+        !db.record_answer("q-1", "a", SiteStep::Answer, "", Some(b"x"), 11)
             .expect("answer")
     );
-    assert!(db.approve("q-1", "a", &approval(), 12).expect("approve"));
+    assert!(
+        db.approve("q-1", "steward-a", &approval("q-1", "a"), 12)
+            .expect("approve")
+    );
     // An approval is recorded once.
     assert!(
-        !db.approve("q-1", "a", &approval(), 13)
+        !db.approve("q-1", "steward-a", &approval("q-1", "a"), 13)
             .expect("approve again")
     );
     assert_eq!(db.approved_work("a", 14).expect("work").len(), 1);
@@ -190,12 +187,12 @@ fn a_site_moves_only_along_the_lifecycle() {
     assert_eq!(state(&db, "q-1", "a"), SiteState::Approved);
     assert!(db.mark_dispatched("q-1", "a", 17).expect("dispatch"));
     assert!(
-        db.record_answer("q-1", "a", SiteState::Answered, "", Some(b"ipc"), 18)
+        db.record_answer("q-1", "a", SiteStep::Answer, "", Some(b"ipc"), 18)
             .expect("answer")
     );
     // A late duplicate answer changes nothing.
     assert!(
-        !db.record_answer("q-1", "a", SiteState::Failed, "late", None, 19)
+        !db.record_answer("q-1", "a", SiteStep::Fail, "late", None, 19)
             .expect("dup")
     );
     let a = db.targets("q-1").expect("targets").remove(0);
@@ -206,17 +203,11 @@ fn a_site_moves_only_along_the_lifecycle() {
 
     // A rejection only from awaiting approval.
     assert!(
-        db.transition(
-            "q-1",
-            "b",
-            &[SiteState::AwaitingApproval],
-            SiteState::Rejected,
-            &event("rejected")
-        )
-        .expect("reject")
+        db.step("q-1", "b", SiteStep::Reject, "steward-b", "reason", 19)
+            .expect("reject")
     );
     assert!(
-        !db.approve("q-1", "b", &approval(), 20)
+        !db.approve("q-1", "steward-b", &approval("q-1", "b"), 20)
             .expect("approve rejected")
     );
     let b = db.targets("q-1").expect("targets").remove(1);
@@ -233,8 +224,14 @@ fn deadlines_expire_waiting_sites_and_site_timeouts_fail_silent_ones() {
         .expect("insert");
     db.insert_query(&query("q-new", 10, 10_000), &["a".into()])
         .expect("insert");
-    assert!(db.approve("q-old", "b", &approval(), 20).expect("approve"));
-    assert!(db.approve("q-new", "a", &approval(), 20).expect("approve"));
+    assert!(
+        db.approve("q-old", "steward-b", &approval("q-old", "b"), 20)
+            .expect("approve")
+    );
+    assert!(
+        db.approve("q-new", "steward-a", &approval("q-new", "a"), 20)
+            .expect("approve")
+    );
     assert!(db.mark_dispatched("q-new", "a", 30).expect("dispatch"));
 
     // At t = 50 nothing is due yet.

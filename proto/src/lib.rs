@@ -5,6 +5,7 @@
 //! languages are generated from it, or discovered through server reflection with
 //! [`FILE_DESCRIPTOR_SET`].
 
+pub mod approval;
 pub mod arrow_ipc;
 pub mod transport;
 

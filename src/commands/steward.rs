@@ -235,15 +235,11 @@ async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs()
         + args.expires.as_secs();
-    let signed = approval::sign(&key, &review.sql, site, &review.query_id, expires_at)
+    let study = approval::study_of(&review.query_id);
+    let signed = approval::sign(&key, &review.sql, site, study, expires_at)
         .context("signing the approval")?;
     let decision = steward
-        .approve(v1::ApproveRequest {
-            query_id: review.query_id.clone(),
-            expires_at,
-            key_id: signed.key_id.clone(),
-            signature: signed.signature,
-        })
+        .approve(signed.to_request(&review.query_id))
         .await
         .map_err(rpc_error)?
         .into_inner();

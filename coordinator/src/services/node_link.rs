@@ -116,7 +116,7 @@ impl NodeLink for NodeLinkService {
             }))
             .await
             .map_err(|_| Status::unavailable("the stream closed during the handshake"))?;
-        let generation = self.core.node_connected(&site, &hello, sender)?;
+        let generation = self.core.node_connected(&site, &hello, sender).await?;
         let core = Arc::clone(&self.core);
         tokio::spawn(async move {
             if let Err(status) = core.dispatch(&site).await {

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::auth;
 use crate::core::{Coordinator, internal};
 use crate::db::Event;
+use crate::lifecycle::EventKind;
 use crate::model::{Role, now_seconds};
 use crate::paging::PageRequest;
 
@@ -76,18 +77,24 @@ impl Operator for OperatorService {
             .and_then(Role::from_proto)
             .ok_or_else(|| Status::invalid_argument("a user needs a role"))?;
         let now = now_seconds();
-        let token = auth::enrol(self.core.db(), &add.name, role, add.site.trim(), now)?;
-        self.core
-            .db()
-            .record_event(&Event {
-                at: now,
-                actor: operator.name,
-                kind: "user-added".into(),
-                query_id: String::new(),
-                site: add.site.trim().to_string(),
-                detail: format!("{} ({})", add.name, role.as_str()),
+        let (name, site) = (add.name.clone(), add.site.trim().to_string());
+        let token = self
+            .core
+            .commit("an enrolment", move |db| {
+                auth::enrol(db, &name, role, &site, now)
             })
-            .map_err(internal)?;
+            .await?;
+        let event = Event {
+            at: now,
+            actor: operator.name,
+            kind: EventKind::UserAdded,
+            query_id: String::new(),
+            site: add.site.trim().to_string(),
+            detail: format!("{} ({})", add.name, role.as_str()),
+        };
+        self.core
+            .commit("an enrolment's event", move |db| db.record_event(&event))
+            .await?;
         Ok(Response::new(v1::AddUserResponse {
             name: add.name,
             token,
@@ -143,7 +150,7 @@ impl Operator for OperatorService {
                 .map(|e| v1::AuditEvent {
                     at: e.at,
                     actor: e.actor,
-                    kind: e.kind,
+                    kind: e.kind.to_string(),
                     query_id: e.query_id,
                     site: e.site,
                     detail: e.detail,

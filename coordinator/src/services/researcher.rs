@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::auth;
 use crate::core::{Coordinator, echoed, internal};
 use crate::db::{Admission, Event};
+use crate::lifecycle::EventKind;
 use crate::limits::{check_open_questions, check_sql_size, open_questions_refusal};
 use crate::model::{StoredQuery, User, now_seconds};
 use crate::paging::PageRequest;
@@ -121,14 +122,19 @@ impl Researcher for ResearcherService {
         let plan = match self.core.plan_submission(&submit.sql).await {
             Ok(plan) => Arc::new(plan),
             Err(refusal) => {
-                let _ = self.core.db().record_event(&Event {
+                let event = Event {
                     at: now,
                     actor: user.name.clone(),
-                    kind: "refused-at-submit".into(),
+                    kind: EventKind::RefusedAtSubmit,
                     query_id: String::new(),
                     site: String::new(),
                     detail: refusal.rule.name().to_string(),
-                });
+                };
+                // The refusal is the answer; a failure to record it is only logged.
+                let _ = self
+                    .core
+                    .commit("a refusal's event", move |db| db.record_event(&event))
+                    .await;
                 return Err(Status::invalid_argument(refusal.to_string()));
             }
         };
@@ -168,16 +174,14 @@ impl Researcher for ResearcherService {
             complete: false,
             failure: String::new(),
         };
+        let (stored, targets, report) = (query.clone(), sites.clone(), report_json(&plan));
+        let max_open = u64::from(self.core.limits().max_open_questions);
         let admitted = self
             .core
-            .db()
-            .insert_query_capped(
-                &query,
-                &sites,
-                &report_json(&plan),
-                u64::from(self.core.limits().max_open_questions),
-            )
-            .map_err(internal)?;
+            .commit("a submission", move |db| {
+                db.insert_query_capped(&stored, &targets, &report, max_open)
+            })
+            .await?;
         if let Admission::OverLimit { open } = admitted {
             return Err(open_questions_refusal(open, self.core.limits()));
         }

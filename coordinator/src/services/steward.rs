@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use ern_proto::approval::Approval;
 use ern_proto::v1;
 use ern_proto::v1::steward_server::Steward;
 use ern_queries::ValidationReport;
@@ -12,8 +13,8 @@ use tonic::{Request, Response, Status};
 
 use crate::auth;
 use crate::core::{Coordinator, echoed, internal};
-use crate::db::{Event, ReceivedApproval};
-use crate::model::{SiteState, StoredQuery, Target, User, now_seconds};
+use crate::lifecycle::SiteStep;
+use crate::model::{StoredQuery, Target, User, now_seconds};
 use crate::paging::PageRequest;
 
 /// Longest rejection reason, in characters.
@@ -153,34 +154,18 @@ impl Steward for StewardService {
         let approve = request.into_inner();
         let (query, target) = self.site_query(&user, &approve.query_id)?;
         let now = now_seconds();
-        if approve.signature.len() != 64 {
-            return Err(Status::invalid_argument(
-                "an approval signature is 64 bytes (Ed25519)",
-            ));
-        }
-        if approve.key_id.len() != 16 || !approve.key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Status::invalid_argument(
-                "a steward key id is 16 hex characters",
-            ));
-        }
-        if approve.expires_at <= now {
+        let approval = Approval::received(approve, &user.site, &query.query_hash)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if approval.expires_at <= now {
             return Err(Status::invalid_argument("the approval has already expired"));
         }
+        let (id, steward) = (query.id.clone(), user.name.clone());
         let approved = self
             .core
-            .db()
-            .approve(
-                &query.id,
-                &user.site,
-                &ReceivedApproval {
-                    approved_by: &user.name,
-                    expires_at: approve.expires_at,
-                    key_id: &approve.key_id,
-                    signature: &approve.signature,
-                },
-                now,
-            )
-            .map_err(internal)?;
+            .commit("an approval", move |db| {
+                db.approve(&id, &steward, &approval, now)
+            })
+            .await?;
         if !approved {
             return Err(not_awaiting(&query.id, &target));
         }
@@ -205,24 +190,20 @@ impl Steward for StewardService {
             )));
         }
         let (query, target) = self.site_query(&user, &reject.query_id)?;
+        let (id, site, steward) = (query.id.clone(), user.site.clone(), user.name.clone());
         let moved = self
             .core
-            .db()
-            .transition(
-                &query.id,
-                &user.site,
-                &[SiteState::AwaitingApproval],
-                SiteState::Rejected,
-                &Event {
-                    at: now_seconds(),
-                    actor: user.name.clone(),
-                    kind: "rejected".into(),
-                    query_id: query.id.clone(),
-                    site: user.site.clone(),
-                    detail: reason,
-                },
-            )
-            .map_err(internal)?;
+            .commit("a rejection", move |db| {
+                db.step(
+                    &id,
+                    &site,
+                    SiteStep::Reject,
+                    &steward,
+                    &reason,
+                    now_seconds(),
+                )
+            })
+            .await?;
         if !moved {
             return Err(not_awaiting(&query.id, &target));
         }

@@ -17,22 +17,8 @@
 
 use crate::steward_key::{StewardPublicKey, StewardSigningKey};
 
-/// A steward's approval of one query for one site and study.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Approval {
-    /// The study the query belongs to.
-    pub study_id: String,
-    /// The site the approval is for.
-    pub site_id: String,
-    /// `ern_queries::query_hash` of the exact SQL approved.
-    pub query_hash: String,
-    /// End of validity, seconds since the Unix epoch.
-    pub expires_at: u64,
-    /// Key id of the signing steward key.
-    pub key_id: String,
-    /// Ed25519 signature of [`statement`].
-    pub signature: Vec<u8>,
-}
+/// The approval type shared with the coordinator and the wire.
+pub use ern_proto::approval::{Approval, study_of};
 
 /// Why an approval does not authorise a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

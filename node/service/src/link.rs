@@ -17,7 +17,7 @@ use ern_proto::v1::node_link_client::NodeLinkClient;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::approval::Approval;
+use crate::approval::{Approval, study_of};
 use crate::engine::{ExecuteError, NodeEngine, QueryRequest, now_seconds};
 
 /// How long the coordinator has to answer Hello.
@@ -213,18 +213,10 @@ async fn session(
 /// Runs one piece of work through the engine and shapes the answer for the wire.
 pub async fn run_work(engine: &NodeEngine, work: v1::Work) -> v1::WorkResult {
     use v1::work_result::Outcome;
-    let approval = work.approval.unwrap_or_default();
     let request = QueryRequest {
         sql: work.sql,
-        study_id: work.query_id.clone(),
-        approval: Approval {
-            study_id: approval.study_id,
-            site_id: approval.site_id,
-            query_hash: approval.query_hash,
-            expires_at: approval.expires_at,
-            key_id: approval.key_id,
-            signature: approval.signature,
-        },
+        study_id: study_of(&work.query_id).to_string(),
+        approval: Approval::from(work.approval.unwrap_or_default()),
     };
     let outcome = match engine.execute(&request).await {
         Ok(released) => match arrow_ipc::encode(&released.schema, &released.batches) {

@@ -1,0 +1,319 @@
+//! The question lifecycle as a state machine: every state a question and each site's part
+//! in it can be in, every step between them, and the kind of event each step records.
+//!
+//! The database layer ([`crate::db`]) only persists what this module allows: each of its
+//! updates moves a site's part by one [`SiteStep`], from the step's [`SiteStep::from`]
+//! states to its [`SiteStep::to`] state, and records the step's [`EventKind`]. A question
+//! ends once, merged or not ([`QuestionState`]).
+//!
+//! ```text
+//! awaiting-approval --approve--> approved --dispatch--> dispatched --answer--> answered
+//!        |                          ^                     |   |  \--refuse--> refused
+//!        \--reject--> rejected      \-------requeue-------/   \--fail, time out--> failed
+//! awaiting-approval | approved | dispatched --expire--> expired
+//! ```
+
+use ern_proto::v1;
+
+/// Where a question stands at one site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SiteState {
+    /// Waiting for the site's steward.
+    AwaitingApproval,
+    /// Approved, waiting for the node.
+    Approved,
+    /// Sent to the node.
+    Dispatched,
+    /// The node released aggregates.
+    Answered,
+    /// The node refused.
+    Refused,
+    /// The steward rejected.
+    Rejected,
+    /// The node failed or timed out.
+    Failed,
+    /// The deadline passed.
+    Expired,
+}
+
+const ALL_STATES: [SiteState; 8] = [
+    SiteState::AwaitingApproval,
+    SiteState::Approved,
+    SiteState::Dispatched,
+    SiteState::Answered,
+    SiteState::Refused,
+    SiteState::Rejected,
+    SiteState::Failed,
+    SiteState::Expired,
+];
+
+impl SiteState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SiteState::AwaitingApproval => "awaiting-approval",
+            SiteState::Approved => "approved",
+            SiteState::Dispatched => "dispatched",
+            SiteState::Answered => "answered",
+            SiteState::Refused => "refused",
+            SiteState::Rejected => "rejected",
+            SiteState::Failed => "failed",
+            SiteState::Expired => "expired",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(text: &str) -> Option<SiteState> {
+        ALL_STATES.into_iter().find(|state| state.as_str() == text)
+    }
+
+    /// Whether the site is done with the question: no step leads out of it.
+    pub fn is_final(self) -> bool {
+        !ALL_STEPS.iter().any(|step| step.from().contains(&self))
+    }
+
+    /// The wire form.
+    pub fn to_proto(self) -> v1::SiteState {
+        match self {
+            SiteState::AwaitingApproval => v1::SiteState::AwaitingApproval,
+            SiteState::Approved => v1::SiteState::Approved,
+            SiteState::Dispatched => v1::SiteState::Dispatched,
+            SiteState::Answered => v1::SiteState::Answered,
+            SiteState::Refused => v1::SiteState::Refused,
+            SiteState::Rejected => v1::SiteState::Rejected,
+            SiteState::Failed => v1::SiteState::Failed,
+            SiteState::Expired => v1::SiteState::Expired,
+        }
+    }
+}
+
+/// One step of a site's part in a question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SiteStep {
+    /// The site's steward approved (and the signed approval is stored).
+    Approve,
+    /// The site's steward rejected, with a reason.
+    Reject,
+    /// The work was sent down the node's stream.
+    Dispatch,
+    /// The node's stream ended before an answer: the work goes again on the next one.
+    Requeue,
+    /// The node released aggregates.
+    Answer,
+    /// The node refused, naming a rule.
+    Refuse,
+    /// The node failed, or its answer was malformed.
+    Fail,
+    /// Dispatched work went unanswered for longer than the site timeout.
+    TimeOut,
+    /// The question's deadline passed before the site finished.
+    Expire,
+}
+
+const ALL_STEPS: [SiteStep; 9] = [
+    SiteStep::Approve,
+    SiteStep::Reject,
+    SiteStep::Dispatch,
+    SiteStep::Requeue,
+    SiteStep::Answer,
+    SiteStep::Refuse,
+    SiteStep::Fail,
+    SiteStep::TimeOut,
+    SiteStep::Expire,
+];
+
+impl SiteStep {
+    /// The states this step leaves.
+    pub fn from(self) -> &'static [SiteState] {
+        use SiteState::{Approved, AwaitingApproval, Dispatched};
+        match self {
+            SiteStep::Approve | SiteStep::Reject => &[AwaitingApproval],
+            SiteStep::Dispatch => &[Approved],
+            SiteStep::Requeue
+            | SiteStep::Answer
+            | SiteStep::Refuse
+            | SiteStep::Fail
+            | SiteStep::TimeOut => &[Dispatched],
+            SiteStep::Expire => &[AwaitingApproval, Approved, Dispatched],
+        }
+    }
+
+    /// The state this step enters.
+    pub fn to(self) -> SiteState {
+        match self {
+            SiteStep::Approve => SiteState::Approved,
+            SiteStep::Reject => SiteState::Rejected,
+            SiteStep::Dispatch => SiteState::Dispatched,
+            SiteStep::Requeue => SiteState::Approved,
+            SiteStep::Answer => SiteState::Answered,
+            SiteStep::Refuse => SiteState::Refused,
+            SiteStep::Fail | SiteStep::TimeOut => SiteState::Failed,
+            SiteStep::Expire => SiteState::Expired,
+        }
+    }
+
+    /// The event the step records, if any (dispatch and requeue are the coordinator's own
+    /// bookkeeping, repeated on every connection, and are logged, not recorded).
+    pub fn event(self) -> Option<EventKind> {
+        match self {
+            SiteStep::Approve => Some(EventKind::Approved),
+            SiteStep::Reject => Some(EventKind::Rejected),
+            SiteStep::Dispatch | SiteStep::Requeue => None,
+            SiteStep::Answer => Some(EventKind::Answered),
+            SiteStep::Refuse => Some(EventKind::Refused),
+            SiteStep::Fail | SiteStep::TimeOut => Some(EventKind::Failed),
+            SiteStep::Expire => Some(EventKind::Expired),
+        }
+    }
+}
+
+/// Where a question stands as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuestionState {
+    /// Some site has not finished, or the merge has not run yet.
+    Open,
+    /// Every site finished and the answers were merged into the stored table.
+    Merged,
+    /// Every site finished but the answers could not be merged; the reason is stored.
+    MergeFailed,
+}
+
+impl QuestionState {
+    /// The state a question's stored flags describe.
+    pub fn of(complete: bool, failure: &str) -> Self {
+        match (complete, failure.is_empty()) {
+            (false, _) => QuestionState::Open,
+            (true, true) => QuestionState::Merged,
+            (true, false) => QuestionState::MergeFailed,
+        }
+    }
+}
+
+/// What the coordinator's event log records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A question was stored.
+    Submitted,
+    /// A submission was refused by a rule (the rule is the detail).
+    RefusedAtSubmit,
+    /// A steward approved for a site.
+    Approved,
+    /// A steward rejected for a site.
+    Rejected,
+    /// A node released aggregates.
+    Answered,
+    /// A node refused.
+    Refused,
+    /// A node failed, or its work timed out.
+    Failed,
+    /// A question's deadline passed at a site.
+    Expired,
+    /// A question's answers were merged.
+    Merged,
+    /// A question's answers could not be merged.
+    MergeFailed,
+    /// An operator enrolled a user.
+    UserAdded,
+    /// A node's stream opened.
+    Connected,
+    /// A node's stream ended.
+    Disconnected,
+}
+
+const ALL_EVENTS: [EventKind; 13] = [
+    EventKind::Submitted,
+    EventKind::RefusedAtSubmit,
+    EventKind::Approved,
+    EventKind::Rejected,
+    EventKind::Answered,
+    EventKind::Refused,
+    EventKind::Failed,
+    EventKind::Expired,
+    EventKind::Merged,
+    EventKind::MergeFailed,
+    EventKind::UserAdded,
+    EventKind::Connected,
+    EventKind::Disconnected,
+];
+
+impl EventKind {
+    /// The stored name (also what `ern audit` shows).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Submitted => "submitted",
+            EventKind::RefusedAtSubmit => "refused-at-submit",
+            EventKind::Approved => "approved",
+            EventKind::Rejected => "rejected",
+            EventKind::Answered => "answered",
+            EventKind::Refused => "refused",
+            EventKind::Failed => "failed",
+            EventKind::Expired => "expired",
+            EventKind::Merged => "merged",
+            EventKind::MergeFailed => "merge-failed",
+            EventKind::UserAdded => "user-added",
+            EventKind::Connected => "connected",
+            EventKind::Disconnected => "disconnected",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(text: &str) -> Option<EventKind> {
+        ALL_EVENTS.into_iter().find(|kind| kind.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for state in ALL_STATES {
+            assert_eq!(SiteState::parse(state.as_str()), Some(state));
+        }
+        for kind in ALL_EVENTS {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(SiteState::parse("done"), None);
+        assert_eq!(EventKind::parse("dispatched"), None);
+    }
+
+    #[test]
+    fn final_states_are_the_ones_no_step_leaves() {
+        let open: Vec<SiteState> = ALL_STATES.into_iter().filter(|s| !s.is_final()).collect();
+        assert_eq!(
+            open,
+            [
+                SiteState::AwaitingApproval,
+                SiteState::Approved,
+                SiteState::Dispatched
+            ]
+        );
+    }
+
+    #[test]
+    fn every_state_is_reachable_and_only_dispatched_work_is_answered() {
+        for state in ALL_STATES {
+            assert!(
+                state == SiteState::AwaitingApproval || ALL_STEPS.iter().any(|s| s.to() == state),
+                "{state:?}"
+            );
+        }
+        for step in [SiteStep::Answer, SiteStep::Refuse, SiteStep::Fail] {
+            assert_eq!(step.from(), &[SiteState::Dispatched]);
+        }
+    }
+
+    #[test]
+    fn a_question_ends_merged_or_failed() {
+        assert_eq!(QuestionState::of(false, ""), QuestionState::Open);
+        assert_eq!(QuestionState::of(true, ""), QuestionState::Merged);
+        assert_eq!(QuestionState::of(true, "why"), QuestionState::MergeFailed);
+    }
+}
