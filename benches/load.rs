@@ -15,11 +15,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ern_coordinator::config::ServerTls;
+use ern_coordinator::auth;
 use ern_coordinator::limits::Limits;
 use ern_coordinator::model::Role;
-use ern_coordinator::pki::NetworkCa;
-use ern_coordinator::{Coordinator, Db, Timing, Transport, auth, server};
 use ern_node::approval;
 use ern_node::engine::{NodeEngine, NodePolicy};
 use ern_node::link::{self, LinkSettings};
@@ -28,6 +26,7 @@ use ern_proto::transport::{self, BearerToken, ClientTls};
 use ern_proto::v1;
 use ern_proto::v1::researcher_client::ResearcherClient;
 use ern_proto::v1::steward_client::StewardClient;
+use ern_test_support::loopback::{Loopback, Security};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -125,39 +124,15 @@ async fn run(researchers: usize, questions: usize, sites: usize) {
     eprintln!("preparing {sites} sites of {PATIENTS_PER_SITE} patients");
     let stores = stores(work.path(), sites, PATIENTS_PER_SITE);
 
-    // The network's certificates and a TLS coordinator on loopback.
-    let (ca, _) = NetworkCa::generate("load").expect("ca");
-    let server_cert = ca
-        .issue_server(&["localhost".into()])
-        .expect("server certificate");
-    let db = Db::open(&work.path().join("coordinator.db")).expect("db");
+    // A TLS coordinator on loopback, with the network's CA.
     let limits = Limits::default();
-    let core = Arc::new(
-        Coordinator::new(db, Timing::default())
-            .expect("coordinator")
-            .with_limits(limits.clone()),
+    let coordinator = Loopback::start(Security::MutualTls, limits.clone()).await;
+    let (core, url, ca, trust) = (
+        Arc::clone(&coordinator.core),
+        coordinator.url.clone(),
+        &coordinator.ca,
+        coordinator.trust(),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!(
-        "https://localhost:{}",
-        listener.local_addr().expect("address").port()
-    );
-    tokio::spawn(server::serve(
-        Arc::clone(&core),
-        listener,
-        Transport::Tls(ServerTls {
-            cert_pem: server_cert.cert_pem.into_bytes(),
-            key_pem: server_cert.key_pem.into_bytes(),
-            client_ca_pem: ca.cert_pem().as_bytes().to_vec(),
-        }),
-        std::future::pending(),
-    ));
-    let trust = ClientTls {
-        ca_pem: ca.cert_pem().as_bytes().to_vec(),
-        ..ClientTls::default()
-    };
     let connect = |token: String| {
         let trust = trust.clone();
         let url = url.clone();

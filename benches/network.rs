@@ -25,13 +25,15 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::prelude::SessionContext;
+use ern_coordinator::auth;
+use ern_coordinator::limits::Limits;
 use ern_coordinator::model::{Role, StoredQuery};
-use ern_coordinator::{Coordinator, Db, Timing, Transport, auth, server};
 use ern_node::approval;
 use ern_node::engine::{NodeEngine, NodePolicy};
 use ern_node::link::{self, LinkSettings};
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
 use ern_proto::transport::BearerToken;
+use ern_test_support::loopback::{Loopback, Security};
 
 mod common;
 use common::{cpu_by_thread, ms, percentile, stores};
@@ -145,18 +147,8 @@ async fn measure(
     eprintln!("preparing {sites} sites of {patients} patients");
     let stores = stores(work.path(), sites, patients);
 
-    let db = Db::open(&work.path().join("coordinator.db")).expect("db");
-    let core = Arc::new(Coordinator::new(db, Timing::default()).expect("coordinator"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(server::serve(
-        Arc::clone(&core),
-        listener,
-        Transport::Plaintext,
-        std::future::pending(),
-    ));
+    let coordinator = Loopback::start(Security::Plaintext, Limits::default()).await;
+    let (core, address) = (Arc::clone(&coordinator.core), coordinator.url.clone());
     generate_steward_key(&work.path().join("steward")).expect("steward key");
     let steward = StewardSigningKey::load(&work.path().join("steward.key")).expect("key");
     let ids: Vec<String> = (0..sites).map(|i| format!("site-{i}")).collect();

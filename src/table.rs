@@ -3,6 +3,22 @@
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{CellAlignment, Table};
 
+/// How a listing command prints: a table for people, or JSON for scripts (one array of
+/// objects, raw values, times in seconds since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ListFormat {
+    /// A table for the terminal.
+    Table,
+    /// JSON, for scripts.
+    Json,
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub(crate) fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
 /// A table with `header`; columns whose header is in `numeric` are right-aligned.
 pub(crate) fn new_table(header: &[&str], numeric: &[&str]) -> Table {
     let mut table = Table::new();

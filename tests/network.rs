@@ -21,6 +21,15 @@ fn lifecycle_with_a_rejection_an_offline_site_and_an_unknown_steward_key() {
     let steward_1 = net.site("site-1").steward_token.clone();
     let pending = ok(net.ern_as(&steward_1, &["steward", "pending"]));
     assert!(pending.contains(&id), "{pending}");
+    let pending = harness::json(&ok(
+        net.ern_as(&steward_1, &["steward", "pending", "--format", "json"])
+    ));
+    assert_eq!(pending[0]["id"], id.as_str(), "{pending}");
+    let listed = harness::json(&ok(
+        net.ern_as(&net.researcher, &["list", "--format", "json"])
+    ));
+    assert_eq!(listed[0]["id"], id.as_str(), "{listed}");
+    assert_eq!(listed[0]["state"], "running", "{listed}");
     let shown = ok(net.ern_as(&steward_1, &["steward", "show", &id]));
     assert!(shown.contains("COUNT(DISTINCT p.pid)"), "{shown}");
     assert!(
@@ -78,13 +87,17 @@ fn lifecycle_with_a_rejection_an_offline_site_and_an_unknown_steward_key() {
         Duration::from_secs(30),
         || {
             let states = net.site_states(&id);
-            states["site-1"].0 == "answered" && states["site-4"].0 == "refused by the node"
+            states["site-1"].0 == "answered" && states["site-4"].0 == "refused"
         },
     );
     let states = net.site_states(&id);
-    assert_eq!(states["site-2"].0, "rejected by the steward");
+    assert_eq!(states["site-2"].0, "rejected");
+    // People read the same states in words.
+    let table = ok(net.ern_as(&net.researcher, &["status", &id]));
+    assert!(table.contains("rejected by the steward"), "{table}");
+    assert!(table.contains("refused by the node"), "{table}");
     assert_eq!(states["site-2"].1, "outside our ethics approval");
-    assert_eq!(states["site-3"].0, "approved, waiting for the node");
+    assert_eq!(states["site-3"].0, "approved");
     assert_eq!(states["site-4"].1, "approval-unknown-key");
     let early = net.ern_as(&net.researcher, &["results", &id]);
     assert!(!early.status.success());
@@ -168,8 +181,8 @@ fn kill_9_of_the_coordinator_between_approval_and_result_loses_nothing() {
     net.kill_coordinator();
     net.start_coordinator();
     let states = net.site_states(&id);
-    assert_eq!(states["site-1"].0, "approved, waiting for the node");
-    assert_eq!(states["site-2"].0, "approved, waiting for the node");
+    assert_eq!(states["site-1"].0, "approved");
+    assert_eq!(states["site-2"].0, "approved");
     net.start_node("site-1");
     net.start_node("site-2");
     net.wait_complete(&id);
@@ -250,17 +263,14 @@ fn a_steward_signs_only_the_question_reviewed_for_their_own_site() {
         stderr(&out)
     );
     for id in [&reviewed, &swapped] {
-        assert_eq!(net.site_states(id)["site-1"].0, "awaiting approval", "{id}");
+        assert_eq!(net.site_states(id)["site-1"].0, "awaiting-approval", "{id}");
     }
     let out = ok(approve(
         &reviewed,
         &["--site", "site-1", "--hash", &reviewed_hash],
     ));
     assert!(out.contains(&reviewed_hash), "{out}");
-    assert_eq!(
-        net.site_states(&reviewed)["site-1"].0,
-        "approved, waiting for the node"
-    );
+    assert_eq!(net.site_states(&reviewed)["site-1"].0, "approved");
 }
 
 #[test]
@@ -351,10 +361,7 @@ fn roles_and_sites_are_enforced() {
 
     // The approval by site-2's own steward is still pending its real node.
     ok(net.approve("site-2", &id));
-    assert_eq!(
-        net.site_states(&id)["site-2"].0,
-        "approved, waiting for the node"
-    );
+    assert_eq!(net.site_states(&id)["site-2"].0, "approved");
 }
 
 #[test]

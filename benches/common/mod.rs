@@ -3,12 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use ern_ingest::progress;
-use ern_node::pseudonym;
-use ern_synth::{self as synth, SynthConfig};
 
 /// Milliseconds of a duration.
 pub(crate) fn ms(d: Duration) -> f64 {
@@ -23,42 +18,7 @@ pub(crate) fn percentile(samples: &[Duration], q: f64) -> Duration {
 }
 
 /// One registry of `patients`, ingested once and hard-linked into `sites` stores.
-pub(crate) fn stores(work: &Path, sites: usize, patients: usize) -> Vec<PathBuf> {
-    let exports = synth::synthesize(
-        SynthConfig {
-            sites: 1,
-            patients,
-            seed: 3,
-        },
-        &work.join("exports"),
-        &progress::NoProgress,
-    )
-    .expect("synth");
-    let key = work.join("pseudonym.key");
-    pseudonym::generate_key_file(&key).expect("key");
-    let pseudonymiser = pseudonym::Pseudonymiser::from_key_file(&key).expect("key");
-    let template = work.join("template");
-    ern_ingest::ingest(
-        &exports[0].dir,
-        &pseudonymiser,
-        &template,
-        &progress::NoProgress,
-    )
-    .expect("ingest");
-    (0..sites)
-        .map(|index| {
-            let store = work.join(format!("store-{index}"));
-            std::fs::create_dir_all(&store).expect("store dir");
-            for entry in std::fs::read_dir(&template).expect("template") {
-                let entry = entry.expect("entry");
-                if entry.path().extension().is_some_and(|e| e == "parquet") {
-                    std::fs::hard_link(entry.path(), store.join(entry.file_name())).expect("link");
-                }
-            }
-            store
-        })
-        .collect()
-}
+pub(crate) use ern_test_support::fixture::linked_stores as stores;
 
 /// CPU time this process's threads have used, by the first `prefix` their name starts
 /// with (Linux: `/proc/self/task/*/schedstat`, nanoseconds). Threads that have exited

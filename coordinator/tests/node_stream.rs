@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ern_coordinator::limits::Limits;
 use ern_coordinator::model::{Role, SiteState, StoredQuery, now_seconds};
-use ern_coordinator::{Coordinator, Db, Timing, Transport, auth, server};
+use ern_coordinator::{Coordinator, auth};
 use ern_proto::approval::Approval;
 use ern_proto::v1;
 use ern_proto::v1::node_link_client::NodeLinkClient;
+use ern_test_support::loopback::{Loopback, Security};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
@@ -18,27 +20,17 @@ const SQL: &str = "SELECT p.sex, COUNT(*) AS n FROM patient p GROUP BY p.sex";
 struct Harness {
     core: Arc<Coordinator>,
     url: String,
-    _dir: tempfile::TempDir,
+    _net: Loopback,
 }
 
+/// The shared loopback coordinator, in plaintext: these tests are about the stream's
+/// protocol, not its transport.
 async fn start() -> Harness {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = Db::open(&dir.path().join("c.db")).expect("db");
-    let core = Arc::new(Coordinator::new(db, Timing::default()).expect("core"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(server::serve(
-        Arc::clone(&core),
-        listener,
-        Transport::Plaintext,
-        std::future::pending(),
-    ));
+    let net = Loopback::start(Security::Plaintext, Limits::default()).await;
     Harness {
-        core,
-        url,
-        _dir: dir,
+        core: Arc::clone(&net.core),
+        url: net.url.clone(),
+        _net: net,
     }
 }
 

@@ -1,5 +1,9 @@
 //! Runs `validation.cases`: every case's verdict must match, and no refusal may be vague.
+//! An accepted case may carry its expected merged table: planning reads no data, so here
+//! its header must name the plan's result columns; the node's attack suite
+//! (`node/service/tests/attacks.rs`) checks its rows on synthetic stores.
 
+use ern_queries::casefile::ExpectedTable;
 use ern_queries::catalog::planning_state;
 use ern_queries::rules::Rule;
 mod common;
@@ -11,10 +15,12 @@ struct Case {
     line: usize,
     expected: Option<Rule>,
     sql: String,
+    table: Option<ExpectedTable>,
 }
 
 fn cases() -> Vec<Case> {
     ern_queries::casefile::parse(include_str!("validation.cases"))
+        .unwrap_or_else(|error| panic!("validation.cases: {error}"))
         .into_iter()
         .map(|case| {
             let expected = match case
@@ -37,6 +43,7 @@ fn cases() -> Vec<Case> {
                 line: case.line,
                 expected,
                 sql: case.sql,
+                table: case.expected,
             }
         })
         .collect()
@@ -51,7 +58,19 @@ async fn every_case_gets_its_verdict() {
     for case in &cases {
         let outcome = validate(&case.sql, &state).await;
         match (&case.expected, &outcome) {
-            (None, Ok(_)) => {}
+            (None, Ok(query)) => {
+                if let Some(table) = &case.table {
+                    let schema = query.result_schema();
+                    let columns: Vec<&str> =
+                        schema.fields().iter().map(|f| f.name().as_str()).collect();
+                    if table.columns != columns {
+                        failures.push(format!(
+                            "line {}: the expected table names the columns {:?}, the plan's result has {columns:?}\n    {}",
+                            table.line, table.columns, case.sql
+                        ));
+                    }
+                }
+            }
             (Some(rule), Err(refusal)) if refusal.rule == *rule => {
                 let message = refusal.to_string();
                 let named = if refusal.mistake {
@@ -85,6 +104,13 @@ async fn every_case_gets_its_verdict() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn some_accepted_cases_carry_an_expected_table() {
+    let cases = cases();
+    let tables = cases.iter().filter(|case| case.table.is_some()).count();
+    assert!(tables >= 3, "only {tables} cases carry an expected table");
 }
 
 #[tokio::test]

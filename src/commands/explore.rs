@@ -9,20 +9,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use arrow::datatypes::DataType;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use ern_queries::schema;
 use serde_json::json;
 
-use crate::table::new_table;
-
-/// How `ern schema` and `ern examples` print.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum ListFormat {
-    /// A table for the terminal.
-    Table,
-    /// JSON, for scripts.
-    Json,
-}
+use crate::table::{ListFormat, new_table};
 
 /// Arguments of `ern schema`.
 #[derive(Debug, Args)]

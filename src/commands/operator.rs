@@ -5,7 +5,7 @@ use ern_coordinator::model::Role;
 use ern_proto::v1;
 
 use crate::client::{self, Connection, PAGE_SIZE, all_pages, format_time, rpc_error};
-use crate::table::new_table;
+use crate::table::{ListFormat, new_table, print_json};
 use ern_queries::shown::shown;
 
 /// Operator commands.
@@ -22,9 +22,12 @@ pub(crate) enum OperatorCommand {
     Audit(AuditArgs),
 }
 
-/// Just the connection.
+/// A listing's connection and format.
 #[derive(Debug, Args)]
 pub(crate) struct ConnectionArgs {
+    /// Print a table, or JSON for scripts.
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    format: ListFormat,
     #[command(flatten)]
     connection: Connection,
 }
@@ -96,6 +99,23 @@ async fn nodes(args: ConnectionArgs) -> anyhow::Result<()> {
     })
     .await
     .map_err(rpc_error)?;
+    if args.format == ListFormat::Json {
+        let items: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|node| {
+                serde_json::json!({
+                    "site": node.site,
+                    "connected": node.connected,
+                    "last_seen": node.last_seen,
+                    "k": node.k,
+                    "version": node.version,
+                    "in_flight": node.in_flight,
+                    "audit_head": node.audit_head,
+                })
+            })
+            .collect();
+        return print_json(&serde_json::Value::Array(items));
+    }
     let mut table = new_table(
         &[
             "site",
@@ -160,12 +180,29 @@ async fn users(args: ConnectionArgs) -> anyhow::Result<()> {
     })
     .await
     .map_err(rpc_error)?;
-    let mut table = new_table(&["name", "role", "site", "enrolled"], &[]);
-    for user in users {
-        let role = v1::Role::try_from(user.role)
+    let role_of = |user: &v1::UserInfo| {
+        v1::Role::try_from(user.role)
             .ok()
             .and_then(Role::from_proto)
-            .map_or("unknown", Role::as_str);
+            .map_or("unknown", Role::as_str)
+    };
+    if args.format == ListFormat::Json {
+        let items: Vec<serde_json::Value> = users
+            .iter()
+            .map(|user| {
+                serde_json::json!({
+                    "name": user.name,
+                    "role": role_of(user),
+                    "site": user.site,
+                    "enrolled_at": user.created_at,
+                })
+            })
+            .collect();
+        return print_json(&serde_json::Value::Array(items));
+    }
+    let mut table = new_table(&["name", "role", "site", "enrolled"], &[]);
+    for user in users {
+        let role = role_of(&user);
         table.add_row(vec![
             shown(&user.name),
             role.to_string(),

@@ -11,7 +11,7 @@ use crate::client::{
     self, Connection, PAGE_SIZE, all_pages, format_time, parse_duration, rpc_error,
 };
 use crate::output::{self, Format};
-use crate::table::new_table;
+use crate::table::{ListFormat, new_table, print_json};
 use ern_queries::shown::shown;
 
 /// Arguments of `ern submit`.
@@ -41,6 +41,10 @@ pub(crate) struct SubmitArgs {
 pub(crate) struct QueryIdArgs {
     /// The question's id (from `ern submit` or `ern list`).
     id: String,
+    /// Print a table, or JSON for scripts.
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    format: ListFormat,
+
     #[command(flatten)]
     connection: Connection,
 }
@@ -68,6 +72,9 @@ pub(crate) struct ResultsArgs {
 /// Arguments of `ern list`.
 #[derive(Debug, Args)]
 pub(crate) struct ListArgs {
+    /// Print a table, or JSON for scripts.
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    format: ListFormat,
     #[command(flatten)]
     connection: Connection,
 }
@@ -152,6 +159,31 @@ pub(crate) fn site_state_name(state: i32) -> &'static str {
     }
 }
 
+/// A site state's stable name, for scripts (the coordinator's stored name).
+fn site_state_key(state: i32) -> &'static str {
+    match v1::SiteState::try_from(state).unwrap_or(v1::SiteState::Unspecified) {
+        v1::SiteState::AwaitingApproval => "awaiting-approval",
+        v1::SiteState::Approved => "approved",
+        v1::SiteState::Dispatched => "dispatched",
+        v1::SiteState::Answered => "answered",
+        v1::SiteState::Refused => "refused",
+        v1::SiteState::Rejected => "rejected",
+        v1::SiteState::Failed => "failed",
+        v1::SiteState::Expired => "expired",
+        v1::SiteState::Unspecified => "unknown",
+    }
+}
+
+/// A question state's stable name, for scripts.
+fn query_state_key(state: i32) -> &'static str {
+    match v1::QueryState::try_from(state).unwrap_or(v1::QueryState::Unspecified) {
+        v1::QueryState::Running => "running",
+        v1::QueryState::Complete => "complete",
+        v1::QueryState::Failed => "failed",
+        v1::QueryState::Unspecified => "unknown",
+    }
+}
+
 fn query_state_name(state: i32) -> &'static str {
     match v1::QueryState::try_from(state).unwrap_or(v1::QueryState::Unspecified) {
         v1::QueryState::Running => "running",
@@ -171,6 +203,29 @@ pub(crate) fn status(args: QueryIdArgs) -> anyhow::Result<()> {
             .await
             .map_err(rpc_error)?
             .into_inner();
+        if args.format == ListFormat::Json {
+            let sites: Vec<serde_json::Value> = status
+                .sites
+                .iter()
+                .map(|site| {
+                    serde_json::json!({
+                        "site": site.site,
+                        "state": site_state_key(site.state),
+                        "detail": site.detail,
+                        "since": site.updated_at,
+                    })
+                })
+                .collect();
+            return print_json(&serde_json::json!({
+                "id": status.query_id,
+                "title": status.title,
+                "state": query_state_key(status.state),
+                "failure": status.failure,
+                "submitted_at": status.submitted_at,
+                "deadline": status.deadline,
+                "sites": sites,
+            }));
+        }
         println!("{} — {}", shown(&status.query_id), shown(&status.title));
         println!(
             "state: {}; submitted {}; deadline {}",
@@ -240,6 +295,22 @@ pub(crate) fn list(args: ListArgs) -> anyhow::Result<()> {
         })
         .await
         .map_err(rpc_error)?;
+        if args.format == ListFormat::Json {
+            let items: Vec<serde_json::Value> = list
+                .iter()
+                .map(|query| {
+                    serde_json::json!({
+                        "id": query.query_id,
+                        "title": query.title,
+                        "state": query_state_key(query.state),
+                        "sites": query.sites,
+                        "answered": query.answered,
+                        "submitted_at": query.submitted_at,
+                    })
+                })
+                .collect();
+            return print_json(&serde_json::Value::Array(items));
+        }
         let mut table = new_table(
             &["id", "title", "state", "sites", "answered", "submitted"],
             &["sites", "answered"],

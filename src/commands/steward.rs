@@ -23,7 +23,7 @@ use crate::client::{
     self, Authed, Connection, PAGE_SIZE, all_pages, format_time, parse_duration, rpc_error,
 };
 use crate::commands::researcher::{coverage_table, site_state_name};
-use crate::table::new_table;
+use crate::table::{ListFormat, new_table, print_json};
 use ern_queries::shown::{shown, shown_lines};
 
 /// Steward commands.
@@ -42,6 +42,9 @@ pub(crate) enum StewardCommand {
 /// Arguments of `ern steward pending`.
 #[derive(Debug, Args)]
 pub(crate) struct PendingArgs {
+    /// Print a table, or JSON for scripts.
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    format: ListFormat,
     #[command(flatten)]
     connection: Connection,
 }
@@ -130,6 +133,21 @@ async fn pending(args: PendingArgs) -> anyhow::Result<()> {
     })
     .await
     .map_err(rpc_error)?;
+    if args.format == ListFormat::Json {
+        let items: Vec<serde_json::Value> = pending
+            .iter()
+            .map(|query| {
+                serde_json::json!({
+                    "id": query.query_id,
+                    "title": query.title,
+                    "submitted_by": query.submitted_by,
+                    "submitted_at": query.submitted_at,
+                    "deadline": query.deadline,
+                })
+            })
+            .collect();
+        return print_json(&serde_json::Value::Array(items));
+    }
     let mut table = new_table(
         &["id", "title", "submitted by", "submitted", "deadline"],
         &[],

@@ -364,13 +364,16 @@ impl Network {
         );
     }
 
-    /// Whether `ern operator nodes` shows the site connected.
+    /// Whether `ern operator nodes --format json` shows the site connected.
     pub(crate) fn node_connected(&self, id: &str) -> bool {
-        let table = ok(self.ern_as(&self.operator, &["operator", "nodes"]));
-        table.lines().any(|line| {
-            let cells: Vec<&str> = line.split(['│', '┆']).map(str::trim).collect();
-            cells.len() > 2 && cells[1] == id && cells[2] == "yes"
-        })
+        let nodes = json(&ok(
+            self.ern_as(&self.operator, &["operator", "nodes", "--format", "json"])
+        ));
+        nodes
+            .as_array()
+            .expect("a list of nodes")
+            .iter()
+            .any(|node| node["site"] == id && node["connected"] == serde_json::Value::Bool(true))
     }
 
     /// Submits `sql` as the researcher; returns the question id.
@@ -410,25 +413,31 @@ impl Network {
         )
     }
 
-    /// State of each site in `ern status ID`, by site id.
+    /// `ern status ID --format json`.
+    pub(crate) fn status(&self, id: &str) -> serde_json::Value {
+        json(&ok(self.ern_as(
+            &self.researcher,
+            &["status", id, "--format", "json"],
+        )))
+    }
+
+    /// State and detail of each site in `ern status ID`, by site id.
     pub(crate) fn site_states(&self, id: &str) -> BTreeMap<String, (String, String)> {
-        let table = ok(self.ern_as(&self.researcher, &["status", id]));
-        let mut states = BTreeMap::new();
-        for line in table.lines() {
-            let cells: Vec<&str> = line.split(['│', '┆']).map(str::trim).collect();
-            if cells.len() > 3 && cells[1].starts_with("site-") {
-                states.insert(
-                    cells[1].to_string(),
-                    (cells[2].to_string(), cells[3].to_string()),
-                );
-            }
-        }
-        states
+        let status = self.status(id);
+        status["sites"]
+            .as_array()
+            .expect("sites")
+            .iter()
+            .map(|site| {
+                let text = |key: &str| site[key].as_str().expect("a string").to_string();
+                (text("site"), (text("state"), text("detail")))
+            })
+            .collect()
     }
 
     /// Whether `ern status ID` says complete.
     pub(crate) fn is_complete(&self, id: &str) -> bool {
-        ok(self.ern_as(&self.researcher, &["status", id])).contains("state: complete")
+        self.status(id)["state"] == "complete"
     }
 
     /// Waits for a question to complete.
@@ -466,6 +475,11 @@ impl Drop for Network {
 }
 
 /// CSV text to rows, header dropped.
+/// Parses a command's JSON output.
+pub(crate) fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
 pub(crate) fn parse_csv(text: &str) -> Vec<Vec<String>> {
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     reader

@@ -15,17 +15,13 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::physical_plan::collect;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use ern_ingest::ingest;
-use ern_ingest::progress::NoProgress;
+use ern_node::approval;
 use ern_node::audit::{AuditEntry, AuditLog, Outcome};
 use ern_node::engine::{NodeEngine, NodePolicy, QueryRequest};
-use ern_node::pseudonym::Pseudonymiser;
 use ern_node::session::node_session;
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
-use ern_node::{approval, reference, schema, store};
 use ern_queries::{Dominance, SiteFacts};
-use ern_synth::{SynthConfig, synthesize};
+use ern_test_support::fixture::{plain_context, synthetic_store};
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -63,46 +59,14 @@ fn median(mut times: Vec<Duration>) -> Duration {
     times[times.len() / 2]
 }
 
-async fn plain_context(store_dir: &Path) -> BenchResult<SessionContext> {
-    let ctx = SessionContext::new();
-    for table in schema::PATIENT_TABLES {
-        let path = store::table_path(store_dir, table);
-        ctx.register_parquet(
-            table,
-            path.to_str().ok_or("path")?,
-            ParquetReadOptions::default(),
-        )
-        .await?;
-    }
-    ctx.register_batch("orpha_closure", reference::orpha_closure_batch()?)?;
-    ctx.register_batch("orpha_term", reference::orpha_term_batch()?)?;
-    Ok(ctx)
-}
-
 async fn bench_size(patients: usize, work: &Path, steward: &StewardSigningKey) -> BenchResult<()> {
-    let exports = work.join(format!("exports-{patients}"));
-    let sites = synthesize(
-        SynthConfig {
-            sites: 1,
-            patients,
-            seed: 1,
-        },
-        &exports,
-        &NoProgress,
-    )?;
-    let store_dir = work.join(format!("store-{patients}"));
-    ingest(
-        &sites[0].dir,
-        &Pseudonymiser::new(&[9u8; 32]),
-        &store_dir,
-        &NoProgress,
-    )?;
+    let store_dir = synthetic_store(&work.join(format!("size-{patients}")), patients, 1);
     let engine = NodeEngine::open(
         &store_dir,
         NodePolicy::new("bench", vec![steward.public_key()]),
     )
     .await?;
-    let plain = plain_context(&store_dir).await?;
+    let plain = plain_context(&store_dir).await;
     let expires = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
     println!("\n{patients} patients");
     println!("| question | plain DataFusion | node execute | ratio | added |");
@@ -164,7 +128,7 @@ async fn phases(
     steward: &StewardSigningKey,
     expires: u64,
 ) -> BenchResult<()> {
-    let plain = plain_context(store_dir).await?;
+    let plain = plain_context(store_dir).await;
     let node = node_session(store_dir, 1 << 30).await?;
     let sql = COUNT_QUESTION;
     let keys = [steward.public_key()];
