@@ -8,11 +8,14 @@
 //! comparison, and real steward keys and signatures.
 //!
 //! # Layout
+//! - [`cases`]: the case runner: a case's verdict at a node, expected tables checked
+//!   against the merge of several sites and plain DataFusion over their stores pooled.
 //! - [`loopback`]: a coordinator on loopback, its clients and hand-driven node streams.
 //! - [`fixture`]: synthetic exports and stores, and plain DataFusion over a store.
 //! - [`rows`]: record batches as comparable text rows.
 //! - [`steward`]: steward keys and signed requests for a node's engine.
 
+pub mod cases;
 pub mod fixture;
 pub mod loopback;
 pub mod rows;
