@@ -262,7 +262,7 @@ impl Coordinator {
 
     /// Forgets a node's stream, if it is still the current one, and puts its unanswered
     /// work back in the queue.
-    pub fn node_disconnected(&self, site: &str, generation: u64) {
+    pub async fn node_disconnected(&self, site: &str, generation: u64) {
         let removed = {
             let mut nodes = self.nodes();
             match nodes.get(site) {
@@ -276,17 +276,27 @@ impl Coordinator {
         if removed {
             tracing::info!(site, "node disconnected");
             let now = now_seconds();
-            if let Err(error) = self.db.requeue_dispatched(site, now) {
-                tracing::error!(%error, site, "requeueing work of a disconnected node");
-            }
-            let _ = self.db.record_event(&Event {
+            let event = Event {
                 at: now,
                 actor: format!("node:{site}"),
                 kind: EventKind::Disconnected,
                 query_id: String::new(),
                 site: site.to_string(),
                 detail: String::new(),
-            });
+            };
+            let committed = self
+                .commit("a node's disconnection", move |db| {
+                    db.requeue_dispatched(&event.site, now)?;
+                    db.record_event(&event)
+                })
+                .await;
+            if let Err(status) = committed {
+                tracing::error!(
+                    site,
+                    message = status.message(),
+                    "requeueing work of a disconnected node"
+                );
+            }
         }
     }
 
@@ -596,7 +606,7 @@ impl Coordinator {
                 site,
                 "node silent for three heartbeats; dropping its stream"
             );
-            self.node_disconnected(&site, generation);
+            self.node_disconnected(&site, generation).await;
         }
         match self.db.open_queries() {
             Ok(open) => {

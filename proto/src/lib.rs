@@ -4,6 +4,19 @@
 //! The `.proto` file is the documentation of every message and field; clients in other
 //! languages are generated from it, or discovered through server reflection with
 //! [`FILE_DESCRIPTOR_SET`].
+//!
+//! # Trust boundary
+//! Nothing here decides anything: it is the shape of what crosses the wire. Every side
+//! checks what it receives with its own rules (the node its approvals and questions, the
+//! coordinator its callers and answers).
+//!
+//! # Layout
+//! - [`v1`]: the generated messages, clients and servers.
+//! - [`approval`]: the one approval type, from the steward's signature to the node's
+//!   check, with its conversions to and from the wire.
+//! - [`arrow_ipc`]: tables as Arrow IPC bytes.
+//! - [`transport`]: the client transport rule (TLS with the pinned CA; plaintext only to
+//!   loopback) and bearer tokens.
 
 pub mod approval;
 pub mod arrow_ipc;

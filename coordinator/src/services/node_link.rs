@@ -149,7 +149,7 @@ impl NodeLink for NodeLinkService {
                     }
                 }
             }
-            core.node_disconnected(&site, generation);
+            core.node_disconnected(&site, generation).await;
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
     }

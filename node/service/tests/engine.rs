@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{plain_context, plain_sql, text_rows};
+use common::{named_steward, plain_context, plain_sql, synthetic_store, text_rows};
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::Int64Type;
 use ern_ingest::ingest;
@@ -15,9 +15,8 @@ use ern_node::approval::{self, ApprovalError};
 use ern_node::audit::{self, AUDIT_FILE, AuditError, Outcome};
 use ern_node::engine::{ExecuteError, NodeEngine, NodePolicy, QueryRequest};
 use ern_node::pseudonym::Pseudonymiser;
-use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
+use ern_node::steward_key::StewardSigningKey;
 use ern_queries::Rule;
-use ern_synth::{SynthConfig, synthesize};
 
 const SITE: &str = "site-a";
 const STUDY: &str = "study-1";
@@ -38,29 +37,9 @@ fn now() -> u64 {
 
 fn fixture(patients: usize) -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
-    let exports = dir.path().join("exports");
-    let sites = synthesize(
-        SynthConfig {
-            sites: 1,
-            patients,
-            seed: 9,
-        },
-        &exports,
-        &NoProgress,
-    )
-    .expect("synth");
-    let store = dir.path().join("store");
-    ingest(
-        &sites[0].dir,
-        &Pseudonymiser::new(&[3u8; 32]),
-        &store,
-        &NoProgress,
-    )
-    .expect("ingest");
-    generate_steward_key(&dir.path().join("steward")).expect("steward key");
-    generate_steward_key(&dir.path().join("stranger")).expect("stranger key");
-    let steward = StewardSigningKey::load(&dir.path().join("steward.key")).expect("load");
-    let stranger = StewardSigningKey::load(&dir.path().join("stranger.key")).expect("load");
+    let store = synthetic_store(dir.path(), patients, 9);
+    let steward = named_steward(dir.path(), "steward");
+    let stranger = named_steward(dir.path(), "stranger");
     Fixture {
         _dir: dir,
         store,

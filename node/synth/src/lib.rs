@@ -10,6 +10,16 @@
 //! century, onset in childhood or adulthood with diagnostic delays of years, genes with
 //! HGVS strings for about a third of patients, HPO phenotypes (some excluded), undiagnosed
 //! patients, and 5-10% of patients without consent or opted out.
+//!
+//! # Trust boundary
+//! None: every patient here is invented, and the output is an export like a hospital's,
+//! read by `ern-ingest` through the same checks as real data.
+//!
+//! # Layout
+//! - this module: [`synthesize`] and its configuration.
+//! - `catalogue`: the disorders, genes and phenotypes drawn from, with their frequencies.
+//! - `patient`: one patient's rows.
+//! - `table`: the site's tables, written as the export's CSV files with polars.
 
 mod catalogue;
 mod patient;

@@ -5,9 +5,14 @@ use std::path::Path;
 use ern_node::engine::QueryRequest;
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
 
-/// A steward key pair made for a test in `dir`.
+/// A steward key pair made for a test in `dir` (`steward.key`, `steward.pub`).
 pub fn test_steward(dir: &Path) -> StewardSigningKey {
-    let prefix = dir.join("steward");
+    named_steward(dir, "steward")
+}
+
+/// A steward key pair `name.key`, `name.pub` made in `dir`.
+pub fn named_steward(dir: &Path, name: &str) -> StewardSigningKey {
+    let prefix = dir.join(name);
     generate_steward_key(&prefix).expect("steward key");
     StewardSigningKey::load(&prefix.with_extension("key")).expect("load steward key")
 }

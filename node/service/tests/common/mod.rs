@@ -9,4 +9,4 @@ pub(crate) use ern_test_support::fixture::{
     synthetic_store,
 };
 pub(crate) use ern_test_support::rows::{canonical_rows, text_rows, text_rows_rounded};
-pub(crate) use ern_test_support::steward::{signed_request, test_steward};
+pub(crate) use ern_test_support::steward::{named_steward, signed_request, test_steward};

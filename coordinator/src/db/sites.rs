@@ -1,0 +1,363 @@
+//! Each site's part in a question, moved only by the steps of [`crate::lifecycle`]:
+//! approvals, dispatch, requeue, answers, deadlines and timeouts.
+
+use super::*;
+
+impl Db {
+    /// The targets of one question, by site.
+    pub fn targets(&self, query_id: &str) -> Result<Vec<Target>, DbError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(
+            "SELECT site, state, detail, updated_at, partial FROM targets WHERE query_id = ?1 ORDER BY site",
+        )?;
+        let rows = statement.query_map(params![query_id], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, Option<Vec<u8>>>(4)?,
+            ))
+        })?;
+        let mut targets = Vec::new();
+        for row in rows {
+            let (site, state, detail, updated_at, partial) = row?;
+            targets.push(Target {
+                query_id: query_id.to_string(),
+                site,
+                state: state_from(state)?,
+                detail,
+                updated_at: updated_at as u64,
+                partial,
+            });
+        }
+        Ok(targets)
+    }
+
+    /// How many sites of a question have not finished.
+    pub fn unfinished_sites(&self, query_id: &str) -> Result<u32, DbError> {
+        let conn = self.conn();
+        Ok(query_row_cached(
+            &conn,
+            "SELECT COUNT(*) FROM targets WHERE query_id = ?1 AND state IN (?2, ?3, ?4)",
+            params![
+                query_id,
+                SiteState::AwaitingApproval.as_str(),
+                SiteState::Approved.as_str(),
+                SiteState::Dispatched.as_str()
+            ],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Questions waiting for `site`'s steward, oldest first, with their row ids: `limit`
+    /// of them after the row `after_row`.
+    pub fn pending_for_site(
+        &self,
+        site: &str,
+        now: u64,
+        after_row: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, StoredQuery)>, DbError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(
+            "SELECT q.id, q.title, q.purpose, q.sql, q.query_hash, q.submitted_by, q.submitted_at, q.deadline, q.complete, q.failure, q.rowid
+             FROM queries q JOIN targets t ON t.query_id = q.id
+             WHERE t.site = ?1 AND t.state = ?2 AND q.deadline > ?3 AND q.rowid > ?4
+             ORDER BY q.rowid LIMIT ?5",
+        )?;
+        let rows = statement.query_map(
+            params![
+                site,
+                SiteState::AwaitingApproval.as_str(),
+                now as i64,
+                after_row,
+                limit
+            ],
+            |row| Ok((row.get::<_, i64>(10)?, query_from_row(row)?)),
+        )?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Takes `step` for `site`'s part in a question, recording the step's event by
+    /// `actor` with `detail`, if the part is in a state the step leaves. Returns whether
+    /// it moved.
+    pub fn step(
+        &self,
+        query_id: &str,
+        site: &str,
+        step: SiteStep,
+        actor: &str,
+        detail: &str,
+        now: u64,
+    ) -> Result<bool, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let moved = step_in(&tx, query_id, site, step, actor, detail, now)?;
+        tx.commit()?;
+        Ok(moved)
+    }
+
+    /// Stores a steward's approval and moves the site's part to approved, if it awaits
+    /// one ([`SiteStep::Approve`]).
+    pub fn approve(
+        &self,
+        query_id: &str,
+        approved_by: &str,
+        approval: &Approval,
+        now: u64,
+    ) -> Result<bool, DbError> {
+        let step = SiteStep::Approve;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = execute_cached(&tx,
+            "UPDATE targets SET state = ?3, updated_at = ?4, approved_by = ?5, approval_expires = ?6,
+                 approval_key_id = ?7, approval_signature = ?8, detail = ''
+             WHERE query_id = ?1 AND site = ?2 AND state = ?9",
+            params![
+                query_id,
+                approval.site_id,
+                step.to().as_str(),
+                now as i64,
+                approved_by,
+                approval.expires_at as i64,
+                approval.key_id,
+                approval.signature,
+                sole_from(step).as_str()
+            ],
+        )?;
+        if changed == 1 {
+            record_step(
+                &tx,
+                query_id,
+                &approval.site_id,
+                step,
+                approved_by,
+                &format!("key {}", approval.key_id),
+                now,
+            )?;
+        }
+        tx.commit()?;
+        Ok(changed == 1)
+    }
+
+    /// Approved work for `site` whose question has not passed its deadline.
+    pub fn approved_work(&self, site: &str, now: u64) -> Result<Vec<WorkItem>, DbError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(
+            "SELECT q.id, q.sql, q.query_hash, t.approval_expires, t.approval_key_id, t.approval_signature
+             FROM targets t JOIN queries q ON q.id = t.query_id
+             WHERE t.site = ?1 AND t.state = ?2 AND q.deadline > ?3
+             ORDER BY t.updated_at, q.rowid",
+        )?;
+        let rows = statement.query_map(
+            params![site, sole_from(SiteStep::Dispatch).as_str(), now as i64],
+            |row| {
+                let query_id: String = row.get(0)?;
+                Ok(WorkItem {
+                    sql: row.get(1)?,
+                    approval: Approval {
+                        study_id: study_of(&query_id).to_string(),
+                        site_id: site.to_string(),
+                        query_hash: row.get(2)?,
+                        expires_at: row.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
+                        key_id: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                        signature: row.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
+                    },
+                    query_id,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Marks approved work as sent to the node; false if it was no longer approved (so
+    /// no piece of work is sent twice on one connection).
+    pub fn mark_dispatched(&self, query_id: &str, site: &str, now: u64) -> Result<bool, DbError> {
+        let conn = self.relaxed_conn()?;
+        let changed = execute_cached(
+            &conn,
+            "UPDATE targets SET state = ?3, dispatched_at = ?4, updated_at = ?4
+             WHERE query_id = ?1 AND site = ?2 AND state = ?5",
+            params![
+                query_id,
+                site,
+                SiteStep::Dispatch.to().as_str(),
+                now as i64,
+                sole_from(SiteStep::Dispatch).as_str()
+            ],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Puts every piece of work dispatched to `site` back to approved (its connection
+    /// ended before an answer), so it is sent again on the next connection.
+    pub fn requeue_dispatched(&self, site: &str, now: u64) -> Result<usize, DbError> {
+        let conn = self.relaxed_conn()?;
+        Ok(execute_cached(
+            &conn,
+            "UPDATE targets SET state = ?2, updated_at = ?3, dispatched_at = NULL WHERE site = ?1 AND state = ?4",
+            params![
+                site,
+                SiteStep::Requeue.to().as_str(),
+                now as i64,
+                sole_from(SiteStep::Requeue).as_str()
+            ],
+        )?)
+    }
+
+    /// Stores a node's answer for dispatched work, taking `step` ([`SiteStep::Answer`],
+    /// [`SiteStep::Refuse`] or [`SiteStep::Fail`]); false if the work was not dispatched
+    /// (late, duplicate or unknown answers are ignored).
+    pub fn record_answer(
+        &self,
+        query_id: &str,
+        site: &str,
+        step: SiteStep,
+        detail: &str,
+        partial: Option<&[u8]>,
+        now: u64,
+    ) -> Result<bool, DbError> {
+        let mut conn = self.relaxed_conn()?;
+        let tx = conn.transaction()?;
+        let changed = execute_cached(
+            &tx,
+            "UPDATE targets SET state = ?3, detail = ?4, partial = ?5, updated_at = ?6
+             WHERE query_id = ?1 AND site = ?2 AND state = ?7",
+            params![
+                query_id,
+                site,
+                step.to().as_str(),
+                detail,
+                partial,
+                now as i64,
+                sole_from(step).as_str()
+            ],
+        )?;
+        if changed == 1 {
+            record_step(
+                &tx,
+                query_id,
+                site,
+                step,
+                &format!("node:{site}"),
+                detail,
+                now,
+            )?;
+        }
+        tx.commit()?;
+        Ok(changed == 1)
+    }
+
+    /// Expires unfinished targets of questions past their deadline
+    /// ([`SiteStep::Expire`]) and fails dispatched work older than `dispatched_before`
+    /// ([`SiteStep::TimeOut`]). Returns the questions touched.
+    pub fn expire(&self, now: u64, dispatched_before: u64) -> Result<Vec<String>, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut touched = Vec::new();
+        {
+            let mut expired = Vec::new();
+            for state in SiteStep::Expire.from() {
+                let mut statement = tx.prepare_cached(
+                    "SELECT t.query_id, t.site FROM targets t JOIN queries q ON q.id = t.query_id
+                     WHERE q.deadline <= ?1 AND t.state = ?2",
+                )?;
+                let rows = statement.query_map(params![now as i64, state.as_str()], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })?;
+                expired.extend(rows.collect::<Result<Vec<_>, _>>()?);
+            }
+            for (query_id, site) in expired {
+                if step_in(
+                    &tx,
+                    &query_id,
+                    &site,
+                    SiteStep::Expire,
+                    "coordinator",
+                    "deadline",
+                    now,
+                )? {
+                    touched.push(query_id);
+                }
+            }
+            let mut statement = tx.prepare_cached(
+                "SELECT query_id, site FROM targets WHERE state = ?1 AND dispatched_at < ?2",
+            )?;
+            let rows = statement.query_map(
+                params![
+                    sole_from(SiteStep::TimeOut).as_str(),
+                    dispatched_before as i64
+                ],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+            )?;
+            let late = rows.collect::<Result<Vec<_>, _>>()?;
+            for (query_id, site) in late {
+                if step_in(
+                    &tx,
+                    &query_id,
+                    &site,
+                    SiteStep::TimeOut,
+                    "coordinator",
+                    "timeout",
+                    now,
+                )? {
+                    touched.push(query_id);
+                }
+            }
+        }
+        tx.commit()?;
+        touched.sort();
+        touched.dedup();
+        Ok(touched)
+    }
+
+    /// Dispatched, unanswered work per site.
+    pub fn in_flight(&self, site: &str) -> Result<u32, DbError> {
+        let conn = self.conn();
+        Ok(query_row_cached(
+            &conn,
+            "SELECT COUNT(*) FROM targets WHERE site = ?1 AND state = ?2",
+            params![site, SiteState::Dispatched.as_str()],
+            |row| row.get(0),
+        )?)
+    }
+}
+
+/// The one state a step leaves, for the steps that leave one.
+fn sole_from(step: SiteStep) -> SiteState {
+    let from = step.from();
+    debug_assert_eq!(from.len(), 1, "{step:?}");
+    from[0]
+}
+
+/// Takes `step` for a site's part, with `detail`, and records its event.
+fn step_in(
+    conn: &Connection,
+    query_id: &str,
+    site: &str,
+    step: SiteStep,
+    actor: &str,
+    detail: &str,
+    now: u64,
+) -> Result<bool, DbError> {
+    for state in step.from() {
+        let changed = execute_cached(
+            conn,
+            "UPDATE targets SET state = ?3, detail = ?4, updated_at = ?5 WHERE query_id = ?1 AND site = ?2 AND state = ?6",
+            params![
+                query_id,
+                site,
+                step.to().as_str(),
+                detail,
+                now as i64,
+                state.as_str()
+            ],
+        )?;
+        if changed == 1 {
+            record_step(conn, query_id, site, step, actor, detail, now)?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
