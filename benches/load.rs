@@ -125,7 +125,12 @@ async fn run(researchers: usize, questions: usize, sites: usize) {
     let stores = stores(work.path(), sites, PATIENTS_PER_SITE);
 
     // A TLS coordinator on loopback, with the network's CA.
-    let limits = Limits::default();
+    // Every simulated researcher, steward and node dials from 127.0.0.1: the per-source
+    // connection caps, made for one host among many, are raised to the whole crowd.
+    let mut limits = Limits::default();
+    let crowd = researchers + 2 * sites + 8;
+    limits.connections.per_source = limits.connections.per_source.max(crowd);
+    limits.connections.handshakes_per_source = limits.connections.handshakes_per_source.max(crowd);
     let coordinator = Loopback::start(Security::MutualTls, limits.clone()).await;
     let (core, url, ca, trust) = (
         Arc::clone(&coordinator.core),

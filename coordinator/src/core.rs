@@ -151,8 +151,10 @@ impl Coordinator {
 
     /// Runs a write on a blocking thread and waits for it: a commit waits for the disk
     /// (`synchronous = FULL` for what people hand over), and the async workers must serve
-    /// other calls meanwhile. Every lifecycle commit of a service or of the core goes
-    /// through here; storage failures become a generic internal error, logged.
+    /// other calls meanwhile. Every durable lifecycle commit of a service or of the core
+    /// goes through here (the redoable marks, dispatch and a node's answer, commit without
+    /// waiting for the disk and run inline); storage failures become a generic internal
+    /// error, logged.
     pub async fn commit<T: Send + 'static, E: Send + 'static>(
         &self,
         what: &'static str,
@@ -405,13 +407,18 @@ impl Coordinator {
             ),
             None => (SiteStep::Fail, "empty-result".to_string(), None),
         };
-        let query_id = result.query_id.clone();
-        let site_id = site.to_string();
+        // A redoable mark (see `db`): it commits without waiting for the disk, so inline.
         let recorded = self
-            .commit("an answer", move |db| {
-                db.record_answer(&query_id, &site_id, step, &detail, partial.as_deref(), now)
-            })
-            .await?;
+            .db
+            .record_answer(
+                &result.query_id,
+                site,
+                step,
+                &detail,
+                partial.as_deref(),
+                now,
+            )
+            .map_err(internal)?;
         if recorded {
             tracing::info!(site, query = %for_log(&result.query_id), state = step.to().as_str(), "answer");
             // The node has room again.
@@ -424,15 +431,24 @@ impl Coordinator {
     /// A released partial must decode and have the columns the question implies.
     async fn check_partial(&self, query_id: &str, bytes: &[u8]) -> Result<(), String> {
         let (schema, _) = arrow_ipc::decode(bytes).map_err(|e| e.to_string())?;
-        let query = self
-            .db
-            .query(query_id)
-            .map_err(|e| e.to_string())?
-            .ok_or("unknown question")?;
-        let plan = self
-            .plan_of(&query)
-            .await
-            .map_err(|refusal| refusal.to_string())?;
+        // The kept plan, without reading the question's row; the row only after a restart.
+        let kept = self
+            .plan_cache()
+            .get(query_id)
+            .and_then(|cell| cell.get().cloned());
+        let plan = match kept {
+            Some(plan) => plan,
+            None => {
+                let query = self
+                    .db
+                    .query(query_id)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("unknown question")?;
+                self.plan_of(&query)
+                    .await
+                    .map_err(|refusal| refusal.to_string())?
+            }
+        };
         plan.check_released(&schema).map_err(|e| e.to_string())
     }
 
