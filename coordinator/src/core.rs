@@ -59,6 +59,9 @@ struct Connection {
     last_seen: u64,
     /// Most pieces of work the node runs at once (from its Hello).
     max_concurrent: usize,
+    /// Whether the node takes part in secure aggregation, and the fewest participants
+    /// it accepts (from its Hello).
+    secure: (bool, usize),
 }
 
 /// The coordinator's shared core, behind every service.
@@ -79,6 +82,8 @@ pub struct Coordinator {
     /// after a restart), so answers are checked and merged without planning again.
     plans: Mutex<HashMap<String, Arc<OnceCell<Arc<QueryPlan>>>>>,
     merged: Notify,
+    /// Open secure-aggregation rounds, by question (see [`crate::rounds`]).
+    pub(crate) rounds: Mutex<HashMap<String, crate::rounds::Round>>,
 }
 
 /// Why a coordinator could not start.
@@ -124,6 +129,7 @@ impl Coordinator {
             generations: AtomicU64::new(1),
             plans: Mutex::new(HashMap::new()),
             merged: Notify::new(),
+            rounds: Mutex::new(HashMap::new()),
         })
     }
 
@@ -217,6 +223,22 @@ impl Coordinator {
         self.nodes().contains_key(site)
     }
 
+    /// A connected node's secure-aggregation policy from its Hello: whether it takes
+    /// part, and the fewest participants it accepts; `None` if not connected.
+    pub fn node_secure_policy(&self, site: &str) -> Option<(bool, usize)> {
+        self.nodes().get(site).map(|connection| connection.secure)
+    }
+
+    /// Sends a message down a site's stream; false if the site is not connected or its
+    /// stream ended.
+    pub(crate) async fn send_to(&self, site: &str, message: v1::CoordinatorMessage) -> bool {
+        let sender = match self.nodes().get(site) {
+            Some(connection) => connection.sender.clone(),
+            None => return false,
+        };
+        sender.send(Ok(message)).await.is_ok()
+    }
+
     /// Registers a node's new stream (replacing an older one of the same site) and
     /// returns its generation. Work sent on an older stream is sent again.
     pub async fn node_connected(
@@ -227,6 +249,9 @@ impl Coordinator {
     ) -> Result<u64, Status> {
         let (k, version) = (hello.k, crate::node_text::version(&hello.version));
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        // A new stream for a site ends its old one: a round it was in cannot complete.
+        self.fail_rounds_of(site, "reconnected during the round")
+            .await;
         let now = now_seconds();
         let node = NodeRecord {
             site: site.to_string(),
@@ -256,6 +281,7 @@ impl Coordinator {
                 sender,
                 last_seen: now,
                 max_concurrent: hello.max_concurrent.max(1) as usize,
+                secure: (hello.secure_aggregation, hello.min_secure_sites as usize),
             },
         );
         tracing::info!(site, k, %version, "node connected");
@@ -277,6 +303,8 @@ impl Coordinator {
         };
         if removed {
             tracing::info!(site, "node disconnected");
+            self.fail_rounds_of(site, "disconnected during the round")
+                .await;
             let now = now_seconds();
             let event = Event {
                 at: now,
@@ -367,6 +395,7 @@ impl Coordinator {
                     query_id: item.query_id.clone(),
                     sql: item.sql,
                     approval: Some(v1::Approval::from(item.approval)),
+                    secure_round: None,
                 })),
             };
             if sender.send(Ok(message)).await.is_err() {
@@ -383,6 +412,20 @@ impl Coordinator {
     /// Stores a node's answer and merges the question if it was the last one.
     pub async fn handle_result(&self, site: &str, result: v1::WorkResult) -> Result<(), Status> {
         use v1::work_result::Outcome;
+        if self.round_open(&result.query_id) {
+            let in_round = self.handle_round_result(site, result.clone()).await?;
+            if in_round {
+                // The node has room again.
+                return self.dispatch(site).await.map(|_| ());
+            }
+        }
+        if matches!(
+            result.outcome,
+            Some(Outcome::Statement(_) | Outcome::Masked(_))
+        ) {
+            tracing::warn!(site, query = %for_log(&result.query_id), "a round message for no open round");
+            return Ok(());
+        }
         let now = now_seconds();
         let (step, detail, partial) = match result.outcome {
             Some(Outcome::Released(released)) => match self
@@ -405,7 +448,9 @@ impl Coordinator {
                 crate::node_text::failure_reference(&failed.reference),
                 None,
             ),
-            None => (SiteStep::Fail, "empty-result".to_string(), None),
+            None | Some(Outcome::Statement(_) | Outcome::Masked(_)) => {
+                (SiteStep::Fail, "empty-result".to_string(), None)
+            }
         };
         // A redoable mark (see `db`): it commits without waiting for the disk, so inline.
         let recorded = self
@@ -519,6 +564,16 @@ impl Coordinator {
             )
         })?;
         let mut batches = Vec::new();
+        if let Some(bytes) = self
+            .db
+            .secure_totals(&query.id)
+            .map_err(|e| merge_failed("the round's totals could not be read", e.to_string()))?
+        {
+            let (_, totals) = arrow_ipc::decode(&bytes).map_err(|e| {
+                merge_failed("the round's totals could not be decoded", e.to_string())
+            })?;
+            batches.extend(totals);
+        }
         for target in targets {
             if let (SiteState::Answered, Some(bytes)) = (target.state, &target.partial) {
                 let (_, site_batches) = arrow_ipc::decode(bytes).map_err(|e| {
@@ -602,6 +657,7 @@ impl Coordinator {
             }
             Err(status) => tracing::error!(message = status.message(), "expiring work"),
         }
+        self.tick_secure().await;
         // Timeouts free room on nodes; also catches any work a race left approved.
         let connected: Vec<String> = self.nodes().keys().cloned().collect();
         for site in connected {

@@ -41,6 +41,7 @@ pub mod model;
 pub mod node_text;
 pub mod paging;
 pub mod pki;
+pub mod rounds;
 pub mod server;
 pub mod services;
 

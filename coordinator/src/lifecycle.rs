@@ -11,7 +11,13 @@
 //!        |                          ^                     |   |  \--refuse--> refused
 //!        \--reject--> rejected      \-------requeue-------/   \--fail, time out--> failed
 //! awaiting-approval | approved | dispatched --expire--> expired
+//! dispatched (in a secure-aggregation round) --aggregate--> aggregated
+//!                                            \--fail round--> round-failed
 //! ```
+//!
+//! Under secure aggregation every participant of a question is dispatched at once, in
+//! one round; when one of them refuses, fails or drops out, the others' parts end as
+//! round-failed (the round is never run again with fewer sites).
 
 use ern_proto::v1;
 
@@ -34,9 +40,13 @@ pub enum SiteState {
     Failed,
     /// The deadline passed.
     Expired,
+    /// The node's masked vector went into the network total of a completed round.
+    Aggregated,
+    /// The secure-aggregation round did not complete.
+    RoundFailed,
 }
 
-const ALL_STATES: [SiteState; 8] = [
+const ALL_STATES: [SiteState; 10] = [
     SiteState::AwaitingApproval,
     SiteState::Approved,
     SiteState::Dispatched,
@@ -45,6 +55,8 @@ const ALL_STATES: [SiteState; 8] = [
     SiteState::Rejected,
     SiteState::Failed,
     SiteState::Expired,
+    SiteState::Aggregated,
+    SiteState::RoundFailed,
 ];
 
 impl SiteState {
@@ -59,6 +71,8 @@ impl SiteState {
             SiteState::Rejected => "rejected",
             SiteState::Failed => "failed",
             SiteState::Expired => "expired",
+            SiteState::Aggregated => "aggregated",
+            SiteState::RoundFailed => "round-failed",
         }
     }
 
@@ -83,7 +97,15 @@ impl SiteState {
             SiteState::Rejected => v1::SiteState::Rejected,
             SiteState::Failed => v1::SiteState::Failed,
             SiteState::Expired => v1::SiteState::Expired,
+            SiteState::Aggregated => v1::SiteState::Aggregated,
+            SiteState::RoundFailed => v1::SiteState::RoundFailed,
         }
+    }
+
+    /// Whether the site contributed to the merged table (released partials, or a masked
+    /// vector in a completed round).
+    pub fn contributed(self) -> bool {
+        matches!(self, SiteState::Answered | SiteState::Aggregated)
     }
 }
 
@@ -108,9 +130,13 @@ pub enum SiteStep {
     TimeOut,
     /// The question's deadline passed before the site finished.
     Expire,
+    /// The node's masked vector went into the total of a round that completed.
+    Aggregate,
+    /// The secure-aggregation round the site was in did not complete.
+    FailRound,
 }
 
-const ALL_STEPS: [SiteStep; 9] = [
+const ALL_STEPS: [SiteStep; 11] = [
     SiteStep::Approve,
     SiteStep::Reject,
     SiteStep::Dispatch,
@@ -120,6 +146,8 @@ const ALL_STEPS: [SiteStep; 9] = [
     SiteStep::Fail,
     SiteStep::TimeOut,
     SiteStep::Expire,
+    SiteStep::Aggregate,
+    SiteStep::FailRound,
 ];
 
 impl SiteStep {
@@ -133,7 +161,9 @@ impl SiteStep {
             | SiteStep::Answer
             | SiteStep::Refuse
             | SiteStep::Fail
-            | SiteStep::TimeOut => &[Dispatched],
+            | SiteStep::TimeOut
+            | SiteStep::Aggregate
+            | SiteStep::FailRound => &[Dispatched],
             SiteStep::Expire => &[AwaitingApproval, Approved, Dispatched],
         }
     }
@@ -149,6 +179,8 @@ impl SiteStep {
             SiteStep::Refuse => SiteState::Refused,
             SiteStep::Fail | SiteStep::TimeOut => SiteState::Failed,
             SiteStep::Expire => SiteState::Expired,
+            SiteStep::Aggregate => SiteState::Aggregated,
+            SiteStep::FailRound => SiteState::RoundFailed,
         }
     }
 
@@ -163,6 +195,8 @@ impl SiteStep {
             SiteStep::Refuse => Some(EventKind::Refused),
             SiteStep::Fail | SiteStep::TimeOut => Some(EventKind::Failed),
             SiteStep::Expire => Some(EventKind::Expired),
+            SiteStep::Aggregate => Some(EventKind::Aggregated),
+            SiteStep::FailRound => Some(EventKind::RoundFailed),
         }
     }
 }
@@ -218,9 +252,15 @@ pub enum EventKind {
     Connected,
     /// A node's stream ended.
     Disconnected,
+    /// A secure-aggregation round started (the detail lists its participants).
+    RoundStarted,
+    /// A node's masked vector went into a completed round's total.
+    Aggregated,
+    /// A secure-aggregation round did not complete.
+    RoundFailed,
 }
 
-const ALL_EVENTS: [EventKind; 13] = [
+const ALL_EVENTS: [EventKind; 16] = [
     EventKind::Submitted,
     EventKind::RefusedAtSubmit,
     EventKind::Approved,
@@ -234,6 +274,9 @@ const ALL_EVENTS: [EventKind; 13] = [
     EventKind::UserAdded,
     EventKind::Connected,
     EventKind::Disconnected,
+    EventKind::RoundStarted,
+    EventKind::Aggregated,
+    EventKind::RoundFailed,
 ];
 
 impl EventKind {
@@ -253,6 +296,9 @@ impl EventKind {
             EventKind::UserAdded => "user-added",
             EventKind::Connected => "connected",
             EventKind::Disconnected => "disconnected",
+            EventKind::RoundStarted => "round-started",
+            EventKind::Aggregated => "aggregated",
+            EventKind::RoundFailed => "round-failed",
         }
     }
 

@@ -402,6 +402,7 @@ async fn a_node_keeps_only_well_formed_words_at_the_coordinator() {
                 k: 5,
                 version: hostile,
                 max_concurrent: 1,
+                ..Default::default()
             },
         )
         .await

@@ -128,6 +128,7 @@ fn hello_with(site: &str, max_concurrent: u32) -> v1::NodeMessage {
             k: 5,
             version: "test".into(),
             max_concurrent,
+            ..Default::default()
         })),
     }
 }

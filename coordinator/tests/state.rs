@@ -64,7 +64,7 @@ fn the_schema_migrates_once_and_survives_reopening() {
     let db = Db::open(&path).expect("reopen");
     assert_eq!(db.query("q-1").expect("read").expect("kept").title, "t");
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
-    assert_eq!(schema_version(&conn), 6);
+    assert_eq!(schema_version(&conn), 7);
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .expect("mode");
@@ -79,7 +79,7 @@ fn a_database_of_the_first_schema_gains_the_later_migrations() {
     // Back to schema 1, as a coordinator of the first version left it.
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
     conn.execute_batch(
-        "DROP INDEX queries_by_submitter; DROP INDEX targets_by_query_state; ALTER TABLE queries DROP COLUMN failure; ALTER TABLE nodes DROP COLUMN audit_head; ALTER TABLE queries DROP COLUMN report; PRAGMA user_version = 1;",
+        "DROP INDEX queries_by_submitter; DROP INDEX targets_by_query_state; ALTER TABLE queries DROP COLUMN failure; ALTER TABLE nodes DROP COLUMN audit_head; ALTER TABLE queries DROP COLUMN report; ALTER TABLE queries DROP COLUMN mode; ALTER TABLE queries DROP COLUMN mode_note; ALTER TABLE queries DROP COLUMN secure_totals; PRAGMA user_version = 1;",
     )
     .expect("downgrade");
     drop(conn);
@@ -99,8 +99,14 @@ fn a_database_of_the_first_schema_gains_the_later_migrations() {
     );
     // Migration 6: a question stored before has an empty report (built again on a look).
     assert_eq!(db.report("q-1").expect("report").as_deref(), Some(""));
+    // Migration 7: a question stored before runs per site, with no round's totals.
+    assert_eq!(
+        db.mode("q-1").expect("mode"),
+        Some(("per-site".to_string(), String::new()))
+    );
+    assert_eq!(db.secure_totals("q-1").expect("totals"), None);
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
-    assert_eq!(schema_version(&conn), 6);
+    assert_eq!(schema_version(&conn), 7);
     let indexes: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN ('targets_by_query_state', 'queries_by_submitter')",

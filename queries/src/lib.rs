@@ -24,26 +24,35 @@
 //!   derived from the question (report, site plan, released schema, merge).
 //! - [`validate`]: parse, plan, walk the plan once, asking each rule.
 //! - [`split`]: how a plan becomes a per-site plan and how partial results merge.
+//! - [`domain`]: a question's public domain, which decides secure or per-site
+//!   aggregation, derived from the plan alone.
+//! - [`reference`]: the shipped Orphanet classification behind the reference tables.
 //! - [`uniqueness`]: where a site may count patients without a distinct count.
 //! - [`hash`]: the canonical query hash that approvals sign.
 //! - [`shown`]: another party's text made safe to print (escapes, bounded length).
 //! - [`ids`]: the shape of site, study and user ids.
 //! - [`casefile`]: the steward-readable format of the validation and attack suites.
 //! - [`schema`]: the Arrow schemas of the node tables (the data contract).
+//! - [`secure`]: a secure question's vector (node) and its release from totals
+//!   (coordinator).
 
 pub mod allowlist;
 pub mod casefile;
 pub mod catalog;
+pub mod domain;
 pub mod hash;
 pub mod ids;
 pub mod plan;
+pub mod reference;
 pub mod rules;
 pub mod schema;
+pub mod secure;
 pub mod shown;
 pub mod split;
 pub mod uniqueness;
 pub mod validate;
 
+pub use domain::{AggregationMode, KeyDomain, SecureDomain};
 pub use hash::{POLICY_VERSION, query_hash};
 pub use plan::{Planner, QueryPlan, SitePlan};
 pub use rules::group_size::Dominance;

@@ -19,9 +19,11 @@ use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 
+use crate::domain::{self, AggregationMode};
 use crate::rules::Refusal;
 use crate::rules::group_size::Dominance;
-use crate::split::{self, SplitError};
+use crate::secure::SecureLayout;
+use crate::split::{self, Concentration, SplitError};
 use crate::uniqueness::SiteFacts;
 use crate::validate::{Barrier, ValidatedQuery, ValidationReport, validate};
 
@@ -45,6 +47,8 @@ impl Planner {
         Ok(QueryPlan {
             validated,
             released: OnceLock::new(),
+            mode: OnceLock::new(),
+            layout: OnceLock::new(),
         })
     }
 
@@ -60,6 +64,10 @@ pub struct QueryPlan {
     validated: ValidatedQuery,
     /// The released schema, derived from a site plan on first use.
     released: OnceLock<Result<SchemaRef, String>>,
+    /// Secure aggregation or per-site suppression, derived on first use.
+    mode: OnceLock<AggregationMode>,
+    /// The vector layout of a secure question, derived on first use.
+    layout: OnceLock<Result<SecureLayout, String>>,
 }
 
 /// A site's plan for one question, with the schema of what the site may release.
@@ -104,9 +112,51 @@ impl QueryPlan {
         facts: &SiteFacts,
         dominance: Dominance,
     ) -> Result<SitePlan, SplitError> {
-        let plan = split::site_plan(&self.validated.barrier, facts, dominance)?;
+        let plan = split::site_plan(
+            &self.validated.barrier,
+            facts,
+            Concentration::TopShare(dominance),
+        )?;
         let released = split::released_of(&plan);
         Ok(SitePlan { plan, released })
+    }
+
+    /// Whether the question is aggregated securely (every GROUP BY key has a public
+    /// domain) or per site, with the domain or the reason: derived from the plan alone,
+    /// so every party derives the same.
+    pub fn mode(&self) -> &AggregationMode {
+        self.mode
+            .get_or_init(|| domain::derive(&self.validated.barrier))
+    }
+
+    /// The per-site plan of a secure question: the same groups and partials as
+    /// [`QueryPlan::site_plan`], with the moments of every released sum in place of the
+    /// site's own dominance share (the coordinator checks concentration on totals).
+    pub fn secure_site_plan(&self, facts: &SiteFacts) -> Result<SitePlan, SplitError> {
+        let plan = split::site_plan(&self.validated.barrier, facts, Concentration::Moments)?;
+        let released = split::released_of(&plan);
+        Ok(SitePlan { plan, released })
+    }
+
+    /// The vector layout of a secure question (an error for a per-site one).
+    pub fn secure_layout(&self) -> Result<&SecureLayout, SplitError> {
+        self.layout
+            .get_or_init(|| {
+                let domain = match self.mode() {
+                    AggregationMode::Secure(domain) => domain.clone(),
+                    AggregationMode::PerSite { reason } => {
+                        return Err(format!("the question runs per site: {reason}"));
+                    }
+                };
+                let site = self
+                    .secure_site_plan(&SiteFacts::default())
+                    .map_err(|e| e.to_string())?;
+                let released = self.released_schema().map_err(|e| e.to_string())?;
+                SecureLayout::new(domain, site.plan.schema().as_arrow(), released)
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| SplitError::BadPartials(e.clone()))
     }
 
     /// The schema of what a site releases (group keys and partials), the same at every

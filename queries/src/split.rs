@@ -42,11 +42,34 @@ pub const HIDDEN_LACKING: &str = "__lacking";
 /// patient contributions hold.
 pub const HIDDEN_DOMINANCE: &str = "__dominance";
 
-/// True for a hidden column of a site plan (patient counts, dominance shares).
+/// Prefix of the hidden per-group sums of squared patient contributions to a released
+/// SUM or AVG, in a secure site plan (see [`Concentration::Moments`]).
+pub const HIDDEN_SQUARES: &str = "__squares";
+
+/// Prefix of the hidden per-group sums of absolute patient contributions to a released
+/// SUM or AVG, in a secure site plan.
+pub const HIDDEN_ABSOLUTES: &str = "__absolutes";
+
+/// True for a hidden column of a site plan (patient counts, dominance shares, moments).
 pub fn is_hidden(name: &str) -> bool {
     name.starts_with(HIDDEN_PATIENTS)
         || name.starts_with(HIDDEN_DOMINANCE)
         || name.starts_with(HIDDEN_LACKING)
+        || name.starts_with(HIDDEN_SQUARES)
+        || name.starts_with(HIDDEN_ABSOLUTES)
+}
+
+/// How a site plan measures how much of a released sum its largest patients hold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Concentration {
+    /// Per-site release: the share of the group's absolute total held by its `top`
+    /// largest patient contributions, checked by the node against its own limit.
+    TopShare(Dominance),
+    /// Secure aggregation: the sums of squared and of absolute patient contributions,
+    /// which add up across sites, so the coordinator checks the concentration of the
+    /// network total (sum of squares over the squared sum of absolute values) without
+    /// seeing any patient's value.
+    Moments,
 }
 
 /// Errors of splitting or merging (internal: a validated query always splits).
@@ -338,13 +361,13 @@ fn position_of(computed: &mut Vec<Expr>, expr: Expr) -> usize {
 pub(crate) fn site_plan(
     barrier: &Barrier,
     facts: &SiteFacts,
-    dominance: Dominance,
+    concentration: Concentration,
 ) -> Result<LogicalPlan, SplitError> {
     let counting = Counting::new(barrier, facts);
     if counting.unique.contains(&barrier.pid) {
-        one_phase_site_plan(barrier, &counting, dominance)
+        one_phase_site_plan(barrier, &counting, concentration)
     } else {
-        per_patient_site_plan(barrier, &barrier.pid, dominance)
+        per_patient_site_plan(barrier, &barrier.pid, concentration)
     }
 }
 
@@ -360,13 +383,17 @@ fn summed_arguments(barrier: &Barrier) -> Vec<Expr> {
         .collect()
 }
 
-/// The largest `top` absolute contributions and the sum of all absolute contributions,
-/// over one row per patient.
-fn dominance_aggregates(contribution: Expr, dominance: Dominance) -> (Expr, Expr) {
-    (
-        top_abs_sum(dominance.top, contribution.clone()),
-        sum(datafusion::functions::math::expr_fn::abs(contribution)),
-    )
+/// Over one row per patient: the largest `top` absolute contributions and the sum of all
+/// absolute contributions ([`Concentration::TopShare`]), or the sum of squared
+/// contributions and the sum of absolute ones ([`Concentration::Moments`]).
+fn dominance_aggregates(contribution: Expr, concentration: Concentration) -> (Expr, Expr) {
+    let absolutes = sum(datafusion::functions::math::expr_fn::abs(
+        contribution.clone(),
+    ));
+    match concentration {
+        Concentration::TopShare(dominance) => (top_abs_sum(dominance.top, contribution), absolutes),
+        Concentration::Moments => (sum(contribution.clone() * contribution), absolutes),
+    }
 }
 
 /// One aggregation over the input; where a pid column holds each patient once, a plain
@@ -374,7 +401,7 @@ fn dominance_aggregates(contribution: Expr, dominance: Dominance) -> (Expr, Expr
 fn one_phase_site_plan(
     barrier: &Barrier,
     counting: &Counting,
-    dominance: Dominance,
+    concentration: Concentration,
 ) -> Result<LogicalPlan, SplitError> {
     let mut computed = Vec::new();
     let partial_at: Vec<usize> = barrier
@@ -394,7 +421,7 @@ fn one_phase_site_plan(
     // One row per patient: each row's value is that patient's contribution.
     let mut dominance_at = Vec::new();
     for contribution in summed_arguments(barrier) {
-        let (top, total) = dominance_aggregates(contribution, dominance);
+        let (top, total) = dominance_aggregates(contribution, concentration);
         dominance_at.push((
             position_of(&mut computed, top),
             position_of(&mut computed, total),
@@ -409,6 +436,7 @@ fn one_phase_site_plan(
         &partial_at,
         &hidden_at,
         &dominance_at,
+        concentration,
     )
 }
 
@@ -429,7 +457,7 @@ enum FromPatients {
 fn per_patient_site_plan(
     barrier: &Barrier,
     pid: &Column,
-    dominance: Dominance,
+    concentration: Concentration,
 ) -> Result<LogicalPlan, SplitError> {
     let mut per_patient = Vec::new();
     let mut partial_recipes = Vec::new();
@@ -491,7 +519,7 @@ fn per_patient_site_plan(
     let dominance_at: Vec<(usize, usize)> = contributions_at
         .iter()
         .map(|&at| {
-            let (top, total) = dominance_aggregates(value(at), dominance);
+            let (top, total) = dominance_aggregates(value(at), concentration);
             (
                 position_of(&mut computed, top),
                 position_of(&mut computed, total),
@@ -506,19 +534,28 @@ fn per_patient_site_plan(
     let aggregated = LogicalPlanBuilder::from(patients)
         .aggregate(group_columns, computed)?
         .build()?;
-    named_outputs(aggregated, groups, &partial_at, &hidden_at, &dominance_at)
+    named_outputs(
+        aggregated,
+        groups,
+        &partial_at,
+        &hidden_at,
+        &dominance_at,
+        concentration,
+    )
 }
 
 /// The site plan's output over an aggregation: its group columns as `__g…`, the computed
 /// expressions at `partial_at` as `__p…`, at `hidden_at` as `__patients_…` (or
 /// `__lacking_…` for the patients with a row without a value), and for each
-/// pair at `dominance_at` the share top ÷ total as `__dominance_…`.
+/// pair at `dominance_at` the share top ÷ total as `__dominance_…` (per-site) or the two
+/// moments as `__squares_…` and `__absolutes_…` (secure).
 fn named_outputs(
     aggregated: LogicalPlan,
     groups: usize,
     partial_at: &[usize],
     hidden_at: &[(usize, bool)],
     dominance_at: &[(usize, usize)],
+    concentration: Concentration,
 ) -> Result<LogicalPlan, SplitError> {
     let columns = aggregated.schema().columns();
     let computed_column = |at: usize| Expr::Column(columns[groups + at].clone());
@@ -540,9 +577,18 @@ fn named_outputs(
             };
             computed_column(at).alias(format!("{prefix}_{k}"))
         }))
-        .chain(dominance_at.iter().enumerate().map(|(j, &(top, total))| {
-            (computed_column(top) / computed_column(total)).alias(format!("{HIDDEN_DOMINANCE}_{j}"))
-        }))
+        .chain(dominance_at.iter().enumerate().flat_map(
+            |(j, &(first, total))| match concentration {
+                Concentration::TopShare(_) => vec![
+                        (computed_column(first) / computed_column(total))
+                            .alias(format!("{HIDDEN_DOMINANCE}_{j}")),
+                    ],
+                Concentration::Moments => vec![
+                    computed_column(first).alias(format!("{HIDDEN_SQUARES}_{j}")),
+                    computed_column(total).alias(format!("{HIDDEN_ABSOLUTES}_{j}")),
+                ],
+            },
+        ))
         .collect();
     Ok(LogicalPlanBuilder::from(aggregated)
         .project(outputs)?

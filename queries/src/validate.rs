@@ -21,6 +21,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::allowlist;
+use crate::domain::{self, AggregationMode};
 use crate::rules::barrier_aggregates::{Value, Values};
 use crate::rules::functions::{self, Place};
 use crate::rules::pid_use::{self, PidSet};
@@ -82,6 +83,20 @@ pub struct ValidationReport {
     pub aggregates: Vec<String>,
     /// GROUP BY expressions.
     pub group_by: Vec<String>,
+    /// `secure` or `per-site` ([`crate::domain::AggregationMode::name`]); empty in reports
+    /// stored before secure aggregation.
+    #[serde(default)]
+    pub mode: String,
+    /// A secure question's public domain, one line per GROUP BY key
+    /// ([`crate::domain::SecureDomain::describe`]).
+    #[serde(default)]
+    pub domain: Vec<String>,
+    /// The number of cells of a secure question's domain; 0 per site.
+    #[serde(default)]
+    pub cells: u64,
+    /// Why the question is aggregated per site, if it is.
+    #[serde(default)]
+    pub per_site_reason: Option<String>,
 }
 
 /// A query that passed validation.
@@ -122,12 +137,25 @@ pub(crate) fn validate_plan(sql: &str, plan: LogicalPlan) -> Result<ValidatedQue
     let mut report = ValidationReport::default();
     let barrier = barrier::check_top(&plan, &mut report)?;
     collect_columns(&plan, &mut report);
+    report_mode(&domain::derive(&barrier), &mut report);
     Ok(ValidatedQuery {
         sql: sql.to_string(),
         plan,
         barrier,
         report,
     })
+}
+
+/// Secure or per-site aggregation, for the steward's report.
+fn report_mode(mode: &AggregationMode, report: &mut ValidationReport) {
+    report.mode = mode.name().to_string();
+    match mode {
+        AggregationMode::Secure(domain) => {
+            report.domain = domain.describe();
+            report.cells = domain.cells() as u64;
+        }
+        AggregationMode::PerSite { reason } => report.per_site_reason = Some(reason.clone()),
+    }
 }
 
 /// Rules 2-4 at the barrier, and everything below it.

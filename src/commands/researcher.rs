@@ -155,6 +155,8 @@ pub(crate) fn site_state_name(state: i32) -> &'static str {
         v1::SiteState::Rejected => "rejected by the steward",
         v1::SiteState::Failed => "failed",
         v1::SiteState::Expired => "expired",
+        v1::SiteState::Aggregated => "aggregated (secure: in the network total)",
+        v1::SiteState::RoundFailed => "secure round failed",
         v1::SiteState::Unspecified => "unknown",
     }
 }
@@ -170,7 +172,20 @@ fn site_state_key(state: i32) -> &'static str {
         v1::SiteState::Rejected => "rejected",
         v1::SiteState::Failed => "failed",
         v1::SiteState::Expired => "expired",
+        v1::SiteState::Aggregated => "aggregated",
+        v1::SiteState::RoundFailed => "round-failed",
         v1::SiteState::Unspecified => "unknown",
+    }
+}
+
+/// How a question's numbers are combined, for people.
+pub(crate) fn mode_words(mode: &str) -> &'static str {
+    match mode {
+        "secure" => {
+            "secure aggregation: k applies to the network total of each cell; no one sees a site's own numbers"
+        }
+        "per-site" => "per-site suppression: each site drops its own groups under its k",
+        _ => "unknown",
     }
 }
 
@@ -221,6 +236,8 @@ pub(crate) fn status(args: QueryIdArgs) -> anyhow::Result<()> {
                 "title": status.title,
                 "state": query_state_key(status.state),
                 "failure": status.failure,
+                "mode": status.mode,
+                "mode_note": status.mode_note,
                 "submitted_at": status.submitted_at,
                 "deadline": status.deadline,
                 "sites": sites,
@@ -235,6 +252,13 @@ pub(crate) fn status(args: QueryIdArgs) -> anyhow::Result<()> {
         );
         if !status.failure.is_empty() {
             println!("why: {}", shown(&status.failure));
+        }
+        println!("mode: {}", mode_words(&status.mode));
+        if !status.mode_note.is_empty() {
+            println!(
+                "      (eligible for secure aggregation, but {})",
+                shown(&status.mode_note)
+            );
         }
         println!("{}", coverage_table(&status.sites));
         Ok(())
@@ -262,6 +286,7 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<()> {
             );
         }
         if args.format == Format::Table {
+            println!("mode: {}", mode_words(&results.mode));
             println!("{}", coverage_table(&results.coverage));
         }
         let cells = if args.raw {

@@ -40,11 +40,13 @@ use crate::model::{Role, SiteState, StoredQuery, Target, User};
 mod events;
 mod nodes;
 mod questions;
+mod secure;
 mod sites;
 mod users;
 
 use events::{insert_event, record_step};
 use questions::query_from_row;
+pub use secure::{PER_SITE, SECURE};
 
 /// Schema migrations, in order. Never edit one that has shipped; append a new one.
 const MIGRATIONS: &[&str] = &[
@@ -118,6 +120,12 @@ const MIGRATIONS: &[&str] = &[
     // 6: the steward's report, derived once at submission (JSON of
     // `ern_queries::ValidationReport`); empty for questions stored before.
     "ALTER TABLE queries ADD COLUMN report TEXT NOT NULL DEFAULT '';",
+    // 7: secure aggregation. How a question's numbers are combined ('secure' or
+    // 'per-site', and why an eligible one runs per site), and the network totals a
+    // completed round released (after k; never a site's own vector).
+    "ALTER TABLE queries ADD COLUMN mode TEXT NOT NULL DEFAULT 'per-site';
+     ALTER TABLE queries ADD COLUMN mode_note TEXT NOT NULL DEFAULT '';
+     ALTER TABLE queries ADD COLUMN secure_totals BLOB;",
 ];
 
 /// Whether a capped submission was stored.

@@ -8,7 +8,7 @@ impl Db {
     pub fn insert_query(&self, query: &StoredQuery, sites: &[String]) -> Result<(), DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        insert_query_in(&tx, query, sites, "")?;
+        insert_query_in(&tx, query, sites, "", PER_SITE)?;
         tx.commit()?;
         Ok(())
     }
@@ -22,6 +22,7 @@ impl Db {
         query: &StoredQuery,
         sites: &[String],
         report: &str,
+        mode: &str,
         max_open: u64,
     ) -> Result<Admission, DbError> {
         let mut conn = self.conn();
@@ -34,7 +35,7 @@ impl Db {
         if open as u64 >= max_open {
             return Ok(Admission::OverLimit { open: open as u64 });
         }
-        insert_query_in(&tx, query, sites, report)?;
+        insert_query_in(&tx, query, sites, report, mode)?;
         tx.commit()?;
         Ok(Admission::Stored)
     }
@@ -204,10 +205,11 @@ fn insert_query_in(
     query: &StoredQuery,
     sites: &[String],
     report: &str,
+    mode: &str,
 ) -> Result<(), DbError> {
     execute_cached(tx,
-        "INSERT INTO queries (id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, report)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO queries (id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, report, mode)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             query.id,
             query.title,
@@ -217,7 +219,8 @@ fn insert_query_in(
             query.submitted_by,
             query.submitted_at as i64,
             query.deadline as i64,
-            report
+            report,
+            mode
         ],
     )?;
     for site in sites {

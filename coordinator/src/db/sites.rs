@@ -147,7 +147,7 @@ impl Db {
         let mut statement = conn.prepare_cached(
             "SELECT q.id, q.sql, q.query_hash, t.approval_expires, t.approval_key_id, t.approval_signature
              FROM targets t JOIN queries q ON q.id = t.query_id
-             WHERE t.site = ?1 AND t.state = ?2 AND q.deadline > ?3
+             WHERE t.site = ?1 AND t.state = ?2 AND q.deadline > ?3 AND q.mode != 'secure'
              ORDER BY t.updated_at, q.rowid",
         )?;
         let rows = statement.query_map(
@@ -191,12 +191,14 @@ impl Db {
     }
 
     /// Puts every piece of work dispatched to `site` back to approved (its connection
-    /// ended before an answer), so it is sent again on the next connection.
+    /// ended before an answer), so it is sent again on the next connection. A secure
+    /// round is never sent again: its question's round fails instead.
     pub fn requeue_dispatched(&self, site: &str, now: u64) -> Result<usize, DbError> {
         let conn = self.relaxed_conn()?;
         Ok(execute_cached(
             &conn,
-            "UPDATE targets SET state = ?2, updated_at = ?3, dispatched_at = NULL WHERE site = ?1 AND state = ?4",
+            "UPDATE targets SET state = ?2, updated_at = ?3, dispatched_at = NULL WHERE site = ?1 AND state = ?4
+             AND query_id NOT IN (SELECT id FROM queries WHERE mode = 'secure')",
             params![
                 site,
                 SiteStep::Requeue.to().as_str(),
@@ -332,7 +334,7 @@ fn sole_from(step: SiteStep) -> SiteState {
 }
 
 /// Takes `step` for a site's part, with `detail`, and records its event.
-fn step_in(
+pub(super) fn step_in(
     conn: &Connection,
     query_id: &str,
     site: &str,

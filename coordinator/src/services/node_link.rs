@@ -122,6 +122,8 @@ impl NodeLink for NodeLinkService {
             if let Err(status) = core.dispatch(&site).await {
                 tracing::error!(site, message = status.message(), "dispatching on connect");
             }
+            // Secure questions waiting for this node may start their round.
+            core.tick_secure().await;
             loop {
                 match inbound.message().await {
                     Ok(Some(message)) => {

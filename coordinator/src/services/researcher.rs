@@ -47,6 +47,12 @@ impl ResearcherService {
 
     fn status_of(&self, query: &StoredQuery) -> Result<v1::QueryStatus, Status> {
         let targets = self.core.db().targets(&query.id).map_err(internal)?;
+        let (mode, mode_note) = self
+            .core
+            .db()
+            .mode(&query.id)
+            .map_err(internal)?
+            .unwrap_or_default();
         Ok(v1::QueryStatus {
             query_id: query.id.clone(),
             title: query.title.clone(),
@@ -56,6 +62,8 @@ impl ResearcherService {
             deadline: query.deadline,
             query_hash: query.query_hash.clone(),
             failure: query.failure.clone(),
+            mode,
+            mode_note,
         })
     }
 }
@@ -175,11 +183,12 @@ impl Researcher for ResearcherService {
             failure: String::new(),
         };
         let (stored, targets, report) = (query.clone(), sites.clone(), report_json(&plan));
+        let mode = plan.mode().name();
         let max_open = u64::from(self.core.limits().max_open_questions);
         let admitted = self
             .core
             .commit("a submission", move |db| {
-                db.insert_query_capped(&stored, &targets, &report, max_open)
+                db.insert_query_capped(&stored, &targets, &report, mode, max_open)
             })
             .await?;
         if let Admission::OverLimit { open } = admitted {
@@ -225,12 +234,19 @@ impl Researcher for ResearcherService {
                 targets.len()
             )));
         };
+        let (mode, _) = self
+            .core
+            .db()
+            .mode(&query.id)
+            .map_err(internal)?
+            .unwrap_or_default();
         Ok(Response::new(v1::QueryResults {
             query_id: query.id,
             arrow_ipc: result.arrow_ipc,
             rows: result.rows,
             coverage: targets.iter().map(|t| t.to_proto()).collect(),
             merged_at: result.merged_at,
+            mode,
         }))
     }
 
@@ -257,10 +273,7 @@ impl Researcher for ResearcherService {
                 state,
                 submitted_at: query.submitted_at,
                 sites: targets.len() as u32,
-                answered: targets
-                    .iter()
-                    .filter(|t| t.state == crate::model::SiteState::Answered)
-                    .count() as u32,
+                answered: targets.iter().filter(|t| t.state.contributed()).count() as u32,
             });
         }
         Ok(Response::new(v1::ListQueriesResponse {

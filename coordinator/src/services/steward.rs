@@ -143,6 +143,10 @@ impl Steward for StewardService {
             submitted_by: query.submitted_by,
             deadline: query.deadline,
             status: Some(target.to_proto()),
+            mode: report.mode,
+            domain: report.domain,
+            cells: report.cells,
+            per_site_reason: report.per_site_reason.unwrap_or_default(),
         }))
     }
 
@@ -171,6 +175,7 @@ impl Steward for StewardService {
         }
         tracing::info!(query = %query.id, site = %user.site, steward = %user.name, "approved");
         self.core.dispatch(&user.site).await?;
+        self.core.advance_secure(&query.id).await?;
         let (_, target) = self.site_query(&user, &query.id)?;
         Ok(Response::new(v1::DecisionResponse {
             status: Some(target.to_proto()),
@@ -207,6 +212,7 @@ impl Steward for StewardService {
         if !moved {
             return Err(not_awaiting(&query.id, &target));
         }
+        self.core.advance_secure(&query.id).await?;
         self.core.finalize(&query.id).await?;
         let (_, target) = self.site_query(&user, &query.id)?;
         Ok(Response::new(v1::DecisionResponse {

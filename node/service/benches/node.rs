@@ -233,8 +233,14 @@ async fn phases(
         "node: executed-approval record, synced",
         median_of(|| {
             round += 1;
-            let outcome =
-                executed.record(&format!("approval-{round}"), "generation", b"release", 2, 0);
+            let outcome = executed.record(
+                &format!("approval-{round}"),
+                "query",
+                "generation",
+                b"release",
+                2,
+                0,
+            );
             async move { outcome.map_err(Into::into) }
         })
         .await?,

@@ -19,6 +19,16 @@
 //! cert = "tls/node-hospital-1.pem"       # this node's certificate (names its site)
 //! key = "tls/node-hospital-1.key"        # its private key
 //! # domain = "coordinator.example.org"   # if the certificate names another host than the URL
+//!
+//! [secure_aggregation]                   # k on network totals (DESIGN.md); off by default
+//! enabled = true
+//! identity_key = "site/site.key"         # this site's identity key (`ern keygen site`)
+//! min_secure_sites = 3                   # fewest participants in a round (at least 3)
+//! max_cells = 65536                      # largest public domain of a question
+//!
+//! [secure_aggregation.roster]            # the peer sites' identity public keys: the only
+//! hospital-2 = "site-keys/hospital-2.pub" #  participants this node accepts (64 hex
+//! hospital-3 = "3f0c…"                   #  characters, or a file holding them)
 //! ```
 //!
 //! Relative paths are relative to the file's directory. Only `site_id`, `store`,
@@ -35,7 +45,8 @@ use ern_proto::transport::{BearerToken, ClientTls, is_plaintext};
 
 use ern_queries::Dominance;
 
-use crate::engine::{MIN_K, NodePolicy};
+use crate::engine::{MIN_K, MIN_SECURE_SITES, NodePolicy, SecurePolicy};
+use crate::secure::identity::{Roster, SiteIdentity, SitePublicKey};
 use crate::steward_key::{StewardKeyError, StewardPublicKey};
 
 /// Errors reading a node configuration.
@@ -60,6 +71,9 @@ pub enum NodeConfigError {
     /// A steward key could not be loaded.
     #[error(transparent)]
     StewardKey(#[from] StewardKeyError),
+    /// The site identity key or a roster key could not be loaded.
+    #[error("[secure_aggregation] {0}")]
+    SecureKey(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +101,29 @@ struct RawNodeConfig {
     #[serde(default)]
     plaintext: bool,
     tls: Option<RawTls>,
+    secure_aggregation: Option<RawSecure>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecure {
+    #[serde(default)]
+    enabled: bool,
+    identity_key: Option<PathBuf>,
+    #[serde(default = "default_min_secure_sites")]
+    min_secure_sites: usize,
+    #[serde(default = "default_max_cells")]
+    max_cells: usize,
+    #[serde(default)]
+    roster: std::collections::BTreeMap<String, String>,
+}
+
+fn default_min_secure_sites() -> usize {
+    MIN_SECURE_SITES
+}
+
+fn default_max_cells() -> usize {
+    ern_queries::domain::MAX_SECURE_CELLS
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,6 +239,11 @@ impl NodeConfig {
             top: raw.dominance_top,
             max_share: raw.dominance_percent / 100.0,
         };
+        policy.secure = secure_policy(raw.secure_aggregation.as_ref(), &raw.site_id, base)
+            .map_err(|problem| match problem {
+                TransportProblem::Invalid(message) => invalid(message),
+                TransportProblem::Read(error) => error,
+            })?;
         Ok(NodeConfig {
             store: base.join(raw.store),
             policy,
@@ -211,6 +253,76 @@ impl NodeConfig {
             max_concurrent: raw.max_concurrent_queries,
         })
     }
+}
+
+/// The `[secure_aggregation]` section: off when absent; on, it needs this site's
+/// identity key and a roster that holds this site's own public key or two peers at least.
+fn secure_policy(
+    raw: Option<&RawSecure>,
+    site_id: &str,
+    base: &Path,
+) -> Result<SecurePolicy, TransportProblem> {
+    let Some(raw) = raw else {
+        return Ok(SecurePolicy::default());
+    };
+    let invalid =
+        |message: String| TransportProblem::Invalid(format!("[secure_aggregation] {message}"));
+    if raw.min_secure_sites < MIN_SECURE_SITES {
+        return Err(invalid(format!(
+            "min_secure_sites must be at least {MIN_SECURE_SITES}"
+        )));
+    }
+    if raw.max_cells == 0 || raw.max_cells > ern_queries::domain::MAX_SECURE_CELLS {
+        return Err(invalid(format!(
+            "max_cells must be within 1..={}",
+            ern_queries::domain::MAX_SECURE_CELLS
+        )));
+    }
+    let identity = match &raw.identity_key {
+        Some(path) => Some(std::sync::Arc::new(
+            SiteIdentity::load(&base.join(path))
+                .map_err(|e| TransportProblem::Read(NodeConfigError::SecureKey(e.to_string())))?,
+        )),
+        None if raw.enabled => {
+            return Err(invalid(
+                "identity_key is needed when enabled (make one with `ern keygen site --out DIR`)"
+                    .into(),
+            ));
+        }
+        None => None,
+    };
+    let mut entries = Vec::new();
+    for (site, key) in &raw.roster {
+        let public = match SitePublicKey::from_hex(key.trim()) {
+            Some(public) => public,
+            None => SitePublicKey::load(&base.join(key)).map_err(|e| {
+                TransportProblem::Read(NodeConfigError::SecureKey(format!(
+                    "roster entry {site}: {e}"
+                )))
+            })?,
+        };
+        entries.push((site.clone(), public));
+    }
+    if let Some(identity) = &identity {
+        let own = identity.public_key();
+        match entries.iter().find(|(site, _)| site == site_id) {
+            Some((_, listed)) if listed.to_hex() != own.to_hex() => {
+                return Err(invalid(format!(
+                    "the roster lists another key for this site ({site_id}) than identity_key"
+                )));
+            }
+            Some(_) => {}
+            None => entries.push((site_id.to_string(), own)),
+        }
+    }
+    let roster = Roster::new(entries).map_err(|e| invalid(e.to_string()))?;
+    Ok(SecurePolicy {
+        enabled: raw.enabled,
+        min_sites: raw.min_secure_sites,
+        max_cells: raw.max_cells,
+        identity,
+        roster,
+    })
 }
 
 enum TransportProblem {

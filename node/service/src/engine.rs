@@ -27,7 +27,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::approval::{self, Approval, ApprovalError};
 use crate::audit::{AuditEntry, AuditError, AuditLog, Outcome};
-use crate::executed::{self, ExecutedApprovals, ExecutedError, Previous};
+use crate::executed::{self, ExecutedApprovals, ExecutedError, Previous, QueryUse};
+use crate::secure::identity::{Roster, SiteIdentity};
 use crate::session::node_session;
 use crate::steward_key::StewardPublicKey;
 use crate::stop::{QueryRuntime, StopSignal, stoppable};
@@ -56,6 +57,59 @@ pub struct NodePolicy {
     pub stewards: Vec<StewardPublicKey>,
     /// The dominance rule for released sums and averages.
     pub dominance: Dominance,
+    /// Whether and how this site takes part in secure aggregation.
+    pub secure: SecurePolicy,
+}
+
+/// A node's policy for secure aggregation (DESIGN.md, "Secure aggregation").
+#[derive(Clone)]
+pub struct SecurePolicy {
+    /// Whether the node takes part at all; off, it refuses every round and questions run
+    /// per site.
+    pub enabled: bool,
+    /// The fewest participants it accepts in a round (at least 3).
+    pub min_sites: usize,
+    /// The most cells a question's domain may have.
+    pub max_cells: usize,
+    /// This site's identity key, which signs its round statements.
+    pub identity: Option<Arc<SiteIdentity>>,
+    /// The identity public keys of the sites it accepts as peers (its own included).
+    pub roster: Roster,
+}
+
+impl std::fmt::Debug for SecurePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurePolicy")
+            .field("enabled", &self.enabled)
+            .field("min_sites", &self.min_sites)
+            .field("max_cells", &self.max_cells)
+            .field(
+                "identity",
+                &self.identity.as_ref().map(|i| i.public_key().key_id()),
+            )
+            .field(
+                "roster",
+                &self.roster.iter().map(|(site, _)| site).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// The fewest participants a secure-aggregation round may have (DESIGN.md: collusion of
+/// the coordinator with all but one participant reveals that one).
+pub const MIN_SECURE_SITES: usize = 3;
+
+impl Default for SecurePolicy {
+    /// Off, with the defaults of DESIGN.md once turned on (3 sites, 65,536 cells).
+    fn default() -> Self {
+        SecurePolicy {
+            enabled: false,
+            min_sites: MIN_SECURE_SITES,
+            max_cells: ern_queries::domain::MAX_SECURE_CELLS,
+            identity: None,
+            roster: Roster::default(),
+        }
+    }
 }
 
 impl NodePolicy {
@@ -70,6 +124,7 @@ impl NodePolicy {
             max_groups: 10_000,
             stewards,
             dominance: Dominance::default(),
+            secure: SecurePolicy::default(),
         }
     }
 }
@@ -108,6 +163,15 @@ pub enum ExecuteError {
     /// The query breaks a disclosure rule.
     #[error("{0}")]
     Refused(Refusal),
+    /// A secure-aggregation round was refused (a roster, signature, participant or
+    /// once-per-query check, or this site's policy).
+    #[error("refused by {rule}: {message}")]
+    Round {
+        /// The stable check name, e.g. `secure-roster`.
+        rule: &'static str,
+        /// What failed, naming sites and fields, never a data value.
+        message: String,
+    },
     /// Running failed; details are in the node's audit log under `reference`.
     #[error(
         "the query failed at this site (reference {reference}); the site's data steward can look it up in the audit log"
@@ -124,6 +188,7 @@ impl ExecuteError {
         match self {
             ExecuteError::Approval(e) => e.name().to_string(),
             ExecuteError::Refused(r) => r.rule.name().to_string(),
+            ExecuteError::Round { rule, .. } => (*rule).to_string(),
             ExecuteError::Failed { .. } => "failed".to_string(),
         }
     }
@@ -148,14 +213,16 @@ pub enum OpenError {
 
 /// A node's query engine over one store.
 pub struct NodeEngine {
-    ctx: SessionContext,
-    policy: NodePolicy,
-    audit: Arc<AuditLog>,
-    executed: Arc<ExecutedApprovals>,
-    store_dir: PathBuf,
-    facts: SiteFacts,
+    pub(crate) ctx: SessionContext,
+    pub(crate) policy: NodePolicy,
+    pub(crate) audit: Arc<AuditLog>,
+    pub(crate) executed: Arc<ExecutedApprovals>,
+    pub(crate) store_dir: PathBuf,
+    pub(crate) facts: SiteFacts,
     queries: QueryRuntime,
-    planner: Planner,
+    pub(crate) planner: Planner,
+    /// Secure-aggregation rounds between their statement and their masked vector.
+    pub(crate) rounds: crate::round::PendingRounds,
 }
 
 impl std::fmt::Debug for NodeEngine {
@@ -180,7 +247,7 @@ pub(crate) fn now_seconds() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn reference_id() -> String {
+pub(crate) fn reference_id() -> String {
     let mut bytes = [0u8; 8];
     // A failed random source still gives a unique-enough id from the clock.
     if SystemRandom::new().fill(&mut bytes).is_err() {
@@ -224,6 +291,7 @@ impl NodeEngine {
             queries: QueryRuntime::new(query_threads())
                 .map_err(|e| OpenError::Policy(format!("starting the query threads: {e}")))?,
             planner: Planner::new(),
+            rounds: crate::round::PendingRounds::default(),
         })
     }
 
@@ -267,6 +335,25 @@ impl NodeEngine {
 
     /// Runs one request end to end and audits it.
     pub async fn execute(&self, request: &QueryRequest) -> Result<Released, ExecuteError> {
+        self.audited(
+            request,
+            |released: &Released, entry: &mut AuditEntry| {
+                entry.rows_released = released.groups_released as u64;
+                entry.groups_suppressed = released.groups_suppressed as u64;
+            },
+            async |entry: &mut AuditEntry| self.run(request, entry).await,
+        )
+        .await
+    }
+
+    /// Runs `work` for `request` and appends its one audit entry (with `on_success`'s
+    /// counts, or the refusal or failure): without the entry nothing leaves the node.
+    pub(crate) async fn audited<T>(
+        &self,
+        request: &QueryRequest,
+        on_success: impl FnOnce(&T, &mut AuditEntry),
+        work: impl AsyncFnOnce(&mut AuditEntry) -> Result<T, ExecuteError>,
+    ) -> Result<T, ExecuteError> {
         let started = Instant::now();
         let query_hash = ern_queries::query_hash(&request.sql);
         // The study id comes from the coordinator: it reaches the audit log only when it
@@ -277,13 +364,10 @@ impl NodeEngine {
             "(malformed id)"
         };
         let mut entry = AuditEntry::new(study, &query_hash, Outcome::Accepted);
-        let result = self.run(request, &mut entry).await;
+        let result = work(&mut entry).await;
         entry.duration_ms = started.elapsed().as_millis() as u64;
         match &result {
-            Ok(released) => {
-                entry.rows_released = released.groups_released as u64;
-                entry.groups_suppressed = released.groups_suppressed as u64;
-            }
+            Ok(value) => on_success(value, &mut entry),
             Err(error) => {
                 entry.outcome = if matches!(error, ExecuteError::Failed { .. }) {
                     Outcome::Failed
@@ -313,11 +397,13 @@ impl NodeEngine {
         result
     }
 
-    async fn run(
+    /// Checks the approval against this site's own steward keys, for this exact SQL,
+    /// site and study, unexpired; returns the approval's id and the store generation.
+    pub(crate) fn verify_approval(
         &self,
         request: &QueryRequest,
         entry: &mut AuditEntry,
-    ) -> Result<Released, ExecuteError> {
+    ) -> Result<(String, String), ExecuteError> {
         let key = approval::verify(
             &request.approval,
             &request.sql,
@@ -328,14 +414,27 @@ impl NodeEngine {
         )
         .map_err(ExecuteError::Approval)?;
         entry.key_id = Some(key.key_id());
-
-        // One approval, one execution per store generation.
         let approval = executed::approval_id(&request.approval);
-        let generation = executed::store_generation(&self.store_dir).map_err(|e| {
-            let reference = reference_id();
-            entry.detail = Some(e.to_string());
-            ExecuteError::Failed { reference }
-        })?;
+        let generation = executed::store_generation(&self.store_dir)
+            .map_err(|e| failure(entry, e.to_string()))?;
+        Ok((approval, generation))
+    }
+
+    async fn run(
+        &self,
+        request: &QueryRequest,
+        entry: &mut AuditEntry,
+    ) -> Result<Released, ExecuteError> {
+        let (approval, generation) = self.verify_approval(request, entry)?;
+        let query = executed::query_key(&request.study_id, &ern_queries::query_hash(&request.sql));
+        if let Some(QueryUse::Secure { round }) = self.executed.query_use(&query) {
+            entry.detail = Some(format!("masked vector already sent in round {round}"));
+            return Err(ExecuteError::Round {
+                rule: "secure-round-used",
+                message: "this site already added this question to a secure-aggregation round; it is not released again per site".into(),
+            });
+        }
+        // One approval, one execution per store generation.
         match self.executed.previous(&approval, &generation) {
             Previous::None => {}
             Previous::Stale => return Err(ExecuteError::Approval(ApprovalError::Stale)),
@@ -359,25 +458,80 @@ impl NodeEngine {
             }
         }
 
-        let state = self.ctx.state();
-        let query = self
-            .planner
-            .plan(&request.sql, &state)
+        let plan = self.plan(request, entry).await?;
+        let site = plan
+            .site_plan(&self.facts, self.policy.dominance)
+            .map_err(|e| failure(entry, e.to_string()))?;
+        let batches = self.collect(site.plan, entry).await?;
+        let fail = failure;
+        let released = suppress(
+            batches,
+            site.released,
+            u64::from(self.policy.k),
+            self.policy.dominance,
+        )
+        .map_err(|e| fail(entry, e))?;
+        if released.groups_released > self.policy.max_groups {
+            entry.detail = Some(format!("{} groups over the cap", released.groups_released));
+            return Err(ExecuteError::Refused(
+                Refusal::new(
+                    Rule::ResourceLimits,
+                    "the query",
+                    format!(
+                        "releases more groups than this site's cap of {}",
+                        self.policy.max_groups
+                    ),
+                )
+                .hint("group by coarser bands"),
+            ));
+        }
+        let bytes = arrow_ipc::encode(&released.schema, &released.batches)
+            .map_err(|e| fail(entry, e.to_string()))?;
+        let executed = Arc::clone(&self.executed);
+        let (groups_released, groups_suppressed) = (
+            released.groups_released as u64,
+            released.groups_suppressed as u64,
+        );
+        tokio::task::spawn_blocking(move || {
+            executed.record(
+                &approval,
+                &query,
+                &generation,
+                &bytes,
+                groups_released,
+                groups_suppressed,
+            )
+        })
+        .await
+        .map_err(|e| fail(entry, e.to_string()))?
+        .map_err(|e| fail(entry, e.to_string()))?;
+        Ok(released)
+    }
+
+    /// Plans the request's SQL on this node's own session (rules 1-8 again).
+    pub(crate) async fn plan(
+        &self,
+        request: &QueryRequest,
+        entry: &mut AuditEntry,
+    ) -> Result<ern_queries::QueryPlan, ExecuteError> {
+        self.planner
+            .plan(&request.sql, &self.ctx.state())
             .await
             .map_err(|refusal| {
                 entry.detail = Some(refusal.to_string());
                 ExecuteError::Refused(refusal)
-            })?;
-        let fail = |entry: &mut AuditEntry, detail: String| {
-            let reference = reference_id();
-            tracing::warn!(%reference, "query failed at run time");
-            entry.detail = Some(detail);
-            ExecuteError::Failed { reference }
-        };
-        let site = query
-            .site_plan(&self.facts, self.policy.dominance)
-            .map_err(|e| fail(entry, e.to_string()))?;
-        let plan = total_plan(site.plan, &state).map_err(|e| fail(entry, e.to_string()))?;
+            })
+    }
+
+    /// Runs a site plan under this node's time and memory limits.
+    pub(crate) async fn collect(
+        &self,
+        site_plan: datafusion::logical_expr::LogicalPlan,
+        entry: &mut AuditEntry,
+    ) -> Result<Vec<RecordBatch>, ExecuteError> {
+        let fail = failure;
+        let state = self.ctx.state();
+        let plan = total_plan(site_plan, &state).map_err(|e| fail(entry, e.to_string()))?;
         SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -431,48 +585,17 @@ impl NodeEngine {
                 )));
             }
         };
-        let released = suppress(
-            batches,
-            site.released,
-            u64::from(self.policy.k),
-            self.policy.dominance,
-        )
-        .map_err(|e| fail(entry, e))?;
-        if released.groups_released > self.policy.max_groups {
-            entry.detail = Some(format!("{} groups over the cap", released.groups_released));
-            return Err(ExecuteError::Refused(
-                Refusal::new(
-                    Rule::ResourceLimits,
-                    "the query",
-                    format!(
-                        "releases more groups than this site's cap of {}",
-                        self.policy.max_groups
-                    ),
-                )
-                .hint("group by coarser bands"),
-            ));
-        }
-        let bytes = arrow_ipc::encode(&released.schema, &released.batches)
-            .map_err(|e| fail(entry, e.to_string()))?;
-        let executed = Arc::clone(&self.executed);
-        let (groups_released, groups_suppressed) = (
-            released.groups_released as u64,
-            released.groups_suppressed as u64,
-        );
-        tokio::task::spawn_blocking(move || {
-            executed.record(
-                &approval,
-                &generation,
-                &bytes,
-                groups_released,
-                groups_suppressed,
-            )
-        })
-        .await
-        .map_err(|e| fail(entry, e.to_string()))?
-        .map_err(|e| fail(entry, e.to_string()))?;
-        Ok(released)
+        Ok(batches)
     }
+}
+
+/// A run-time failure: a fresh reference for the researcher, the detail for the audit
+/// log only.
+pub(crate) fn failure(entry: &mut AuditEntry, detail: String) -> ExecuteError {
+    let reference = reference_id();
+    tracing::warn!(%reference, "query failed at run time");
+    entry.detail = Some(detail);
+    ExecuteError::Failed { reference }
 }
 
 /// Checks, once per opening, that the patient table holds each pid exactly once (ingest

@@ -13,6 +13,12 @@
 //! - on another generation it is refused as `approval-stale`: the steward approves again
 //!   if the question should see the new data.
 //!
+//! Under secure aggregation a node sends a masked vector for a question at most once,
+//! ever (DESIGN.md: the difference of two sums over different site sets is one site's
+//! vector), and a question released one way is never released the other way: the record
+//! also keeps, per question ([`query_key`]), whether it was released per site or went
+//! into a secure round, and that is checked before either.
+//!
 //! The record is a file beside the store's tables (`executed.log`, one JSON line per
 //! approval, synced before anything is released), which ingest never touches.
 
@@ -68,6 +74,25 @@ struct Execution {
     /// Groups released and suppressed, for the audit entry of a retry.
     groups_released: u64,
     groups_suppressed: u64,
+    /// [`query_key`] of the question (empty in records written before secure
+    /// aggregation).
+    #[serde(default)]
+    query: String,
+    /// The secure-aggregation round the node sent its masked vector in, if it did.
+    #[serde(default)]
+    secure_round: Option<String>,
+}
+
+/// How a question was released by this node, if it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryUse {
+    /// Its partials were released per site.
+    PerSite,
+    /// Its masked vector went into this secure-aggregation round.
+    Secure {
+        /// The round's id.
+        round: String,
+    },
 }
 
 /// What an approval may do on the current store generation.
@@ -93,6 +118,15 @@ pub enum Previous {
 pub struct ExecutedApprovals {
     path: PathBuf,
     by_approval: Mutex<HashMap<String, Execution>>,
+}
+
+/// A stable key of one question: SHA-256 of its study and canonical query hash.
+pub fn query_key(study: &str, query_hash: &str) -> String {
+    let mut context = digest::Context::new(&digest::SHA256);
+    context.update(study.as_bytes());
+    context.update(&[0]);
+    context.update(query_hash.as_bytes());
+    hex::encode(context.finish().as_ref())
 }
 
 /// A stable id of one approval: SHA-256 of its key id and signature.
@@ -191,22 +225,68 @@ impl ExecutedApprovals {
         }
     }
 
-    /// Records an execution, synced to disk before the release leaves the node.
+    /// How the question `query` ([`query_key`]) was released by this node, if it was;
+    /// a secure round wins over a per-site release in the answer.
+    pub fn query_use(&self, query: &str) -> Option<QueryUse> {
+        let executions = self.executions();
+        let mut found = None;
+        for execution in executions.values().filter(|e| e.query == query) {
+            match &execution.secure_round {
+                Some(round) => {
+                    return Some(QueryUse::Secure {
+                        round: round.clone(),
+                    });
+                }
+                None => found = Some(QueryUse::PerSite),
+            }
+        }
+        found
+    }
+
+    /// Records a per-site execution of question `query`, synced to disk before the
+    /// release leaves the node.
     pub fn record(
         &self,
         approval: &str,
+        query: &str,
         generation: &str,
         released: &[u8],
         groups_released: u64,
         groups_suppressed: u64,
     ) -> Result<(), ExecutedError> {
-        let execution = Execution {
+        self.append(Execution {
             approval: approval.to_string(),
             generation: generation.to_string(),
             released: STANDARD.encode(released),
             groups_released,
             groups_suppressed,
-        };
+            query: query.to_string(),
+            secure_round: None,
+        })
+    }
+
+    /// Records that the node's masked vector for question `query` goes into `round`,
+    /// synced to disk before the vector leaves the node: no second vector for the
+    /// question is ever sent.
+    pub fn record_secure(
+        &self,
+        approval: &str,
+        query: &str,
+        generation: &str,
+        round: &str,
+    ) -> Result<(), ExecutedError> {
+        self.append(Execution {
+            approval: approval.to_string(),
+            generation: generation.to_string(),
+            released: String::new(),
+            groups_released: 0,
+            groups_suppressed: 0,
+            query: query.to_string(),
+            secure_round: Some(round.to_string()),
+        })
+    }
+
+    fn append(&self, execution: Execution) -> Result<(), ExecutedError> {
         let io = |source| ExecutedError::Io {
             path: self.path.clone(),
             source,

@@ -27,6 +27,8 @@
 //! - [`config`]: `node.toml`, the node's own trusted configuration.
 //! - [`link`]: the outbound stream to the coordinator.
 //! - [`reference`]: the shipped Orphanet cardiac classification.
+//! - [`secure`]: secure aggregation's keys, signed round statements and pairwise masks.
+//! - [`round`]: the node's two rounds of secure aggregation, under its own policy.
 
 pub mod approval;
 pub mod audit;
@@ -36,6 +38,8 @@ pub mod executed;
 pub mod link;
 pub mod pseudonym;
 pub mod reference;
+pub mod round;
+pub mod secure;
 pub mod session;
 pub mod steward_key;
 pub mod stop;

@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::approval::{Approval, study_of};
 use crate::engine::{ExecuteError, NodeEngine, QueryRequest, now_seconds};
+use crate::round::{RoundStart, statement_to_proto};
 
 /// How long the coordinator has to answer Hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
@@ -136,6 +137,8 @@ async fn session(
             k: policy.k,
             version: VERSION.to_string(),
             max_concurrent: settings.max_concurrent as u32,
+            secure_aggregation: policy.secure.enabled && policy.secure.identity.is_some(),
+            min_secure_sites: policy.secure.min_sites as u32,
         })),
     };
     outbound
@@ -191,6 +194,16 @@ async fn session(
                             }).await;
                         });
                     }
+                    Some(v1::CoordinatorMessage { message: Some(v1::coordinator_message::Message::Round(round)) }) => {
+                        let engine = Arc::clone(engine);
+                        let outbound = outbound.clone();
+                        tokio::spawn(async move {
+                            let result = run_round_two(&engine, round).await;
+                            let _ = outbound.send(v1::NodeMessage {
+                                message: Some(v1::node_message::Message::Result(result)),
+                            }).await;
+                        });
+                    }
                     Some(_) => {}
                     None => return Ok(()),
                 }
@@ -210,7 +223,40 @@ async fn session(
     }
 }
 
-/// Runs one piece of work through the engine and shapes the answer for the wire.
+/// The wire form of a refusal or failure.
+fn error_outcome(error: ExecuteError) -> v1::work_result::Outcome {
+    use v1::work_result::Outcome;
+    match error {
+        ExecuteError::Failed { reference } => Outcome::Failed(v1::Failed { reference }),
+        error => Outcome::Refused(v1::Refused {
+            rule: error.rule_name(),
+            message: error.to_string(),
+        }),
+    }
+}
+
+/// Round 2 of a secure-aggregation round: the masked vector, or a refusal.
+pub async fn run_round_two(engine: &NodeEngine, round: v1::SecureRound) -> v1::WorkResult {
+    use v1::work_result::Outcome;
+    let outcome = match engine
+        .secure_masked(&round.query_id, &round.round_id, round.statements)
+        .await
+    {
+        Ok(values) => Outcome::Masked(v1::MaskedVector {
+            round_id: round.round_id,
+            values,
+        }),
+        Err(error) => error_outcome(error),
+    };
+    v1::WorkResult {
+        query_id: round.query_id,
+        outcome: Some(outcome),
+        audit_head: engine.audit_head(),
+    }
+}
+
+/// Runs one piece of work through the engine and shapes the answer for the wire: a
+/// release, or for a secure-aggregation question the round-1 statement.
 pub async fn run_work(engine: &NodeEngine, work: v1::Work) -> v1::WorkResult {
     use v1::work_result::Outcome;
     let request = QueryRequest {
@@ -218,6 +264,22 @@ pub async fn run_work(engine: &NodeEngine, work: v1::Work) -> v1::WorkResult {
         study_id: study_of(&work.query_id).to_string(),
         approval: Approval::from(work.approval.unwrap_or_default()),
     };
+    if let Some(start) = work.secure_round {
+        let start = RoundStart {
+            query_id: work.query_id.clone(),
+            round_id: start.round_id,
+            participants: start.participants,
+        };
+        let outcome = match engine.secure_statement(&request, &start).await {
+            Ok(statement) => Outcome::Statement(statement_to_proto(&statement)),
+            Err(error) => error_outcome(error),
+        };
+        return v1::WorkResult {
+            query_id: work.query_id,
+            outcome: Some(outcome),
+            audit_head: engine.audit_head(),
+        };
+    }
     let outcome = match engine.execute(&request).await {
         Ok(released) => match arrow_ipc::encode(&released.schema, &released.batches) {
             Ok(arrow_ipc) => Outcome::Released(v1::Released {
@@ -231,13 +293,7 @@ pub async fn run_work(engine: &NodeEngine, work: v1::Work) -> v1::WorkResult {
                 })
             }
         },
-        Err(error @ (ExecuteError::Approval(_) | ExecuteError::Refused(_))) => {
-            Outcome::Refused(v1::Refused {
-                rule: error.rule_name(),
-                message: error.to_string(),
-            })
-        }
-        Err(ExecuteError::Failed { reference }) => Outcome::Failed(v1::Failed { reference }),
+        Err(error) => error_outcome(error),
     };
     v1::WorkResult {
         query_id: work.query_id,

@@ -12,11 +12,14 @@
 //!   against the merge of several sites and plain DataFusion over their stores pooled.
 //! - [`loopback`]: a coordinator on loopback, its clients and hand-driven node streams.
 //! - [`fixture`]: synthetic exports and stores, and plain DataFusion over a store.
+//! - [`network`]: a coordinator and real nodes in one process, over mutual TLS, with
+//!   hand-made stores whose every number a test knows.
 //! - [`rows`]: record batches as comparable text rows.
 //! - [`steward`]: steward keys and signed requests for a node's engine.
 
 pub mod cases;
 pub mod fixture;
 pub mod loopback;
+pub mod network;
 pub mod rows;
 pub mod steward;

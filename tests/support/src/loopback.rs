@@ -155,6 +155,7 @@ impl Loopback {
             k: 5,
             version: "test".into(),
             max_concurrent: 1,
+            ..Default::default()
         };
         self.open_node_stream_saying(certificate, token, hello)
             .await

@@ -1,0 +1,344 @@
+//! A whole network in one process: a coordinator on loopback over mutual TLS and real
+//! nodes (each its own engine, store, steward key, site identity key and roster) dialling
+//! out to it, driven through the researcher's and stewards' gRPC APIs.
+//!
+//! Stores can be hand-made from a few patients ([`store_of`]) so a test knows every
+//! number, or synthetic ([`crate::fixture`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use ern_coordinator::limits::Limits;
+use ern_coordinator::model::Role;
+use ern_ingest::progress::NoProgress;
+use ern_node::engine::{NodeEngine, NodePolicy, SecurePolicy};
+use ern_node::link::{self, LinkSettings};
+use ern_node::pseudonym::Pseudonymiser;
+use ern_node::secure::{Roster, SiteIdentity, SitePublicKey};
+use ern_node::steward_key::StewardSigningKey;
+use ern_proto::arrow_ipc;
+use ern_proto::transport::{BearerToken, ClientTls};
+use ern_proto::v1;
+use tokio::task::JoinHandle;
+
+use crate::loopback::{Loopback, Security, submit};
+use crate::steward::named_steward;
+
+/// One patient of a hand-made export: a local id, a birth date (`YYYY`, `YYYY-MM` or
+/// `YYYY-MM-DD`), a sex from the value set, and ORPHA codes diagnosed (confirmed).
+#[derive(Debug, Clone)]
+pub struct Patient {
+    /// The hospital's own id.
+    pub local_id: String,
+    /// The birth date as exported.
+    pub birth_date: String,
+    /// `female`, `male`, `undetermined` or `unknown`.
+    pub sex: String,
+    /// Diagnosed codes, e.g. `ORPHA:154`.
+    pub codes: Vec<String>,
+}
+
+impl Patient {
+    /// A patient born in `birth_year` with one diagnosis `code`.
+    pub fn new(local_id: &str, birth_year: u32, sex: &str, code: &str) -> Self {
+        Patient {
+            local_id: local_id.to_string(),
+            birth_date: birth_year.to_string(),
+            sex: sex.to_string(),
+            codes: vec![code.to_string()],
+        }
+    }
+}
+
+/// An export of `patients` written to `dir`/export and ingested into `dir`/store under
+/// the pseudonymisation key `key`; returns the store.
+pub fn store_of(dir: &Path, patients: &[Patient], key: &[u8; 32]) -> PathBuf {
+    let export = dir.join("export");
+    std::fs::create_dir_all(&export).expect("export dir");
+    let mut patient_csv = String::from(
+        "local_id,birth_date,sex,vital_status,death_date,first_contact_date,undiagnosed,contact_for_research,consent_data_reuse,biosample_available\n",
+    );
+    let mut diagnosis_csv = String::from("local_id,code,status,onset,onset_date,diagnosis_date\n");
+    for patient in patients {
+        patient_csv.push_str(&format!(
+            "{},{},{},alive,,,false,yes,yes,\n",
+            patient.local_id, patient.birth_date, patient.sex
+        ));
+        for code in &patient.codes {
+            diagnosis_csv.push_str(&format!("{},{code},confirmed,,,\n", patient.local_id));
+        }
+    }
+    let files = [
+        ("patient.csv", patient_csv),
+        ("diagnosis.csv", diagnosis_csv),
+        (
+            "genetic_finding.csv",
+            "local_id,hgnc_id,gene_symbol,hgvs,zygosity,causative\n".to_string(),
+        ),
+        ("phenotype.csv", "local_id,hpo_id,excluded\n".to_string()),
+    ];
+    for (name, text) in files {
+        std::fs::write(export.join(name), text).expect("write export");
+    }
+    let store = dir.join("store");
+    ern_ingest::ingest(&export, &Pseudonymiser::new(key), &store, &NoProgress).expect("ingest");
+    store
+}
+
+/// One site of an in-process network.
+#[derive(Debug)]
+pub struct Site {
+    /// The site id.
+    pub id: String,
+    /// Its store.
+    pub store: PathBuf,
+    /// Its steward's signing key.
+    pub steward: StewardSigningKey,
+    /// Its steward's token at the coordinator.
+    pub steward_token: BearerToken,
+    /// Its node's engine (shared with the node's link).
+    pub engine: Arc<NodeEngine>,
+    /// The node's link task; aborted to take the node offline.
+    pub link: Option<JoinHandle<()>>,
+    settings: LinkSettings,
+}
+
+/// A coordinator and its nodes in one process.
+#[derive(Debug)]
+pub struct Network {
+    /// The coordinator.
+    pub loopback: Loopback,
+    /// The sites, in the order given.
+    pub sites: Vec<Site>,
+    /// A researcher's token.
+    pub researcher: BearerToken,
+    /// Working directory (identity keys).
+    pub dir: tempfile::TempDir,
+}
+
+/// How a site's node is set up: its id, store, and a change to its default policy
+/// (secure aggregation on, the roster of every site of the network).
+#[derive(Debug)]
+pub struct SiteSetup<'a> {
+    /// The site id.
+    pub id: &'a str,
+    /// Its store.
+    pub store: PathBuf,
+}
+
+impl Network {
+    /// Starts a coordinator over mutual TLS and one node per site, each with secure
+    /// aggregation on and every site of the network in its roster; `configure` may change
+    /// any node's policy first. Returns once every node is connected.
+    pub async fn start(
+        sites: Vec<SiteSetup<'_>>,
+        configure: impl Fn(&str, &mut NodePolicy),
+    ) -> Network {
+        let loopback = Loopback::start(Security::MutualTls, Limits::default()).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut identities = Vec::new();
+        for setup in &sites {
+            let identity_dir = dir.path().join(format!("identity-{}", setup.id));
+            let public = SiteIdentity::generate(&identity_dir).expect("identity");
+            identities.push((setup.id.to_string(), identity_dir, public));
+        }
+        let roster_entries: Vec<(String, SitePublicKey)> = identities
+            .iter()
+            .map(|(site, _, public)| (site.clone(), public.clone()))
+            .collect();
+        let researcher = loopback.user("researcher", Role::Researcher, "");
+        let mut built = Vec::new();
+        for (setup, (_, identity_dir, _)) in sites.into_iter().zip(&identities) {
+            let steward = named_steward(dir.path(), &format!("steward-{}", setup.id));
+            let steward_token =
+                loopback.user(&format!("steward-{}", setup.id), Role::Steward, setup.id);
+            let mut policy = NodePolicy::new(setup.id, vec![steward.public_key()]);
+            policy.secure = SecurePolicy {
+                enabled: true,
+                identity: Some(Arc::new(
+                    SiteIdentity::load(&SiteIdentity::key_path(identity_dir)).expect("load"),
+                )),
+                roster: Roster::new(roster_entries.clone()).expect("roster"),
+                ..SecurePolicy::default()
+            };
+            configure(setup.id, &mut policy);
+            let engine = Arc::new(
+                NodeEngine::open(&setup.store, policy)
+                    .await
+                    .expect("node engine"),
+            );
+            let token = loopback.user(&format!("node-{}", setup.id), Role::Node, setup.id);
+            let certificate = loopback.ca.issue_node(setup.id).expect("node certificate");
+            let tls = ClientTls {
+                identity: Some((
+                    certificate.cert_pem.into_bytes(),
+                    certificate.key_pem.into_bytes(),
+                )),
+                ..loopback.trust()
+            };
+            let settings = LinkSettings::new(&loopback.url, token, Some(tls));
+            let mut site = Site {
+                id: setup.id.to_string(),
+                store: setup.store,
+                steward,
+                steward_token,
+                engine,
+                link: None,
+                settings,
+            };
+            site.go_online();
+            built.push(site);
+        }
+        let network = Network {
+            loopback,
+            sites: built,
+            researcher,
+            dir,
+        };
+        for site in &network.sites {
+            network.wait_connected(&site.id).await;
+        }
+        network
+    }
+
+    /// The site `id`.
+    pub fn site(&self, id: &str) -> &Site {
+        self.sites
+            .iter()
+            .find(|s| s.id == id)
+            .expect("a site of the network")
+    }
+
+    /// The site `id`, to change.
+    pub fn site_mut(&mut self, id: &str) -> &mut Site {
+        self.sites
+            .iter_mut()
+            .find(|s| s.id == id)
+            .expect("a site of the network")
+    }
+
+    /// Waits until site `id`'s node is connected.
+    pub async fn wait_connected(&self, id: &str) {
+        let waited = tokio::time::timeout(Duration::from_secs(30), async {
+            while !self.loopback.core.is_connected(id) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "node {id} did not connect");
+    }
+
+    /// Submits `sql` to every site; returns the question's id.
+    pub async fn submit(&self, sql: &str) -> String {
+        let mut researcher = self.loopback.researcher(self.researcher.clone()).await;
+        researcher
+            .submit(submit("a question", sql))
+            .await
+            .expect("submitted")
+            .into_inner()
+            .query_id
+    }
+
+    /// Site `site`'s steward approves question `query_id` over `sql`, as the steward's
+    /// own tool does: signs the statement locally and sends the signature.
+    pub async fn approve(&self, query_id: &str, sql: &str, site: &str) {
+        let site = self.site(site);
+        let expires = ern_coordinator::model::now_seconds() + 600;
+        let approval = ern_node::approval::sign(
+            &site.steward,
+            sql,
+            &site.id,
+            ern_proto::approval::study_of(query_id),
+            expires,
+        )
+        .expect("sign");
+        let mut steward = self.loopback.steward(site.steward_token.clone()).await;
+        steward
+            .approve(approval.to_request(query_id))
+            .await
+            .expect("approved");
+    }
+
+    /// Every site's steward approves.
+    pub async fn approve_all(&self, query_id: &str, sql: &str) {
+        for site in &self.sites {
+            self.approve(query_id, sql, &site.id).await;
+        }
+    }
+
+    /// Waits until the question is complete (merged or failed), at most 60 s.
+    pub async fn wait_complete(&self, query_id: &str) {
+        let waited = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let query = self.loopback.core.db().query(query_id).expect("query");
+                if query.is_some_and(|q| q.complete) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "question {query_id} did not complete: {:?}",
+            self.loopback.core.db().targets(query_id)
+        );
+    }
+
+    /// The question's status, as the researcher reads it.
+    pub async fn status(&self, query_id: &str) -> v1::QueryStatus {
+        let mut researcher = self.loopback.researcher(self.researcher.clone()).await;
+        researcher
+            .get_status(v1::GetStatusRequest {
+                query_id: query_id.into(),
+            })
+            .await
+            .expect("status")
+            .into_inner()
+    }
+
+    /// The question's merged table and its results message, as the researcher reads them.
+    pub async fn results(&self, query_id: &str) -> (Vec<RecordBatch>, v1::QueryResults) {
+        let mut researcher = self.loopback.researcher(self.researcher.clone()).await;
+        let results = researcher
+            .get_results(v1::GetResultsRequest {
+                query_id: query_id.into(),
+            })
+            .await
+            .expect("results")
+            .into_inner();
+        let (_, batches) = arrow_ipc::decode(&results.arrow_ipc).expect("decode");
+        (batches, results)
+    }
+
+    /// Each site's state and detail for the question, by site.
+    pub fn site_states(&self, query_id: &str) -> Vec<(String, String, String)> {
+        self.loopback
+            .core
+            .db()
+            .targets(query_id)
+            .expect("targets")
+            .into_iter()
+            .map(|t| (t.site, t.state.as_str().to_string(), t.detail))
+            .collect()
+    }
+}
+
+impl Site {
+    /// Starts (or restarts) the node's link.
+    pub fn go_online(&mut self) {
+        let (engine, settings) = (Arc::clone(&self.engine), self.settings.clone());
+        self.link = Some(tokio::spawn(async move {
+            link::run(engine, settings).await;
+        }));
+    }
+
+    /// Takes the node offline: its link task ends and its stream closes.
+    pub fn go_offline(&mut self) {
+        if let Some(link) = self.link.take() {
+            link.abort();
+        }
+    }
+}
