@@ -120,7 +120,10 @@ impl Coordinator {
             );
             return self.turn_per_site(query_id, reason, &targets).await;
         }
-        if targets.iter().any(|t| t.state == SiteState::AwaitingApproval) {
+        if targets
+            .iter()
+            .any(|t| t.state == SiteState::AwaitingApproval)
+        {
             return Ok(());
         }
         let connected: Vec<(String, usize)> = approved

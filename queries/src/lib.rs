@@ -32,6 +32,7 @@
 //! - [`shown`]: another party's text made safe to print (escapes, bounded length).
 //! - [`ids`]: the shape of site, study and user ids.
 //! - [`casefile`]: the steward-readable format of the validation and attack suites.
+//! - [`examples`]: the example questions of the data model and the demo's showcase.
 //! - [`schema`]: the Arrow schemas of the node tables (the data contract).
 //! - [`secure`]: a secure question's vector (node) and its release from totals
 //!   (coordinator).
@@ -40,6 +41,7 @@ pub mod allowlist;
 pub mod casefile;
 pub mod catalog;
 pub mod domain;
+pub mod examples;
 pub mod hash;
 pub mod ids;
 pub mod plan;

@@ -35,11 +35,11 @@ use ern_synth::{self as synth, SynthConfig};
 use super::ingest::ingest_export;
 use super::keygen::{self, CA_CERT, TlsArgs};
 use crate::client::{self, Connection, rpc_error};
-use crate::commands::explore::EXAMPLES;
 use crate::commands::researcher::coverage_table;
 use crate::output::{self, Format};
 use crate::progress_bar::Bar;
 use crate::table::new_table;
+use ern_queries::examples::EXAMPLES;
 
 /// Output formats of the demo's result tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
