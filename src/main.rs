@@ -34,7 +34,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create keys: a site's pseudonymisation key or a steward's signing key pair.
+    /// Create keys: a site's pseudonymisation key, a steward's signing key pair, a site's
+    /// identity key for secure aggregation, or the network's TLS certificates.
     #[command(subcommand)]
     Keygen(commands::keygen::Keygen),
     /// Generate synthetic site exports in the interchange format.

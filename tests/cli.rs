@@ -1,11 +1,13 @@
-//! The `ern` binary as an operator uses it: keys, synthetic exports and ingest, driven as
-//! a subprocess and checked by its exit code, its output and the files it leaves.
+//! The `ern` binary as an operator uses it: keys, node configurations, synthetic exports,
+//! ingest and the demo, driven as a subprocess and checked by its exit code, its output and
+//! the files it leaves; and what a steward and a researcher read of a question's mode on a
+//! network of processes with secure aggregation on.
 
 mod harness;
 
 use std::path::Path;
 
-use harness::{ern, path, stderr, stdout};
+use harness::{Network, SEX_BAND_SQL, ern, ok, path, stderr, stdout};
 
 #[cfg(unix)]
 fn mode(p: &Path) -> u32 {
@@ -72,6 +74,156 @@ fn keygen_steward_writes_a_pkcs8_key_and_a_public_key_and_prints_the_key_id() {
         !ern(&["keygen", "steward", "--out", path(&prefix)])
             .status
             .success()
+    );
+}
+
+#[test]
+fn keygen_site_writes_an_identity_key_with_mode_0600_once_and_prints_its_roster_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let identity = dir.path().join("identity");
+    let output = ern(&[
+        "keygen",
+        "site",
+        "--out",
+        path(&identity),
+        "--site",
+        "site-1",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = stdout(&output);
+    let private = std::fs::read_to_string(identity.join("site.key")).expect("private key");
+    assert!(private.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    #[cfg(unix)]
+    assert_eq!(mode(&identity.join("site.key")), 0o600);
+    let public = std::fs::read_to_string(identity.join("site.pub")).expect("public key");
+    let public = public.trim();
+    assert_eq!(public.len(), 64);
+    assert!(
+        public
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    );
+    assert!(
+        printed.contains(&format!("public key: {public}\n")),
+        "{printed}"
+    );
+    assert!(printed.contains("[secure_aggregation.roster]"), "{printed}");
+    assert_eq!(
+        printed.lines().last(),
+        Some(format!("site-1 = \"{public}\"").as_str()),
+        "{printed}"
+    );
+
+    // Never overwritten.
+    let again = ern(&["keygen", "site", "--out", path(&identity)]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("exists already"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        std::fs::read_to_string(identity.join("site.key")).expect("private key"),
+        private,
+        "the key was overwritten"
+    );
+
+    // Without --site, a placeholder that no TOML parser takes for a site id.
+    let other = dir.path().join("other");
+    let output = ern(&["keygen", "site", "--out", path(&other)]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed = stdout(&output);
+    let last = printed.lines().last().expect("a roster line");
+    assert!(last.starts_with("<SITE> = \""), "{printed}");
+    assert!(printed.contains("--site"), "{printed}");
+    assert!(!last.contains(public), "a second key equals the first");
+
+    // A site id that cannot be one is refused, and nothing is written.
+    let odd = dir.path().join("odd");
+    let refused = ern(&["keygen", "site", "--out", path(&odd), "--site", "a b"]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("site id"), "{}", stderr(&refused));
+    assert!(!odd.exists());
+}
+
+/// DIR/NAME.toml, a node.toml for `ern node serve` with a loopback coordinator that
+/// nothing serves and no store; `secure` is its `[secure_aggregation]` section.
+fn node_config(dir: &Path, name: &str, secure: &str) -> std::path::PathBuf {
+    if !dir.join("steward.pub").exists() {
+        ok(ern(&[
+            "keygen",
+            "steward",
+            "--out",
+            path(&dir.join("steward")),
+        ]));
+        std::fs::write(dir.join("node.token"), "ern_0000\n").expect("token");
+    }
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "site_id = \"site-1\"\nstore = \"store\"\nstewards = [\"steward.pub\"]\ncoordinator = \"http://127.0.0.1:9\"\nplaintext = true\ntoken_file = \"node.token\"\n\n{secure}"
+        ),
+    )
+    .expect("node.toml");
+    config
+}
+
+#[test]
+fn a_node_with_secure_aggregation_on_and_no_identity_key_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = node_config(
+        dir.path(),
+        "no-key",
+        "[secure_aggregation]\nenabled = true\n",
+    );
+    let out = ern(&["node", "serve", "--config", path(&config)]);
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(
+        message.contains("[secure_aggregation] identity_key is needed when enabled"),
+        "{message}"
+    );
+    assert!(message.contains("ern keygen site"), "{message}");
+
+    // With the key and the roster lines `ern keygen site` printed, the configuration is
+    // accepted: the node gets as far as its (missing) store.
+    let mut roster = Vec::new();
+    for site in ["site-1", "site-2", "site-3"] {
+        let line = harness::site_identity(&dir.path().join(format!("identity-{site}")), site);
+        roster.push(line);
+    }
+    let config = node_config(
+        dir.path(),
+        "with-key",
+        &format!(
+            "[secure_aggregation]\nenabled = true\nidentity_key = \"{}\"\n\n[secure_aggregation.roster]\n{}\n",
+            path(&dir.path().join("identity-site-1").join("site.key")),
+            roster.join("\n")
+        ),
+    );
+    let out = ern(&["node", "serve", "--config", path(&config)]);
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(message.contains("opening the store"), "{message}");
+    assert!(!message.contains("secure_aggregation"), "{message}");
+
+    // A roster that pins another key for the node's own site is refused.
+    let config = node_config(
+        dir.path(),
+        "other-key",
+        &format!(
+            "[secure_aggregation]\nenabled = true\nidentity_key = \"{}\"\n\n[secure_aggregation.roster]\n{}\n",
+            path(&dir.path().join("identity-site-2").join("site.key")),
+            roster.join("\n")
+        ),
+    );
+    let out = ern(&["node", "serve", "--config", path(&config)]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the roster lists another key for this site (site-1)"),
+        "{}",
+        stderr(&out)
     );
 }
 
@@ -257,6 +409,8 @@ fn every_command_has_help() {
         vec!["keygen", "--help"],
         vec!["keygen", "pseudonym", "--help"],
         vec!["keygen", "steward", "--help"],
+        vec!["keygen", "site", "--help"],
+        vec!["keygen", "tls", "--help"],
         vec!["synth", "--help"],
         vec!["ingest", "--help"],
         vec!["demo", "--help"],
@@ -281,6 +435,10 @@ fn every_command_has_help() {
         assert!(output.status.success(), "{args:?}");
         assert!(stdout(&output).contains("Usage: ern"), "{args:?}");
     }
+    // What a roster is, where an operator looks for it.
+    let help = stdout(&ern(&["keygen", "site", "--help"]));
+    assert!(help.contains("[secure_aggregation.roster]"), "{help}");
+    assert!(help.contains("identity_key"), "{help}");
 }
 
 #[test]
@@ -313,7 +471,7 @@ fn node_audit_verify_names_the_first_bad_entry() {
 }
 
 #[test]
-fn the_demo_answers_its_three_questions_from_every_site() {
+fn the_demo_answers_its_showcase_from_every_site_securely_where_eligible() {
     let output = ern(&["demo", "--patients", "6000", "--seed", "4"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let text = stdout(&output);
@@ -321,15 +479,29 @@ fn the_demo_answers_its_three_questions_from_every_site() {
         "Question 1",
         "Question 2",
         "Question 3",
+        "Question 4",
         "hospital-1",
         "hospital-3",
-        "answered",
         "decade",
         "gene_symbol",
+        "disorder",
+        // Decades, disorders and sex have public domains: secure aggregation.
+        "mode: secure aggregation",
+        "aggregated (secure: in the network total)",
+        "row(s) released from a public domain of",
+        // Genes have none: per site, each site's suppressed groups from its audit log.
+        "mode: per-site suppression",
+        "answered",
+        "groups suppressed",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
-    assert!(!text.contains("refused"), "{text}");
+    // The showcase of secure aggregation, disorders by sex, runs securely.
+    let showcase = &text[text.find("Question 4").expect("question 4")..];
+    assert!(showcase.contains("mode: secure aggregation"), "{showcase}");
+    for absent in ["refused", "round failed", "failed"] {
+        assert!(!text.contains(absent), "{absent:?} in\n{text}");
+    }
 }
 
 #[test]
@@ -373,9 +545,18 @@ fn the_scripted_demo_prints_only_the_merged_table_on_stdout() {
         .map(|site| exports.join(site))
         .collect();
     let sites: Vec<&Path> = sites.iter().map(|p| p.as_path()).collect();
-    let expected = harness::expected_sex_band(&sites, 7);
+    // Three sites, every node in secure aggregation: k = 7 on the network totals.
+    let expected = harness::expected_sex_band_secure(&sites, 7);
     assert_eq!(released, expected);
-    assert!(stderr(&output).contains("answered"), "{}", stderr(&output));
+    let narration = stderr(&output);
+    assert!(
+        narration.contains("mode: secure aggregation"),
+        "{narration}"
+    );
+    assert!(narration.contains("aggregated"), "{narration}");
+    // Pooled before k: never fewer cells than per-site suppression releases.
+    let per_site = harness::expected_sex_band(&sites, 7);
+    assert!(per_site.keys().all(|cell| expected.contains_key(cell)));
 }
 
 #[test]
@@ -450,6 +631,12 @@ fn schema_and_examples_work_offline_and_the_examples_run_in_the_demo() {
         "{}",
         stdout(&run)
     );
+    // A diagnosis code has no public domain (no join to orpha_term): per site.
+    assert!(
+        stderr(&run).contains("mode: per-site suppression"),
+        "{}",
+        stderr(&run)
+    );
 }
 
 #[test]
@@ -492,4 +679,59 @@ fn validate_checks_a_question_offline_as_the_network_will() {
     }
     let both = ern(&["validate", "--sql-text", "SELECT 1", "--sql", "q.sql"]);
     assert!(!both.status.success(), "one source only");
+}
+
+/// A network of processes with secure aggregation on (every node.toml with its identity
+/// key from `ern keygen site` and the roster of all three sites): the steward's review
+/// names the mode and the public domain, the researcher's status says secure, and the
+/// table holds the network totals at k.
+#[test]
+fn a_secure_network_answers_with_network_totals_and_every_party_reads_the_mode() {
+    let mut net = Network::secure(3, 1500, 5);
+    for site in ["site-1", "site-2", "site-3"] {
+        net.start_node_connected(site);
+    }
+    let id = net.submit(SEX_BAND_SQL, "Patients by sex and birth band", &[]);
+    let steward_1 = net.site("site-1").steward_token.clone();
+    let shown = ok(net.ern_as(&steward_1, &["steward", "show", &id]));
+    assert!(
+        shown.contains("mode: secure aggregation: k applies to network totals of"),
+        "{shown}"
+    );
+    assert!(shown.contains("p.sex: 4 values"), "{shown}");
+    for site in ["site-1", "site-2", "site-3"] {
+        ok(net.approve(site, &id));
+    }
+    net.wait_complete(&id);
+    let status = net.status(&id);
+    assert_eq!(status["mode"], "secure", "{status}");
+    assert_eq!(status["mode_note"], "", "{status}");
+    for (site, (state, _)) in net.site_states(&id) {
+        assert_eq!(state, "aggregated", "{site}");
+    }
+    let table = ok(net.ern_as(&net.researcher, &["status", &id]));
+    assert!(table.contains("mode: secure aggregation"), "{table}");
+    let exports: Vec<&Path> = net.sites.iter().map(|s| s.export.as_path()).collect();
+    assert_eq!(
+        harness::sex_band_rows(&net.results_csv(&id)),
+        harness::expected_sex_band_secure(&exports, 5)
+    );
+
+    // A question without a public domain: the steward reads why it runs per site.
+    let genes = net.submit(
+        "SELECT g.gene_symbol, COUNT(DISTINCT g.pid) AS patients FROM genetic_finding g GROUP BY g.gene_symbol",
+        "Genes",
+        &[],
+    );
+    let shown = ok(net.ern_as(&steward_1, &["steward", "show", &genes]));
+    assert!(shown.contains("mode: per-site suppression"), "{shown}");
+    assert!(
+        shown.contains("GROUP BY g.gene_symbol has no public domain"),
+        "{shown}"
+    );
+    // The identity keys never reach a log.
+    let logs = net.logs();
+    for secret in net.secrets() {
+        assert!(!logs.contains(&secret), "a token or key reached a log");
+    }
 }

@@ -1,6 +1,7 @@
 //! The README's "Running a network" walk-through, run as written: the shell block between
 //! `<!-- quickstart:begin -->` and `<!-- quickstart:end -->` executes with the `ern`
-//! under test on PATH, a coordinator and two nodes as separate processes.
+//! under test on PATH, a coordinator and three nodes as separate processes, with secure
+//! aggregation on: every site makes its identity key and every node.toml pins the roster.
 
 mod harness;
 
@@ -64,6 +65,28 @@ fn the_readme_network_walkthrough_runs_as_written() {
     assert!(output.status.success(), "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("state: complete"), "{out}");
     assert!(out.contains("approved q-"), "{out}");
+    // The steward's review names the mode and the domain; the question ran securely.
+    assert!(
+        out.contains("mode: secure aggregation: k applies to network totals of 4 cells"),
+        "{out}"
+    );
+    assert!(
+        out.contains("mode: secure aggregation: k applies to the network total"),
+        "{out}"
+    );
+    assert!(out.contains("\"mode\": \"secure\""), "{out}");
+    assert!(
+        out.contains("aggregated (secure: in the network total)"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("eligible for secure aggregation, but"),
+        "{out}"
+    );
+    let roster = std::fs::read_to_string(dir.path().join("roster.toml")).expect("roster.toml");
+    for site in ["site-1", "site-2", "site-3"] {
+        assert!(roster.contains(&format!("{site} = \"")), "{roster}");
+    }
     let csv = std::fs::read_to_string(dir.path().join("result.csv")).expect("result.csv");
     let rows = harness::parse_csv(&csv);
     assert!(csv.starts_with("sex,patients\n"), "{csv}");

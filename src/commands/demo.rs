@@ -2,14 +2,18 @@
 //!
 //! A coordinator serves on 127.0.0.1 over TLS with a freshly made network CA (as
 //! `ern keygen tls` makes it); every hospital gets its registry (synthetic, or an
-//! export from `--exports`), a pseudonymisation key, a store, a steward key pair and a
-//! node that dials out to the coordinator through the production link code, presenting
-//! its site's client certificate (mutual TLS). A researcher
-//! submits each question through the Researcher API, each site's steward signs an
-//! approval locally and sends it through the Steward API, the nodes run the work and the
-//! coordinator merges. In the showcase, the number of suppressed groups is read from the
-//! sites' own audit logs, as their stewards would (the coordinator never learns it); a
-//! scripted question (`--sql`) is the researcher's, and shows no such count.
+//! export from `--exports`), a pseudonymisation key, a store, a steward key pair, a site
+//! identity key (as `ern keygen site` makes it) and a node that dials out to the
+//! coordinator through the production link code, presenting its site's client
+//! certificate (mutual TLS), with secure aggregation on and every site's identity key in
+//! its roster. A researcher submits each question through the Researcher API, each
+//! site's steward signs an approval locally and sends it through the Steward API, the
+//! nodes run the work and the coordinator merges: an eligible question approved by at
+//! least three sites under secure aggregation (k on the network totals), any other per
+//! site. Each question's mode is printed with its results. For a per-site question of the
+//! showcase, the number of suppressed groups is read from the sites' own audit logs, as
+//! their stewards would (the coordinator never learns it); a scripted question (`--sql`)
+//! is the researcher's, and shows no such count.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,9 +27,10 @@ use ern_coordinator::model::{Role, now_seconds as now};
 use ern_coordinator::{Coordinator, Db, Timing, Transport, auth, server};
 use ern_node::approval;
 use ern_node::audit::{self, AUDIT_FILE};
-use ern_node::engine::{NodeEngine, NodePolicy};
+use ern_node::engine::{NodeEngine, NodePolicy, SecurePolicy};
 use ern_node::link::{self, LinkSettings};
 use ern_node::pseudonym;
+use ern_node::secure::{Roster, SiteIdentity};
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
 use ern_proto::arrow_ipc;
 use ern_proto::transport::{BearerToken, ClientTls};
@@ -35,11 +40,12 @@ use ern_synth::{self as synth, SynthConfig};
 use super::ingest::ingest_export;
 use super::keygen::{self, CA_CERT, TlsArgs};
 use crate::client::{self, Connection, rpc_error};
-use crate::commands::researcher::coverage_table;
+use crate::commands::researcher::{coverage_table, mode_words};
 use crate::output::{self, Format};
 use crate::progress_bar::Bar;
 use crate::table::new_table;
 use ern_queries::examples::EXAMPLES;
+use ern_queries::shown::shown;
 
 /// Output formats of the demo's result tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -82,7 +88,8 @@ pub(crate) struct DemoArgs {
     /// table then goes to stderr.
     #[arg(long)]
     sql: Option<PathBuf>,
-    /// Minimum distinct patients per released group, at every node.
+    /// Minimum distinct patients per released group, at every node (on the network
+    /// total under secure aggregation).
     #[arg(long, default_value_t = 5)]
     k: u32,
     /// How result tables print.
@@ -90,11 +97,12 @@ pub(crate) struct DemoArgs {
     format: DemoFormat,
 }
 
-/// The showcase questions, from the examples (`ern examples`).
-const SHOWCASE: [&str; 3] = [
+/// The showcase questions, from the examples (`ern examples`), in this order.
+const SHOWCASE: [&str; 4] = [
     "cardiomyopathy-by-decade",
     "delay-top-ten-disorders",
     "hcm-causative-genes",
+    "cardiac-disorders-by-sex",
 ];
 
 /// How long the demo waits for the nodes to connect and for a question to finish.
@@ -132,9 +140,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", path.display()))?;
             vec![(format!("Question from {}", path.display()), sql)]
         }
-        None => EXAMPLES
+        None => SHOWCASE
             .iter()
-            .filter(|example| SHOWCASE.contains(&example.name))
+            .filter_map(|name| EXAMPLES.iter().find(|example| example.name == *name))
             .map(|example| (example.title.to_string(), example.sql.to_string()))
             .collect(),
     };
@@ -188,6 +196,20 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         ca: Some(tls_dir.join(CA_CERT)),
     };
 
+    // Every site's identity key, and the roster of all of them that every node pins.
+    let mut identities = Vec::with_capacity(exports.len());
+    for (id, _) in &exports {
+        let dir = work.path().join(id).join("identity");
+        let public = SiteIdentity::generate(&dir)
+            .with_context(|| format!("creating the identity key of {id}"))?;
+        identities.push((id.clone(), dir, public));
+    }
+    let roster = Roster::new(
+        identities
+            .iter()
+            .map(|(id, _, public)| (id.clone(), public.clone())),
+    )?;
+
     // The hospitals: store, steward, node dialling out.
     let mut stores = new_table(
         &["site", "patients read", "left out (consent)", "stored"],
@@ -195,7 +217,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     let mut sites = Vec::with_capacity(exports.len());
     let mut nodes = Vec::with_capacity(exports.len());
-    for (id, export) in &exports {
+    for ((id, export), (_, identity_dir, _)) in exports.iter().zip(&identities) {
         let dir = work.path().join(id);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let key = dir.join("pseudonym.key");
@@ -213,6 +235,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             StewardSigningKey::load(&dir.join("steward.key")).context("loading the steward key")?;
         let mut policy = NodePolicy::new(id, vec![steward_key.public_key()]);
         policy.k = args.k;
+        let identity = SiteIdentity::load(&SiteIdentity::key_path(identity_dir))
+            .context("loading the site identity key")?;
+        policy.secure = SecurePolicy {
+            enabled: true,
+            identity: Some(Arc::new(identity)),
+            roster: roster.clone(),
+            ..SecurePolicy::default()
+        };
         let engine = NodeEngine::open(&store, policy)
             .await
             .with_context(|| format!("opening the node of {id}"))?;
@@ -242,14 +272,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     wait_for_nodes(&core, &sites).await?;
     writeln!(
         say,
-        "{} nodes connected (each dialled out; none listens)",
+        "{} nodes connected (each dialled out; none listens), secure aggregation on at each, with the {} sites' identity keys in its roster",
+        sites.len(),
         sites.len()
     )?;
 
     let mut outcome = Ok(());
+    let mut modes = Vec::new();
     for (number, (title, sql)) in questions.iter().enumerate() {
         writeln!(say, "\nQuestion {}: {title}\n  {}", number + 1, sql.trim())?;
-        if let Err(error) = ask(
+        match ask(
             &researcher,
             &sites,
             title,
@@ -260,16 +292,29 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         )
         .await
         {
-            outcome = Err(error);
-            break;
+            Ok(mode) => modes.push(mode),
+            Err(error) => {
+                outcome = Err(error);
+                break;
+            }
         }
     }
     if outcome.is_ok() {
-        writeln!(
-            say,
-            "\nEvery group above has at least k = {} patients at each hospital that contributed to it; smaller groups never left their hospital.",
-            args.k
-        )?;
+        writeln!(say)?;
+        if modes.iter().any(|mode| mode == "secure") {
+            writeln!(
+                say,
+                "Under secure aggregation, every cell above has at least k = {} patients in the network total, and no one but a hospital saw that hospital's own numbers; smaller cells were never released.",
+                args.k
+            )?;
+        }
+        if modes.iter().any(|mode| mode != "secure") {
+            writeln!(
+                say,
+                "Under per-site suppression, every group above has at least k = {} patients at each hospital that contributed to it; smaller groups never left their hospital.",
+                args.k
+            )?;
+        }
         writeln!(say, "Done in {:.1} s.", started.elapsed().as_secs_f64())?;
     }
     for node in nodes {
@@ -345,7 +390,8 @@ async fn wait_for_nodes(core: &Coordinator, sites: &[Site]) -> anyhow::Result<()
     Ok(())
 }
 
-/// One question through the whole lifecycle, printed.
+/// One question through the whole lifecycle, printed; returns its mode ("secure" or
+/// "per-site").
 async fn ask(
     researcher: &Connection,
     sites: &[Site],
@@ -354,7 +400,7 @@ async fn ask(
     format: Format,
     scripted: bool,
     say: &mut dyn Write,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let mut client = client::researcher(researcher).await?;
     let submitted = client
         .submit(v1::SubmitRequest {
@@ -369,6 +415,8 @@ async fn ask(
         .into_inner();
     let query_id = submitted.query_id;
     let expires = now() + 3600;
+    // The public domain's size, from a steward's review (it follows from the SQL alone).
+    let mut cells = None;
     for site in sites {
         let mut steward = client::steward(&site.steward).await?;
         let review = steward
@@ -378,6 +426,9 @@ async fn ask(
             .await
             .map_err(rpc_error)?
             .into_inner();
+        if review.mode == "secure" {
+            cells = Some(review.cells);
+        }
         let signed = approval::sign(
             &site.steward_key,
             &review.sql,
@@ -396,7 +447,7 @@ async fn ask(
             .map_err(rpc_error)?;
     }
     let deadline = Instant::now() + WAIT;
-    loop {
+    let status = loop {
         let status = client
             .get_status(v1::GetStatusRequest {
                 query_id: query_id.clone(),
@@ -405,7 +456,7 @@ async fn ask(
             .map_err(rpc_error)?
             .into_inner();
         if status.state == v1::QueryState::Complete as i32 {
-            break;
+            break status;
         }
         if status.state == v1::QueryState::Failed as i32 {
             anyhow::bail!("question {query_id} failed: {}", status.failure);
@@ -415,7 +466,7 @@ async fn ask(
             "question {query_id} did not finish in time"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    };
     let results = client
         .get_results(v1::GetResultsRequest {
             query_id: query_id.clone(),
@@ -423,12 +474,38 @@ async fn ask(
         .await
         .map_err(rpc_error)?
         .into_inner();
+    let secure = status.mode == "secure";
+    writeln!(say, "mode: {}", mode_words(&status.mode))?;
+    if !status.mode_note.is_empty() {
+        writeln!(
+            say,
+            "      (eligible for secure aggregation, but {})",
+            shown(&status.mode_note)
+        )?;
+    }
     writeln!(say, "{}", coverage_table(&results.coverage))?;
+    if secure {
+        // What per-site suppression would have released is not known to anyone: it
+        // depends on each site's own count of each cell, which secure aggregation hides
+        // from the coordinator and the researcher alike.
+        let domain = cells.map_or_else(String::new, |cells| {
+            format!(" from a public domain of {cells} cells")
+        });
+        writeln!(
+            say,
+            "{} row(s) released{domain}: the cells whose network total reached k (HAVING and LIMIT apply after that).",
+            results.rows
+        )?;
+        writeln!(
+            say,
+            "How many sites each cell's patients come from is known to nobody, so how many of these rows per-site suppression would have released is not known."
+        )?;
+    }
     // How many groups a site suppressed is the steward's to know, never the researcher's
     // (whether a one-patient group existed is exactly what suppression hides): the
     // showcase shows it as the stewards' view; a scripted question (`--sql`, the
-    // researcher's own) never does.
-    if !scripted {
+    // researcher's own) never does. Under secure aggregation no site suppresses anything.
+    if !scripted && !secure {
         let mut suppressed = new_table(
             &[
                 "site",
@@ -450,8 +527,9 @@ async fn ask(
     let (schema, batches) = arrow_ipc::decode(&results.arrow_ipc).context("decoding the result")?;
     if scripted {
         say.flush()?;
-        output::write_to(&schema, &batches, format, output::Cells::Safe, None)
+        output::write_to(&schema, &batches, format, output::Cells::Safe, None)?;
     } else {
-        output::write_table(&schema, &batches, format, output::Cells::Safe, say)
+        output::write_table(&schema, &batches, format, output::Cells::Safe, say)?;
     }
+    Ok(status.mode)
 }

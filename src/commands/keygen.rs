@@ -1,12 +1,13 @@
 //! `ern keygen`: the keys a network needs: pseudonymisation keys, steward signing keys,
-//! and the network's TLS certificates.
+//! site identity keys for secure aggregation, and the network's TLS certificates.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use ern_coordinator::pki::NetworkCa;
-use ern_node::{pseudonym, steward_key};
+use ern_node::secure::{SiteIdentity, SitePublicKey};
+use ern_node::{approval, pseudonym, steward_key};
 
 /// Which key to create.
 #[derive(Debug, Subcommand)]
@@ -24,6 +25,28 @@ pub(crate) enum Keygen {
         /// Path prefix of the two files.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// A site's identity key for secure aggregation: DIR/site.key (Ed25519, PKCS#8 PEM,
+    /// mode 0600) stays with the site's node; DIR/site.pub (64 hex characters) goes to
+    /// every other site of the network.
+    ///
+    /// Secure aggregation adds every site's numbers under pairwise masks, so that k applies
+    /// to the network total and nobody sees a site's own numbers. Masks protect a site only
+    /// if it knows whom it shares them with, so every node's node.toml pins the identity
+    /// public keys of the network's sites: the roster, `[secure_aggregation.roster]`, one
+    /// line `SITE = "<64 hex>"` per site. A node takes part in a round only with the sites
+    /// its own roster lists, and only when each signed with the key listed for it; the
+    /// coordinator can neither add nor swap one. The command prints this site's roster
+    /// line (give `--site` for it to name the site) for the operators of the other sites;
+    /// this node's own node.toml names site.key as `identity_key`. An existing key is
+    /// never overwritten.
+    Site {
+        /// Directory of the two files; created if absent.
+        #[arg(long)]
+        out: PathBuf,
+        /// This site's id, as enrolled at the coordinator, for the printed roster line.
+        #[arg(long)]
+        site: Option<String>,
     },
     /// The network's TLS certificates: a CA (DIR/ca.pem, DIR/ca.key), the coordinator's
     /// server certificate (DIR/coordinator.pem, .key) and one client certificate per node
@@ -132,6 +155,24 @@ pub(crate) fn generate_tls(args: &TlsArgs) -> anyhow::Result<Vec<PathBuf>> {
     Ok(written)
 }
 
+/// A site's line in a roster, `SITE = "<hex>"`; the site id is quoted where it is not a
+/// bare TOML key (a '.' in it). Without one, the placeholder `<SITE>` is no TOML key, so a
+/// line pasted unedited is refused rather than read as a site named "SITE".
+fn roster_line(site: Option<&str>, public: &SitePublicKey) -> String {
+    let key = match site {
+        Some(site)
+            if site
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            site.to_string()
+        }
+        Some(site) => format!("\"{site}\""),
+        None => "<SITE>".to_string(),
+    };
+    format!("{key} = \"{}\"", public.to_hex())
+}
+
 pub(crate) fn run(keygen: Keygen) -> anyhow::Result<()> {
     match keygen {
         Keygen::Pseudonym { out } => {
@@ -149,6 +190,29 @@ pub(crate) fn run(keygen: Keygen) -> anyhow::Result<()> {
                 out.display()
             );
             println!("key id: {}", public.key_id());
+        }
+        Keygen::Site { out, site } => {
+            if let Some(site) = &site {
+                anyhow::ensure!(
+                    approval::is_valid_id(site),
+                    "--site {site:?}: a site id is 1-128 ASCII letters, digits, '-', '_' and '.' (not first)"
+                );
+            }
+            let public = SiteIdentity::generate(&out).context("creating the site identity key")?;
+            println!(
+                "wrote {} (private, mode 0600: it stays with the node; node.toml names it as identity_key) and {} (public)",
+                SiteIdentity::key_path(&out).display(),
+                SiteIdentity::public_key_path(&out).display()
+            );
+            println!("key id: {}", public.key_id());
+            println!("public key: {}", public.to_hex());
+            println!(
+                "Every site's node.toml lists this key under [secure_aggregation.roster]; the line to send the other sites:"
+            );
+            if site.is_none() {
+                println!("(replace <SITE> with this site's id, or run with --site SITE)");
+            }
+            println!("{}", roster_line(site.as_deref(), &public));
         }
         Keygen::Tls(args) => {
             let written = generate_tls(&args)?;

@@ -220,10 +220,49 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
         },
     ]);
     println!("{report}");
+    print_mode(&review);
     if let Some(status) = review.status {
         println!("your site: {}", site_state_name(status.state));
     }
     Ok(())
+}
+
+/// How the sites' numbers will be combined: secure aggregation over the question's public
+/// domain, or per-site suppression with the reason. The mode follows from the SQL alone,
+/// so the hash the steward signs covers it.
+fn print_mode(review: &v1::QueryReview) {
+    match review.mode.as_str() {
+        "secure" => {
+            let plural = if review.cells == 1 { "cell" } else { "cells" };
+            println!(
+                "mode: secure aggregation: k applies to network totals of {} {plural}",
+                review.cells
+            );
+            for line in &review.domain {
+                println!("  {}", shown(line));
+            }
+            println!(
+                "  Your node adds its numbers for every cell, masked, to the total of all participating sites;"
+            );
+            println!(
+                "  nobody sees your site's own numbers, and a cell is released when its network total reaches k."
+            );
+            println!(
+                "  This holds when every approved site's node takes part and at least 3 sites approve;"
+            );
+            println!("  otherwise the question runs per site, and `ern status` says why.");
+        }
+        "per-site" => {
+            println!("mode: per-site suppression: your node drops its own groups under its k");
+            if !review.per_site_reason.is_empty() {
+                println!(
+                    "  (not eligible for secure aggregation: {})",
+                    shown(&review.per_site_reason)
+                );
+            }
+        }
+        other => println!("mode: unknown ({})", shown(other)),
+    }
 }
 
 async fn approve(args: ApproveArgs) -> anyhow::Result<()> {

@@ -123,6 +123,23 @@ pub(crate) struct Site {
     pub(crate) node_token: String,
 }
 
+/// How the harness's nodes combine their numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Aggregation {
+    /// No `[secure_aggregation]` in node.toml: every question runs per site, each node
+    /// dropping its own groups under k (a question is answered while another approved
+    /// site is offline).
+    PerSite,
+    /// Every site makes an identity key (`ern keygen site`) and every node.toml turns
+    /// secure aggregation on with the roster of all the network's sites: an eligible
+    /// question approved by at least 3 sites runs securely, waiting for every approved
+    /// node (up to the site timeout).
+    Secure,
+}
+
+/// A site's identity key directory (`ern keygen site --out`), inside the site directory.
+pub(crate) const IDENTITY_DIR: &str = "identity";
+
 /// A coordinator and its sites, as processes.
 pub(crate) struct Network {
     /// Everything lives here.
@@ -144,12 +161,31 @@ pub(crate) struct Network {
     pub(crate) sites: Vec<Site>,
     /// The minimum group size every node applies.
     pub(crate) k: u32,
+    /// Per-site or secure aggregation at every node.
+    pub(crate) aggregation: Aggregation,
 }
 
 impl Network {
     /// Synthesises `sites` exports, ingests them, creates keys and configs, starts the
-    /// coordinator and enrols everyone. Nodes are not started.
+    /// coordinator and enrols everyone. Nodes are not started. Every question runs per
+    /// site ([`Aggregation::PerSite`]).
     pub(crate) fn new(sites: usize, patients: usize, k: u32) -> Network {
+        Network::with_aggregation(sites, patients, k, Aggregation::PerSite)
+    }
+
+    /// As [`Network::new`], with secure aggregation on at every node and every site in
+    /// every roster ([`Aggregation::Secure`]).
+    pub(crate) fn secure(sites: usize, patients: usize, k: u32) -> Network {
+        Network::with_aggregation(sites, patients, k, Aggregation::Secure)
+    }
+
+    /// As [`Network::new`], with the nodes' aggregation chosen.
+    pub(crate) fn with_aggregation(
+        sites: usize,
+        patients: usize,
+        k: u32,
+        aggregation: Aggregation,
+    ) -> Network {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().to_path_buf();
         let exports = root.join("exports");
@@ -195,9 +231,11 @@ impl Network {
             researcher: String::new(),
             sites: Vec::new(),
             k,
+            aggregation,
         };
         network.start_coordinator();
         network.researcher = network.add_user("ada", "researcher", "");
+        let mut roster = Vec::new();
         for index in 1..=sites {
             let id = format!("site-{index}");
             let site_dir = root.join(&id);
@@ -223,14 +261,9 @@ impl Network {
             let steward_token = network.add_user(&format!("steward-{index}"), "steward", &id);
             let node_token = network.add_user(&format!("node-{index}"), "node", &id);
             std::fs::write(site_dir.join("node.token"), format!("{node_token}\n")).expect("token");
-            std::fs::write(
-                site_dir.join("node.toml"),
-                format!(
-                    "site_id = \"{id}\"\nstore = \"store\"\nstewards = [\"steward.pub\"]\nk = {k}\ncoordinator = \"{}\"\ntoken_file = \"node.token\"\n\n[tls]\nca = \"../tls/ca.pem\"\ncert = \"../tls/node-{id}.pem\"\nkey = \"../tls/node-{id}.key\"\n",
-                    network.url
-                ),
-            )
-            .expect("node.toml");
+            if aggregation == Aggregation::Secure {
+                roster.push(site_identity(&site_dir.join(IDENTITY_DIR), &id));
+            }
             network.sites.push(Site {
                 id,
                 export,
@@ -239,6 +272,14 @@ impl Network {
                 steward_token,
                 node_token,
             });
+        }
+        // Every node's configuration, once every site's roster line is known.
+        for site in &network.sites {
+            std::fs::write(
+                site.dir.join("node.toml"),
+                node_toml(&site.id, k, &network.url, aggregation, &roster),
+            )
+            .expect("node.toml");
         }
         network
     }
@@ -267,7 +308,12 @@ impl Network {
                     .path()
                     .join("tls")
                     .join(format!("node-{}.key", site.id)),
-            ] {
+            ]
+            .into_iter()
+            .chain(
+                (self.aggregation == Aggregation::Secure)
+                    .then(|| site.dir.join(IDENTITY_DIR).join("site.key")),
+            ) {
                 let text = std::fs::read_to_string(&key).expect("key file");
                 secrets.extend(
                     text.lines()
@@ -464,6 +510,40 @@ impl Network {
     }
 }
 
+/// `ern keygen site --out DIR --site ID`; returns the roster line it prints last
+/// (`ID = "<64 hex>"`), as the site's operator sends it to the other sites.
+#[track_caller]
+pub(crate) fn site_identity(dir: &Path, id: &str) -> String {
+    let printed = ok(ern(&["keygen", "site", "--out", path(dir), "--site", id]));
+    let line = printed.lines().last().expect("a roster line").to_string();
+    assert!(
+        line.starts_with(&format!("{id} = \"")) && line.len() == id.len() + 4 + 64 + 1,
+        "not a roster line: {line}"
+    );
+    line
+}
+
+/// A site's node.toml: its store, steward key, k, coordinator and certificates, and with
+/// [`Aggregation::Secure`] its identity key and the roster (`roster`: every site's line).
+pub(crate) fn node_toml(
+    id: &str,
+    k: u32,
+    url: &str,
+    aggregation: Aggregation,
+    roster: &[String],
+) -> String {
+    let mut toml = format!(
+        "site_id = \"{id}\"\nstore = \"store\"\nstewards = [\"steward.pub\"]\nk = {k}\ncoordinator = \"{url}\"\ntoken_file = \"node.token\"\n\n[tls]\nca = \"../tls/ca.pem\"\ncert = \"../tls/node-{id}.pem\"\nkey = \"../tls/node-{id}.key\"\n"
+    );
+    if aggregation == Aggregation::Secure {
+        toml.push_str(&format!(
+            "\n[secure_aggregation]\nenabled = true\nidentity_key = \"{IDENTITY_DIR}/site.key\"\n\n[secure_aggregation.roster]\n{}\n",
+            roster.join("\n")
+        ));
+    }
+    toml
+}
+
 impl Drop for Network {
     fn drop(&mut self) {
         for (_, mut child) in self.nodes.drain() {
@@ -491,39 +571,58 @@ pub(crate) fn parse_csv(text: &str) -> Vec<Vec<String>> {
 /// The test question: patients by sex and 20-year birth band.
 pub(crate) const SEX_BAND_SQL: &str = "SELECT p.sex, (p.birth_year / 20) * 20 AS band, COUNT(DISTINCT p.pid) AS patients FROM patient p GROUP BY p.sex, (p.birth_year / 20) * 20 ORDER BY p.sex, band";
 
-/// The answer to [`SEX_BAND_SQL`] computed independently from the raw exports of `sites`:
-/// consenting patients counted per (sex, band) at each site, groups under `k` dropped at
-/// that site, the rest summed.
+/// The answer to [`SEX_BAND_SQL`] computed independently from the raw exports of `sites`
+/// under per-site suppression: consenting patients counted per (sex, band) at each site,
+/// groups under `k` dropped at that site, the rest summed.
 pub(crate) fn expected_sex_band(exports: &[&Path], k: u64) -> BTreeMap<(String, i64), u64> {
     let mut pooled = BTreeMap::new();
     for export in exports {
-        let mut reader = csv::Reader::from_path(export.join("patient.csv")).expect("patient.csv");
-        let headers = reader.headers().expect("header").clone();
-        let column = |name: &str| headers.iter().position(|h| h == name).expect("column");
-        let (sex, birth, vital, consent) = (
-            column("sex"),
-            column("birth_date"),
-            column("vital_status"),
-            column("consent_data_reuse"),
-        );
-        let mut site: BTreeMap<(String, i64), u64> = BTreeMap::new();
-        for record in reader.records() {
-            let record = record.expect("row");
-            if &record[consent] != "yes" || &record[vital] == "opted_out" {
-                continue;
-            }
-            let year: i64 = record[birth][..4].parse().expect("year");
-            *site
-                .entry((record[sex].to_string(), year / 20 * 20))
-                .or_default() += 1;
-        }
-        for (key, count) in site {
+        for (key, count) in sex_band_counts(export) {
             if count >= k {
                 *pooled.entry(key).or_default() += count;
             }
         }
     }
     pooled
+}
+
+/// The answer to [`SEX_BAND_SQL`] computed independently from the raw exports of `sites`
+/// under secure aggregation: consenting patients counted per (sex, band) over all sites
+/// together, and only then cells under `k` dropped.
+pub(crate) fn expected_sex_band_secure(exports: &[&Path], k: u64) -> BTreeMap<(String, i64), u64> {
+    let mut pooled: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    for export in exports {
+        for (key, count) in sex_band_counts(export) {
+            *pooled.entry(key).or_default() += count;
+        }
+    }
+    pooled.retain(|_, count| *count >= k);
+    pooled
+}
+
+/// Consenting patients of one raw export per (sex, 20-year birth band).
+fn sex_band_counts(export: &Path) -> BTreeMap<(String, i64), u64> {
+    let mut reader = csv::Reader::from_path(export.join("patient.csv")).expect("patient.csv");
+    let headers = reader.headers().expect("header").clone();
+    let column = |name: &str| headers.iter().position(|h| h == name).expect("column");
+    let (sex, birth, vital, consent) = (
+        column("sex"),
+        column("birth_date"),
+        column("vital_status"),
+        column("consent_data_reuse"),
+    );
+    let mut site: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    for record in reader.records() {
+        let record = record.expect("row");
+        if &record[consent] != "yes" || &record[vital] == "opted_out" {
+            continue;
+        }
+        let year: i64 = record[birth][..4].parse().expect("year");
+        *site
+            .entry((record[sex].to_string(), year / 20 * 20))
+            .or_default() += 1;
+    }
+    site
 }
 
 /// CSV rows of the test question as a map.
