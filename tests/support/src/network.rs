@@ -12,6 +12,7 @@ use std::time::Duration;
 use datafusion::arrow::array::RecordBatch;
 use ern_coordinator::limits::Limits;
 use ern_coordinator::model::Role;
+use ern_coordinator::pki::IssuedCertificate;
 use ern_ingest::progress::NoProgress;
 use ern_node::engine::{NodeEngine, NodePolicy, SecurePolicy};
 use ern_node::link::{self, LinkSettings};
@@ -126,6 +127,29 @@ pub struct SiteSetup<'a> {
     pub id: &'a str,
     /// Its store.
     pub store: PathBuf,
+}
+
+/// A site of the network whose node a test speaks for by hand: enrolled at the
+/// coordinator (so every question targets it), with a steward who approves, and an
+/// identity key that every in-process node's roster lists; but no node of it runs.
+#[derive(Debug)]
+pub struct HandSite {
+    /// The site id.
+    pub id: String,
+    /// Its store.
+    pub store: PathBuf,
+    /// Its steward's signing key.
+    pub steward: StewardSigningKey,
+    /// Its steward's token at the coordinator.
+    pub steward_token: BearerToken,
+    /// Its site identity key (the one the rosters pin).
+    pub identity: Arc<SiteIdentity>,
+    /// The roster its node would have: every site of the network.
+    pub roster: Roster,
+    /// Its node's token at the coordinator.
+    pub node_token: String,
+    /// Its node's client certificate from the network CA.
+    pub certificate: IssuedCertificate,
 }
 
 impl Network {
@@ -323,6 +347,161 @@ impl Network {
             .into_iter()
             .map(|t| (t.site, t.state.as_str().to_string(), t.detail))
             .collect()
+    }
+}
+
+impl Network {
+    /// As [`Network::start`], except that the sites named in `by_hand` get no node: each
+    /// is enrolled, has a steward, and has an identity key in every roster, and is
+    /// returned as a [`HandSite`] (in the order of `sites`) for the test to speak for.
+    /// Returns once every in-process node is connected.
+    pub async fn start_with_hand_sites(
+        sites: Vec<SiteSetup<'_>>,
+        by_hand: &[&str],
+        configure: impl Fn(&str, &mut NodePolicy),
+    ) -> (Network, Vec<HandSite>) {
+        let loopback = Loopback::start(Security::MutualTls, Limits::default()).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut identities = Vec::new();
+        for setup in &sites {
+            let identity_dir = dir.path().join(format!("identity-{}", setup.id));
+            let public = SiteIdentity::generate(&identity_dir).expect("identity");
+            let identity =
+                Arc::new(SiteIdentity::load(&SiteIdentity::key_path(&identity_dir)).expect("load"));
+            identities.push((public, identity));
+        }
+        let roster = Roster::new(
+            sites
+                .iter()
+                .zip(&identities)
+                .map(|(setup, (public, _))| (setup.id.to_string(), public.clone())),
+        )
+        .expect("roster");
+        let researcher = loopback.user("researcher", Role::Researcher, "");
+        let (mut built, mut hand) = (Vec::new(), Vec::new());
+        for (setup, (_, identity)) in sites.into_iter().zip(identities) {
+            let steward = named_steward(dir.path(), &format!("steward-{}", setup.id));
+            let steward_token =
+                loopback.user(&format!("steward-{}", setup.id), Role::Steward, setup.id);
+            let certificate = loopback.ca.issue_node(setup.id).expect("node certificate");
+            let node_user = format!("node-{}", setup.id);
+            if by_hand.contains(&setup.id) {
+                let node_token = ern_coordinator::auth::enrol(
+                    loopback.core.db(),
+                    &node_user,
+                    Role::Node,
+                    setup.id,
+                    0,
+                )
+                .expect("enrol");
+                hand.push(HandSite {
+                    id: setup.id.to_string(),
+                    store: setup.store,
+                    steward,
+                    steward_token,
+                    identity,
+                    roster: roster.clone(),
+                    node_token,
+                    certificate,
+                });
+                continue;
+            }
+            let mut policy = NodePolicy::new(setup.id, vec![steward.public_key()]);
+            policy.secure = SecurePolicy {
+                enabled: true,
+                identity: Some(identity),
+                roster: roster.clone(),
+                ..SecurePolicy::default()
+            };
+            configure(setup.id, &mut policy);
+            let engine = Arc::new(
+                NodeEngine::open(&setup.store, policy)
+                    .await
+                    .expect("node engine"),
+            );
+            let token = loopback.user(&node_user, Role::Node, setup.id);
+            let tls = ClientTls {
+                identity: Some((
+                    certificate.cert_pem.into_bytes(),
+                    certificate.key_pem.into_bytes(),
+                )),
+                ..loopback.trust()
+            };
+            let settings = LinkSettings::new(&loopback.url, token, Some(tls));
+            let mut site = Site {
+                id: setup.id.to_string(),
+                store: setup.store,
+                steward,
+                steward_token,
+                engine,
+                link: None,
+                settings,
+            };
+            site.go_online();
+            built.push(site);
+        }
+        let network = Network {
+            loopback,
+            sites: built,
+            researcher,
+            dir,
+        };
+        for site in &network.sites {
+            network.wait_connected(&site.id).await;
+        }
+        (network, hand)
+    }
+
+    /// A hand site's steward approves question `query_id` over `sql`, as
+    /// [`Network::approve`] does for a site with a node.
+    pub async fn approve_by_hand(&self, query_id: &str, sql: &str, site: &HandSite) {
+        let expires = ern_coordinator::model::now_seconds() + 600;
+        let approval = ern_node::approval::sign(
+            &site.steward,
+            sql,
+            &site.id,
+            ern_proto::approval::study_of(query_id),
+            expires,
+        )
+        .expect("sign");
+        let mut steward = self.loopback.steward(site.steward_token.clone()).await;
+        steward
+            .approve(approval.to_request(query_id))
+            .await
+            .expect("approved");
+    }
+}
+
+impl HandSite {
+    /// Opens the site's node stream with its certificate and token, saying Hello as a
+    /// node that takes part in secure aggregation with a minimum of 3 sites, and reads
+    /// the coordinator's Welcome.
+    pub async fn connect(&self, loopback: &Loopback) -> crate::loopback::NodeStream {
+        let hello = v1::Hello {
+            site_id: self.id.clone(),
+            k: 5,
+            version: "test".into(),
+            max_concurrent: 1,
+            secure_aggregation: true,
+            min_secure_sites: 3,
+        };
+        let (sender, mut inbound) = loopback
+            .open_node_stream_saying(Some(&self.certificate), &self.node_token, hello)
+            .await
+            .expect("the hand site's stream");
+        let welcome = inbound
+            .message()
+            .await
+            .expect("welcome")
+            .expect("a message");
+        assert!(
+            matches!(
+                welcome.message,
+                Some(v1::coordinator_message::Message::Welcome(_))
+            ),
+            "{welcome:?}"
+        );
+        (sender, inbound)
     }
 }
 
