@@ -25,7 +25,10 @@ use crate::rules::group_size::Dominance;
 use crate::secure::SecureLayout;
 use crate::split::{self, Concentration, SplitError};
 use crate::uniqueness::SiteFacts;
-use crate::validate::{Barrier, ValidatedQuery, ValidationReport, validate};
+use crate::validate::{Barrier, ValidatedQuery, ValidationReport, report_mode, validate};
+
+/// Most values a node's vector may hold: 3 MiB of u64, inside a node's 4 MiB message.
+pub const MAX_SECURE_VALUES: usize = 3 << 17;
 
 /// Builds [`QueryPlan`]s and counts them.
 #[derive(Debug, Default)]
@@ -44,12 +47,16 @@ impl Planner {
     pub async fn plan(&self, sql: &str, state: &SessionState) -> Result<QueryPlan, Refusal> {
         self.built.fetch_add(1, Ordering::Relaxed);
         let validated = validate(sql, state).await?;
-        Ok(QueryPlan {
+        let mut plan = QueryPlan {
             validated,
             released: OnceLock::new(),
             mode: OnceLock::new(),
             layout: OnceLock::new(),
-        })
+        };
+        let mode = plan.derive_mode();
+        report_mode(&mode, &mut plan.validated.report);
+        let _ = plan.mode.set(mode);
+        Ok(plan)
     }
 
     /// How many plans this planner has been asked to build (refused ones included).
@@ -122,11 +129,33 @@ impl QueryPlan {
     }
 
     /// Whether the question is aggregated securely (every GROUP BY key has a public
-    /// domain) or per site, with the domain or the reason: derived from the plan alone,
-    /// so every party derives the same.
+    /// domain, and the vector over it fits a node's message) or per site, with the domain
+    /// or the reason: derived from the plan alone, so every party derives the same.
     pub fn mode(&self) -> &AggregationMode {
-        self.mode
-            .get_or_init(|| domain::derive(&self.validated.barrier))
+        self.mode.get_or_init(|| self.derive_mode())
+    }
+
+    fn derive_mode(&self) -> AggregationMode {
+        let mode = domain::derive(&self.validated.barrier);
+        let AggregationMode::Secure(domain) = &mode else {
+            return mode;
+        };
+        let width = self
+            .secure_site_plan(&SiteFacts::default())
+            .map(|site| site.plan.schema().fields().len() - domain.keys.len());
+        match width {
+            Ok(width) if domain.cells() * width <= MAX_SECURE_VALUES => mode,
+            Ok(width) => AggregationMode::PerSite {
+                reason: format!(
+                    "the vector over its {} cells would hold {} values, more than {MAX_SECURE_VALUES}",
+                    domain.cells(),
+                    domain.cells() * width
+                ),
+            },
+            Err(error) => AggregationMode::PerSite {
+                reason: format!("its secure site plan could not be built: {error}"),
+            },
+        }
     }
 
     /// The per-site plan of a secure question: the same groups and partials as

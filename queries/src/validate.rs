@@ -21,7 +21,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::allowlist;
-use crate::domain::{self, AggregationMode};
+use crate::domain::AggregationMode;
 use crate::rules::barrier_aggregates::{Value, Values};
 use crate::rules::functions::{self, Place};
 use crate::rules::pid_use::{self, PidSet};
@@ -137,7 +137,6 @@ pub(crate) fn validate_plan(sql: &str, plan: LogicalPlan) -> Result<ValidatedQue
     let mut report = ValidationReport::default();
     let barrier = barrier::check_top(&plan, &mut report)?;
     collect_columns(&plan, &mut report);
-    report_mode(&domain::derive(&barrier), &mut report);
     Ok(ValidatedQuery {
         sql: sql.to_string(),
         plan,
@@ -146,8 +145,9 @@ pub(crate) fn validate_plan(sql: &str, plan: LogicalPlan) -> Result<ValidatedQue
     })
 }
 
-/// Secure or per-site aggregation, for the steward's report.
-fn report_mode(mode: &AggregationMode, report: &mut ValidationReport) {
+/// Secure or per-site aggregation, for the steward's report (filled by
+/// [`crate::Planner::plan`], which derives the mode once per plan).
+pub(crate) fn report_mode(mode: &AggregationMode, report: &mut ValidationReport) {
     report.mode = mode.name().to_string();
     match mode {
         AggregationMode::Secure(domain) => {

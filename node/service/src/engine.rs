@@ -427,13 +427,16 @@ impl NodeEngine {
     ) -> Result<Released, ExecuteError> {
         let (approval, generation) = self.verify_approval(request, entry)?;
         let query = executed::query_key(&request.study_id, &ern_queries::query_hash(&request.sql));
-        if let Some(QueryUse::Secure { round }) = self.executed.query_use(&query) {
-            entry.detail = Some(format!("masked vector already sent in round {round}"));
-            return Err(ExecuteError::Round {
+        // Held until the release is recorded: no secure round of the question meanwhile.
+        let _claim = self.executed.claim_per_site(&query).map_err(|used| {
+            if let QueryUse::Secure { round } = used {
+                entry.detail = Some(format!("a secure round holds or used the question: {round}"));
+            }
+            ExecuteError::Round {
                 rule: "secure-round-used",
-                message: "this site already added this question to a secure-aggregation round; it is not released again per site".into(),
-            });
-        }
+                message: "this site adds this question to a secure-aggregation round; it is not released per site as well".into(),
+            }
+        })?;
         // One approval, one execution per store generation.
         match self.executed.previous(&approval, &generation) {
             Previous::None => {}

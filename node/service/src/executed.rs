@@ -50,6 +50,9 @@ pub enum ExecutedError {
         /// Why.
         source: std::io::Error,
     },
+    /// A secure round tried to record a question it had not claimed.
+    #[error("a secure round recorded a question it had not claimed")]
+    Unclaimed,
     /// A line of the record is not what this version writes.
     #[error("{} line {line}: {message}", path.display())]
     Corrupt {
@@ -118,6 +121,39 @@ pub enum Previous {
 pub struct ExecutedApprovals {
     path: PathBuf,
     by_approval: Mutex<HashMap<String, Execution>>,
+    /// Questions being released now, by [`query_key`]: checked and claimed in one step,
+    /// so a per-site release and a secure round of one question never overlap, and a
+    /// question never gets two rounds (red team: a per-site release between the rounds,
+    /// and a round 1 racing round 2, each let a node release a question twice).
+    claims: Mutex<HashMap<String, Claim>>,
+}
+
+/// What holds a question while it is being released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// This many per-site executions are running.
+    PerSite(usize),
+    /// A secure round is between its statement and its masked vector.
+    Secure,
+}
+
+/// A per-site execution's hold on its question; released on drop.
+#[derive(Debug)]
+pub struct PerSiteClaim<'a> {
+    record: &'a ExecutedApprovals,
+    query: String,
+}
+
+impl Drop for PerSiteClaim<'_> {
+    fn drop(&mut self) {
+        let mut claims = self.record.claims();
+        if let Some(Claim::PerSite(running)) = claims.get_mut(&self.query) {
+            *running -= 1;
+            if *running == 0 {
+                claims.remove(&self.query);
+            }
+        }
+    }
 }
 
 /// A stable key of one question: SHA-256 of its study and canonical query hash.
@@ -197,7 +233,69 @@ impl ExecutedApprovals {
         Ok(ExecutedApprovals {
             path,
             by_approval: Mutex::new(by_approval),
+            claims: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn claims(&self) -> std::sync::MutexGuard<'_, HashMap<String, Claim>> {
+        self.claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Claims question `query` for a per-site execution, unless a secure round holds it
+    /// or used it (then how it was used). Several per-site executions may hold it at
+    /// once (a retry of the same approval).
+    pub fn claim_per_site(&self, query: &str) -> Result<PerSiteClaim<'_>, QueryUse> {
+        let mut claims = self.claims();
+        match claims.get_mut(query) {
+            Some(Claim::Secure) => {
+                return Err(QueryUse::Secure {
+                    round: "(in progress)".into(),
+                });
+            }
+            Some(Claim::PerSite(running)) => *running += 1,
+            None => {
+                if let Some(used @ QueryUse::Secure { .. }) = self.query_use(query) {
+                    return Err(used);
+                }
+                claims.insert(query.to_string(), Claim::PerSite(1));
+            }
+        }
+        Ok(PerSiteClaim {
+            record: self,
+            query: query.to_string(),
+        })
+    }
+
+    /// Claims question `query` for a secure round, unless it was ever released (per site
+    /// or in a round) or is being released now. The claim holds until
+    /// [`ExecutedApprovals::record_secure`] records the round or
+    /// [`ExecutedApprovals::release_secure`] gives it up.
+    pub fn claim_secure(&self, query: &str) -> Result<(), QueryUse> {
+        let mut claims = self.claims();
+        match claims.get(query) {
+            Some(Claim::Secure) => {
+                return Err(QueryUse::Secure {
+                    round: "(in progress)".into(),
+                });
+            }
+            Some(Claim::PerSite(_)) => return Err(QueryUse::PerSite),
+            None => {}
+        }
+        if let Some(used) = self.query_use(query) {
+            return Err(used);
+        }
+        claims.insert(query.to_string(), Claim::Secure);
+        Ok(())
+    }
+
+    /// Gives up a secure claim whose round sent no vector (refused, or never finished).
+    pub fn release_secure(&self, query: &str) {
+        let mut claims = self.claims();
+        if claims.get(query) == Some(&Claim::Secure) {
+            claims.remove(query);
+        }
     }
 
     fn executions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Execution>> {
@@ -266,8 +364,9 @@ impl ExecutedApprovals {
     }
 
     /// Records that the node's masked vector for question `query` goes into `round`,
-    /// synced to disk before the vector leaves the node: no second vector for the
-    /// question is ever sent.
+    /// synced to disk before the vector leaves the node, and ends the round's claim: no
+    /// second vector for the question is ever sent. Refused unless the round holds the
+    /// claim ([`ExecutedApprovals::claim_secure`]).
     pub fn record_secure(
         &self,
         approval: &str,
@@ -275,6 +374,10 @@ impl ExecutedApprovals {
         generation: &str,
         round: &str,
     ) -> Result<(), ExecutedError> {
+        let mut claims = self.claims();
+        if claims.get(query) != Some(&Claim::Secure) {
+            return Err(ExecutedError::Unclaimed);
+        }
         self.append(Execution {
             approval: approval.to_string(),
             generation: generation.to_string(),
@@ -283,7 +386,9 @@ impl ExecutedApprovals {
             groups_suppressed: 0,
             query: query.to_string(),
             secure_round: Some(round.to_string()),
-        })
+        })?;
+        claims.remove(query);
+        Ok(())
     }
 
     fn append(&self, execution: Execution) -> Result<(), ExecutedError> {

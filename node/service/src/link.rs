@@ -21,6 +21,9 @@ use crate::approval::{Approval, study_of};
 use crate::engine::{ExecuteError, NodeEngine, QueryRequest, now_seconds};
 use crate::round::{RoundStart, statement_to_proto};
 
+/// Largest message the node reads from the coordinator.
+const COORDINATOR_MESSAGE_BYTES: usize = 16 << 20;
+
 /// How long the coordinator has to answer Hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -128,7 +131,10 @@ async fn session(
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true);
     let channel = endpoint.connect().await?;
-    let mut client = NodeLinkClient::with_interceptor(channel, settings.token.clone());
+    // A secure round's relayed statements grow with the square of its participants
+    // (one key per peer in each): 16 MiB holds a round of about 600 sites.
+    let mut client = NodeLinkClient::with_interceptor(channel, settings.token.clone())
+        .max_decoding_message_size(COORDINATOR_MESSAGE_BYTES);
     let (outbound, receiver) = mpsc::channel(64);
     let policy = engine.policy();
     let hello = v1::NodeMessage {

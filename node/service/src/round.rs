@@ -77,6 +77,23 @@ impl PendingRounds {
     }
 }
 
+/// What round 1 holds once it has claimed the question.
+struct Claimed {
+    approval: String,
+    query: String,
+    generation: String,
+    query_hash: String,
+    identity: Arc<crate::secure::SiteIdentity>,
+}
+
+/// The refusal of a second round of a question (or of a round after a per-site release).
+fn repeated() -> ExecuteError {
+    round_refusal(
+        "secure-round-repeated",
+        "this site already took part in a round of this question, or released it per site; a question gets one round",
+    )
+}
+
 fn refused(error: RoundError) -> ExecuteError {
     ExecuteError::Round {
         rule: error.rule(),
@@ -147,18 +164,43 @@ impl NodeEngine {
         }
         let query_hash = ern_queries::query_hash(&request.sql);
         let query = executed::query_key(&request.study_id, &query_hash);
-        let repeated = || {
-            round_refusal(
-                "secure-round-repeated",
-                "this site already took part in a round of this question, or released it per site; a question gets one round",
-            )
-        };
-        if self.executed.query_use(&query).is_some()
-            || self.rounds.lock().contains_key(&start.query_id)
-        {
+        // Checked and claimed in one step; held until round 2 records the vector.
+        if self.executed.claim_secure(&query).is_err() {
             entry.detail = Some(format!("a second round ({})", start.round_id));
             return Err(repeated());
         }
+        let claimed = Claimed {
+            approval,
+            query,
+            generation,
+            query_hash,
+            identity,
+        };
+        let query = claimed.query.clone();
+        let signed = self.sign_round(request, start, claimed, entry).await;
+        if signed.is_err() {
+            self.executed.release_secure(&query);
+        }
+        signed
+    }
+
+    /// Round 1 once the question is claimed: plan, compute the vector, sign, keep.
+    async fn sign_round(
+        &self,
+        request: &QueryRequest,
+        start: &RoundStart,
+        claimed: Claimed,
+        entry: &mut AuditEntry,
+    ) -> Result<RoundStatement, ExecuteError> {
+        let Claimed {
+            approval,
+            query,
+            generation,
+            query_hash,
+            identity,
+        } = claimed;
+        let policy = &self.policy.secure;
+        let site = self.policy.site_id.as_str();
         let plan = self.plan(request, entry).await?;
         let layout = match plan.mode() {
             AggregationMode::Secure(_) => plan
@@ -211,7 +253,13 @@ impl NodeEngine {
             vector.out_of_domain
         ));
         let mut rounds = self.rounds.lock();
-        rounds.retain(|_, round| round.started.elapsed() < ROUND_WAIT);
+        rounds.retain(|_, round| {
+            let waiting = round.started.elapsed() < ROUND_WAIT;
+            if !waiting {
+                self.executed.release_secure(&round.query);
+            }
+            waiting
+        });
         if rounds.contains_key(&start.query_id) {
             return Err(repeated());
         }
@@ -263,9 +311,12 @@ impl NodeEngine {
         self.audited(
             &request,
             |_: &Vec<u64>, _: &mut AuditEntry| {},
-            async |entry: &mut AuditEntry| {
-                let statements = statements_from_proto(statements)?;
-                self.round_two(pending, round_id, &statements, entry).await
+            async |entry: &mut AuditEntry| match statements_from_proto(statements) {
+                Ok(statements) => self.round_two(pending, round_id, &statements, entry).await,
+                Err(refusal) => {
+                    self.executed.release_secure(&pending.query);
+                    Err(refusal)
+                }
             },
         )
         .await
@@ -278,19 +329,26 @@ impl NodeEngine {
         statements: &[RoundStatement],
         entry: &mut AuditEntry,
     ) -> Result<Vec<u64>, ExecuteError> {
-        if round_id != pending.own.round_id {
-            return Err(refused(RoundError::Mismatch {
+        let verified = if round_id != pending.own.round_id {
+            Err(refused(RoundError::Mismatch {
                 site: self.policy.site_id.clone(),
                 field: "round id",
-            }));
+            }))
+        } else {
+            verify_round(
+                &pending.own,
+                statements,
+                &self.policy.secure.roster,
+                self.policy.secure.min_sites,
+            )
+            .map_err(refused)
+        };
+        if let Err(refusal) = verified {
+            // No vector left the node: the question is free again (the coordinator
+            // never runs a second round, and a node gives one vector at most).
+            self.executed.release_secure(&pending.query);
+            return Err(refusal);
         }
-        verify_round(
-            &pending.own,
-            statements,
-            &self.policy.secure.roster,
-            self.policy.secure.min_sites,
-        )
-        .map_err(refused)?;
         let executed = Arc::clone(&self.executed);
         let (approval, query, generation, round) = (
             pending.approval.clone(),

@@ -628,7 +628,6 @@ async fn a_question_released_per_site_gets_no_round() {
 /// question both ways (executed.rs: "a question released one way is never released the
 /// other way").
 #[tokio::test]
-#[ignore = "bug: NodeEngine::run (engine.rs:430) refuses only a question already recorded as Secure, not one with a round pending, and round_two (round.rs:297-303) records the secure use without checking query_use: a per-site release between the rounds is followed by the masked vector"]
 async fn a_per_site_release_while_a_round_is_pending_does_not_also_send_a_vector() {
     let sites = Sites::new(&ABC, |_, _| {}).await;
     let q = "q-both-ways";
@@ -653,7 +652,6 @@ async fn a_per_site_release_while_a_round_is_pending_does_not_also_send_a_vector
 /// Round 2 runs on a worker thread while this thread asks for round 1 again and again
 /// until round 2 is done: a node that checks and records atomically refuses every ask.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: secure_masked removes the pending round (round.rs:242) before round_two records the use (round.rs:302); a round 1 that checks query_use (round.rs:156) in between passes, and round_two never re-checks query_use before record_secure, so the node sends a second masked vector of the question"]
 async fn a_round_one_racing_round_two_does_not_give_a_second_vector() {
     let ids = ["site-a", "site-b", "site-c", "site-d", "site-e"];
     let sites = Arc::new(Sites::new(&ids, |_, _| {}).await);
