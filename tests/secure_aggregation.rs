@@ -5,6 +5,7 @@
 use datafusion::arrow::array::RecordBatch;
 use ern_node::engine::NodePolicy;
 use ern_node::secure::{Roster, SiteIdentity};
+use ern_test_support::fixture::collect_sql;
 use ern_test_support::network::{Network, Patient, SiteSetup, store_of};
 use ern_test_support::rows;
 
@@ -53,9 +54,7 @@ fn text_rows(batches: &[RecordBatch]) -> Vec<String> {
 async fn three_sites_with_two_patients_each_release_six_at_k_five() {
     let work = tempfile::tempdir().expect("temp dir");
     let network = Network::start(three_small_sites(work.path()), |_, _| {}).await;
-    let id = network.submit(DISORDER_BY_SEX).await;
-    network.approve_all(&id, DISORDER_BY_SEX).await;
-    network.wait_complete(&id).await;
+    let id = network.ask(DISORDER_BY_SEX).await;
 
     let status = network.status(&id).await;
     assert_eq!(status.mode, "secure", "{status:?}");
@@ -90,9 +89,7 @@ async fn nodes_whose_policy_turns_secure_aggregation_off_release_nothing_for_tha
         },
     )
     .await;
-    let id = network.submit(DISORDER_BY_SEX).await;
-    network.approve_all(&id, DISORDER_BY_SEX).await;
-    network.wait_complete(&id).await;
+    let id = network.ask(DISORDER_BY_SEX).await;
     let status = network.status(&id).await;
     assert_eq!(status.mode, "per-site", "{status:?}");
     assert!(
@@ -125,9 +122,7 @@ async fn a_peer_missing_from_a_roster_is_refused_and_nothing_is_released() {
         },
     )
     .await;
-    let id = network.submit(DISORDER_BY_SEX).await;
-    network.approve_all(&id, DISORDER_BY_SEX).await;
-    network.wait_complete(&id).await;
+    let id = network.ask(DISORDER_BY_SEX).await;
     let states = network.site_states(&id);
     let b = states
         .iter()
@@ -176,9 +171,7 @@ async fn a_statement_signed_by_the_wrong_key_is_refused_in_round_two() {
         },
     )
     .await;
-    let id = network.submit(DISORDER_BY_SEX).await;
-    network.approve_all(&id, DISORDER_BY_SEX).await;
-    network.wait_complete(&id).await;
+    let id = network.ask(DISORDER_BY_SEX).await;
     let states = network.site_states(&id);
     let a = states
         .iter()
@@ -472,15 +465,6 @@ const UNORDERED: &[&str] = &["undiagnosed-with-phenotype"];
 /// Examples with `ORDER BY patients DESC LIMIT 10` (the patients column second).
 const TOP_TEN: &[&str] = &["delay-top-ten-disorders"];
 
-async fn collect_sql(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Vec<RecordBatch> {
-    ctx.sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("plan {sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("run {sql}: {e}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_secure_example_equals_the_pooled_computation_with_k_on_network_totals() {
     use ern_queries::Planner;
@@ -661,9 +645,7 @@ async fn an_average_needs_k_patients_with_a_value_and_no_dominant_patient_in_the
     let setups = offset_sites(work.path());
     let stores: Vec<std::path::PathBuf> = setups.iter().map(|s| s.store.clone()).collect();
     let network = Network::start(setups, |_, _| {}).await;
-    let id = network.submit(OFFSET_BY_SEX).await;
-    network.approve_all(&id, OFFSET_BY_SEX).await;
-    network.wait_complete(&id).await;
+    let id = network.ask(OFFSET_BY_SEX).await;
     assert_eq!(network.status(&id).await.mode, "secure");
     let (batches, _) = network.results(&id).await;
     let mut got = text_rows(&batches);
@@ -682,9 +664,7 @@ async fn an_average_needs_k_patients_with_a_value_and_no_dominant_patient_in_the
 async fn offset_rows(configure: impl Fn(&str, &mut NodePolicy)) -> Vec<String> {
     let work = tempfile::tempdir().expect("temp dir");
     let network = Network::start(offset_sites(work.path()), configure).await;
-    let id = network.submit(OFFSET_BY_SEX).await;
-    network.approve_all(&id, OFFSET_BY_SEX).await;
-    network.wait_complete(&id).await;
+    let id = network.ask(OFFSET_BY_SEX).await;
     let states = network.site_states(&id);
     assert!(
         states.iter().all(|(_, state, _)| state == "aggregated"),

@@ -12,13 +12,10 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::Int64Type;
 use ern_proto::arrow_ipc;
 use ern_queries::Planner;
 use ern_queries::catalog::planning_state;
-use ern_queries::secure::SecureLayout;
-use ern_test_support::fixture::{plain_context, pooled_plain_context};
+use ern_test_support::fixture::{collect_sql, plain_count_vector, pooled_plain_context};
 use ern_test_support::network::{Network, Patient, SiteSetup, store_of};
 use ern_test_support::rows;
 
@@ -106,36 +103,6 @@ fn site_patients(site: &str) -> Vec<Patient> {
         }
     }
     patients
-}
-
-async fn collect(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Vec<RecordBatch> {
-    ctx.sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("plan {sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("run {sql}: {e}"))
-}
-
-/// A site's plain vector, computed without its node: plain DataFusion's counts put in the
-/// cells of the public domain (a count and its hidden patient count per cell).
-async fn plain_vector(store: &Path, layout: &SecureLayout) -> Vec<u64> {
-    assert_eq!(layout.width(), 2, "a count and its hidden patient count");
-    let mut vector = vec![0u64; layout.len()];
-    for batch in collect(&plain_context(store).await, PLAIN_COUNTS).await {
-        let cells = layout
-            .domain()
-            .cells_of_batch(&batch.columns()[..2])
-            .expect("cells");
-        let counts = batch.column(2).as_primitive::<Int64Type>();
-        for (row, cell) in cells.into_iter().enumerate() {
-            let cell = cell.expect("in the public domain");
-            let count = counts.value(row) as u64;
-            vector[cell * 2] = count;
-            vector[cell * 2 + 1] = count;
-        }
-    }
-    vector
 }
 
 /// What a site's vector looks like if it leaked: the whole vector, and around each run
@@ -264,13 +231,14 @@ async fn the_coordinator_never_holds_a_sites_plain_vector() {
     );
     let mut needles = Vec::new();
     for (id, store) in ids.iter().zip(&stores) {
-        needles.push((*id, Needles::of(id, &plain_vector(store, layout).await)));
+        needles.push((
+            *id,
+            Needles::of(id, &plain_count_vector(store, layout, PLAIN_COUNTS).await),
+        ));
     }
 
     let network = Network::start(setups, |_, _| {}).await;
-    let id = network.submit(DISORDER_BY_SEX).await;
-    network.approve_all(&id, DISORDER_BY_SEX).await;
-    network.wait_complete(&id).await;
+    let id = network.ask(DISORDER_BY_SEX).await;
 
     // The round completed, and released exactly the pooled cells at k.
     let states = network.site_states(&id);
@@ -281,7 +249,7 @@ async fn the_coordinator_never_holds_a_sites_plain_vector() {
     let (batches, results) = network.results(&id).await;
     assert_eq!(results.mode, "secure");
     let store_refs: Vec<&Path> = stores.iter().map(|s| s.as_path()).collect();
-    let pooled = collect(&pooled_plain_context(&store_refs).await, POOLED_AT_K).await;
+    let pooled = collect_sql(&pooled_plain_context(&store_refs).await, POOLED_AT_K).await;
     let released = rows::text_rows(&batches);
     assert_eq!(released, rows::text_rows(&pooled));
     assert_eq!(released.len(), 3, "{released:?}");

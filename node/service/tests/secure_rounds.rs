@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::Int64Type;
 use ern_node::approval;
 use ern_node::audit::{self, AUDIT_FILE, AuditEntry, Outcome};
 use ern_node::engine::{ExecuteError, NodeEngine, NodePolicy, QueryRequest, SecurePolicy};
@@ -22,9 +20,8 @@ use ern_node::round::{RoundStart, statement_to_proto};
 use ern_node::secure::{Roster, RoundKeys, RoundStatement, SiteIdentity, SitePublicKey};
 use ern_node::steward_key::StewardSigningKey;
 use ern_queries::catalog::planning_state;
-use ern_queries::secure::SecureLayout;
 use ern_queries::{Planner, QueryPlan};
-use ern_test_support::fixture::{plain_context, pooled_plain_context};
+use ern_test_support::fixture::{collect_sql, plain_count_vector, pooled_plain_context};
 use ern_test_support::network::{Patient, store_of};
 use ern_test_support::rows::canonical_rows;
 use ern_test_support::steward::named_steward;
@@ -300,38 +297,6 @@ async fn plan_of(sql: &str) -> QueryPlan {
         .expect("a valid question")
 }
 
-async fn collect(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Vec<RecordBatch> {
-    ctx.sql(sql)
-        .await
-        .unwrap_or_else(|e| panic!("plan {sql}: {e}"))
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("run {sql}: {e}"))
-}
-
-/// A site's plain vector for [`DISORDER_BY_SEX`], computed without the node: plain
-/// DataFusion's counts per (disorder, sex), put in the domain's cells. A cell of a
-/// question whose only aggregate is `COUNT(DISTINCT pid)` holds that count twice: the
-/// released partial and the hidden patient count behind k.
-async fn plain_vector(store: &Path, layout: &SecureLayout) -> Vec<u64> {
-    assert_eq!(layout.width(), 2, "a count and its hidden patient count");
-    let mut vector = vec![0u64; layout.len()];
-    for batch in collect(&plain_context(store).await, PLAIN_COUNTS).await {
-        let cells = layout
-            .domain()
-            .cells_of_batch(&batch.columns()[..2])
-            .expect("cells");
-        let counts = batch.column(2).as_primitive::<Int64Type>();
-        for (row, cell) in cells.into_iter().enumerate() {
-            let cell = cell.expect("every disorder and sex is in the public domain");
-            let count = counts.value(row) as u64;
-            vector[cell * 2] = count;
-            vector[cell * 2 + 1] = count;
-        }
-    }
-    vector
-}
-
 fn wrapping_sum(vectors: &[Vec<u64>]) -> Vec<u64> {
     let mut total = vec![0u64; vectors[0].len()];
     for vector in vectors {
@@ -363,7 +328,7 @@ async fn an_honest_round_sums_to_the_plain_vectors_and_releases_the_pooled_count
     let masked = sites.honest_round(&ABC, DISORDER_BY_SEX, "q-honest").await;
     let mut plain = Vec::new();
     for id in ABC {
-        plain.push(plain_vector(&sites.site(id).store, layout).await);
+        plain.push(plain_count_vector(&sites.site(id).store, layout, PLAIN_COUNTS).await);
     }
     for ((id, masked), plain) in ABC.iter().zip(&masked).zip(&plain) {
         assert_eq!(
@@ -402,7 +367,7 @@ async fn an_honest_round_sums_to_the_plain_vectors_and_releases_the_pooled_count
         .release(&totals, 5, MAX_CONCENTRATION)
         .expect("release");
     let stores: Vec<&Path> = sites.sites.iter().map(|s| s.store.as_path()).collect();
-    let pooled = collect(&pooled_plain_context(&stores).await, POOLED_AT_K).await;
+    let pooled = collect_sql(&pooled_plain_context(&stores).await, POOLED_AT_K).await;
     let released = canonical_rows(std::slice::from_ref(&release.batch));
     assert_eq!(released, canonical_rows(&pooled));
     assert_eq!(released.len(), 2, "{released:?}");

@@ -141,3 +141,43 @@ pub async fn plain_sql(store_dir: &Path, sql: &str) -> Vec<RecordBatch> {
         .await
         .unwrap_or_else(|e| panic!("run {sql}: {e}"))
 }
+
+/// Runs `sql` on `ctx` and collects it; a failure names the SQL.
+pub async fn collect_sql(ctx: &SessionContext, sql: &str) -> Vec<RecordBatch> {
+    ctx.sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("plan {sql}: {e}"))
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("run {sql}: {e}"))
+}
+
+/// A site's plain vector for a secure question whose only aggregate is
+/// `COUNT(DISTINCT pid)`, computed without the node: plain DataFusion's `counts_sql`
+/// (group keys, then the count) over the store, put in the domain's cells, each cell
+/// holding the count twice (the released partial and the hidden patient count).
+pub async fn plain_count_vector(
+    store: &Path,
+    layout: &ern_queries::secure::SecureLayout,
+    counts_sql: &str,
+) -> Vec<u64> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+    assert_eq!(layout.width(), 2, "a count and its hidden patient count");
+    let keys = layout.domain().keys.len();
+    let mut vector = vec![0u64; layout.len()];
+    for batch in collect_sql(&plain_context(store).await, counts_sql).await {
+        let cells = layout
+            .domain()
+            .cells_of_rows(&batch.columns()[..keys], batch.num_rows())
+            .expect("cells");
+        let counts = batch.column(keys).as_primitive::<Int64Type>();
+        for (row, cell) in cells.into_iter().enumerate() {
+            let cell = cell.expect("every group is in the public domain");
+            let count = counts.value(row) as u64;
+            vector[cell * 2] = count;
+            vector[cell * 2 + 1] = count;
+        }
+    }
+    vector
+}

@@ -17,7 +17,7 @@ use ern_ingest::progress::NoProgress;
 use ern_node::engine::{NodeEngine, NodePolicy, SecurePolicy};
 use ern_node::link::{self, LinkSettings};
 use ern_node::pseudonym::Pseudonymiser;
-use ern_node::secure::{Roster, SiteIdentity, SitePublicKey};
+use ern_node::secure::{Roster, SiteIdentity};
 use ern_node::steward_key::StewardSigningKey;
 use ern_proto::arrow_ipc;
 use ern_proto::transport::{BearerToken, ClientTls};
@@ -160,70 +160,7 @@ impl Network {
         sites: Vec<SiteSetup<'_>>,
         configure: impl Fn(&str, &mut NodePolicy),
     ) -> Network {
-        let loopback = Loopback::start(Security::MutualTls, Limits::default()).await;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut identities = Vec::new();
-        for setup in &sites {
-            let identity_dir = dir.path().join(format!("identity-{}", setup.id));
-            let public = SiteIdentity::generate(&identity_dir).expect("identity");
-            identities.push((setup.id.to_string(), identity_dir, public));
-        }
-        let roster_entries: Vec<(String, SitePublicKey)> = identities
-            .iter()
-            .map(|(site, _, public)| (site.clone(), public.clone()))
-            .collect();
-        let researcher = loopback.user("researcher", Role::Researcher, "");
-        let mut built = Vec::new();
-        for (setup, (_, identity_dir, _)) in sites.into_iter().zip(&identities) {
-            let steward = named_steward(dir.path(), &format!("steward-{}", setup.id));
-            let steward_token =
-                loopback.user(&format!("steward-{}", setup.id), Role::Steward, setup.id);
-            let mut policy = NodePolicy::new(setup.id, vec![steward.public_key()]);
-            policy.secure = SecurePolicy {
-                enabled: true,
-                identity: Some(Arc::new(
-                    SiteIdentity::load(&SiteIdentity::key_path(identity_dir)).expect("load"),
-                )),
-                roster: Roster::new(roster_entries.clone()).expect("roster"),
-                ..SecurePolicy::default()
-            };
-            configure(setup.id, &mut policy);
-            let engine = Arc::new(
-                NodeEngine::open(&setup.store, policy)
-                    .await
-                    .expect("node engine"),
-            );
-            let token = loopback.user(&format!("node-{}", setup.id), Role::Node, setup.id);
-            let certificate = loopback.ca.issue_node(setup.id).expect("node certificate");
-            let tls = ClientTls {
-                identity: Some((
-                    certificate.cert_pem.into_bytes(),
-                    certificate.key_pem.into_bytes(),
-                )),
-                ..loopback.trust()
-            };
-            let settings = LinkSettings::new(&loopback.url, token, Some(tls));
-            let mut site = Site {
-                id: setup.id.to_string(),
-                store: setup.store,
-                steward,
-                steward_token,
-                engine,
-                link: None,
-                settings,
-            };
-            site.go_online();
-            built.push(site);
-        }
-        let network = Network {
-            loopback,
-            sites: built,
-            researcher,
-            dir,
-        };
-        for site in &network.sites {
-            network.wait_connected(&site.id).await;
-        }
+        let (network, _) = Network::start_with_hand_sites(sites, &[], configure).await;
         network
     }
 
@@ -269,20 +206,43 @@ impl Network {
     /// own tool does: signs the statement locally and sends the signature.
     pub async fn approve(&self, query_id: &str, sql: &str, site: &str) {
         let site = self.site(site);
+        self.approve_as(query_id, sql, &site.id, &site.steward, &site.steward_token)
+            .await;
+    }
+
+    /// `steward` of `site` (logged in with `token`) signs an approval of `query_id` over
+    /// `sql` for ten minutes and sends it.
+    async fn approve_as(
+        &self,
+        query_id: &str,
+        sql: &str,
+        site: &str,
+        steward: &StewardSigningKey,
+        token: &BearerToken,
+    ) {
         let expires = ern_coordinator::model::now_seconds() + 600;
         let approval = ern_node::approval::sign(
-            &site.steward,
+            steward,
             sql,
-            &site.id,
+            site,
             ern_proto::approval::study_of(query_id),
             expires,
         )
         .expect("sign");
-        let mut steward = self.loopback.steward(site.steward_token.clone()).await;
-        steward
+        let mut client = self.loopback.steward(token.clone()).await;
+        client
             .approve(approval.to_request(query_id))
             .await
             .expect("approved");
+    }
+
+    /// Submits `sql`, has every site approve it, and waits until it is complete; returns
+    /// the question's id.
+    pub async fn ask(&self, sql: &str) -> String {
+        let id = self.submit(sql).await;
+        self.approve_all(&id, sql).await;
+        self.wait_complete(&id).await;
+        id
     }
 
     /// Every site's steward approves.
@@ -455,20 +415,8 @@ impl Network {
     /// A hand site's steward approves question `query_id` over `sql`, as
     /// [`Network::approve`] does for a site with a node.
     pub async fn approve_by_hand(&self, query_id: &str, sql: &str, site: &HandSite) {
-        let expires = ern_coordinator::model::now_seconds() + 600;
-        let approval = ern_node::approval::sign(
-            &site.steward,
-            sql,
-            &site.id,
-            ern_proto::approval::study_of(query_id),
-            expires,
-        )
-        .expect("sign");
-        let mut steward = self.loopback.steward(site.steward_token.clone()).await;
-        steward
-            .approve(approval.to_request(query_id))
-            .await
-            .expect("approved");
+        self.approve_as(query_id, sql, &site.id, &site.steward, &site.steward_token)
+            .await;
     }
 }
 
