@@ -20,6 +20,11 @@
 //! - combined by integer arithmetic (`+`, `-`, `*`, `/`, `%`, negation, casts between
 //!   integer types), evaluated exactly over every combination of its operands' values.
 //!
+//! Types are compared as values are: a string is a string whether Arrow holds it as
+//! `Utf8`, `LargeUtf8` or `Utf8View` (and bytes likewise), since a node reads its Parquet
+//! store as views where the coordinator plans against `Utf8` tables, and both must derive
+//! the same domain ([`canonical_type`]): proofs and domains, and so digests, use `Utf8`.
+//!
 //! Soundness over completeness: a domain must hold every value the key takes on a row
 //! that reaches the barrier (NULL aside, which a nullable key's domain holds first). An
 //! outer join proves nothing from its condition (an unmatched row keeps its value), an
@@ -92,7 +97,8 @@ impl AggregationMode {
 pub struct KeyDomain {
     /// The group expression as shown to stewards (its schema name).
     pub expr: String,
-    /// The barrier output field's type for this key.
+    /// The barrier output field's type for this key, in its canonical form
+    /// ([`canonical_type`]: `Utf8` for every string type).
     pub data_type: DataType,
     /// Canonical order: NULL first (only if the barrier field is nullable), then ascending.
     pub values: Vec<ScalarValue>,
@@ -120,15 +126,22 @@ impl fmt::Debug for SecureDomain {
 }
 
 impl SecureDomain {
-    /// A domain over `keys`, each key's values put in canonical order (NULL first, then
+    /// A domain over `keys`, each key's type and values in their canonical form
+    /// ([`canonical_type`]) and its values in canonical order (NULL first, then
     /// ascending, without repeats).
     pub fn new(keys: Vec<KeyDomain>) -> Self {
         let keys: Vec<KeyDomain> = keys
             .into_iter()
             .map(|key| {
+                let data_type = canonical_type(&key.data_type);
                 let nullable = key.values.iter().any(ScalarValue::is_null);
-                let values = canonical(key.values, &key.data_type, nullable);
-                KeyDomain { values, ..key }
+                let values = key.values.into_iter().map(canonical_value).collect();
+                let values = canonical(values, &data_type, nullable);
+                KeyDomain {
+                    data_type,
+                    values,
+                    ..key
+                }
             })
             .collect();
         let positions = keys
@@ -163,8 +176,8 @@ impl SecureDomain {
     }
 
     /// The cell of every row of a batch's key columns (one column per key, in order),
-    /// each column cast to its key's type first (Parquet gives `Utf8View` for `Utf8`, for
-    /// instance); `None` for a row whose values lie outside the domain.
+    /// each column cast to its key's type first (Parquet gives `Utf8View` where the key
+    /// is `Utf8`, for instance); `None` for a row whose values lie outside the domain.
     ///
     /// A domain without keys (a total) has no columns to count rows by, so it is an
     /// error here: use [`SecureDomain::cells_of_rows`], which puts every row in cell 0.
@@ -214,7 +227,7 @@ impl SecureDomain {
         self.cell_at(&columns, row)
     }
 
-    /// The key columns of `cells`, one array per key, typed as the key.
+    /// The key columns of `cells`, one array per key, typed as the key (strings as `Utf8`).
     pub fn key_arrays(&self, cells: &[usize]) -> Result<Vec<ArrayRef>, ArrowError> {
         let total = self.cells();
         if let Some(cell) = cells.iter().find(|&&cell| cell >= total) {
@@ -251,7 +264,7 @@ impl SecureDomain {
     /// ern-secure-domain-v1
     /// keys <number of keys>
     /// key <len>:<expr>
-    /// type <len>:<data type, as Arrow displays it>
+    /// type <len>:<data type, as Arrow displays it; every string type as Utf8>
     /// values <number of values>
     /// null                        (a NULL value)
     /// value <len>:<value>         (strings as they are, numbers in decimal, true/false)
@@ -267,7 +280,8 @@ impl SecureDomain {
         let mut out = format!("{DIGEST_VERSION}\nkeys {}\n", self.keys.len());
         for key in &self.keys {
             out.push_str(&format!("key {}\n", sized(&key.expr)));
-            out.push_str(&format!("type {}\n", sized(&key.data_type.to_string())));
+            let data_type = canonical_type(&key.data_type);
+            out.push_str(&format!("type {}\n", sized(&data_type.to_string())));
             out.push_str(&format!("values {}\n", key.values.len()));
             for value in &key.values {
                 match value_text(value) {
@@ -381,6 +395,31 @@ fn sort_dedup(values: &mut Vec<ScalarValue>) {
     values.dedup();
 }
 
+/// One type for every Arrow layout of the same values: `Utf8` for `LargeUtf8` and
+/// `Utf8View`, `Binary` for `LargeBinary` and `BinaryView`, a dictionary's value type
+/// for a dictionary. A node reads its Parquet store with view types while the
+/// coordinator plans against `Utf8` tables; proofs, domains and digests must not tell
+/// them apart (red team: `d.code = t.orpha_code` proved the code's domain at the
+/// coordinator only, and the digests differed).
+pub fn canonical_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+        DataType::LargeBinary | DataType::BinaryView => DataType::Binary,
+        DataType::Dictionary(_, values) => canonical_type(values),
+        other => other.clone(),
+    }
+}
+
+/// `value` in its type's canonical form ([`canonical_type`]), unchanged otherwise.
+fn canonical_value(value: ScalarValue) -> ScalarValue {
+    match value {
+        ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => ScalarValue::Utf8(s),
+        ScalarValue::LargeBinary(b) | ScalarValue::BinaryView(b) => ScalarValue::Binary(b),
+        ScalarValue::Dictionary(_, inner) => canonical_value(*inner),
+        other => other,
+    }
+}
+
 /// Derives the aggregation mode from the barrier alone: deterministic, and reading no
 /// data but the shipped reference tables, so every party derives the same.
 pub fn derive(barrier: &Barrier) -> AggregationMode {
@@ -459,16 +498,16 @@ fn no_domain(group: &Expr, data_type: &DataType) -> String {
 /// A key's domain in the barrier field's type, canonical; `None` where a value does not
 /// convert to that type and back unchanged.
 fn key_domain(group: &Expr, field: &Field, domain: Domain) -> Option<KeyDomain> {
-    let data_type = field.data_type();
+    let data_type = canonical_type(field.data_type());
     let values = domain
         .values
         .into_iter()
-        .map(|value| convert(&value, data_type))
+        .map(|value| convert(&value, &data_type))
         .collect::<Option<Vec<_>>>()?;
     Some(KeyDomain {
         expr: group.schema_name().to_string(),
-        data_type: data_type.clone(),
-        values: canonical(values, data_type, field.is_nullable()),
+        values: canonical(values, &data_type, field.is_nullable()),
+        data_type,
         source: domain.source,
     })
 }
@@ -492,7 +531,8 @@ fn convert(value: &ScalarValue, data_type: &DataType) -> Option<ScalarValue> {
 /// The non-null values a column (or expression) can hold, and what proves it.
 #[derive(Debug, Clone)]
 struct Domain {
-    /// Distinct, ascending, of the column's type.
+    /// Distinct, ascending, of the column's type in its canonical form
+    /// ([`canonical_type`]), so that the domains of two layouts of one type compare.
     values: Vec<ScalarValue>,
     source: String,
     /// `table.column` while the domain is that column's declared range, possibly bounded
@@ -501,8 +541,12 @@ struct Domain {
 }
 
 impl Domain {
-    fn new(mut values: Vec<ScalarValue>, source: impl Into<String>) -> Self {
-        values.retain(|v| !v.is_null());
+    fn new(values: Vec<ScalarValue>, source: impl Into<String>) -> Self {
+        let mut values: Vec<ScalarValue> = values
+            .into_iter()
+            .filter(|v| !v.is_null())
+            .map(canonical_value)
+            .collect();
         sort_dedup(&mut values);
         Domain {
             values,
@@ -664,7 +708,7 @@ fn picked_value_domain(expr: &Expr, facts: &Facts, schema: &DFSchema) -> Option<
 /// The domain a stored column has by the data contract or the shipped reference data.
 fn stored_domain(table: &str, field: &Field) -> Option<Domain> {
     let name = field.name();
-    let data_type = field.data_type();
+    let data_type = &canonical_type(field.data_type());
     if let Some(set) = schema::value_set(table, name) {
         let values = set
             .iter()
@@ -875,7 +919,8 @@ impl Bounds {
     }
 }
 
-/// `a = b` between two columns of the same type.
+/// `a = b` between two columns of the same type (string layouts alike: a node's
+/// `Utf8View` code equals the reference's `Utf8` code as the coordinator's `Utf8` does).
 fn column_equality(expr: &Expr, schema: &DFSchema) -> Option<(Column, Column)> {
     let Expr::BinaryExpr(BinaryExpr {
         left,
@@ -886,7 +931,9 @@ fn column_equality(expr: &Expr, schema: &DFSchema) -> Option<(Column, Column)> {
         return None;
     };
     let (a, b) = (column_of(left, schema)?, column_of(right, schema)?);
-    (column_type(&a, schema)? == column_type(&b, schema)?).then_some((a, b))
+    let same =
+        canonical_type(&column_type(&a, schema)?) == canonical_type(&column_type(&b, schema)?);
+    same.then_some((a, b))
 }
 
 /// A conjunct comparing one column with literals.
@@ -1082,7 +1129,7 @@ fn expr_domain(expr: &Expr, facts: &Facts, schema: &DFSchema) -> Option<Domain> 
         // NULL, so every value must fit.
         Expr::Cast(Cast { expr: inner, field }) | Expr::TryCast(TryCast { expr: inner, field }) => {
             let target = field.data_type();
-            if inner.get_type(schema).ok()? == *target {
+            if canonical_type(&inner.get_type(schema).ok()?) == canonical_type(target) {
                 return expr_domain(inner, facts, schema);
             }
             if !target.is_integer() {
@@ -1197,6 +1244,66 @@ mod tests {
         assert_eq!(domain.description(), text);
         let expected = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
         assert_eq!(domain.digest(), hex::encode(expected.as_ref()));
+    }
+
+    #[test]
+    fn string_layouts_are_one_type_in_the_domain_and_its_digest() {
+        let utf8 = SecureDomain::new(vec![key(
+            "d.code",
+            DataType::Utf8,
+            vec![ScalarValue::from("ORPHA:154"), ScalarValue::Utf8(None)],
+        )]);
+        for (data_type, values) in [
+            (
+                DataType::Utf8View,
+                vec![
+                    ScalarValue::Utf8View(Some("ORPHA:154".into())),
+                    ScalarValue::Utf8View(None),
+                ],
+            ),
+            (
+                DataType::LargeUtf8,
+                vec![
+                    ScalarValue::LargeUtf8(Some("ORPHA:154".into())),
+                    ScalarValue::LargeUtf8(None),
+                ],
+            ),
+        ] {
+            let other = SecureDomain::new(vec![key("d.code", data_type, values)]);
+            assert_eq!(other.keys[0].data_type, DataType::Utf8);
+            assert_eq!(other.keys[0].values, utf8.keys[0].values);
+            assert_eq!(other.digest(), utf8.digest());
+        }
+        // Every layout of a key column finds its cells.
+        let columns: [ArrayRef; 3] = [
+            Arc::new(arrow::array::StringArray::from(vec![
+                Some("ORPHA:154"),
+                None,
+            ])),
+            Arc::new(arrow::array::StringViewArray::from(vec![
+                Some("ORPHA:154"),
+                None,
+            ])),
+            Arc::new(arrow::array::LargeStringArray::from(vec![
+                Some("ORPHA:154"),
+                None,
+            ])),
+        ];
+        for column in columns {
+            assert_eq!(
+                utf8.cells_of_batch(&[column]).expect("cells"),
+                vec![Some(1), Some(0)]
+            );
+        }
+        assert_eq!(
+            canonical_type(&DataType::Dictionary(
+                Box::new(DataType::Int32),
+                Box::new(DataType::Utf8View)
+            )),
+            DataType::Utf8
+        );
+        assert_eq!(canonical_type(&DataType::BinaryView), DataType::Binary);
+        assert_eq!(canonical_type(&DataType::Int32), DataType::Int32);
     }
 
     #[test]

@@ -826,3 +826,106 @@ async fn every_group_of_a_store_of_extremes_lies_in_its_domain() {
     println!("{secure_questions} secure questions, {groups_checked} groups");
     assert!(groups_checked > 100, "only {groups_checked} groups checked");
 }
+
+/// A planning catalogue as a node sees its store: the same six tables, empty, with every
+/// string column of the patient tables as `Utf8View` (what DataFusion reads Parquet
+/// strings as), and the reference tables' too when `reference_views`.
+fn view_catalogue(reference_views: bool) -> datafusion::prelude::SessionContext {
+    use arrow::datatypes::{Field, Schema};
+    use datafusion::datasource::MemTable;
+    use ern_queries::schema;
+    let ctx = datafusion::prelude::SessionContext::new_with_config(
+        ern_queries::catalog::session_config(),
+    );
+    for table in ern_queries::allowlist::TABLES {
+        let table_schema = schema::by_name(table).expect("a table of the schema");
+        let as_views = reference_views || schema::PATIENT_TABLES.contains(table);
+        let fields: Vec<Field> = table_schema
+            .fields()
+            .iter()
+            .map(|field| match field.data_type() {
+                DataType::Utf8 if as_views => {
+                    field.as_ref().clone().with_data_type(DataType::Utf8View)
+                }
+                _ => field.as_ref().clone(),
+            })
+            .collect();
+        let empty = MemTable::try_new(Arc::new(Schema::new(fields)), vec![vec![]]).expect("table");
+        ctx.register_table(*table, Arc::new(empty))
+            .expect("register");
+    }
+    ctx
+}
+
+/// The coordinator plans against in-memory `Utf8` tables, a node against Parquet read as
+/// `Utf8View` (red team: a join `d.code = t.orpha_code` proved the code's domain at the
+/// coordinator only, so every node refused the round the coordinator started). Every
+/// question of the validation suite and of this file gets the same mode, the same cells
+/// and the same digest from both.
+#[tokio::test]
+async fn string_views_derive_the_coordinators_domain() {
+    let coordinator = planning_state().expect("planning state");
+    let mut questions: Vec<String> = ern_queries::casefile::parse(include_str!("validation.cases"))
+        .expect("validation.cases")
+        .into_iter()
+        .filter(|case| case.verdict.trim() == "accepted")
+        .map(|case| case.sql)
+        .collect();
+    questions.extend(
+        include_str!("domain.rs")
+            .split('"')
+            .filter(|part| part.starts_with("SELECT ") && !part.contains('\\'))
+            .map(str::to_string),
+    );
+    let mut secure_questions = 0;
+    for reference_views in [false, true] {
+        let node = view_catalogue(reference_views).state();
+        for sql in &questions {
+            let Ok(expected) = Planner::new().plan(sql, &coordinator).await else {
+                continue;
+            };
+            let got = Planner::new()
+                .plan(sql, &node)
+                .await
+                .unwrap_or_else(|refusal| panic!("{sql}: refused on views: {refusal:?}"));
+            let summary = |plan: &QueryPlan| {
+                let mode = plan.mode();
+                (
+                    mode.name(),
+                    mode.domain().map(SecureDomain::cells),
+                    mode.domain().map(SecureDomain::digest),
+                    mode.domain().map(SecureDomain::describe),
+                )
+            };
+            assert_eq!(
+                summary(&got),
+                summary(&expected),
+                "{sql} (reference tables as views: {reference_views}): {:?} vs {:?}",
+                got.mode(),
+                expected.mode()
+            );
+            if let Some(domain) = got.mode().domain() {
+                secure_questions += 1;
+                for key in &domain.keys {
+                    assert!(
+                        !matches!(key.data_type, DataType::Utf8View | DataType::LargeUtf8),
+                        "{sql}: {key:?}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        secure_questions > 80,
+        "only {secure_questions} secure questions"
+    );
+    // The red team's question, named: a code proved by its join to the reference.
+    let sql = "SELECT d.code AS k, COUNT(DISTINCT d.pid) AS patients FROM diagnosis d JOIN orpha_term t ON t.orpha_code = d.code GROUP BY d.code";
+    let node = Planner::new()
+        .plan(sql, &view_catalogue(false).state())
+        .await
+        .expect("plan");
+    let domain = node.mode().domain().expect("secure at the node");
+    assert_eq!(domain.cells(), 227);
+    assert_eq!(domain.digest(), secure(sql).await.digest());
+}

@@ -261,9 +261,14 @@ pub(crate) fn diagnosis_table(
     RecordBatch::try_new(schema::diagnosis(), columns)
 }
 
+/// The age at a date cell, in the declared range 0–150 (data-model.md, "Declared
+/// ranges"): validation refused every date outside 1880-01-01 … 2100-12-31, and a date
+/// before the birth (a prenatal diagnosis or onset) is age 0, as an `antenatal` onset
+/// is, rather than a refused row: the data model refuses no date for lying before the
+/// birth (see [`Date::declared_age_from`]).
 fn age_at(cell: Option<&str>, (birth_year, birth_month): (i32, Option<u32>)) -> Option<i32> {
     cell.and_then(values::parse_date)
-        .map(|d| d.age_from(birth_year, birth_month))
+        .map(|d| d.declared_age_from(birth_year, birth_month))
 }
 
 /// Builds the `genetic_finding` table from genetic_finding.csv.

@@ -496,6 +496,187 @@ fn onset_date_is_required_when_onset_is_date() {
     );
 }
 
+/// The declared range of dates (data-model.md section 1, "Declared ranges"), in the
+/// words every refusal of a date outside it uses.
+const DATE_RANGE: &str = "between 1880-01-01 and 2100-12-31";
+
+/// data-model.md: "A date outside 1880-01-01 … 2100-12-31 is refused with its line" (red
+/// team: birth years 0001-9999 were accepted, and the domains of secure aggregation
+/// assume 1880-2100).
+#[test]
+fn a_birth_date_outside_the_declared_range_is_refused_at_any_precision() {
+    for birth in [
+        "1879-12-31",
+        "1879-12",
+        "1879",
+        "0001",
+        "0001-01-01",
+        "2101-01-01",
+        "2101-01",
+        "2101",
+        "9999",
+        "9999-12-31",
+    ] {
+        expect_error(
+            patient_row(0, &format!("P1,{birth},female,alive,,,,yes,yes,")),
+            2,
+            Some("birth_date"),
+            DATE_RANGE,
+            birth,
+        );
+    }
+    // A malformed date is still refused for its format.
+    expect_error(
+        patient_row(0, "P1,0000,female,alive,,,,yes,yes,"),
+        2,
+        Some("birth_date"),
+        "YYYY-MM-DD, YYYY-MM or YYYY",
+        "0000",
+    );
+}
+
+#[test]
+fn the_ends_of_the_declared_range_are_accepted() {
+    for (first, last) in [
+        ("1880", "2100"),
+        ("1880-01", "2100-12"),
+        ("1880-01-01", "2100-12-31"),
+    ] {
+        let patients = format!(
+            "{PATIENT_HEADER}\nP1,{first},female,dead,1880-01-01,2100-12-31,,yes,yes,\nP2,{last},male,,,,,yes,yes,\n"
+        );
+        let diagnoses = format!(
+            "{DIAGNOSIS_HEADER}\nP1,ORPHA:154,,date,1880-01-01,2100-12-31\nP2,ORPHA:154,,,,2100-12-31\n"
+        );
+        let ages = stored_ages(&[("patient.csv", patients), ("diagnosis.csv", diagnoses)]);
+        assert_eq!(ages.len(), 2, "{first}, {last}");
+    }
+}
+
+#[test]
+fn every_other_date_outside_the_declared_range_is_refused() {
+    expect_error(
+        patient_row(1, "P2,1975-03,male,dead,2101-01-01,,,no,yes,"),
+        3,
+        Some("death_date"),
+        DATE_RANGE,
+        "2101-01-01",
+    );
+    expect_error(
+        patient_row(
+            0,
+            "P1,1980-05-12,female,alive,,1879-12-31,false,yes,yes,true",
+        ),
+        2,
+        Some("first_contact_date"),
+        DATE_RANGE,
+        "1879-12-31",
+    );
+    expect_error(
+        diagnosis_row(0, "P1,ORPHA:154,confirmed,date,0999-04-01,2003-02-01"),
+        2,
+        Some("onset_date"),
+        DATE_RANGE,
+        "0999-04-01",
+    );
+    expect_error(
+        diagnosis_row(0, "P1,ORPHA:154,confirmed,date,1999-04-01,2200-02-01"),
+        2,
+        Some("diagnosis_date"),
+        DATE_RANGE,
+        "2200-02-01",
+    );
+}
+
+/// Ingests the valid export with `replace` (patient.csv and diagnosis.csv whole, the
+/// other files emptied) and returns the stored `(age_at_onset, age_at_diagnosis)` of
+/// every diagnosis row, in file order.
+fn stored_ages(replace: &[(&str, String)]) -> Vec<(Option<i32>, Option<i32>)> {
+    use arrow::array::{Array, AsArray, RecordBatch};
+    use arrow::datatypes::Int32Type;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let export = dir.path().join("export");
+    std::fs::create_dir(&export).expect("export dir");
+    let mut files = vec![
+        ("genetic_finding.csv", format!("{GENETIC_HEADER}\n")),
+        ("phenotype.csv", format!("{PHENOTYPE_HEADER}\n")),
+    ];
+    files.extend(replace.iter().map(|(file, text)| (*file, text.clone())));
+    write_export(&export, &files);
+    let store = dir.path().join("store");
+    ingest(&export, &key(), &store, &NoProgress).expect("a valid export");
+    let file = std::fs::File::open(ern_ingest::store::table_path(&store, "diagnosis"))
+        .expect("diagnosis table");
+    let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .build()
+        .expect("reader")
+        .collect::<Result<_, _>>()
+        .expect("read");
+    let mut ages = Vec::new();
+    for batch in &batches {
+        let column = |name: &str| {
+            let array = batch.column_by_name(name).expect("an age column");
+            assert_eq!(array.data_type(), &arrow::datatypes::DataType::Int32);
+            array.as_primitive::<Int32Type>().iter().collect::<Vec<_>>()
+        };
+        ages.extend(
+            column("age_at_onset")
+                .into_iter()
+                .zip(column("age_at_diagnosis")),
+        );
+    }
+    ages
+}
+
+/// data-model.md: "Declared ranges (they bound group domains and clamp sums): … ages
+/// 0–150". A date before the birth is prenatal (a diagnosis before birth, an onset in
+/// pregnancy): the data model refuses no date for it, and stores an antenatal onset as
+/// age 0, so ingest keeps the row at age 0 (red team: stored as -1, such rows fell out of
+/// every secure domain over ages and vanished from the network answer). A date in the
+/// birth month, before the day, is age 0 by the formula itself; an age past 150 (born
+/// 1880, seen in 2100) is 150.
+#[test]
+fn computed_ages_lie_in_the_declared_range() {
+    let patients = format!(
+        "{PATIENT_HEADER}\n\
+         A1,2020-03,female,alive,,,,yes,yes,\n\
+         A2,2020-03-15,male,alive,,,,yes,yes,\n\
+         A3,1880-01,female,dead,2100-12-31,,,yes,yes,\n\
+         A4,2020,unknown,,,,,yes,yes,\n"
+    );
+    let diagnoses = format!(
+        "{DIAGNOSIS_HEADER}\n\
+         A1,ORPHA:154,,antenatal,,2019-12-01\n\
+         A1,ORPHA:130,,date,2019-11-30,2020-03-01\n\
+         A2,ORPHA:154,,date,2020-03-01,2020-03-10\n\
+         A2,ORPHA:130,,date,2021-02-28,2021-03-01\n\
+         A3,ORPHA:154,,date,1880-01-01,2100-12-31\n\
+         A3,ORPHA:130,,date,2029-12-31,2030-01-01\n\
+         A4,ORPHA:154,,at_birth,,2019-06-01\n"
+    );
+    let ages = stored_ages(&[("patient.csv", patients), ("diagnosis.csv", diagnoses)]);
+    assert_eq!(
+        ages,
+        vec![
+            // Antenatal onset; diagnosed three months before the birth month (-1).
+            (Some(0), Some(0)),
+            // Onset dated before the birth month (-1); diagnosed in the birth month.
+            (Some(0), Some(0)),
+            // Born 2020-03-15: onset and diagnosis in the birth month, before the day.
+            (Some(0), Some(0)),
+            // The day before the first birthday's month, then that month.
+            (Some(0), Some(1)),
+            // Born 1880-01: onset in the birth month; diagnosed at 220, clamped.
+            (Some(0), Some(150)),
+            (Some(149), Some(150)),
+            // Born in 2020 (year only): a diagnosis in 2019 is prenatal (-1).
+            (Some(0), Some(0)),
+        ]
+    );
+}
+
 #[test]
 fn diagnosis_date_is_a_date() {
     expect_error(

@@ -1134,7 +1134,6 @@ async fn domain_proofs_hold_on_real_data() {
 /// question the coordinator runs (and shows the stewards) as secure must not be one every
 /// node refuses as not eligible, failing its only round.
 #[tokio::test]
-#[ignore = "red team (availability): nodes and coordinator derive different domains (Utf8View vs Utf8): a join-proved key is secure at the coordinator, per-site at every node"]
 async fn nodes_and_the_coordinator_derive_the_same_mode() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = synthetic_site_store(dir.path(), 50, 3, &[1; 32]);

@@ -43,11 +43,26 @@ pub enum Format {
 
 impl Format {
     /// Checks one non-empty cell; the error is the rule it breaks.
+    ///
+    /// A date, at any precision, must also lie in the declared range 1880-01-01 …
+    /// 2100-12-31 (data-model.md section 1, "Declared ranges"): it bounds the group
+    /// domains of secure aggregation and the clamp on sums.
     pub fn check(self, text: &str) -> Result<(), RuleText> {
+        let in_range = match self {
+            Format::PartialDate => {
+                values::parse_partial_date(text).map(values::PartialDate::in_declared_range)
+            }
+            Format::Date => values::parse_date(text).map(values::Date::in_declared_range),
+            _ => Some(true),
+        };
+        match in_range {
+            None => return Err(self.rule()),
+            Some(false) => return Err(RuleText::Static(values::DATE_RANGE_RULE)),
+            Some(true) => {}
+        }
         let ok = match self {
             Format::LocalId => values::is_local_id(text),
-            Format::PartialDate => values::parse_partial_date(text).is_some(),
-            Format::Date => values::parse_date(text).is_some(),
+            Format::PartialDate | Format::Date => true,
             Format::OneOf(allowed) => allowed.contains(&text),
             Format::Boolean => values::parse_boolean(text).is_some(),
             Format::DiagnosisCode => values::parse_code(text).is_some(),

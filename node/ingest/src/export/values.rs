@@ -4,6 +4,18 @@
 //! and allocation-free, because ingest runs it on every cell of a million-patient export.
 //! A refusal is a static rule text that never repeats the offending value.
 
+use std::ops::RangeInclusive;
+
+/// The years a date may lie in (data-model.md section 1, "Declared ranges": every year
+/// 1880–2100; "a date outside 1880-01-01 … 2100-12-31 is refused with its line"). The
+/// same range bounds `birth_year` in `ern_queries::schema::declared_range`, which secure
+/// aggregation's domains and the clamp on sums rely on.
+pub const YEARS: RangeInclusive<i32> = 1880..=2100;
+
+/// The ages, in whole years, a stored age may take (data-model.md: "ages 0–150"; the
+/// declared range of `age_at_onset` and `age_at_diagnosis` in `ern_queries::schema`).
+pub const AGES: RangeInclusive<i32> = 0..=150;
+
 /// A calendar date checked for existence (leap years included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Date {
@@ -47,9 +59,30 @@ impl Date {
 
     /// Whole years from a birth year (and month, when known) to this date:
     /// `year - birth_year`, minus one when the birth month is known and not yet reached.
+    /// Unbounded: negative for a date before the birth (see [`Date::declared_age_from`]).
     pub fn age_from(self, birth_year: i32, birth_month: Option<u32>) -> i32 {
         let before_birthday = birth_month.is_some_and(|month| self.month < month);
         self.year - birth_year - i32::from(before_birthday)
+    }
+
+    /// The age as the store keeps it: [`Date::age_from`] clamped into the declared range
+    /// [`AGES`] (data-model.md: "Declared ranges (they bound group domains and clamp
+    /// sums): … ages 0–150").
+    ///
+    /// A date before the birth is a prenatal date (a diagnosis made before birth, an
+    /// onset dated in pregnancy), not a data error: the data model refuses only dates
+    /// outside 1880-01-01 … 2100-12-31 and stores an `antenatal` onset as age 0, so such
+    /// a date is age 0 too, and its row is kept. An age stored outside the range would
+    /// fall outside every domain proved from it and vanish from secure totals (red team:
+    /// five diagnoses at age -1 were missing from the network answer).
+    pub fn declared_age_from(self, birth_year: i32, birth_month: Option<u32>) -> i32 {
+        self.age_from(birth_year, birth_month)
+            .clamp(*AGES.start(), *AGES.end())
+    }
+
+    /// True when the date lies in 1880-01-01 … 2100-12-31 ([`YEARS`]).
+    pub fn in_declared_range(self) -> bool {
+        YEARS.contains(&self.year)
     }
 }
 
@@ -66,6 +99,14 @@ pub struct PartialDate {
     pub year: i32,
     /// Month, when given.
     pub month: Option<u32>,
+}
+
+impl PartialDate {
+    /// True when the date, at whatever precision, lies in 1880-01-01 … 2100-12-31
+    /// ([`YEARS`]): the range holds whole years, so the year decides.
+    pub fn in_declared_range(self) -> bool {
+        YEARS.contains(&self.year)
+    }
 }
 
 fn is_leap(year: i32) -> bool {
@@ -103,6 +144,10 @@ pub const DATE_RULE: &str = "must be a calendar date written YYYY-MM-DD";
 
 /// Rule text for birth dates.
 pub const PARTIAL_DATE_RULE: &str = "must be a calendar date written YYYY-MM-DD, YYYY-MM or YYYY";
+
+/// Rule text for a well-formed date outside the declared range ([`YEARS`]).
+pub const DATE_RANGE_RULE: &str =
+    "must lie between 1880-01-01 and 2100-12-31 (the data model's declared range of dates)";
 
 /// Parses `YYYY-MM-DD`, checking that the day exists.
 pub fn parse_date(text: &str) -> Option<Date> {
@@ -324,6 +369,54 @@ mod tests {
         assert_eq!(d.age_from(2000, None), 20);
         assert_eq!(d.age_from(2000, Some(6)), 20);
         assert_eq!(d.age_from(2000, Some(7)), 19);
+    }
+
+    #[test]
+    fn ages_are_clamped_into_the_declared_range() {
+        let d = |text| parse_date(text).expect("a date");
+        // Born 2020-03: a diagnosis in 2019-12 is prenatal, age 0 (-1 unclamped).
+        assert_eq!(d("2019-12-01").age_from(2020, Some(3)), -1);
+        assert_eq!(d("2019-12-01").declared_age_from(2020, Some(3)), 0);
+        assert_eq!(d("2020-03-01").declared_age_from(2020, Some(3)), 0);
+        assert_eq!(d("2021-02-28").declared_age_from(2020, Some(3)), 0);
+        assert_eq!(d("2021-03-01").declared_age_from(2020, Some(3)), 1);
+        assert_eq!(d("2100-12-31").declared_age_from(1880, None), 150);
+        assert_eq!(d("2030-06-01").declared_age_from(1880, Some(7)), 149);
+    }
+
+    #[test]
+    fn the_declared_ranges_are_the_query_schemas() {
+        use ern_queries::schema::declared_range;
+        let years = declared_range("birth_year").expect("birth_year");
+        assert_eq!((i64::from(*YEARS.start()), i64::from(*YEARS.end())), years);
+        for column in ["age_at_onset", "age_at_diagnosis"] {
+            let ages = declared_range(column).expect(column);
+            assert_eq!((i64::from(*AGES.start()), i64::from(*AGES.end())), ages);
+        }
+        let first = Date {
+            year: 1880,
+            month: 1,
+            day: 1,
+        };
+        let last = Date {
+            year: 2100,
+            month: 12,
+            day: 31,
+        };
+        assert!(first.in_declared_range() && last.in_declared_range());
+        assert!(!parse_date("1879-12-31").expect("date").in_declared_range());
+        assert!(!parse_date("2101-01-01").expect("date").in_declared_range());
+        for (text, inside) in [
+            ("1880", true),
+            ("2100-12", true),
+            ("1879", false),
+            ("0001-01-01", false),
+            ("9999-12", false),
+            ("2101", false),
+        ] {
+            let date = parse_partial_date(text).expect("a partial date");
+            assert_eq!(date.in_declared_range(), inside, "{text}");
+        }
     }
 
     #[test]
