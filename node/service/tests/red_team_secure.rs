@@ -37,6 +37,15 @@ const K: u64 = 5;
 /// Patients per disorder (Orphanet name, a public domain) and sex.
 const DISORDER_BY_SEX: &str = "SELECT t.name AS disorder, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON d.pid = p.pid JOIN orpha_term t ON t.orpha_code = d.code GROUP BY t.name, p.sex";
 
+/// [`DISORDER_BY_SEX`] over the patients born from 1880 + `n` on: another question
+/// (another fingerprint) for each `n`, since a node takes part in one round per question.
+fn disorder_by_sex_from(n: usize) -> String {
+    DISORDER_BY_SEX.replace(
+        " GROUP BY",
+        &format!(" WHERE p.birth_year >= {} GROUP BY", 1880 + n),
+    )
+}
+
 /// The same counts for plain DataFusion (group keys, then the count).
 const PLAIN_COUNTS: &str = "SELECT t.name, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON d.pid = p.pid JOIN orpha_term t ON t.orpha_code = d.code GROUP BY t.name, p.sex";
 
@@ -419,7 +428,6 @@ async fn dominance_rounds(data: impl Fn(&str) -> Data) -> Vec<String> {
 /// Expected defence: the scaled question is dominated exactly as the unscaled one (the
 /// concentration is scale-free), so its cell is suppressed.
 #[tokio::test]
-#[ignore = "red team: moments saturate/wrap mod 2^64 for a scaled SUM; a dominated cell is released"]
 async fn dominance_holds_when_the_moments_overflow_at_one_site() {
     let released = dominance_rounds(|id| {
         Data::Hand(match id {
@@ -441,7 +449,6 @@ async fn dominance_holds_when_the_moments_overflow_at_one_site() {
 /// no site's squares overflow, but their sum across sites wraps modulo 2^64 in the
 /// coordinator's running sum. Expected defence: the cell is suppressed.
 #[tokio::test]
-#[ignore = "red team: sums of squares wrap mod 2^64 across sites; a dominated cell is released"]
 async fn dominance_holds_when_the_moments_wrap_across_sites() {
     let released = dominance_rounds(|id| {
         Data::Hand(match id {
@@ -533,7 +540,6 @@ fn four_sites(id: &str) -> Data {
 /// vector for a question's SQL takes part in no second round of that SQL, whatever the
 /// question id.
 #[tokio::test]
-#[ignore = "red team: the same SQL under a new question id gets a second round over fewer sites (site-d's vector = T1 - T2)"]
 async fn the_same_question_resubmitted_gets_no_second_round_over_fewer_sites() {
     let abcd = ["site-a", "site-b", "site-c", "site-d"];
     let sites = Sites::new(&abcd, four_sites).await;
@@ -570,7 +576,6 @@ async fn the_same_question_resubmitted_gets_no_second_round_over_fewer_sites() {
 /// for a question's SQL does not release that SQL per site under another id (executed.rs:
 /// "a question released one way is never released the other way").
 #[tokio::test]
-#[ignore = "red team: the SQL of a secure round is released per site under another question id; secure total - per-site = site-c's 1 patient"]
 async fn a_question_sent_in_a_round_is_not_released_per_site_under_another_id() {
     let sites = Sites::new(&ABC, |id| {
         Data::Hand(match id {
@@ -622,7 +627,6 @@ async fn a_question_sent_in_a_round_is_not_released_per_site_under_another_id() 
 /// hospital, while site-a asks for 3 participants. Expected defence: a roster (or a
 /// round) where two sites share one identity key is refused.
 #[tokio::test]
-#[ignore = "red team: one identity key under two roster ids makes up the minimum of 3; site-a's vector unmasked by the coordinator and one hospital"]
 async fn one_hospital_under_two_roster_ids_does_not_make_up_the_minimum() {
     let dir = tempfile::tempdir().expect("temp dir");
     let identity = |name: &str| {
@@ -777,10 +781,11 @@ async fn statement_lists_with_the_nodes_own_statement_doubled_are_refused() {
         ),
     ];
     for (n, (name, doctor)) in lists.iter().enumerate() {
+        // Each list in a question of its own: the peers of the last one still hold theirs.
         let query_id = format!("q-doctored-{n}");
         let begun = start(&query_id, "r-1", &ABC);
         let statements = sites
-            .round_one(&ABC, DISORDER_BY_SEX, &begun)
+            .round_one(&ABC, &disorder_by_sex_from(n), &begun)
             .await
             .expect("round 1");
         let result = sites
@@ -808,10 +813,11 @@ async fn statements_replayed_from_another_question_are_refused() {
         .round_one(&ABC, DISORDER_BY_SEX, &first)
         .await
         .expect("round 1 of q-one");
+    // Another question (the same one would be refused at round 1 while q-one is open).
     let second = start("q-two", "r-1", &ABC);
     let own = sites
         .site("site-a")
-        .round_one(DISORDER_BY_SEX, &second)
+        .round_one(&disorder_by_sex_from(1), &second)
         .await
         .expect("round 1 of q-two");
     let replayed = vec![own, old[1].clone(), old[2].clone()];
@@ -870,10 +876,11 @@ async fn one_question_id_with_two_sql_texts_is_refused() {
 
 /// Attack (coordinator): round 1 at site-a, then the node restarts (a new engine on the
 /// same store), then round 2 of the old round; then a new round 1 of the question; then,
-/// after a completed round, round 1 and per-site work again on a third engine. Expected
-/// defence: the old round's keys died with the process (round 2 is unknown), a new round
-/// may start (no vector ever left), and once a vector has left, no engine on that store
-/// gives another or a per-site release.
+/// after a completed round, round 1 and per-site work again on a third engine, under the
+/// question's id and another. Expected defence: the old round's keys died with the
+/// process (round 2 is unknown), a new round may start (no vector ever left), and once a
+/// vector has left, no engine on that store gives another or a per-site release, whatever
+/// the question id.
 #[tokio::test]
 async fn a_restart_between_the_rounds_gives_no_second_vector() {
     let sites = Sites::new(&ABC, four_sites).await;
@@ -919,6 +926,17 @@ async fn a_restart_between_the_rounds_gives_no_second_vector() {
         .secure_statement(&a.request(DISORDER_BY_SEX, q), &start(q, "r-3", &ABC))
         .await;
     assert_eq!(rule(&round), "secure-round-repeated", "{round:?}");
+    // Nor under another question id: the same SQL is the same question.
+    let other = "q-restart-again";
+    let round = again
+        .secure_statement(
+            &a.request(DISORDER_BY_SEX, other),
+            &start(other, "r-1", &ABC),
+        )
+        .await;
+    assert_eq!(rule(&round), "secure-round-repeated", "{round:?}");
+    let per_site = again.execute(&a.request(DISORDER_BY_SEX, other)).await;
+    assert_eq!(rule(&per_site), "secure-round-used", "{per_site:?}");
     let per_site = again.execute(&a.request(DISORDER_BY_SEX, q)).await;
     assert_eq!(rule(&per_site), "secure-round-used", "{per_site:?}");
 }

@@ -29,6 +29,17 @@ use ern_test_support::steward::named_steward;
 /// Patients per disorder (Orphanet name, from the shipped table: a public domain) and sex.
 const DISORDER_BY_SEX: &str = "SELECT t.name AS disorder, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON d.pid = p.pid JOIN orpha_term t ON t.orpha_code = d.code GROUP BY t.name, p.sex";
 
+/// [`DISORDER_BY_SEX`] over the patients born from 1880 + `n` on (every patient of the
+/// tests, so the same counts): another question (another plan fingerprint) for each `n`.
+/// A node takes part in one round per question, whatever its id, so a test that means
+/// several questions on the same engines asks several of these.
+fn disorder_by_sex_from(n: usize) -> String {
+    DISORDER_BY_SEX.replace(
+        " GROUP BY",
+        &format!(" WHERE p.birth_year >= {} GROUP BY", 1880 + n),
+    )
+}
+
 /// The same counts, over every group, for plain DataFusion.
 const PLAIN_COUNTS: &str = "SELECT t.name, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON d.pid = p.pid JOIN orpha_term t ON t.orpha_code = d.code GROUP BY t.name, p.sex";
 
@@ -209,8 +220,14 @@ impl Site {
     /// A request for `sql` in study `study` (as the link makes it, the study is the
     /// question's id), approved by this site's steward.
     fn request(&self, sql: &str, study: &str) -> QueryRequest {
-        let approval =
-            approval::sign(&self.steward, sql, &self.id, study, now() + 600).expect("sign");
+        self.request_until(sql, study, now() + 600)
+    }
+
+    /// [`Site::request`] expiring at `expires`. Signatures are deterministic: two
+    /// requests for one question made within the same second are one approval, so a test
+    /// that means another approval of it asks for another expiry.
+    fn request_until(&self, sql: &str, study: &str, expires: u64) -> QueryRequest {
+        let approval = approval::sign(&self.steward, sql, &self.id, study, expires).expect("sign");
         QueryRequest {
             sql: sql.to_string(),
             study_id: study.to_string(),
@@ -255,11 +272,16 @@ impl Site {
         self.audit().pop().expect("an audit entry")
     }
 
-    /// How the question (`sql` in study `study`) was released, as the node's record of
-    /// executions says when opened afresh from the store directory.
-    fn recorded_use(&self, sql: &str, study: &str) -> Option<QueryUse> {
+    /// How the question text `sql` was released, as the node's record of executions says
+    /// when opened afresh from the store directory.
+    async fn recorded_use(&self, sql: &str) -> Option<QueryUse> {
         let record = ExecutedApprovals::open(&self.store).expect("record of executions");
-        record.query_use(&executed::query_key(study, &ern_queries::query_hash(sql)))
+        let key = self
+            .engine
+            .question_key(sql)
+            .await
+            .expect("a valid question");
+        record.query_use(&key)
     }
 }
 
@@ -451,7 +473,7 @@ async fn nodes_shown_different_participant_lists_refuse_round_two() {
 
     for id in ["site-a", "site-b", "site-d"] {
         assert_eq!(
-            sites.site(id).recorded_use(DISORDER_BY_SEX, q),
+            sites.site(id).recorded_use(DISORDER_BY_SEX).await,
             None,
             "{id}"
         );
@@ -546,7 +568,9 @@ async fn a_completed_round_uses_the_question_up() {
     let replay = a.round_two(q, "r-1", &[]).await;
     assert_eq!(rule(&replay), "secure-round-unknown", "{replay:?}");
     // And the question is not released per site either, with a fresh approval of it.
-    let per_site = a.engine.execute(&a.request(DISORDER_BY_SEX, q)).await;
+    let fresh = a.request_until(DISORDER_BY_SEX, q, now() + 1200);
+    assert_ne!(fresh.approval, approved.approval, "another approval");
+    let per_site = a.engine.execute(&fresh).await;
     assert_eq!(rule(&per_site), "secure-round-used", "{per_site:?}");
     assert_audited_refusal(a, "secure-round-used");
     // A fresh engine on the same store remembers it.
@@ -574,7 +598,10 @@ async fn a_question_released_per_site_gets_no_round() {
         .execute(&a.request(DISORDER_BY_SEX, q))
         .await
         .expect("per-site release");
-    assert_eq!(a.recorded_use(DISORDER_BY_SEX, q), Some(QueryUse::PerSite));
+    assert_eq!(
+        a.recorded_use(DISORDER_BY_SEX).await,
+        Some(QueryUse::PerSite)
+    );
     let round = a.round_one(DISORDER_BY_SEX, &start(q, "r-1", &ABC)).await;
     assert_eq!(rule(&round), "secure-round-repeated", "{round:?}");
     assert_audited_refusal(a, "secure-round-repeated");
@@ -586,6 +613,98 @@ async fn a_question_released_per_site_gets_no_round() {
         .expect("b");
     let result = sites.site("site-b").round_two(q, "r-1", &[b]).await;
     assert_eq!(rule(&result), "secure-participants", "{result:?}");
+}
+
+/// A researcher resubmits a question's SQL under a new question id (over fewer sites, or
+/// per site, to difference one site out): for a node the question is what its sites
+/// compute (`QueryPlan::fingerprint`), not its id. After a completed round of SQL S as
+/// q-1, S as q-2 gets no round 1 (`secure-round-repeated`) and no per-site release with
+/// a fresh approval (`secure-round-used`), nor does S with only white space, a comment or
+/// an output name changed; S with another filter is another question.
+#[tokio::test]
+async fn the_same_sql_under_another_question_id_is_the_same_question() {
+    let sites = Sites::new(&ABC, |_, _| {}).await;
+    let masked = sites.honest_round(&ABC, DISORDER_BY_SEX, "q-1").await;
+    let a = sites.site("site-a");
+    let key = a.engine.question_key(DISORDER_BY_SEX).await.expect("key");
+
+    for id in ABC {
+        let site = sites.site(id);
+        let round = site
+            .round_one(DISORDER_BY_SEX, &start("q-2", "r-1", &ABC))
+            .await;
+        assert_eq!(rule(&round), "secure-round-repeated", "{id}: {round:?}");
+        assert_audited_refusal(site, "secure-round-repeated");
+    }
+    let per_site = a.engine.execute(&a.request(DISORDER_BY_SEX, "q-2")).await;
+    assert_eq!(rule(&per_site), "secure-round-used", "{per_site:?}");
+    assert_audited_refusal(a, "secure-round-used");
+
+    let variants = [
+        (
+            "white space",
+            DISORDER_BY_SEX
+                .replace(" FROM ", "\n    FROM   ")
+                .replace(" JOIN ", "\n\t JOIN "),
+        ),
+        (
+            "a comment",
+            format!(
+                "-- patients per disorder and sex\n{}",
+                DISORDER_BY_SEX.replace(" GROUP BY", " /* every group */ GROUP BY")
+            ),
+        ),
+        (
+            "output names",
+            DISORDER_BY_SEX
+                .replace("AS disorder", "AS orphanet_disorder")
+                .replace("AS patients", "AS n"),
+        ),
+    ];
+    for (n, (change, sql)) in variants.iter().enumerate() {
+        assert_ne!(sql, DISORDER_BY_SEX, "{change}");
+        assert_eq!(
+            a.engine.question_key(sql).await.expect("key"),
+            key,
+            "{change}: {sql}"
+        );
+        let q = format!("q-variant-{n}");
+        let round = a.round_one(sql, &start(&q, "r-1", &ABC)).await;
+        assert_eq!(rule(&round), "secure-round-repeated", "{change}: {round:?}");
+        assert_audited_refusal(a, "secure-round-repeated");
+        let per_site = a.engine.execute(&a.request(sql, &q)).await;
+        assert_eq!(
+            rule(&per_site),
+            "secure-round-used",
+            "{change}: {per_site:?}"
+        );
+        assert_audited_refusal(a, "secure-round-used");
+    }
+    assert_eq!(
+        a.recorded_use(DISORDER_BY_SEX).await,
+        Some(QueryUse::Secure {
+            round: "r-1".into()
+        })
+    );
+
+    // Another filter computes something else: another question, with a round of its own.
+    let filtered = disorder_by_sex_from(0);
+    assert_ne!(
+        a.engine.question_key(&filtered).await.expect("key"),
+        key,
+        "{filtered}"
+    );
+    assert_eq!(a.recorded_use(&filtered).await, None);
+    let other = sites.honest_round(&ABC, &filtered, "q-filtered").await;
+    // Every patient of the sites is born after 1880: the same totals (only noise stops
+    // such differencing in general; the node only stops the same question twice).
+    assert_eq!(wrapping_sum(&other), wrapping_sum(&masked));
+    assert_eq!(
+        a.recorded_use(&filtered).await,
+        Some(QueryUse::Secure {
+            round: "r-1".into()
+        })
+    );
 }
 
 /// A hostile coordinator opens a round, then sends the same approved question as
@@ -610,12 +729,13 @@ async fn a_per_site_release_while_a_round_is_pending_does_not_also_send_a_vector
 
 /// A hostile coordinator sends round 2 of a question's round and, while the node handles
 /// it, round 1 of another round of the same question with other peers (the link runs
-/// every message as its own task): the node must not send masked vectors of one question
-/// in two rounds (DESIGN.md: "A node sends a masked vector for a query at most once,
-/// ever").
+/// every message as its own task), under the question's id or another (the same SQL is
+/// the same question): the node must not send masked vectors of one question in two
+/// rounds (DESIGN.md: "A node sends a masked vector for a query at most once, ever").
 ///
-/// Round 2 runs on a worker thread while this thread asks for round 1 again and again
-/// until round 2 is done: a node that checks and records atomically refuses every ask.
+/// Round 2 runs on a worker thread while this thread asks for round 1 again and again,
+/// under either id, until round 2 is done: a node that checks and records atomically
+/// refuses every ask (`secure-round-repeated`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_one_racing_round_two_does_not_give_a_second_vector() {
     let ids = ["site-a", "site-b", "site-c", "site-d", "site-e"];
@@ -623,41 +743,69 @@ async fn a_round_one_racing_round_two_does_not_give_a_second_vector() {
     let first_peers = ["site-a", "site-b", "site-c"];
     let second_peers = ["site-a", "site-d", "site-e"];
     for attempt in 0..5 {
+        // Each attempt a question of its own: every site gave its one vector of the last.
+        let sql = disorder_by_sex_from(attempt);
         let q = format!("q-race-{attempt}");
         let first = start(&q, "r-1", &first_peers);
-        let statements = sites.round_one(&first_peers, DISORDER_BY_SEX, &first).await;
-        let second = start(&q, "r-2", &second_peers);
+        let statements = sites.round_one(&first_peers, &sql, &first).await;
         let a = sites.site("site-a");
-        let request = a.request(DISORDER_BY_SEX, &q);
+        // The second round under the question's own id, and under another.
+        let seconds = [
+            start(&q, "r-2", &second_peers),
+            start(&format!("{q}-again"), "r-1", &second_peers),
+        ];
+        let requests = seconds.each_ref().map(|s| a.request(&sql, &s.query_id));
         let round_two = tokio::spawn({
             let (sites, q) = (Arc::clone(&sites), q.clone());
             async move { sites.site("site-a").round_two(&q, "r-1", &statements).await }
         });
         let mut second_statement = None;
+        let mut refusals = Vec::new();
         let mut asks = 0;
         while !round_two.is_finished() {
+            let which = asks % seconds.len();
             asks += 1;
-            if let Ok(statement) = a.engine.secure_statement(&request, &second).await {
-                second_statement = Some(statement);
-                break;
+            match a
+                .engine
+                .secure_statement(&requests[which], &seconds[which])
+                .await
+            {
+                Ok(statement) => {
+                    second_statement = Some((statement, &seconds[which]));
+                    break;
+                }
+                Err(refusal) => refusals.push(refusal.rule_name()),
             }
         }
         let masked = round_two.await.expect("round 2 task");
+        assert_eq!(rule(&masked), "ok", "attempt {attempt}: {masked:?}");
         let mut vectors = usize::from(masked.is_ok());
-        if let Some(own) = second_statement {
+        let signed_again = second_statement.is_some();
+        if let Some((own, second)) = second_statement {
             let mut relayed = vec![own];
-            relayed.extend(
-                sites
-                    .round_one(&["site-d", "site-e"], DISORDER_BY_SEX, &second)
-                    .await,
-            );
-            let again = a.round_two(&q, "r-2", &relayed).await;
+            relayed.extend(sites.round_one(&["site-d", "site-e"], &sql, second).await);
+            let again = a
+                .round_two(&second.query_id, &second.round_id, &relayed)
+                .await;
             vectors += usize::from(again.is_ok());
         }
         assert!(
             vectors <= 1,
             "attempt {attempt} (round 1 asked {asks} times): site-a sent masked vectors of question {q} in two rounds, {{a, b, c}} and {{a, d, e}}"
         );
+        assert!(
+            !signed_again,
+            "attempt {attempt} (round 1 asked {asks} times): site-a signed round 1 of a question with a round pending"
+        );
+        assert!(
+            refusals.iter().all(|r| r == "secure-round-repeated"),
+            "attempt {attempt}: {refusals:?}"
+        );
+        // Once round 2 is done, neither id gets a round of the question again.
+        for (request, second) in requests.iter().zip(&seconds) {
+            let after = a.engine.secure_statement(request, second).await;
+            assert_eq!(rule(&after), "secure-round-repeated", "{after:?}");
+        }
     }
 }
 
@@ -726,7 +874,7 @@ async fn the_nodes_policy_decides_whether_it_takes_part() {
             "{id} {participants:?}: {result:?}"
         );
         assert_audited_refusal(site, expected);
-        assert_eq!(site.recorded_use(sql, &q), None);
+        assert_eq!(site.recorded_use(sql).await, None);
     }
     // A participant unknown to everyone.
     let stranger = ["site-a", "site-b", "site-x"];
@@ -762,16 +910,16 @@ async fn a_domain_over_the_nodes_cell_limit_is_refused() {
 // 5. Tampered and mismatched statements
 // ---------------------------------------------------------------------------------------
 
-/// Runs round 1 at site-a, site-b and site-c for a fresh question, lets `tamper` change
-/// what site-a is relayed, and returns site-a's round 2 result.
+/// Runs round 1 at site-a, site-b and site-c for a fresh question `sql` (one the sites
+/// never saw: site-b and site-c keep the round pending), lets `tamper` change what site-a
+/// is relayed, and returns site-a's round 2 result.
 async fn relayed_to_a(
     sites: &Sites,
     q: &str,
+    sql: &str,
     tamper: impl FnOnce(&Sites, &mut Vec<RoundStatement>),
 ) -> Result<Vec<u64>, ExecuteError> {
-    let statements = sites
-        .round_one(&ABC, DISORDER_BY_SEX, &start(q, "r-1", &ABC))
-        .await;
+    let statements = sites.round_one(&ABC, sql, &start(q, "r-1", &ABC)).await;
     let mut relayed = statements.clone();
     tamper(sites, &mut relayed);
     assert_ne!(relayed, statements, "the case changes something");
@@ -803,12 +951,14 @@ async fn statements_changed_after_signing_are_refused() {
         ("a vector length changed", |_, s| s[2].vector_len += 2),
     ];
     for (n, (case, tamper)) in cases.iter().enumerate() {
+        // Each case a question of its own: site-b and site-c keep the last one pending.
         let q = format!("q-tamper-{n}");
-        let result = relayed_to_a(&sites, &q, *tamper).await;
+        let sql = disorder_by_sex_from(n);
+        let result = relayed_to_a(&sites, &q, &sql, *tamper).await;
         assert_eq!(rule(&result), "secure-signature", "{case}: {result:?}");
         assert_audited_refusal(sites.site("site-a"), "secure-signature");
         assert_eq!(
-            sites.site("site-a").recorded_use(DISORDER_BY_SEX, &q),
+            sites.site("site-a").recorded_use(&sql).await,
             None,
             "{case}"
         );
@@ -854,8 +1004,9 @@ async fn validly_signed_statements_for_something_else_are_refused() {
         ("vector length", |s| s.vector_len += 2),
     ];
     for (n, (field, change)) in cases.iter().enumerate() {
+        // Each case a question of its own: site-b and site-c keep the last one pending.
         let q = format!("q-mismatch-{n}");
-        let result = relayed_to_a(&sites, &q, |sites, s| {
+        let result = relayed_to_a(&sites, &q, &disorder_by_sex_from(n), |sites, s| {
             s[1] = signed_by_b(sites, &s[1], change);
         })
         .await;
@@ -866,17 +1017,35 @@ async fn validly_signed_statements_for_something_else_are_refused() {
         assert_audited_refusal(sites.site("site-a"), "secure-mismatch");
     }
 
-    // Site-b honestly signed round 1 of another round of the same question: a replay.
+    // Site-b honestly signed round 1 of another round: a replay. Another round of the
+    // same question (its SQL under another id) site-b no longer signs while this one is
+    // pending, so the replayed statement is of another question, with the same domain.
     let q = "q-replay";
+    let replayed_sql = disorder_by_sex_from(cases.len());
     let r1 = sites
-        .round_one(&ABC, DISORDER_BY_SEX, &start(q, "r-1", &ABC))
+        .round_one(&ABC, &replayed_sql, &start(q, "r-1", &ABC))
         .await;
     let q2 = "q-replay-2";
+    let same_question = sites
+        .site("site-b")
+        .round_one(&replayed_sql, &start(q2, "r-1", &ABC))
+        .await;
+    assert_eq!(
+        rule(&same_question),
+        "secure-round-repeated",
+        "{same_question:?}"
+    );
+    assert_audited_refusal(sites.site("site-b"), "secure-round-repeated");
     let other = sites
         .site("site-b")
-        .round_one(DISORDER_BY_SEX, &start(q2, "r-1", &ABC))
+        .round_one(
+            &disorder_by_sex_from(cases.len() + 1),
+            &start(q2, "r-1", &ABC),
+        )
         .await
         .expect("b's other round");
+    assert_eq!(other.vector_len, r1[1].vector_len, "one domain");
+    assert_eq!(other.domain_digest, r1[1].domain_digest, "one domain");
     let relayed = [r1[0].clone(), other, r1[2].clone()];
     let result = sites.site("site-a").round_two(q, "r-1", &relayed).await;
     assert_eq!(rule(&result), "secure-mismatch", "{result:?}");
@@ -886,7 +1055,7 @@ async fn validly_signed_statements_for_something_else_are_refused() {
     let r1 = sites
         .round_one(
             &["site-a", "site-c"],
-            DISORDER_BY_SEX,
+            &disorder_by_sex_from(cases.len() + 2),
             &start(q, "r-1", &ABC),
         )
         .await;
@@ -933,16 +1102,16 @@ async fn round_two_of_an_unknown_round_is_refused() {
     assert_audited_refusal(a, "secure-round-unknown");
 
     // A round site-a signed, asked for under another round id: refused, and the round
-    // is over (no second chance to mask with the same keys).
+    // is over (no second chance to mask with the same keys). Another question: site-b and
+    // site-c keep the round of the last one pending.
     let q = "q-wrong-round";
-    let statements = sites
-        .round_one(&ABC, DISORDER_BY_SEX, &start(q, "r-1", &ABC))
-        .await;
+    let sql = disorder_by_sex_from(1);
+    let statements = sites.round_one(&ABC, &sql, &start(q, "r-1", &ABC)).await;
     let result = a.round_two(q, "r-2", &statements).await;
     assert_eq!(rule(&result), "secure-mismatch", "{result:?}");
     let result = a.round_two(q, "r-1", &statements).await;
     assert_eq!(rule(&result), "secure-round-unknown", "{result:?}");
-    assert_eq!(a.recorded_use(DISORDER_BY_SEX, q), None);
+    assert_eq!(a.recorded_use(&sql).await, None);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -953,12 +1122,15 @@ async fn round_two_of_an_unknown_round_is_refused() {
 async fn the_masked_vector_is_recorded_before_it_is_returned() {
     let sites = Sites::new(&ABC, |_, _| {}).await;
     let q = "q-recorded";
-    assert_eq!(sites.site("site-a").recorded_use(DISORDER_BY_SEX, q), None);
+    assert_eq!(
+        sites.site("site-a").recorded_use(DISORDER_BY_SEX).await,
+        None
+    );
     sites.honest_round(&ABC, DISORDER_BY_SEX, q).await;
     for id in ABC {
         let site = sites.site(id);
         assert_eq!(
-            site.recorded_use(DISORDER_BY_SEX, q),
+            site.recorded_use(DISORDER_BY_SEX).await,
             Some(QueryUse::Secure {
                 round: "r-1".into()
             }),
@@ -974,10 +1146,11 @@ async fn the_masked_vector_is_recorded_before_it_is_returned() {
         );
     }
 
-    // When the record cannot be written, no vector leaves the node.
+    // When the record cannot be written, no vector leaves the node. Another question:
+    // the sites gave their one vector of the first.
     let q = "q-unrecordable";
     let statements = sites
-        .round_one(&ABC, DISORDER_BY_SEX, &start(q, "r-1", &ABC))
+        .round_one(&ABC, &disorder_by_sex_from(1), &start(q, "r-1", &ABC))
         .await;
     let b = sites.site("site-b");
     let record = b.store.join(executed::EXECUTED_FILE);
