@@ -381,12 +381,14 @@ async fn a_site_that_disconnects_between_the_rounds_fails_the_round_for_everyone
 
     // Site-a and site-b got round 2 before site-c did and sent their vectors: the
     // question is used up at both, so the round can never be run again without site-c.
-    let query = ern_node::executed::query_key(
-        ern_proto::approval::study_of(&id),
-        &ern_queries::query_hash(DISORDER_BY_SEX),
-    );
     for site in ["site-a", "site-b"] {
         let store = &network.site(site).store;
+        let query = network
+            .site(site)
+            .engine
+            .question_key(DISORDER_BY_SEX)
+            .await
+            .expect("a valid question");
         let used = tokio::time::timeout(std::time::Duration::from_secs(10), async {
             loop {
                 let record = ern_node::executed::ExecutedApprovals::open(store).expect("record");

@@ -377,7 +377,8 @@ impl Coordinator {
         k: u64,
         max_concentration: f64,
     ) -> Result<(), Status> {
-        self.rounds().remove(query_id);
+        // The round stays open until its steps are committed: a tick meanwhile must not
+        // take its dispatched sites for a round the coordinator lost.
         let release = match self.db().query(query_id).map_err(internal)? {
             Some(query) => match self.plan_of(&query).await {
                 Ok(plan) => plan
@@ -391,7 +392,10 @@ impl Coordinator {
                     }),
                 Err(refusal) => Err(refusal.to_string()),
             },
-            None => return Ok(()),
+            None => {
+                self.rounds().remove(query_id);
+                return Ok(());
+            }
         };
         drop(totals);
         let (bytes, cells) = match release {
@@ -416,7 +420,9 @@ impl Coordinator {
             .commit("a secure round's totals", move |db| {
                 db.complete_round(&id, &participants, &bytes, now_seconds())
             })
-            .await?;
+            .await;
+        self.rounds().remove(query_id);
+        let completed = completed?;
         tracing::info!(
             query = query_id,
             completed,
@@ -496,7 +502,7 @@ impl Coordinator {
                     match participants.iter().find(|site| {
                         targets
                             .iter()
-                            .any(|t| &t.site == *site && t.state != SiteState::Dispatched)
+                            .any(|t| &t.site == *site && t.state.is_final())
                     }) {
                         Some(site) => {
                             self.fail_round(

@@ -92,6 +92,28 @@ impl QueryPlan {
         &self.validated.sql
     }
 
+    /// What the sites release, as a fingerprint: SHA-256 (hex) of the barrier's input
+    /// plan, its GROUP BY and its aggregates, so two texts that differ only in white
+    /// space, comments, output names, ORDER BY or LIMIT have the same one. A node keys
+    /// "one release of a question, one way" by it (red team: the same question
+    /// resubmitted under a new id, over fewer sites or per site, read one site's numbers
+    /// off the difference).
+    pub fn fingerprint(&self) -> String {
+        let barrier = &self.validated.barrier;
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(b"ern released-barrier v1\0");
+        context.update(barrier.input.display_indent().to_string().as_bytes());
+        for group in &barrier.group_exprs {
+            context.update(b"\0group\0");
+            context.update(group.to_string().as_bytes());
+        }
+        for aggregate in &barrier.aggregates {
+            context.update(b"\0aggregate\0");
+            context.update(aggregate.expr.to_string().as_bytes());
+        }
+        hex::encode(context.finish().as_ref())
+    }
+
     /// What a steward sees of the question before approving it.
     pub fn report(&self) -> &ValidationReport {
         &self.validated.report

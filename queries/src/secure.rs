@@ -23,7 +23,8 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, UInt64Type};
 
 use crate::domain::SecureDomain;
 use crate::split::{
-    HIDDEN_ABSOLUTES, HIDDEN_LACKING, HIDDEN_PATIENTS, HIDDEN_SQUARES, SplitError, is_hidden,
+    HIDDEN_ABSOLUTES, HIDDEN_LACKING, HIDDEN_OUTSIZED, HIDDEN_PATIENTS, HIDDEN_SQUARES,
+    MOMENT_UNIT, SplitError, is_hidden,
 };
 
 /// What one value of a cell is.
@@ -43,6 +44,9 @@ enum Slot {
     Squares(usize),
     /// The sum of absolute patient contributions to the `j`-th released sum.
     Absolutes(usize),
+    /// Patients whose contribution is beyond what the moments carry: none, or the cell
+    /// is dropped.
+    Outsized,
 }
 
 /// The shape of a secure question's vector: the domain's cells, each with the same slots.
@@ -94,6 +98,8 @@ impl SecureLayout {
                 Slot::Squares(j)
             } else if let Some(j) = indexed(name, HIDDEN_ABSOLUTES) {
                 Slot::Absolutes(j)
+            } else if name.starts_with(HIDDEN_OUTSIZED) {
+                Slot::Outsized
             } else if name.starts_with(HIDDEN_LACKING) {
                 Slot::Lacking
             } else if name.starts_with(HIDDEN_PATIENTS) {
@@ -219,6 +225,7 @@ impl SecureLayout {
                         keep &= signed >= 0 && signed as u64 >= k;
                     }
                     Slot::Lacking => keep &= signed == 0 || (signed > 0 && signed as u64 >= k),
+                    Slot::Outsized => keep &= value == 0,
                     Slot::Squares(j) => {
                         squares.insert(j, value as f64);
                     }
@@ -227,11 +234,17 @@ impl SecureLayout {
                     }
                 }
             }
+            // In fixed point (see `split::MOMENT_UNIT`): concentration = squares × unit
+            // ÷ absolutes². Squares are rounded up and absolutes down, so it can only be
+            // overstated; squares without absolutes are all concentration.
             for (j, squared) in &squares {
                 let absolute = absolutes.get(j).copied().unwrap_or(0.0);
-                if absolute > 0.0 && *squared / (absolute * absolute) > max_concentration {
-                    keep = false;
-                }
+                let concentrated = if absolute > 0.0 {
+                    *squared * MOMENT_UNIT / (absolute * absolute) > max_concentration
+                } else {
+                    *squared > 0.0
+                };
+                keep &= !concentrated;
             }
             if !patients_seen {
                 continue;
@@ -311,11 +324,14 @@ fn integral(value: f64) -> Result<u64, SplitError> {
             "a secure vector value is not an integer".into(),
         ));
     }
-    if value >= 0.0 {
-        Ok(value as u64)
-    } else {
-        Ok((value as i64) as u64)
+    // i64 holds every value a site sends (sums are bounded by validation, moments by
+    // `split::MOMENT_LIMIT`); beyond it, refuse rather than saturate.
+    if !(-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&value) {
+        return Err(SplitError::BadPartials(
+            "a secure vector value is beyond 64 bits".into(),
+        ));
     }
+    Ok((value as i64) as u64)
 }
 
 #[cfg(test)]

@@ -57,7 +57,12 @@ pub fn is_hidden(name: &str) -> bool {
         || name.starts_with(HIDDEN_LACKING)
         || name.starts_with(HIDDEN_SQUARES)
         || name.starts_with(HIDDEN_ABSOLUTES)
+        || name.starts_with(HIDDEN_OUTSIZED)
 }
+
+/// Prefix of the hidden per-group counts of patients whose contribution to a summed
+/// column is beyond what the secure moments carry ([`MOMENT_LIMIT`]).
+pub const HIDDEN_OUTSIZED: &str = "__outsized";
 
 /// How a site plan measures how much of a released sum its largest patients hold.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -371,28 +376,51 @@ pub(crate) fn site_plan(
     }
 }
 
-/// The arguments of the released SUMs and AVGs, as Float64: each patient's contribution
-/// to them is checked by the dominance rule.
-fn summed_arguments(barrier: &Barrier) -> Vec<Expr> {
+/// What the dominance rule looks at (see [`Barrier::summed_values`]), as Float64, with
+/// their one-row bounds: each patient's contribution to each is checked.
+fn summed_columns(barrier: &Barrier) -> Vec<(Expr, f64)> {
     barrier
-        .aggregates
+        .summed_values
         .iter()
-        .filter(|a| matches!(a.kind, AggregateKind::Sum | AggregateKind::Avg))
-        .filter_map(|a| argument_of(&a.expr))
-        .map(|argument| cast(argument, DataType::Float64))
+        .map(|summed| (cast(summed.value.clone(), DataType::Float64), summed.bound))
         .collect()
 }
 
-/// Over one row per patient: the largest `top` absolute contributions and the sum of all
-/// absolute contributions ([`Concentration::TopShare`]), or the sum of squared
-/// contributions and the sum of absolute ones ([`Concentration::Moments`]).
-fn dominance_aggregates(contribution: Expr, concentration: Concentration) -> (Expr, Expr) {
-    let absolutes = sum(datafusion::functions::math::expr_fn::abs(
-        contribution.clone(),
-    ));
+/// The fixed-point unit of the secure moments: a contribution `c` of a value bounded by
+/// `B` on one row is sent as `q = c / B` in units of 2^-30 (and `q²` likewise), fine
+/// enough that rounding each patient's square up overstates a cell's concentration by
+/// a few per cent at most, even for values far below their bound.
+pub const MOMENT_UNIT: f64 = 1_073_741_824.0;
+
+/// The largest `|q|` (contribution over the one-row bound) the secure moments carry: a
+/// patient beyond it (more than 32 rows at the bound) is counted in [`HIDDEN_OUTSIZED`]
+/// instead, and a cell with any such patient is dropped. With it, a patient adds at most
+/// 2^40 units of squares, so 2^23 patients of one cell sum below 2^63 across the
+/// network: the totals never wrap (red team: `SUM(age * 28600000)` wrapped the sum of
+/// squares past 2^64 and hid a dominant patient).
+pub const MOMENT_LIMIT: f64 = 32.0;
+
+/// Over one row per patient, for a column bounded by `bound` on one row: the largest
+/// `top` absolute contributions and the sum of all absolute contributions
+/// ([`Concentration::TopShare`]); or, in fixed point relative to the bound, the sum of
+/// squared contributions (rounded up), the sum of absolute ones (rounded down) and the
+/// number of outsized patients ([`Concentration::Moments`]): the rounding can only
+/// overstate the concentration.
+fn dominance_aggregates(contribution: Expr, bound: f64, concentration: Concentration) -> Vec<Expr> {
+    use datafusion::functions::math::expr_fn::{abs, ceil, floor};
     match concentration {
-        Concentration::TopShare(dominance) => (top_abs_sum(dominance.top, contribution), absolutes),
-        Concentration::Moments => (sum(contribution.clone() * contribution), absolutes),
+        Concentration::TopShare(dominance) => vec![
+            top_abs_sum(dominance.top, contribution.clone()),
+            sum(abs(contribution)),
+        ],
+        Concentration::Moments => {
+            let relative = contribution / lit(bound);
+            vec![
+                sum(ceil(relative.clone() * relative.clone() * lit(MOMENT_UNIT))),
+                sum(floor(abs(relative.clone()) * lit(MOMENT_UNIT))),
+                sum(cast(abs(relative).gt(lit(MOMENT_LIMIT)), DataType::Int64)),
+            ]
+        }
     }
 }
 
@@ -420,12 +448,14 @@ fn one_phase_site_plan(
     }
     // One row per patient: each row's value is that patient's contribution.
     let mut dominance_at = Vec::new();
-    for contribution in summed_arguments(barrier) {
-        let (top, total) = dominance_aggregates(contribution, concentration);
-        dominance_at.push((
-            position_of(&mut computed, top),
-            position_of(&mut computed, total),
-        ));
+    for (contribution, bound) in summed_columns(barrier) {
+        let measures = dominance_aggregates(contribution, bound, concentration);
+        dominance_at.push(
+            measures
+                .into_iter()
+                .map(|measure| position_of(&mut computed, measure))
+                .collect::<Vec<_>>(),
+        );
     }
     let aggregated = LogicalPlanBuilder::from(barrier.input.as_ref().clone())
         .aggregate(barrier.group_exprs.clone(), computed)?
@@ -484,9 +514,9 @@ fn per_patient_site_plan(
         })
         .collect();
     // Each patient's contribution to a released SUM or AVG: the sum of their values.
-    let contributions_at: Vec<usize> = summed_arguments(barrier)
+    let contributions_at: Vec<(usize, f64)> = summed_columns(barrier)
         .into_iter()
-        .map(|argument| position_of(&mut per_patient, sum(argument)))
+        .map(|(column, bound)| (position_of(&mut per_patient, sum(column)), bound))
         .collect();
     let mut inner_groups = barrier.group_exprs.clone();
     inner_groups.push(Expr::Column(pid.clone()));
@@ -516,14 +546,13 @@ fn per_patient_site_plan(
         .iter()
         .map(|(recipe, checked)| Ok((place(recipe)?, *checked)))
         .collect::<Result<Vec<_>, DataFusionError>>()?;
-    let dominance_at: Vec<(usize, usize)> = contributions_at
+    let dominance_at: Vec<Vec<usize>> = contributions_at
         .iter()
-        .map(|&at| {
-            let (top, total) = dominance_aggregates(value(at), concentration);
-            (
-                position_of(&mut computed, top),
-                position_of(&mut computed, total),
-            )
+        .map(|&(at, bound)| {
+            dominance_aggregates(value(at), bound, concentration)
+                .into_iter()
+                .map(|measure| position_of(&mut computed, measure))
+                .collect()
         })
         .collect();
     let group_columns: Vec<Expr> = columns[..groups]
@@ -554,7 +583,7 @@ fn named_outputs(
     groups: usize,
     partial_at: &[usize],
     hidden_at: &[(usize, bool)],
-    dominance_at: &[(usize, usize)],
+    dominance_at: &[Vec<usize>],
     concentration: Concentration,
 ) -> Result<LogicalPlan, SplitError> {
     let columns = aggregated.schema().columns();
@@ -577,18 +606,20 @@ fn named_outputs(
             };
             computed_column(at).alias(format!("{prefix}_{k}"))
         }))
-        .chain(dominance_at.iter().enumerate().flat_map(
-            |(j, &(first, total))| match concentration {
-                Concentration::TopShare(_) => vec![
-                        (computed_column(first) / computed_column(total))
-                            .alias(format!("{HIDDEN_DOMINANCE}_{j}")),
-                    ],
-                Concentration::Moments => vec![
-                    computed_column(first).alias(format!("{HIDDEN_SQUARES}_{j}")),
-                    computed_column(total).alias(format!("{HIDDEN_ABSOLUTES}_{j}")),
+        .chain(dominance_at.iter().enumerate().flat_map(|(j, measures)| {
+            match (concentration, measures.as_slice()) {
+                (Concentration::TopShare(_), &[top, total]) => vec![
+                    (computed_column(top) / computed_column(total))
+                        .alias(format!("{HIDDEN_DOMINANCE}_{j}")),
                 ],
-            },
-        ))
+                (Concentration::Moments, &[squares, absolutes, outsized]) => vec![
+                    computed_column(squares).alias(format!("{HIDDEN_SQUARES}_{j}")),
+                    computed_column(absolutes).alias(format!("{HIDDEN_ABSOLUTES}_{j}")),
+                    computed_column(outsized).alias(format!("{HIDDEN_OUTSIZED}_{j}")),
+                ],
+                _ => Vec::new(),
+            }
+        }))
         .collect();
     Ok(LogicalPlanBuilder::from(aggregated)
         .project(outputs)?

@@ -69,6 +69,21 @@ pub struct Barrier {
     /// The pid column the hidden patient count counts: every patient table of the input
     /// joins into its class (rule 3), so every row belongs to the patient it names.
     pub pid: Column,
+    /// What the dominance rule looks at behind the released SUMs and AVGs, with the
+    /// largest magnitude each takes on one row: every argument as written and every
+    /// column it adds up (red team: `SUM(x - 75) + 75 * COUNT(x)` is `SUM(x)`, yet the
+    /// shifted values hid the patient who dominates `x`).
+    pub summed_values: Vec<SummedValue>,
+}
+
+/// A value a released SUM or AVG adds up: an argument, or a column of one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummedValue {
+    /// The expression over the barrier's input.
+    pub value: Expr,
+    /// The largest magnitude it takes on one row (from the data model's declared ranges
+    /// through every subquery; 2^32 where nothing smaller is known).
+    pub bound: f64,
 }
 
 /// What a steward sees of a query before approving it (stored by the coordinator with the
@@ -190,13 +205,85 @@ pub(crate) fn check_barrier(
     let Some(pid) = pids.counted().cloned() else {
         return Err(barrier::no_patients_counted());
     };
+    let summed_values = summed_values(&aggregates, &below, schema);
     Ok(Barrier {
         input: Arc::clone(input),
         group_exprs: aggregate.group_expr.clone(),
         aggregates,
         schema: Arc::clone(&aggregate.schema),
         pid,
+        summed_values,
     })
+}
+
+/// What the dominance rule looks at behind the released SUMs and AVGs, each once: every
+/// argument as written (a difference of two columns can be dominated by one patient
+/// while neither column is) and every term it adds up, literals left out (a shifted
+/// column, `x - 75`, can hide the patient who dominates `x` itself).
+fn summed_values(
+    aggregates: &[BarrierAggregate],
+    below: &Below,
+    schema: &DFSchema,
+) -> Vec<SummedValue> {
+    let mut values: Vec<SummedValue> = Vec::new();
+    let mut add = |value: Expr, bound: Option<f64>| {
+        let name = value.schema_name().to_string();
+        if values
+            .iter()
+            .any(|known| known.value.schema_name().to_string() == name)
+        {
+            return;
+        }
+        let bound = bound
+            .filter(|bound| bound.is_finite() && *bound > 0.0)
+            .unwrap_or(crate::rules::barrier_aggregates::MAX_MAGNITUDE);
+        values.push(SummedValue { value, bound });
+    };
+    for aggregate in aggregates
+        .iter()
+        .filter(|a| matches!(a.kind, AggregateKind::Sum | AggregateKind::Avg))
+    {
+        let Expr::AggregateFunction(function) = &aggregate.expr else {
+            continue;
+        };
+        for argument in &function.params.args {
+            let bound = match below.values.of_expr(argument, schema) {
+                Value::Plain { bound } => Some(bound),
+                Value::Derived(_) => None,
+            };
+            add(argument.clone(), bound);
+            for term in additive_terms(argument) {
+                let bound = match below.values.of_expr(&term, schema) {
+                    Value::Plain { bound } => Some(bound),
+                    Value::Derived(_) => None,
+                };
+                add(term, bound);
+            }
+        }
+    }
+    values
+}
+
+/// The terms an expression adds or subtracts, without its literals: `a + 2 * b - 75`
+/// gives `a` and `2 * b`.
+fn additive_terms(expr: &Expr) -> Vec<Expr> {
+    match expr {
+        Expr::Alias(alias) => additive_terms(&alias.expr),
+        Expr::Negative(inner) => additive_terms(inner),
+        Expr::BinaryExpr(binary)
+            if matches!(
+                binary.op,
+                datafusion::logical_expr::Operator::Plus
+                    | datafusion::logical_expr::Operator::Minus
+            ) =>
+        {
+            let mut terms = additive_terms(&binary.left);
+            terms.extend(additive_terms(&binary.right));
+            terms
+        }
+        Expr::Literal(..) => Vec::new(),
+        other => vec![other.clone()],
+    }
 }
 
 /// What validation knows of a plan node's output below the barrier.

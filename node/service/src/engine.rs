@@ -307,6 +307,13 @@ impl NodeEngine {
         self.audit.head()
     }
 
+    /// The key under which this node records how `sql` was released (per site or in a
+    /// secure round): its plan's fingerprint on this node's own session.
+    pub async fn question_key(&self, sql: &str) -> Result<String, Refusal> {
+        let plan = self.planner.plan(sql, &self.ctx.state()).await?;
+        Ok(executed::query_key(&plan.fingerprint()))
+    }
+
     /// This node's policy.
     pub fn policy(&self) -> &NodePolicy {
         &self.policy
@@ -426,21 +433,14 @@ impl NodeEngine {
         entry: &mut AuditEntry,
     ) -> Result<Released, ExecuteError> {
         let (approval, generation) = self.verify_approval(request, entry)?;
-        let query = executed::query_key(&request.study_id, &ern_queries::query_hash(&request.sql));
-        // Held until the release is recorded: no secure round of the question meanwhile.
-        let _claim = self.executed.claim_per_site(&query).map_err(|used| {
-            if let QueryUse::Secure { round } = used {
-                entry.detail = Some(format!("a secure round holds or used the question: {round}"));
-            }
-            ExecuteError::Round {
-                rule: "secure-round-used",
-                message: "this site adds this question to a secure-aggregation round; it is not released per site as well".into(),
-            }
-        })?;
         // One approval, one execution per store generation.
         match self.executed.previous(&approval, &generation) {
             Previous::None => {}
             Previous::Stale => return Err(ExecuteError::Approval(ApprovalError::Stale)),
+            Previous::Secure => {
+                entry.detail = Some("this approval's question went into a secure round".into());
+                return Err(secure_round_used());
+            }
             Previous::Same {
                 released,
                 groups_released,
@@ -460,8 +460,17 @@ impl NodeEngine {
                 });
             }
         }
-
         let plan = self.plan(request, entry).await?;
+        let query = executed::query_key(&plan.fingerprint());
+        // Held until the release is recorded: no secure round of the question meanwhile.
+        let _claim = self.executed.claim_per_site(&query).map_err(|used| {
+            if let QueryUse::Secure { round } = used {
+                entry.detail = Some(format!(
+                    "a secure round holds or used the question: {round}"
+                ));
+            }
+            secure_round_used()
+        })?;
         let site = plan
             .site_plan(&self.facts, self.policy.dominance)
             .map_err(|e| failure(entry, e.to_string()))?;
@@ -589,6 +598,15 @@ impl NodeEngine {
             }
         };
         Ok(batches)
+    }
+}
+
+/// The refusal of a per-site release of a question that went (or is going) into a
+/// secure round at this node.
+fn secure_round_used() -> ExecuteError {
+    ExecuteError::Round {
+        rule: "secure-round-used",
+        message: "this site adds this question to a secure-aggregation round; it is not released per site as well".into(),
     }
 }
 

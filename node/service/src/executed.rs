@@ -114,6 +114,8 @@ pub enum Previous {
     },
     /// Executed on another generation: refuse as stale.
     Stale,
+    /// The approval's question went into a secure round: never released per site.
+    Secure,
 }
 
 /// The node's record of executed approvals.
@@ -156,12 +158,18 @@ impl Drop for PerSiteClaim<'_> {
     }
 }
 
-/// A stable key of one question: SHA-256 of its study and canonical query hash.
-pub fn query_key(study: &str, query_hash: &str) -> String {
+/// A stable key of one question: its plan's fingerprint (`QueryPlan::fingerprint`: what
+/// the sites compute, whatever question id, study, white space, comments or output names
+/// it comes with). Red team: the same SQL resubmitted as a new question, over fewer
+/// sites or per site, read one site's numbers off the difference; keyed so, a node gives
+/// one vector per question, ever, and never releases a question per site once it went
+/// into a round. A question that computes something else (another filter) is another
+/// question: only noise (DESIGN.md, "Studies and privacy budgets") stops differencing in
+/// general.
+pub fn query_key(fingerprint: &str) -> String {
     let mut context = digest::Context::new(&digest::SHA256);
-    context.update(study.as_bytes());
-    context.update(&[0]);
-    context.update(query_hash.as_bytes());
+    context.update(b"ern question v1\0");
+    context.update(fingerprint.as_bytes());
     hex::encode(context.finish().as_ref())
 }
 
@@ -308,6 +316,7 @@ impl ExecutedApprovals {
     pub fn previous(&self, approval: &str, generation: &str) -> Previous {
         match self.executions().get(approval) {
             None => Previous::None,
+            Some(execution) if execution.secure_round.is_some() => Previous::Secure,
             Some(execution) if execution.generation == generation => {
                 match STANDARD.decode(&execution.released) {
                     Ok(released) => Previous::Same {

@@ -163,7 +163,8 @@ impl NodeEngine {
             }));
         }
         let query_hash = ern_queries::query_hash(&request.sql);
-        let query = executed::query_key(&request.study_id, &query_hash);
+        let plan = self.plan(request, entry).await?;
+        let query = executed::query_key(&plan.fingerprint());
         // Checked and claimed in one step; held until round 2 records the vector.
         if self.executed.claim_secure(&query).is_err() {
             entry.detail = Some(format!("a second round ({})", start.round_id));
@@ -177,7 +178,7 @@ impl NodeEngine {
             identity,
         };
         let query = claimed.query.clone();
-        let signed = self.sign_round(request, start, claimed, entry).await;
+        let signed = self.sign_round(request, plan, start, claimed, entry).await;
         if signed.is_err() {
             self.executed.release_secure(&query);
         }
@@ -188,6 +189,7 @@ impl NodeEngine {
     async fn sign_round(
         &self,
         request: &QueryRequest,
+        plan: ern_queries::QueryPlan,
         start: &RoundStart,
         claimed: Claimed,
         entry: &mut AuditEntry,
@@ -201,7 +203,6 @@ impl NodeEngine {
         } = claimed;
         let policy = &self.policy.secure;
         let site = self.policy.site_id.as_str();
-        let plan = self.plan(request, entry).await?;
         let layout = match plan.mode() {
             AggregationMode::Secure(_) => plan
                 .secure_layout()

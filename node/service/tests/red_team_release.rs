@@ -364,7 +364,6 @@ async fn nodes_sign_their_own_k_and_the_two_patient_limit() {
 /// key without domain still differs, so the lasting fix is noise (DESIGN.md
 /// "Differential privacy") or no per-site releases at all on a secure network.
 #[tokio::test]
-#[ignore = "red team: secure total minus per-site releases of the same SQL reads one site's count below k"]
 async fn a_secure_total_minus_per_site_releases_reads_a_suppressed_site() {
     let sites = Sites::new(&network()[..3]).await;
     let secure = sites
@@ -401,7 +400,7 @@ async fn a_secure_total_minus_per_site_releases_reads_a_suppressed_site() {
 /// noise on every secure total (DESIGN.md "Differential privacy": each node's share of
 /// the noise before masking), since any two site sets differ by sites.
 #[tokio::test]
-#[ignore = "red team: the same SQL over two site sets differs by one site's count below k"]
+#[ignore = "known limit: the same question over two site sets differs by one site's count; differencing is for noise and budgets (#16)"]
 async fn two_secure_questions_over_different_sites_read_one_site() {
     let sites = Sites::new(&network()).await;
     let four = sites
@@ -460,7 +459,6 @@ async fn one_question_gets_one_vector_and_no_per_site_release() {
 /// `a_scaled_sum_wraps_its_squares_and_escapes_the_dominance_rule` (queries/src/secure.rs
 /// `release` reads wrapped u64 moments; `integral` saturates).
 #[tokio::test]
-#[ignore = "red team: a scaled SUM wraps its sum of squares mod 2^64 and escapes the dominance rule on real nodes"]
 async fn a_scaled_sum_escapes_the_dominance_rule_on_real_nodes() {
     let stores = vec![
         ("site-a", vec![aged("t", 150), aged("a1", 1)]),

@@ -57,6 +57,16 @@ pub enum IdentityError {
         /// The site.
         site: String,
     },
+    /// Two sites of a roster have the same identity key.
+    #[error(
+        "the roster lists the same identity key for sites {first} and {second}: one hospital may take part once"
+    )]
+    SharedKey {
+        /// The site listed first.
+        first: String,
+        /// The other.
+        second: String,
+    },
 }
 
 impl From<StewardKeyError> for IdentityError {
@@ -170,10 +180,18 @@ impl Roster {
     pub fn new(
         entries: impl IntoIterator<Item = (String, SitePublicKey)>,
     ) -> Result<Self, IdentityError> {
-        let mut keys = BTreeMap::new();
+        let mut keys: BTreeMap<String, SitePublicKey> = BTreeMap::new();
         for (site, key) in entries {
             if keys.contains_key(&site) {
                 return Err(IdentityError::DuplicateSite { site });
+            }
+            // One hospital under two ids would make up a round's minimum on its own
+            // (red team: with the coordinator, it recovered a peer's whole vector).
+            if let Some((other, _)) = keys.iter().find(|(_, known)| **known == key) {
+                return Err(IdentityError::SharedKey {
+                    first: other.clone(),
+                    second: site,
+                });
             }
             keys.insert(site, key);
         }
@@ -258,15 +276,23 @@ mod tests {
     #[test]
     fn roster_refuses_a_site_twice() {
         let key = SitePublicKey::from_hex(&"ab".repeat(32)).expect("hex");
+        let other = SitePublicKey::from_hex(&"cd".repeat(32)).expect("hex");
         let roster = Roster::new([
             ("a".to_string(), key.clone()),
-            ("b".to_string(), key.clone()),
+            ("b".to_string(), other.clone()),
         ])
         .expect("roster");
         assert_eq!(roster.get("a"), Some(&key));
         assert_eq!(roster.get("c"), None);
-        let error = Roster::new([("a".to_string(), key.clone()), ("a".to_string(), key)])
+        let error = Roster::new([("a".to_string(), key.clone()), ("a".to_string(), other)])
             .expect_err("duplicate");
         assert!(matches!(error, IdentityError::DuplicateSite { site } if site == "a"));
+        // One hospital under two ids is refused too.
+        let error = Roster::new([("a".to_string(), key.clone()), ("b".to_string(), key)])
+            .expect_err("shared key");
+        assert!(
+            matches!(&error, IdentityError::SharedKey { first, second } if first == "a" && second == "b"),
+            "{error}"
+        );
     }
 }
