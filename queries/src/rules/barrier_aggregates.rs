@@ -264,14 +264,6 @@ impl Values {
         Values { columns }
     }
 
-    /// The largest magnitude of one column's values, if they are plain.
-    pub(crate) fn bound_of(&self, column: &Column) -> Option<f64> {
-        match self.columns.get(column) {
-            Some(Value::Plain { bound }) => Some(*bound),
-            _ => None,
-        }
-    }
-
     /// The value of one column; a column validation has not seen is not plain.
     pub(crate) fn get(&self, column: &Column) -> Value {
         self.columns
