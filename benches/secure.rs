@@ -39,6 +39,15 @@ const NODE_THREADS: &str = "ern-node";
 
 const SQL: &str = "SELECT t.name AS disorder, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON d.pid = p.pid JOIN orpha_term t ON t.orpha_code = d.code GROUP BY t.name, p.sex";
 
+/// The bench question over the patients born from `year` on: a question of its own for
+/// each run (a node releases a question once, one way), with the same work.
+fn question(year: usize) -> String {
+    SQL.replace(
+        " GROUP BY",
+        &format!(" WHERE p.birth_year >= {year} GROUP BY"),
+    )
+}
+
 fn runtime(name: &str) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .thread_name(name)
@@ -136,6 +145,7 @@ fn store_question(
     ids: &[String],
     query_id: &str,
     mode: &str,
+    sql: &str,
 ) {
     let now = ern_coordinator::model::now_seconds();
     core.db()
@@ -144,8 +154,8 @@ fn store_question(
                 id: query_id.to_string(),
                 title: "bench".into(),
                 purpose: String::new(),
-                sql: SQL.into(),
-                query_hash: ern_queries::query_hash(SQL),
+                sql: sql.into(),
+                query_hash: ern_queries::query_hash(sql),
                 submitted_by: "bench".into(),
                 submitted_at: now,
                 deadline: now + 3600,
@@ -159,7 +169,7 @@ fn store_question(
         )
         .expect("insert");
     for id in ids {
-        let signed = approval::sign(steward, SQL, id, query_id, now + 3600).expect("sign");
+        let signed = approval::sign(steward, sql, id, query_id, now + 3600).expect("sign");
         core.db()
             .approve(query_id, "steward", &signed, now)
             .expect("approve");
@@ -218,9 +228,10 @@ async fn measure(
     let mut released_rows = (0, 0);
     let mut per_site_bytes = (0, 0);
     for round in 0..repeats + 1 {
-        for mode in ["per-site", "secure"] {
+        for (offset, mode) in ["per-site", "secure"].into_iter().enumerate() {
             let query_id = format!("q-{mode}-{round}");
-            store_question(&core, &steward, &ids, &query_id, mode);
+            let sql = question(1800 + 2 * round + offset);
+            store_question(&core, &steward, &ids, &query_id, mode, &sql);
             let before = cpu_by_thread(&[COORDINATOR_THREADS, NODE_THREADS]);
             let started = Instant::now();
             if mode == "secure" {
@@ -290,7 +301,7 @@ async fn measure(
         path.coordinator_cpu /= answers;
         path.node_cpu /= answers;
     }
-    let secure_bytes = secure_message_bytes(&ids, &keys, SQL);
+    let secure_bytes = secure_message_bytes(&ids, &keys, SQL).await;
     Measured {
         per_site,
         secure,
@@ -304,8 +315,8 @@ async fn measure(
 /// round, and a masked vector of the question's length. Returns the bytes one node
 /// receives (round-1 work and the relayed statements) and sends (its statement and its
 /// masked vector).
-fn secure_message_bytes(ids: &[String], keys: &[PathBuf], sql: &str) -> (usize, usize) {
-    let (statements, vector_len) = signed_statements(ids, keys, sql);
+async fn secure_message_bytes(ids: &[String], keys: &[PathBuf], sql: &str) -> (usize, usize) {
+    let (statements, vector_len) = signed_statements(ids, keys, sql).await;
     let work = v1::Work {
         query_id: "q-bench".into(),
         sql: sql.into(),
@@ -331,8 +342,16 @@ fn secure_message_bytes(ids: &[String], keys: &[PathBuf], sql: &str) -> (usize, 
 }
 
 /// Every participant's signed statement for the bench question.
-fn signed_statements(ids: &[String], keys: &[PathBuf], sql: &str) -> (Vec<RoundStatement>, usize) {
-    let plan = bench_plan(sql);
+async fn signed_statements(
+    ids: &[String],
+    keys: &[PathBuf],
+    sql: &str,
+) -> (Vec<RoundStatement>, usize) {
+    let state = ern_queries::catalog::planning_state().expect("catalogue");
+    let plan = ern_queries::Planner::new()
+        .plan(sql, &state)
+        .await
+        .expect("plan");
     let layout = plan.secure_layout().expect("secure");
     let vector_len = layout.len();
     let rng = ring::rand::SystemRandom::new();
@@ -354,17 +373,6 @@ fn signed_statements(ids: &[String], keys: &[PathBuf], sql: &str) -> (Vec<RoundS
         })
         .collect();
     (statements, vector_len)
-}
-
-/// The bench question's plan.
-fn bench_plan(sql: &str) -> ern_queries::QueryPlan {
-    let state = ern_queries::catalog::planning_state().expect("catalogue");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    runtime
-        .block_on(ern_queries::Planner::new().plan(sql, &state))
-        .expect("plan")
 }
 
 /// One node's masking of a vector of `len` values in a round of `participants`: the
