@@ -14,11 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ern_ingest::progress::NoProgress;
 use ern_node::approval;
 use ern_node::audit::{self, AUDIT_FILE, AuditEntry};
 use ern_node::engine::{ExecuteError, NodeEngine, NodePolicy, QueryRequest, SecurePolicy};
-use ern_node::pseudonym::Pseudonymiser;
 use ern_node::round::{RoundStart, statement_to_proto};
 use ern_node::secure::{Roster, RoundKeys, RoundStatement, SiteIdentity};
 use ern_node::steward_key::StewardSigningKey;
@@ -98,8 +96,6 @@ fn people(prefix: &str, n: usize, year: u32, sex: &str, code: &str) -> Vec<Perso
 
 /// The export of `persons` written to `dir`/export and ingested into `dir`/store.
 fn store_of(dir: &Path, persons: &[Person], key: &[u8; 32]) -> PathBuf {
-    let export = dir.join("export");
-    std::fs::create_dir_all(&export).expect("export dir");
     let mut patient_csv = String::from(
         "local_id,birth_date,sex,vital_status,death_date,first_contact_date,undiagnosed,contact_for_research,consent_data_reuse,biosample_available\n",
     );
@@ -117,21 +113,7 @@ fn store_of(dir: &Path, persons: &[Person], key: &[u8; 32]) -> PathBuf {
             ));
         }
     }
-    let files = [
-        ("patient.csv", patient_csv),
-        ("diagnosis.csv", diagnosis_csv),
-        (
-            "genetic_finding.csv",
-            "local_id,hgnc_id,gene_symbol,hgvs,zygosity,causative\n".to_string(),
-        ),
-        ("phenotype.csv", "local_id,hpo_id,excluded\n".to_string()),
-    ];
-    for (name, text) in files {
-        std::fs::write(export.join(name), text).expect("write export");
-    }
-    let store = dir.join("store");
-    ern_ingest::ingest(&export, &Pseudonymiser::new(key), &store, &NoProgress).expect("ingest");
-    store
+    ern_test_support::network::ingest_export(dir, &patient_csv, &diagnosis_csv, key)
 }
 
 // ---------------------------------------------------------------------------------------

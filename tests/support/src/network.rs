@@ -56,8 +56,6 @@ impl Patient {
 /// An export of `patients` written to `dir`/export and ingested into `dir`/store under
 /// the pseudonymisation key `key`; returns the store.
 pub fn store_of(dir: &Path, patients: &[Patient], key: &[u8; 32]) -> PathBuf {
-    let export = dir.join("export");
-    std::fs::create_dir_all(&export).expect("export dir");
     let mut patient_csv = String::from(
         "local_id,birth_date,sex,vital_status,death_date,first_contact_date,undiagnosed,contact_for_research,consent_data_reuse,biosample_available\n",
     );
@@ -71,14 +69,28 @@ pub fn store_of(dir: &Path, patients: &[Patient], key: &[u8; 32]) -> PathBuf {
             diagnosis_csv.push_str(&format!("{},{code},confirmed,,,\n", patient.local_id));
         }
     }
+    ingest_export(dir, &patient_csv, &diagnosis_csv, key)
+}
+
+/// An export of the patient and diagnosis files given (with their headers) and empty
+/// genetic and phenotype files, written to `dir`/export and ingested into `dir`/store
+/// under the pseudonymisation key `key`; returns the store.
+pub fn ingest_export(
+    dir: &Path,
+    patient_csv: &str,
+    diagnosis_csv: &str,
+    key: &[u8; 32],
+) -> PathBuf {
+    let export = dir.join("export");
+    std::fs::create_dir_all(&export).expect("export dir");
     let files = [
         ("patient.csv", patient_csv),
         ("diagnosis.csv", diagnosis_csv),
         (
             "genetic_finding.csv",
-            "local_id,hgnc_id,gene_symbol,hgvs,zygosity,causative\n".to_string(),
+            "local_id,hgnc_id,gene_symbol,hgvs,zygosity,causative\n",
         ),
-        ("phenotype.csv", "local_id,hpo_id,excluded\n".to_string()),
+        ("phenotype.csv", "local_id,hpo_id,excluded\n"),
     ];
     for (name, text) in files {
         std::fs::write(export.join(name), text).expect("write export");
