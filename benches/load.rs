@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use ern_coordinator::auth;
 use ern_coordinator::limits::Limits;
-use ern_coordinator::model::Role;
+use ern_coordinator::model::{Role, Study};
 use ern_node::approval;
 use ern_node::engine::{NodeEngine, NodePolicy};
 use ern_node::link::{self, LinkSettings};
@@ -32,6 +32,9 @@ use tonic::transport::Channel;
 
 mod common;
 use common::{ms, percentile, stores};
+
+/// The study every researcher of the load test is on and submits under.
+const LOAD_STUDY: &str = "load";
 
 /// Questions the researchers take turns to ask.
 const QUESTIONS: [&str; 3] = [
@@ -204,16 +207,21 @@ async fn run(researchers: usize, questions: usize, sites: usize) {
     let recorder = Recorder::default();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    core.db()
+        .add_study(&Study {
+            id: LOAD_STUDY.into(),
+            title: "load".into(),
+            purpose: "load test".into(),
+            ..Study::default()
+        })
+        .expect("study");
     for researcher in 0..researchers {
         let share = questions / researchers + usize::from(researcher < questions % researchers);
-        let token = auth::enrol(
-            core.db(),
-            &format!("researcher-{researcher}"),
-            Role::Researcher,
-            "",
-            0,
-        )
-        .expect("enrol");
+        let name = format!("researcher-{researcher}");
+        let token = auth::enrol(core.db(), &name, Role::Researcher, "", 0).expect("enrol");
+        core.db()
+            .add_study_researcher(LOAD_STUDY, &name)
+            .expect("on the study");
         let (channel, bearer) = connect(token).await;
         let client = ResearcherClient::with_interceptor(channel, bearer);
         let (stewards, recorder, bar) = (Arc::clone(&stewards), recorder.clone(), bar.clone());
@@ -254,6 +262,7 @@ async fn ask(
             client.submit(v1::SubmitRequest {
                 sql: sql.into(),
                 title: "load".into(),
+                study_id: LOAD_STUDY.into(),
                 ..Default::default()
             }),
         )
@@ -282,7 +291,7 @@ async fn ask(
                 &steward.key,
                 &review.sql,
                 &review.site,
-                &review.query_id,
+                &review.study_id,
                 expires_at,
             )
             .ok()?;

@@ -43,6 +43,9 @@ const COORDINATOR_THREADS: &str = "ern-coord";
 const NODE_THREADS: &str = "ern-node";
 const PLAIN_THREADS: &str = "ern-plain";
 
+/// The study every bench question belongs to (approvals sign it; the work names it).
+const BENCH_STUDY: &str = "bench";
+
 fn runtime(name: &str) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .thread_name(name)
@@ -181,6 +184,7 @@ async fn measure(
             .insert_query(
                 &StoredQuery {
                     id: query_id.clone(),
+                    study_id: BENCH_STUDY.into(),
                     title: "bench".into(),
                     purpose: String::new(),
                     sql: SQL.into(),
@@ -195,7 +199,7 @@ async fn measure(
             )
             .expect("insert");
         for id in &ids {
-            let signed = approval::sign(&steward, SQL, id, &query_id, now + 3600).expect("sign");
+            let signed = approval::sign(&steward, SQL, id, BENCH_STUDY, now + 3600).expect("sign");
             core.db()
                 .approve(&query_id, "steward", &signed, now)
                 .expect("approve");

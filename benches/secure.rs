@@ -13,25 +13,20 @@
 //! Every node shares this machine's cores with the coordinator, so latency here is the
 //! sum of all nodes' work; in a network each hospital computes on its own machine.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ern_coordinator::auth;
 use ern_coordinator::limits::Limits;
-use ern_coordinator::model::{Role, StoredQuery};
-use ern_node::approval;
-use ern_node::engine::{NodeEngine, NodePolicy, SecurePolicy};
-use ern_node::link::{self, LinkSettings};
 use ern_node::round::statement_to_proto;
-use ern_node::secure::{Roster, RoundKeys, RoundStatement, RoundTerms, SiteIdentity};
+use ern_node::secure::{RoundKeys, RoundStatement, RoundTerms, SiteIdentity};
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
-use ern_proto::transport::BearerToken;
 use ern_proto::v1;
 use ern_test_support::loopback::{Loopback, Security};
 use prost::Message;
 
 mod common;
+use common::nodes::{BENCH_STUDY, identities, run_question, runtime, start_nodes, store_question};
 use common::{cpu_by_thread, ms, percentile, stores};
 
 const COORDINATOR_THREADS: &str = "ern-coord";
@@ -46,14 +41,6 @@ fn question(year: usize) -> String {
         " GROUP BY",
         &format!(" WHERE p.birth_year >= {year} GROUP BY"),
     )
-}
-
-fn runtime(name: &str) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 /// One path's measurements over the repeats.
@@ -138,56 +125,6 @@ fn main() {
     }
 }
 
-/// Everything one question needs at the coordinator: stored, approved by every site.
-fn store_question(
-    core: &ern_coordinator::core::Coordinator,
-    steward: &StewardSigningKey,
-    ids: &[String],
-    query_id: &str,
-    mode: &str,
-    sql: &str,
-) {
-    let now = ern_coordinator::model::now_seconds();
-    core.db()
-        .insert_query_capped(
-            &StoredQuery {
-                id: query_id.to_string(),
-                title: "bench".into(),
-                purpose: String::new(),
-                sql: sql.into(),
-                query_hash: ern_queries::query_hash(sql),
-                submitted_by: "bench".into(),
-                submitted_at: now,
-                deadline: now + 3600,
-                complete: false,
-                failure: String::new(),
-            },
-            ids,
-            "",
-            mode,
-            u64::MAX,
-        )
-        .expect("insert");
-    for id in ids {
-        let signed = approval::sign(steward, sql, id, query_id, now + 3600).expect("sign");
-        core.db()
-            .approve(query_id, "steward", &signed, now)
-            .expect("approve");
-    }
-}
-
-fn identities(dir: &Path, ids: &[String]) -> (Vec<PathBuf>, Roster) {
-    let mut keys = Vec::new();
-    let mut entries = Vec::new();
-    for id in ids {
-        let identity_dir = dir.join(format!("identity-{id}"));
-        let public = SiteIdentity::generate(&identity_dir).expect("identity");
-        keys.push(SiteIdentity::key_path(&identity_dir));
-        entries.push((id.clone(), public));
-    }
-    (keys, Roster::new(entries).expect("roster"))
-}
-
 async fn measure(
     sites: usize,
     patients: usize,
@@ -203,26 +140,18 @@ async fn measure(
     let steward = StewardSigningKey::load(&work.path().join("steward.key")).expect("key");
     let ids: Vec<String> = (0..sites).map(|i| format!("site-{i:03}")).collect();
     let (keys, roster) = identities(work.path(), &ids);
-    for ((id, store), key) in ids.iter().zip(&stores).zip(&keys) {
-        let token =
-            auth::enrol(core.db(), &format!("node-{id}"), Role::Node, id, 0).expect("enrol");
-        let mut policy = NodePolicy::new(id, vec![steward.public_key()]);
-        policy.secure = SecurePolicy {
-            enabled: true,
-            identity: Some(Arc::new(SiteIdentity::load(key).expect("identity"))),
-            roster: roster.clone(),
-            ..SecurePolicy::default()
-        };
-        let store = store.clone();
-        let settings = LinkSettings::new(&address, BearerToken::new(&token).expect("token"), None);
-        nodes.spawn(async move {
-            let engine = NodeEngine::open(&store, policy).await.expect("engine");
-            link::run(Arc::new(engine), settings).await
-        });
-    }
-    while !ids.iter().all(|id| core.is_connected(id)) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    start_nodes(
+        &core,
+        &address,
+        &steward,
+        &ids,
+        &stores,
+        &keys,
+        &roster,
+        &nodes,
+        |_, _| {},
+    )
+    .await;
     let mut per_site = PathMeasure::default();
     let mut secure = PathMeasure::default();
     let mut released_rows = (0, 0);
@@ -233,36 +162,9 @@ async fn measure(
             let sql = question(1800 + 2 * round + offset);
             store_question(&core, &steward, &ids, &query_id, mode, &sql);
             let before = cpu_by_thread(&[COORDINATOR_THREADS, NODE_THREADS]);
-            let started = Instant::now();
-            if mode == "secure" {
-                core.advance_secure(&query_id).await.expect("round");
-            } else {
-                let mut dispatches = tokio::task::JoinSet::new();
-                for id in &ids {
-                    let (core, id) = (Arc::clone(&core), id.clone());
-                    dispatches.spawn(async move { core.dispatch(&id).await });
-                }
-                while let Some(done) = dispatches.join_next().await {
-                    done.expect("join").expect("dispatch");
-                }
-            }
-            core.wait_merged(&query_id).await.expect("merged");
-            let elapsed = started.elapsed();
+            let elapsed = run_question(&core, &ids, &query_id, mode).await;
             let after = cpu_by_thread(&[COORDINATOR_THREADS, NODE_THREADS]);
             let states = core.db().targets(&query_id).expect("targets");
-            let expected = if mode == "secure" {
-                "aggregated"
-            } else {
-                "answered"
-            };
-            assert!(
-                states.iter().all(|t| t.state.as_str() == expected),
-                "{mode}: {:?}",
-                states
-                    .iter()
-                    .map(|t| (&t.site, t.state, &t.detail))
-                    .collect::<Vec<_>>()
-            );
             let rows = core
                 .db()
                 .result(&query_id)
@@ -275,6 +177,7 @@ async fn measure(
                     sql: SQL.into(),
                     approval: None,
                     secure_round: None,
+                    study_id: BENCH_STUDY.into(),
                 };
                 per_site_bytes = (
                     work.encoded_len() + 100,
@@ -325,6 +228,7 @@ async fn secure_message_bytes(ids: &[String], keys: &[PathBuf], sql: &str) -> (u
             round_id: "0".repeat(32),
             participants: ids.to_vec(),
         }),
+        study_id: BENCH_STUDY.into(),
     };
     let round = v1::SecureRound {
         query_id: "q-bench".into(),
@@ -334,6 +238,7 @@ async fn secure_message_bytes(ids: &[String], keys: &[PathBuf], sql: &str) -> (u
     let masked = v1::MaskedVector {
         round_id: "0".repeat(32),
         values: vec![u64::MAX / 3; vector_len],
+        noise: Vec::new(),
     };
     (
         work.encoded_len() + 100 + round.encoded_len(),

@@ -48,7 +48,10 @@ enum Command {
     /// The coordinator: serve the network, enrol the first users.
     #[command(subcommand)]
     Coordinator(commands::coordinator::CoordinatorCommand),
-    /// Submit a question to the network (researcher).
+    /// The studies you are a researcher on: the ones you can submit questions under
+    /// (researcher).
+    Studies(commands::researcher::StudiesArgs),
+    /// Submit a question to the network under one of your studies (researcher).
     Submit(commands::researcher::SubmitArgs),
     /// Where a question stands, site by site (researcher).
     Status(commands::researcher::QueryIdArgs),
@@ -59,7 +62,7 @@ enum Command {
     /// Review, approve or reject the questions for your site (data steward).
     #[command(subcommand)]
     Steward(commands::steward::StewardCommand),
-    /// Nodes, users and the audit trail (registry operator).
+    /// Nodes, users, studies and the audit trail (registry operator).
     #[command(subcommand)]
     Operator(commands::operator::OperatorCommand),
     /// The tables, columns, types and value sets a question can use (offline).
@@ -91,6 +94,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => commands::demo::run(args),
         Command::Node(command) => commands::node::run(command),
         Command::Coordinator(command) => commands::coordinator::run(command),
+        Command::Studies(args) => commands::researcher::studies(args),
         Command::Submit(args) => commands::researcher::submit(args),
         Command::Status(args) => commands::researcher::status(args),
         Command::Results(args) => commands::researcher::results(args),

@@ -54,6 +54,25 @@ fn keygen_pseudonym_writes_64_hex_characters_with_mode_0600_once() {
 }
 
 #[test]
+fn keygen_noise_writes_a_secret_with_mode_0600_once_that_a_node_loads() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("noise.key");
+    let output = ern(&["keygen", "noise", "--out", path(&key)]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = std::fs::read_to_string(&key).expect("secret file");
+    assert_eq!(text.trim_end().len(), 64, "{text}");
+    #[cfg(unix)]
+    assert_eq!(mode(&key), 0o600);
+    ern_node::privacy::secret::NoiseSecret::load(&key).expect("a node loads it");
+    let again = ern(&["keygen", "noise", "--out", path(&key)]);
+    assert!(
+        !again.status.success(),
+        "an existing secret is never overwritten"
+    );
+    assert_eq!(std::fs::read_to_string(&key).expect("secret"), text);
+}
+
+#[test]
 fn keygen_steward_writes_a_pkcs8_key_and_a_public_key_and_prints_the_key_id() {
     let dir = tempfile::tempdir().expect("temp dir");
     let prefix = dir.path().join("alice");
@@ -408,6 +427,7 @@ fn every_command_has_help() {
         vec!["--help"],
         vec!["keygen", "--help"],
         vec!["keygen", "pseudonym", "--help"],
+        vec!["keygen", "noise", "--help"],
         vec!["keygen", "steward", "--help"],
         vec!["keygen", "site", "--help"],
         vec!["keygen", "tls", "--help"],
@@ -418,6 +438,7 @@ fn every_command_has_help() {
         vec!["node", "serve", "--help"],
         vec!["coordinator", "serve", "--help"],
         vec!["coordinator", "user", "add", "--help"],
+        vec!["studies", "--help"],
         vec!["submit", "--help"],
         vec!["status", "--help"],
         vec!["results", "--help"],
@@ -429,6 +450,9 @@ fn every_command_has_help() {
         vec!["operator", "nodes", "--help"],
         vec!["operator", "user", "add", "--help"],
         vec!["operator", "users", "--help"],
+        vec!["operator", "study", "--help"],
+        vec!["operator", "study", "add", "--help"],
+        vec!["operator", "study", "list", "--help"],
         vec!["operator", "audit", "--help"],
     ] {
         let output = ern(&args);
@@ -499,6 +523,18 @@ fn the_demo_answers_its_showcase_from_every_site_securely_where_eligible() {
     // The showcase of secure aggregation, disorders by sex, runs securely.
     let showcase = &text[text.find("Question 4").expect("question 4")..];
     assert!(showcase.contains("mode: secure aggregation"), "{showcase}");
+    // The last act: the nodes restart with differential privacy on, and a question runs
+    // under noise, described beside the table, charged to the study.
+    let noised = &text[text.find("Question 5").expect("question 5")..];
+    for needle in [
+        "under differential privacy",
+        "noise added by the sites (differential privacy)",
+        "skellam",
+        "95 % margin",
+        "epsilon spent (the site's audit log)",
+    ] {
+        assert!(noised.contains(needle), "missing {needle:?} in\n{noised}");
+    }
     for absent in ["refused", "round failed", "failed"] {
         assert!(!text.contains(absent), "{absent:?} in\n{text}");
     }
@@ -734,4 +770,231 @@ fn a_secure_network_answers_with_network_totals_and_every_party_reads_the_mode()
     for secret in net.secrets() {
         assert!(!logs.contains(&secret), "a token or key reached a log");
     }
+}
+
+/// Studies through the binary: an operator creates one with its researchers, each
+/// researcher lists the studies they are on and submits only under those, `ern list
+/// --study` filters, and the steward's review shows what the approval is signed under.
+#[test]
+fn an_operator_creates_studies_and_researchers_submit_only_under_their_own() {
+    let net = Network::new(1, 300, 5);
+    let ben = net.add_user("ben", "researcher", "");
+    let study_2 = [
+        "operator",
+        "study",
+        "add",
+        "study-2",
+        "--title",
+        "Second study",
+        "--purpose",
+        "Birth bands by sex",
+        "--researcher",
+        "ada",
+        "--researcher",
+        "ben",
+    ];
+    assert_eq!(ok(net.ern_as(&net.operator, &study_2)).trim(), "study-2");
+
+    // Refusals name what is wrong, and nothing is created.
+    let again = net.ern_as(&net.operator, &study_2);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("study-2 exists"),
+        "{}",
+        stderr(&again)
+    );
+    let mut stranger = study_2.to_vec();
+    stranger[3] = "study-3";
+    stranger[11] = "mallory";
+    let refused = net.ern_as(&net.operator, &stranger);
+    assert!(
+        stderr(&refused).contains("no researcher mallory is enrolled"),
+        "{}",
+        stderr(&refused)
+    );
+    stranger[11] = "steward-1";
+    let refused = net.ern_as(&net.operator, &stranger);
+    assert!(
+        stderr(&refused).contains("user steward-1 is not a researcher"),
+        "{}",
+        stderr(&refused)
+    );
+    let refused = net.ern_as(
+        &ben,
+        &[
+            "operator",
+            "study",
+            "add",
+            "mine",
+            "--title",
+            "t",
+            "--purpose",
+            "p",
+            "--researcher",
+            "ben",
+        ],
+    );
+    assert!(
+        stderr(&refused).contains("not allowed"),
+        "{}",
+        stderr(&refused)
+    );
+    let missing = net.ern_as(
+        &net.operator,
+        &[
+            "operator",
+            "study",
+            "add",
+            "study-4",
+            "--title",
+            "t",
+            "--purpose",
+            "p",
+        ],
+    );
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("--researcher"),
+        "{}",
+        stderr(&missing)
+    );
+
+    let listed = harness::json(&ok(net.ern_as(
+        &net.operator,
+        &["operator", "study", "list", "--format", "json"],
+    )));
+    let ids: Vec<&str> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| s["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["study-1", "study-2"]);
+    assert_eq!(listed[1]["researchers"], serde_json::json!(["ada", "ben"]));
+    assert_eq!(listed[1]["purpose"], "Birth bands by sex");
+    assert_eq!(listed[1]["created_by"], "admin");
+    let table = ok(net.ern_as(&net.operator, &["operator", "study", "list"]));
+    assert!(table.contains("Second study"), "{table}");
+
+    // Each researcher sees the studies they are on.
+    let studies_of = |token: &str| -> Vec<String> {
+        harness::json(&ok(net.ern_as(token, &["studies", "--format", "json"])))
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|s| s["id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    assert_eq!(studies_of(&net.researcher), ["study-1", "study-2"]);
+    assert_eq!(studies_of(&ben), ["study-2"]);
+    let table = ok(net.ern_as(&ben, &["studies"]));
+    assert!(
+        table.contains("study-2") && !table.contains("study-1"),
+        "{table}"
+    );
+
+    // ben is not on study-1: he can neither submit under it nor list it.
+    let submit = |token: &str, study: &str| {
+        net.ern_as(
+            token,
+            &[
+                "submit",
+                "--study",
+                study,
+                "--sql-text",
+                SEX_BAND_SQL,
+                "--title",
+                "t",
+            ],
+        )
+    };
+    let denied = submit(&ben, "study-1");
+    assert!(!denied.status.success());
+    assert!(stdout(&denied).is_empty());
+    assert!(
+        stderr(&denied).contains("you are not a researcher on study study-1"),
+        "{}",
+        stderr(&denied)
+    );
+    let denied = net.ern_as(&ben, &["list", "--study", "study-1"]);
+    assert!(
+        stderr(&denied).contains("you are not a researcher on study study-1"),
+        "{}",
+        stderr(&denied)
+    );
+    let unknown = submit(&ben, "study-9");
+    assert!(
+        stderr(&unknown).contains("no study study-9"),
+        "{}",
+        stderr(&unknown)
+    );
+    let no_study = net.ern_as(
+        &ben,
+        &["submit", "--sql-text", SEX_BAND_SQL, "--title", "t"],
+    );
+    assert!(!no_study.status.success());
+    assert!(
+        stderr(&no_study).contains("--study"),
+        "{}",
+        stderr(&no_study)
+    );
+
+    // ada asks under both; `ern list --study` shows one study's questions.
+    let first = net.submit(SEX_BAND_SQL, "In study 1", &[]);
+    let second = ok(submit(&net.researcher, "study-2")).trim().to_string();
+    let list = |extra: &[&str]| -> Vec<(String, String)> {
+        let mut args = vec!["list", "--format", "json"];
+        args.extend_from_slice(extra);
+        harness::json(&ok(net.ern_as(&net.researcher, &args)))
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|q| {
+                (
+                    q["id"].as_str().expect("id").to_string(),
+                    q["study"].as_str().expect("study").to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        list(&[]),
+        [
+            (second.clone(), "study-2".to_string()),
+            (first.clone(), "study-1".to_string())
+        ]
+    );
+    assert_eq!(
+        list(&["--study", "study-2"]),
+        [(second.clone(), "study-2".to_string())]
+    );
+    let table = ok(net.ern_as(&net.researcher, &["list"]));
+    assert!(table.contains("study-2"), "{table}");
+    let status = net.status(&second);
+    assert_eq!(status["study"], "study-2", "{status}");
+    assert_eq!(status["study_title"], "Second study", "{status}");
+    let text = ok(net.ern_as(&net.researcher, &["status", &second]));
+    assert!(text.contains("study: study-2 — Second study"), "{text}");
+
+    // The steward sees the study the approval signs, and who is on it.
+    let steward = net.site("site-1").steward_token.clone();
+    let shown = ok(net.ern_as(&steward, &["steward", "show", &second]));
+    for line in [
+        "study: study-2",
+        "study title: Second study",
+        "study purpose: Birth bands by sex",
+        "researchers on the study: ada, ben",
+    ] {
+        assert!(shown.contains(line), "{line}: {shown}");
+    }
+    let pending = harness::json(&ok(
+        net.ern_as(&steward, &["steward", "pending", "--format", "json"])
+    ));
+    assert_eq!(pending[1]["study"], "study-2", "{pending}");
+    let out = ok(net.approve("site-1", &second));
+    assert!(out.contains("under study study-2"), "{out}");
+
+    let audit = ok(net.ern_as(&net.operator, &["operator", "audit", "--recent", "100"]));
+    assert!(audit.contains("study-added"), "{audit}");
+    assert!(audit.contains("study-2 (ada, ben)"), "{audit}");
 }

@@ -262,6 +262,25 @@ fn a_steward_signs_only_the_question_reviewed_for_their_own_site() {
         "{}",
         stderr(&out)
     );
+    // Nor a question the coordinator now presents under another study than the one the
+    // steward reviewed it under (the approval signs the study).
+    let out = approve(
+        &reviewed,
+        &[
+            "--site",
+            "site-1",
+            "--hash",
+            &reviewed_hash,
+            "--study",
+            "study-2",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("under study study-1, not the study study-2 you reviewed"),
+        "{}",
+        stderr(&out)
+    );
     for id in [&reviewed, &swapped] {
         assert_eq!(net.site_states(id)["site-1"].0, "awaiting-approval", "{id}");
     }
@@ -371,6 +390,8 @@ fn a_refused_question_is_refused_at_submission_with_its_rule() {
         &net.researcher,
         &[
             "submit",
+            "--study",
+            harness::STUDY,
             "--sql-text",
             "SELECT pid FROM patient",
             "--title",

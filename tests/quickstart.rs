@@ -65,6 +65,16 @@ fn the_readme_network_walkthrough_runs_as_written() {
     assert!(output.status.success(), "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("state: complete"), "{out}");
     assert!(out.contains("approved q-"), "{out}");
+    // The study: listed by its researcher, shown to every steward, signed by each.
+    assert!(out.contains("Rare cardiac diseases by sex"), "{out}");
+    assert!(out.contains("researchers on the study: ada"), "{out}");
+    assert_eq!(
+        out.matches("for site-1 under study cardiac-sex").count()
+            + out.matches("for site-2 under study cardiac-sex").count()
+            + out.matches("for site-3 under study cardiac-sex").count(),
+        3,
+        "{out}"
+    );
     // The steward's review names the mode and the domain; the question ran securely.
     assert!(
         out.contains("mode: secure aggregation: k applies to network totals of 4 cells"),

@@ -321,6 +321,8 @@ async fn a_site_that_disconnects_between_the_rounds_fails_the_round_for_everyone
         other => panic!("expected round 1, got {other:?}"),
     };
     assert_eq!(work_item.query_id, id);
+    // The work names the question's study; the approval signs it.
+    assert_eq!(work_item.study_id, ern_test_support::network::STUDY);
     let round_start = work_item.secure_round.clone().expect("a secure round");
     assert_eq!(
         round_start.participants,
@@ -329,7 +331,7 @@ async fn a_site_that_disconnects_between_the_rounds_fails_the_round_for_everyone
     );
     let request = QueryRequest {
         sql: work_item.sql.clone(),
-        study_id: ern_proto::approval::study_of(&work_item.query_id).to_string(),
+        study_id: work_item.study_id.clone(),
         approval: ern_node::approval::Approval::from(work_item.approval.clone().expect("approval")),
     };
     let start = RoundStart {

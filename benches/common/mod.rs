@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+pub(crate) mod nodes;
+
 /// Milliseconds of a duration.
 pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3

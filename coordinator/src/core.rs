@@ -84,6 +84,18 @@ pub struct Coordinator {
     merged: Notify,
     /// Open secure-aggregation rounds, by question (see [`crate::rounds`]).
     pub(crate) rounds: Mutex<HashMap<String, crate::rounds::Round>>,
+    /// What each node reported of its privacy policy and its studies' spend, kept
+    /// across its reconnections (the node keeps the ledger; this is what stewards see).
+    privacy: Mutex<HashMap<String, SitePrivacy>>,
+}
+
+/// A node's privacy policy and what each study has spent there, as the node reported.
+#[derive(Debug, Clone, Default)]
+pub struct SitePrivacy {
+    /// The policy from its Hello.
+    pub policy: v1::PrivacyPolicy,
+    /// Epsilon spent per study, in millionths, from its last budget report.
+    pub spent_micro: HashMap<String, u64>,
 }
 
 /// Why a coordinator could not start.
@@ -130,7 +142,38 @@ impl Coordinator {
             plans: Mutex::new(HashMap::new()),
             merged: Notify::new(),
             rounds: Mutex::new(HashMap::new()),
+            privacy: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn privacy(&self) -> std::sync::MutexGuard<'_, HashMap<String, SitePrivacy>> {
+        self.privacy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A node's budget report: what each study has spent at its site.
+    pub fn node_budgets(&self, site: &str, report: &v1::BudgetReport) {
+        let spent = report
+            .studies
+            .iter()
+            .take(100_000)
+            .map(|study| {
+                (
+                    study.study_id.chars().take(128).collect(),
+                    study.spent_micro,
+                )
+            })
+            .collect();
+        self.privacy()
+            .entry(site.to_string())
+            .or_default()
+            .spent_micro = spent;
+    }
+
+    /// What a site's node last reported of its privacy policy and budgets.
+    pub fn site_privacy(&self, site: &str) -> Option<SitePrivacy> {
+        self.privacy().get(site).cloned()
     }
 
     /// The same coordinator under `limits`.
@@ -284,6 +327,8 @@ impl Coordinator {
                 secure: (hello.secure_aggregation, hello.min_secure_sites as usize),
             },
         );
+        self.privacy().entry(site.to_string()).or_default().policy =
+            hello.privacy.clone().unwrap_or_default();
         tracing::info!(site, k, %version, "node connected");
         Ok(generation)
     }
@@ -396,6 +441,7 @@ impl Coordinator {
                     sql: item.sql,
                     approval: Some(v1::Approval::from(item.approval)),
                     secure_round: None,
+                    study_id: item.study_id,
                 })),
             };
             if sender.send(Ok(message)).await.is_err() {
@@ -432,7 +478,15 @@ impl Coordinator {
                 .check_partial(&result.query_id, &released.arrow_ipc)
                 .await
             {
-                Ok(()) => (SiteStep::Answer, String::new(), Some(released.arrow_ipc)),
+                Ok(()) => {
+                    match crate::noise::with_site_noise(released.arrow_ipc, &[released.noise]) {
+                        Ok(bytes) => (SiteStep::Answer, String::new(), Some(bytes)),
+                        Err(reason) => {
+                            tracing::warn!(site, query = %for_log(&result.query_id), reason, "noise description");
+                            (SiteStep::Fail, "malformed-result".to_string(), None)
+                        }
+                    }
+                }
                 Err(reason) => {
                     tracing::warn!(site, query = %for_log(&result.query_id), reason, "malformed partials");
                     (SiteStep::Fail, "malformed-result".to_string(), None)
@@ -564,21 +618,24 @@ impl Coordinator {
             )
         })?;
         let mut batches = Vec::new();
+        let mut schemas = Vec::new();
         if let Some(bytes) = self
             .db
             .secure_totals(&query.id)
             .map_err(|e| merge_failed("the round's totals could not be read", e.to_string()))?
         {
-            let (_, totals) = arrow_ipc::decode(&bytes).map_err(|e| {
+            let (schema, totals) = arrow_ipc::decode(&bytes).map_err(|e| {
                 merge_failed("the round's totals could not be decoded", e.to_string())
             })?;
+            schemas.push(schema);
             batches.extend(totals);
         }
         for target in targets {
             if let (SiteState::Answered, Some(bytes)) = (target.state, &target.partial) {
-                let (_, site_batches) = arrow_ipc::decode(bytes).map_err(|e| {
+                let (schema, site_batches) = arrow_ipc::decode(bytes).map_err(|e| {
                     merge_failed("a site's answer could not be decoded", e.to_string())
                 })?;
+                schemas.push(schema);
                 batches.extend(site_batches);
             }
         }
@@ -590,6 +647,13 @@ impl Coordinator {
             Some(batch) => batch.schema(),
             None => plan.result_schema(),
         };
+        let noise = crate::noise::merged_noise(&plan, schemas.iter().map(|s| s.as_ref()));
+        let schema = crate::noise::with_merged_noise(schema, &noise);
+        let merged = merged
+            .into_iter()
+            .map(|batch| batch.with_schema(Arc::clone(&schema)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| merge_failed("the merged table could not be encoded", e.to_string()))?;
         let rows = merged.iter().map(|b| b.num_rows() as u64).sum();
         let arrow_ipc = arrow_ipc::encode(&schema, &merged)
             .map_err(|e| merge_failed("the merged table could not be encoded", e.to_string()))?;

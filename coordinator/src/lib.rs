@@ -16,14 +16,14 @@
 //! # Layout
 //! - [`lifecycle`]: the question lifecycle as a state machine: site states, the steps
 //!   between them, and the event each step records.
-//! - [`db`]: SQLite persistence of users, questions, each site's part, results, nodes and
-//!   events, and its migrations; it takes only the steps [`lifecycle`] allows.
+//! - [`db`]: SQLite persistence of users, studies, questions, each site's part, results,
+//!   nodes and events, and its migrations; it takes only the steps [`lifecycle`] allows.
 //! - [`core`]: the shared core: plans kept per question, dispatch to node streams,
 //!   answers, merge, deadlines, and [`Coordinator::commit`], the one way a lifecycle
 //!   commit runs off the async workers.
 //! - [`services`]: the four gRPC services (researcher, steward, operator, node link).
 //! - [`auth`]: tokens, roles and the gate in front of every service.
-//! - [`model`]: the stored records (users, questions, targets).
+//! - [`model`]: the stored records (users, studies, questions, targets).
 //! - [`paging`]: page tokens of the list calls.
 //! - [`limits`]: sizes, rates and caps; [`accept`]: the TLS accept loop and per-source
 //!   connection caps; [`server`]: the server and its transports; [`config`]: the
@@ -39,6 +39,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod model;
 pub mod node_text;
+pub mod noise;
 pub mod paging;
 pub mod pki;
 pub mod rounds;

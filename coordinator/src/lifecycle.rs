@@ -258,9 +258,11 @@ pub enum EventKind {
     Aggregated,
     /// A secure-aggregation round did not complete.
     RoundFailed,
+    /// An operator created a study (the detail names it and its researchers).
+    StudyAdded,
 }
 
-const ALL_EVENTS: [EventKind; 16] = [
+const ALL_EVENTS: [EventKind; 17] = [
     EventKind::Submitted,
     EventKind::RefusedAtSubmit,
     EventKind::Approved,
@@ -277,6 +279,7 @@ const ALL_EVENTS: [EventKind; 16] = [
     EventKind::RoundStarted,
     EventKind::Aggregated,
     EventKind::RoundFailed,
+    EventKind::StudyAdded,
 ];
 
 impl EventKind {
@@ -299,6 +302,7 @@ impl EventKind {
             EventKind::RoundStarted => "round-started",
             EventKind::Aggregated => "aggregated",
             EventKind::RoundFailed => "round-failed",
+            EventKind::StudyAdded => "study-added",
         }
     }
 

@@ -80,11 +80,46 @@ pub struct User {
 
 pub use crate::lifecycle::SiteState;
 
+/// A study: the unit stewards approve research under (DESIGN.md, "Studies and privacy
+/// budgets"). Every question belongs to one, and approvals sign its id.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Study {
+    /// Id, unique in the network; the `study` of every approval of its questions.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Purpose: what stewards approve its questions under.
+    pub purpose: String,
+    /// The researchers on it (user names), sorted.
+    pub researchers: Vec<String>,
+    /// When created.
+    pub created_at: u64,
+    /// Who created it: an operator, or `coordinator` for the study of a question stored
+    /// before studies existed (migration 8).
+    pub created_by: String,
+}
+
+impl Study {
+    /// The wire form.
+    pub fn to_proto(&self) -> v1::Study {
+        v1::Study {
+            id: self.id.clone(),
+            title: self.title.clone(),
+            purpose: self.purpose.clone(),
+            researchers: self.researchers.clone(),
+            created_at: self.created_at,
+            created_by: self.created_by.clone(),
+        }
+    }
+}
+
 /// A submitted question.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredQuery {
-    /// Id (also the study id stewards sign).
+    /// Id.
     pub id: String,
+    /// The study it belongs to: the `study` its approvals sign.
+    pub study_id: String,
     /// Title.
     pub title: String,
     /// Purpose.

@@ -25,6 +25,21 @@ use crate::db::SECURE;
 use crate::lifecycle::SiteStep;
 use crate::model::{SiteState, now_seconds};
 
+/// A node's privacy policy as its round statement declares it (empty for none); the
+/// node's own declaration is what counts, this only avoids rounds bound to fail.
+fn privacy_declaration(policy: &v1::PrivacyPolicy) -> String {
+    if !policy.enabled {
+        return String::new();
+    }
+    format!(
+        "{} eps={} groups={} rows={}",
+        policy.mechanism,
+        policy.epsilon_micro,
+        policy.max_groups_per_patient,
+        policy.max_rows_per_patient
+    )
+}
+
 /// The fewest participants the coordinator starts a round with (nodes may ask for more).
 pub const MIN_ROUND_SITES: usize = 3;
 
@@ -39,12 +54,26 @@ pub(crate) struct Round {
     /// The running sum of the masked vectors received so far.
     sum: Vec<u64>,
     vector_len: usize,
+    /// What noise each participant's share carries (empty lists for none).
+    noise: Vec<Vec<v1::PartialNoise>>,
 }
 
 impl Round {
     fn includes(&self, site: &str) -> bool {
         self.participants.iter().any(|p| p == site)
     }
+}
+
+/// What a completed round releases from: the totals, the strictest signed limits, and
+/// what noise the participants' shares carry.
+struct Release {
+    totals: Vec<u64>,
+    k: u64,
+    max_concentration: f64,
+    noise: Vec<Vec<v1::PartialNoise>>,
+    /// Every participant signed a noise declaration: the totals are noisy and carry no
+    /// exact hidden counts or moments, and k applies to the noisy patient count alone.
+    noised: bool,
 }
 
 /// What a node's message does to a round.
@@ -59,6 +88,8 @@ enum RoundEvent {
         totals: Vec<u64>,
         k: u64,
         max_concentration: f64,
+        noise: Vec<Vec<v1::PartialNoise>>,
+        noised: bool,
     },
     /// The round cannot complete.
     Fail {
@@ -162,6 +193,20 @@ impl Coordinator {
             );
             return self.turn_per_site(query_id, reason, &targets).await;
         }
+        // Every participant adds its share of the noise of the total: a round needs one
+        // privacy policy (the nodes check it again in the signed statements).
+        let policies: Vec<Option<String>> = connected
+            .iter()
+            .map(|(site, _)| {
+                self.site_privacy(site)
+                    .map(|p| privacy_declaration(&p.policy))
+            })
+            .collect();
+        if policies.windows(2).any(|pair| pair[0] != pair[1]) {
+            let reason = "the approved sites' privacy policies differ (noise on or off, mechanism, epsilon or bounds); a secure round needs one"
+                .to_string();
+            return self.turn_per_site(query_id, reason, &targets).await;
+        }
         if !offline.is_empty() {
             let (id, sites) = (query_id.to_string(), offline.clone());
             self.commit("approved sites offline at a round", move |db| {
@@ -240,6 +285,7 @@ impl Coordinator {
                     relayed: false,
                     delivered: BTreeSet::new(),
                     sum: Vec::new(),
+                    noise: Vec::new(),
                     vector_len: 0,
                 },
             );
@@ -266,6 +312,7 @@ impl Coordinator {
             let message = v1::CoordinatorMessage {
                 message: Some(v1::coordinator_message::Message::Work(v1::Work {
                     query_id: query.id.clone(),
+                    study_id: query.study_id.clone(),
                     sql: query.sql.clone(),
                     approval: Some(v1::Approval::from(item.approval)),
                     secure_round: Some(v1::SecureRoundStart {
@@ -356,8 +403,17 @@ impl Coordinator {
                 totals,
                 k,
                 max_concentration,
+                noise,
+                noised,
             } => {
-                self.complete_round(&query_id, participants, totals, k, max_concentration)
+                let release = Release {
+                    totals,
+                    k,
+                    max_concentration,
+                    noise,
+                    noised,
+                };
+                self.complete_round(&query_id, participants, release)
                     .await?;
             }
             RoundEvent::Fail { culprit, reason } => {
@@ -373,22 +429,34 @@ impl Coordinator {
         &self,
         query_id: &str,
         participants: Vec<String>,
-        totals: Vec<u64>,
-        k: u64,
-        max_concentration: f64,
+        release: Release,
     ) -> Result<(), Status> {
+        let Release {
+            totals,
+            k,
+            max_concentration,
+            noise,
+            noised,
+        } = release;
         // The round stays open until its steps are committed: a tick meanwhile must not
         // take its dispatched sites for a round the coordinator lost.
         let release = match self.db().query(query_id).map_err(internal)? {
             Some(query) => match self.plan_of(&query).await {
                 Ok(plan) => plan
                     .secure_layout()
-                    .and_then(|layout| layout.release(&totals, k, max_concentration))
+                    .and_then(|layout| {
+                        if noised {
+                            layout.release_noised(&totals, k)
+                        } else {
+                            layout.release(&totals, k, max_concentration)
+                        }
+                    })
                     .map_err(|e| e.to_string())
                     .and_then(|release| {
                         arrow_ipc::encode(&release.batch.schema(), &[release.batch])
-                            .map(|bytes| (bytes, release.cells_released))
                             .map_err(|e| e.to_string())
+                            .and_then(|bytes| crate::noise::with_site_noise(bytes, &noise))
+                            .map(|bytes| (bytes, release.cells_released))
                     }),
                 Err(refusal) => Err(refusal.to_string()),
             },
@@ -592,7 +660,7 @@ fn take_masked(round: &mut Round, site: &str, masked: v1::MaskedVector) -> Round
     for (total, value) in round.sum.iter_mut().zip(&masked.values) {
         *total = total.wrapping_add(*value);
     }
-    drop(masked);
+    round.noise.push(masked.noise);
     round.delivered.insert(site.to_string());
     if round.delivered.len() < round.participants.len() {
         return RoundEvent::Pending;
@@ -613,5 +681,7 @@ fn take_masked(round: &mut Round, site: &str, masked: v1::MaskedVector) -> Round
         totals: std::mem::take(&mut round.sum),
         k,
         max_concentration,
+        noise: std::mem::take(&mut round.noise),
+        noised: round.statements.values().all(|s| !s.privacy.is_empty()),
     }
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{SQL, start, submit};
+use common::{SQL, STUDY, start, submit};
 use ern_coordinator::limits::{ConnectionLimits, Limits};
 use ern_coordinator::model::{Role, SiteState, StoredQuery};
 use ern_proto::approval::Approval;
@@ -192,6 +192,7 @@ fn many_questions(net: &common::Network, researcher: &str, count: usize) -> Vec<
             let id = format!("q-{n:012x}");
             let query = StoredQuery {
                 id: id.clone(),
+                study_id: STUDY.into(),
                 title: "t".repeat(200),
                 purpose: String::new(),
                 sql: SQL.into(),
@@ -224,6 +225,7 @@ async fn every_list_comes_in_pages_that_neither_repeat_nor_skip() {
             .list_queries(v1::ListQueriesRequest {
                 page_size: 0,
                 page_token: token,
+                study_id: String::new(),
             })
             .await
             .expect("page")

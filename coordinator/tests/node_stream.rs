@@ -17,6 +17,9 @@ use tonic::metadata::MetadataValue;
 
 const SQL: &str = "SELECT p.sex, COUNT(*) AS n FROM patient p GROUP BY p.sex";
 
+/// The study of every question here.
+const STUDY: &str = "study-1";
+
 struct Harness {
     core: Arc<Coordinator>,
     url: String,
@@ -43,6 +46,7 @@ impl Harness {
             .insert_query(
                 &StoredQuery {
                     id: id.into(),
+                    study_id: STUDY.into(),
                     title: "t".into(),
                     purpose: String::new(),
                     sql: SQL.into(),
@@ -58,7 +62,7 @@ impl Harness {
             .expect("insert");
         for site in &sites {
             let approval = Approval {
-                study_id: id.into(),
+                study_id: STUDY.into(),
                 site_id: site.clone(),
                 query_hash: ern_queries::query_hash(SQL),
                 expires_at: now + 3600,
@@ -156,6 +160,7 @@ fn released(query_id: &str, bytes: Vec<u8>) -> v1::NodeMessage {
             outcome: Some(v1::work_result::Outcome::Released(v1::Released {
                 arrow_ipc: bytes,
                 groups: 1,
+                ..Default::default()
             })),
             audit_head: String::new(),
         })),
@@ -227,10 +232,12 @@ async fn malformed_or_unowed_answers_change_nothing_they_should_not() {
     };
     assert_eq!(work.query_id, "q-1");
     assert_eq!(work.sql, SQL);
+    // The study is the question's stored one, in the work and in the approval alike.
+    assert_eq!(work.study_id, STUDY);
     let approval = work.approval.expect("approval");
     assert_eq!(
         (approval.site_id.as_str(), approval.study_id.as_str()),
-        ("a", "q-1")
+        ("a", STUDY)
     );
 
     // An answer for a question this site was never sent is ignored.

@@ -10,6 +10,7 @@ use ern_proto::approval::Approval;
 fn query(id: &str, now: u64, deadline: u64) -> StoredQuery {
     StoredQuery {
         id: id.into(),
+        study_id: "study-1".into(),
         title: "t".into(),
         purpose: String::new(),
         sql: "SELECT COUNT(*) AS n FROM patient".into(),
@@ -64,7 +65,7 @@ fn the_schema_migrates_once_and_survives_reopening() {
     let db = Db::open(&path).expect("reopen");
     assert_eq!(db.query("q-1").expect("read").expect("kept").title, "t");
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
-    assert_eq!(schema_version(&conn), 7);
+    assert_eq!(schema_version(&conn), 8);
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .expect("mode");
@@ -79,7 +80,7 @@ fn a_database_of_the_first_schema_gains_the_later_migrations() {
     // Back to schema 1, as a coordinator of the first version left it.
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
     conn.execute_batch(
-        "DROP INDEX queries_by_submitter; DROP INDEX targets_by_query_state; ALTER TABLE queries DROP COLUMN failure; ALTER TABLE nodes DROP COLUMN audit_head; ALTER TABLE queries DROP COLUMN report; ALTER TABLE queries DROP COLUMN mode; ALTER TABLE queries DROP COLUMN mode_note; ALTER TABLE queries DROP COLUMN secure_totals; PRAGMA user_version = 1;",
+        "DROP INDEX queries_by_study; DROP INDEX study_researchers_by_user; DROP TABLE study_researchers; DROP TABLE studies; ALTER TABLE queries DROP COLUMN study_id; DROP INDEX queries_by_submitter; DROP INDEX targets_by_query_state; ALTER TABLE queries DROP COLUMN failure; ALTER TABLE nodes DROP COLUMN audit_head; ALTER TABLE queries DROP COLUMN report; ALTER TABLE queries DROP COLUMN mode; ALTER TABLE queries DROP COLUMN mode_note; ALTER TABLE queries DROP COLUMN secure_totals; PRAGMA user_version = 1;",
     )
     .expect("downgrade");
     drop(conn);
@@ -105,8 +106,13 @@ fn a_database_of_the_first_schema_gains_the_later_migrations() {
         Some(("per-site".to_string(), String::new()))
     );
     assert_eq!(db.secure_totals("q-1").expect("totals"), None);
+    // Migration 8: a question stored before is its own study.
+    assert_eq!(
+        db.query("q-1").expect("read").expect("kept").study_id,
+        "q-1"
+    );
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
-    assert_eq!(schema_version(&conn), 7);
+    assert_eq!(schema_version(&conn), 8);
     let indexes: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN ('targets_by_query_state', 'queries_by_submitter')",
@@ -115,6 +121,61 @@ fn a_database_of_the_first_schema_gains_the_later_migrations() {
         )
         .expect("index");
     assert_eq!(indexes, 2);
+}
+
+/// Before studies, a question was its own study: its approvals signed its id. After
+/// migration 8 it belongs to a study of that id, with its title and purpose and its
+/// researcher on it, so its status, its list entry and a retried approval read as before.
+#[test]
+fn questions_from_before_studies_become_studies_of_their_own() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("c.db");
+    {
+        let db = Db::open(&path).expect("create");
+        let mut old = query("q-old", 10, 100);
+        old.title = "Patients by sex".into();
+        old.purpose = "Why".into();
+        db.insert_query(&old, &["a".into()]).expect("insert");
+    }
+    // Back to schema 7, as the coordinator before studies left it.
+    let conn = rusqlite::Connection::open(&path).expect("sqlite");
+    conn.execute_batch(
+        "DROP INDEX queries_by_study; DROP INDEX study_researchers_by_user; DROP TABLE study_researchers; DROP TABLE studies; ALTER TABLE queries DROP COLUMN study_id; PRAGMA user_version = 7;",
+    )
+    .expect("downgrade");
+    drop(conn);
+
+    let db = Db::open(&path).expect("migrate");
+    let old = db.query("q-old").expect("read").expect("kept");
+    assert_eq!(old.study_id, "q-old", "the id its approvals signed");
+    assert_eq!(old.title, "Patients by sex");
+    let study = db
+        .study("q-old")
+        .expect("read")
+        .expect("a study of its own");
+    assert_eq!(study.title, "Patients by sex");
+    assert_eq!(study.purpose, "Why");
+    assert_eq!(study.researchers, vec!["ada".to_string()]);
+    assert_eq!(study.created_by, "coordinator");
+    assert_eq!(db.on_study("q-old", "ada").expect("on"), Some(true));
+    assert_eq!(db.on_study("q-old", "ben").expect("on"), Some(false));
+    let listed = db
+        .queries_by("ada", Some("q-old"), i64::MAX, 10)
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        db.studies(Some("ada"), "", 10).expect("studies")[0].id,
+        "q-old"
+    );
+    // Its approval, retried, is sent with the study it signed.
+    assert!(
+        db.approve("q-old", "s", &approval("q-old", "a"), 20)
+            .expect("approve")
+    );
+    let work = db.approved_work("a", 20).expect("work");
+    assert_eq!(work.len(), 1);
+    assert_eq!(work[0].study_id, "q-old");
+    assert_eq!(work[0].approval.study_id, "q-old");
 }
 
 #[test]

@@ -2,8 +2,8 @@
 //!
 //! A steward signs an [`Approval`] (`ern steward approve`); the coordinator receives the
 //! signature in a `v1::ApproveRequest`, completes it with what it already knows (the
-//! site from the steward's token, the hash of the stored SQL), stores it, and sends it to
-//! the node in a `v1::Work`; the node verifies it against its own steward keys. Every
+//! site from the steward's token, the question's study and the hash of its stored SQL),
+//! stores it, and sends it to the node in a `v1::Work`; the node verifies it against its own steward keys. Every
 //! conversion to and from the wire is here, so the fields cannot be shuffled on the way.
 //! The signed statement and its check live with the node (`ern_node::approval`): the
 //! coordinator never verifies, it cannot (only nodes hold their stewards' public keys).
@@ -13,7 +13,7 @@ use crate::v1;
 /// A steward's approval of one question's exact SQL for one site and study.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Approval {
-    /// The study the question belongs to (see [`study_of`]).
+    /// The study the question belongs to.
     pub study_id: String,
     /// The site the approval is for.
     pub site_id: String,
@@ -25,13 +25,6 @@ pub struct Approval {
     pub key_id: String,
     /// Ed25519 signature of the statement (64 bytes).
     pub signature: Vec<u8>,
-}
-
-/// The study a question belongs to, whose id an approval signs. Until a network has
-/// studies of several questions (DESIGN.md, "Studies and privacy budgets"), every
-/// question is its own study: the study id is the question id.
-pub fn study_of(query_id: &str) -> &str {
-    query_id
 }
 
 /// Why a received approval cannot be stored.
@@ -47,14 +40,16 @@ pub enum ApprovalShapeError {
 
 impl Approval {
     /// The approval a steward's request carries for the question `request.query_id` at
-    /// `site_id`, whose stored SQL hashes to `query_hash`.
+    /// `site_id`, which belongs to study `study_id` and whose stored SQL hashes to
+    /// `query_hash`.
     pub fn received(
         request: v1::ApproveRequest,
         site_id: &str,
+        study_id: &str,
         query_hash: &str,
     ) -> Result<Self, ApprovalShapeError> {
         let approval = Approval {
-            study_id: study_of(&request.query_id).to_string(),
+            study_id: study_id.to_string(),
             site_id: site_id.to_string(),
             query_hash: query_hash.to_string(),
             expires_at: request.expires_at,
@@ -120,7 +115,7 @@ mod tests {
     #[test]
     fn an_approval_crosses_the_wire_unchanged() {
         let approval = Approval {
-            study_id: "q-1".into(),
+            study_id: "study-1".into(),
             site_id: "site-1".into(),
             query_hash: "ab".repeat(32),
             expires_at: 42,
@@ -128,7 +123,8 @@ mod tests {
             signature: vec![7; 64],
         };
         let request = approval.to_request("q-1");
-        let received = Approval::received(request, "site-1", &"ab".repeat(32)).expect("shape");
+        let received =
+            Approval::received(request, "site-1", "study-1", &"ab".repeat(32)).expect("shape");
         assert_eq!(received, approval);
         assert_eq!(
             Approval::from(v1::Approval::from(approval.clone())),
@@ -145,11 +141,11 @@ mod tests {
             signature,
         };
         assert_eq!(
-            Approval::received(request("0123456789abcdef", vec![0; 63]), "s", "h"),
+            Approval::received(request("0123456789abcdef", vec![0; 63]), "s", "st", "h"),
             Err(ApprovalShapeError::SignatureLength)
         );
         assert_eq!(
-            Approval::received(request("0123456789abcdeg", vec![0; 64]), "s", "h"),
+            Approval::received(request("0123456789abcdeg", vec![0; 64]), "s", "st", "h"),
             Err(ApprovalShapeError::KeyId)
         );
     }

@@ -38,10 +38,12 @@
 //!   (coordinator).
 
 pub mod allowlist;
+pub mod bounding;
 pub mod casefile;
 pub mod catalog;
 pub mod domain;
 pub mod examples;
+mod fingerprint;
 pub mod hash;
 pub mod ids;
 pub mod plan;
@@ -54,6 +56,7 @@ pub mod split;
 pub mod uniqueness;
 pub mod validate;
 
+pub use bounding::{Bounding, Sensitivity};
 pub use domain::{AggregationMode, KeyDomain, SecureDomain};
 pub use hash::{POLICY_VERSION, query_hash};
 pub use plan::{Planner, QueryPlan, SitePlan};

@@ -19,7 +19,9 @@ use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 
+use crate::bounding::{Bounding, Sensitivity, sensitivity};
 use crate::domain::{self, AggregationMode};
+use crate::fingerprint::Fingerprint;
 use crate::rules::Refusal;
 use crate::rules::group_size::Dominance;
 use crate::secure::SecureLayout;
@@ -84,6 +86,9 @@ pub struct SitePlan {
     pub plan: LogicalPlan,
     /// The plan's output without the hidden counts: what leaves the site.
     pub released: SchemaRef,
+    /// How far one patient can move each released number, for a bounded plan (a site
+    /// that noises its release); `None` for an unbounded one.
+    pub sensitivity: Option<Sensitivity>,
 }
 
 impl QueryPlan {
@@ -92,26 +97,27 @@ impl QueryPlan {
         &self.validated.sql
     }
 
-    /// What the sites release, as a fingerprint: SHA-256 (hex) of the barrier's input
-    /// plan, its GROUP BY and its aggregates, so two texts that differ only in white
-    /// space, comments, output names, ORDER BY or LIMIT have the same one. A node keys
-    /// "one release of a question, one way" by it (red team: the same question
-    /// resubmitted under a new id, over fewer sites or per site, read one site's numbers
-    /// off the difference).
+    /// What the sites release, as a fingerprint: SHA-256 (hex) of an unambiguous
+    /// encoding of the barrier's input plan, its GROUP BY and its aggregates (see
+    /// [`crate::fingerprint`]), so two texts that differ only in white space, comments,
+    /// output names, ORDER BY or LIMIT have the same one, and two questions that release
+    /// different numbers never do. A node keys "one release of a question, one way" and
+    /// its noise by it (red team: the same question resubmitted under a new id, over fewer
+    /// sites or per site, read one site's numbers off the difference; `NOT (a AND b)` and
+    /// `NOT a AND b` printed alike and shared their noise).
     pub fn fingerprint(&self) -> String {
         let barrier = &self.validated.barrier;
-        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-        context.update(b"ern released-barrier v1\0");
-        context.update(barrier.input.display_indent().to_string().as_bytes());
+        let mut fingerprint = Fingerprint::new("ern released-barrier v2");
+        fingerprint.plan(&barrier.input);
+        fingerprint.text("group");
         for group in &barrier.group_exprs {
-            context.update(b"\0group\0");
-            context.update(group.to_string().as_bytes());
+            fingerprint.expr(group);
         }
+        fingerprint.text("aggregate");
         for aggregate in &barrier.aggregates {
-            context.update(b"\0aggregate\0");
-            context.update(aggregate.expr.to_string().as_bytes());
+            fingerprint.expr(&aggregate.expr);
         }
-        hex::encode(context.finish().as_ref())
+        fingerprint.finish()
     }
 
     /// What a steward sees of the question before approving it.
@@ -141,13 +147,34 @@ impl QueryPlan {
         facts: &SiteFacts,
         dominance: Dominance,
     ) -> Result<SitePlan, SplitError> {
-        let plan = split::site_plan(
-            &self.validated.barrier,
-            facts,
-            Concentration::TopShare(dominance),
-        )?;
+        self.bounded_site_plan(facts, Concentration::TopShare(dominance), None)
+    }
+
+    /// The per-site plan with each patient's contribution bounded by `bounding` (see
+    /// [`crate::bounding`]), and its sensitivities; unbounded where `bounding` is `None`.
+    /// `concentration` is the site's dominance share (per-site release) or the moments
+    /// (secure aggregation).
+    pub fn bounded_site_plan(
+        &self,
+        facts: &SiteFacts,
+        concentration: Concentration,
+        bounding: Option<Bounding>,
+    ) -> Result<SitePlan, SplitError> {
+        let barrier = &self.validated.barrier;
+        let plan = split::site_plan(barrier, facts, concentration, bounding)?;
         let released = split::released_of(&plan);
-        Ok(SitePlan { plan, released })
+        let sensitivity = bounding.map(|bounding| {
+            sensitivity(
+                barrier,
+                bounding,
+                split::one_row_per_patient(barrier, facts),
+            )
+        });
+        Ok(SitePlan {
+            plan,
+            released,
+            sensitivity,
+        })
     }
 
     /// Whether the question is aggregated securely (every GROUP BY key has a public
@@ -184,9 +211,7 @@ impl QueryPlan {
     /// [`QueryPlan::site_plan`], with the moments of every released sum in place of the
     /// site's own dominance share (the coordinator checks concentration on totals).
     pub fn secure_site_plan(&self, facts: &SiteFacts) -> Result<SitePlan, SplitError> {
-        let plan = split::site_plan(&self.validated.barrier, facts, Concentration::Moments)?;
-        let released = split::released_of(&plan);
-        Ok(SitePlan { plan, released })
+        self.bounded_site_plan(facts, Concentration::Moments, None)
     }
 
     /// The vector layout of a secure question (an error for a per-site one).

@@ -49,6 +49,15 @@ enum Slot {
     Outsized,
 }
 
+/// A value of a secure vector's cell that a noising site perturbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoisedSlot {
+    /// The released partial `__p{index}`.
+    Partial(usize),
+    /// The count of all the cell's patients.
+    Patients,
+}
+
 /// The shape of a secure question's vector: the domain's cells, each with the same slots.
 #[derive(Debug, Clone)]
 pub struct SecureLayout {
@@ -129,6 +138,28 @@ impl SecureLayout {
         })
     }
 
+    /// The values of a cell a site that noises its release perturbs, by their place in
+    /// the cell: every released partial (with its index among the partials) and the
+    /// count of all the cell's patients, which k applies to. The other hidden counts and
+    /// the moments are left exact (they only decide suppression).
+    pub fn noised_slots(&self) -> Vec<(usize, NoisedSlot)> {
+        let mut noised = Vec::new();
+        let mut patients_seen = false;
+        for (place, slot) in self.slots.iter().enumerate() {
+            match slot {
+                Slot::Partial { column } => {
+                    noised.push((place, NoisedSlot::Partial(column - self.groups)));
+                }
+                Slot::Patients if !patients_seen => {
+                    patients_seen = true;
+                    noised.push((place, NoisedSlot::Patients));
+                }
+                _ => {}
+            }
+        }
+        noised
+    }
+
     /// The question's public domain.
     pub fn domain(&self) -> &SecureDomain {
         &self.domain
@@ -201,6 +232,34 @@ impl SecureLayout {
         k: u64,
         max_concentration: f64,
     ) -> Result<SecureRelease, SplitError> {
+        self.release_where(totals, |values| {
+            self.keep_exact(values, k, max_concentration)
+        })
+    }
+
+    /// The released batch from the noisy totals of a round whose participants all added
+    /// their share of noise (and sent no exact hidden counts or moments): a cell is kept
+    /// when its noisy count of all patients reaches `k`.
+    pub fn release_noised(&self, totals: &[u64], k: u64) -> Result<SecureRelease, SplitError> {
+        let patients = self.slots.iter().position(|slot| *slot == Slot::Patients);
+        self.release_where(totals, |values| {
+            let count = patients
+                .and_then(|place| values.get(place))
+                .map_or(0, |v| *v as i64);
+            match count {
+                ..=0 => None,
+                count => Some(count as u64 >= k),
+            }
+        })
+    }
+
+    /// The released batch of the cells `keep` keeps (`None`: a cell with nobody, neither
+    /// kept nor counted as suppressed).
+    fn release_where(
+        &self,
+        totals: &[u64],
+        keep: impl Fn(&[u64]) -> Option<bool>,
+    ) -> Result<SecureRelease, SplitError> {
         let width = self.width();
         if totals.len() != self.len() {
             return Err(SplitError::BadPartials(format!(
@@ -212,6 +271,18 @@ impl SecureLayout {
         let mut kept = Vec::new();
         let mut suppressed = 0;
         for (cell, values) in totals.chunks_exact(width.max(1)).enumerate() {
+            match keep(values) {
+                None => {}
+                Some(true) => kept.push(cell),
+                Some(false) => suppressed += 1,
+            }
+        }
+        self.released_cells(&kept, totals, suppressed)
+    }
+
+    /// Whether the exact totals of one cell are released (`None` for a cell with nobody).
+    fn keep_exact(&self, values: &[u64], k: u64, max_concentration: f64) -> Option<bool> {
+        {
             let mut patients_seen = false;
             let mut keep = true;
             let mut squares = std::collections::BTreeMap::new();
@@ -246,18 +317,21 @@ impl SecureLayout {
                 };
                 keep &= !concentrated;
             }
-            if !patients_seen {
-                continue;
-            }
-            if keep {
-                kept.push(cell);
-            } else {
-                suppressed += 1;
-            }
+            patients_seen.then_some(keep)
         }
+    }
+
+    /// The released batch of the cells `kept` of `totals`.
+    fn released_cells(
+        &self,
+        kept: &[usize],
+        totals: &[u64],
+        suppressed: usize,
+    ) -> Result<SecureRelease, SplitError> {
+        let width = self.width();
         let mut columns: Vec<ArrayRef> = self
             .domain
-            .key_arrays(&kept)
+            .key_arrays(kept)
             .map_err(|e| SplitError::BadPartials(e.to_string()))?;
         for (slot_index, slot) in self.slots.iter().enumerate() {
             let Slot::Partial { column } = *slot else {

@@ -23,6 +23,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 
+use crate::bounding::{Bounding, Clamp, argument_bound, bound_patients};
 use crate::catalog::session_config;
 use crate::rules::group_size::{Dominance, top_abs_sum};
 use crate::uniqueness::{SiteFacts, unique_columns};
@@ -97,7 +98,7 @@ fn partial_name(index: usize) -> String {
 }
 
 /// The first argument of an aggregate call.
-fn argument_of(expr: &Expr) -> Option<Expr> {
+pub(crate) fn argument_of(expr: &Expr) -> Option<Expr> {
     match expr {
         Expr::AggregateFunction(AggregateFunction { params, .. }) => params.args.first().cloned(),
         _ => None,
@@ -363,17 +364,27 @@ fn position_of(computed: &mut Vec<Expr>, expr: Expr) -> usize {
 /// Every aggregation computes each distinct expression once, under its own name, as
 /// DataFusion's SQL planner does, and a projection above it gives the output names:
 /// optimiser rules recognise only unaliased aggregates.
+///
+/// With `bounding` (a site that noises what it releases), the per-patient rows are
+/// bounded before the groups are summed (see [`crate::bounding`]); the one-phase plan
+/// needs no bounding (one group and one row per patient).
 pub(crate) fn site_plan(
     barrier: &Barrier,
     facts: &SiteFacts,
     concentration: Concentration,
+    bounding: Option<Bounding>,
 ) -> Result<LogicalPlan, SplitError> {
     let counting = Counting::new(barrier, facts);
     if counting.unique.contains(&barrier.pid) {
         one_phase_site_plan(barrier, &counting, concentration)
     } else {
-        per_patient_site_plan(barrier, &barrier.pid, concentration)
+        per_patient_site_plan(barrier, &barrier.pid, concentration, bounding)
     }
+}
+
+/// True where the site plan over `barrier` for `facts` sees each patient on one row.
+pub(crate) fn one_row_per_patient(barrier: &Barrier, facts: &SiteFacts) -> bool {
+    Counting::new(barrier, facts).unique.contains(&barrier.pid)
 }
 
 /// What the dominance rule looks at (see [`Barrier::summed_values`]), as Float64, with
@@ -488,16 +499,32 @@ fn per_patient_site_plan(
     barrier: &Barrier,
     pid: &Column,
     concentration: Concentration,
+    bounding: Option<Bounding>,
 ) -> Result<LogicalPlan, SplitError> {
     let mut per_patient = Vec::new();
     let mut partial_recipes = Vec::new();
+    // What each released per-patient partial is clamped to, under `bounding`.
+    let mut clamps: Vec<(usize, Clamp)> = Vec::new();
     for aggregate in &barrier.aggregates {
         if aggregate.kind == AggregateKind::CountDistinctPid {
             partial_recipes.push(FromPatients::Patients);
             continue;
         }
-        for partial in partials(&aggregate.kind, &aggregate.expr, &Counting::default()) {
-            partial_recipes.push(FromPatients::Sum(position_of(&mut per_patient, partial)));
+        let rows = bounding.map_or(1, |b| b.max_rows_per_patient);
+        let magnitude = argument_of(&aggregate.expr)
+            .map_or(0.0, |argument| argument_bound(barrier, &argument))
+            * f64::from(rows);
+        let kinds: &[Clamp] = match aggregate.kind {
+            AggregateKind::Count => &[Clamp::Rows(rows)],
+            AggregateKind::Sum => &[Clamp::Magnitude(magnitude)],
+            AggregateKind::Avg => &[Clamp::Magnitude(magnitude), Clamp::Rows(rows)],
+            AggregateKind::CountDistinctPid => &[],
+        };
+        let expressions = partials(&aggregate.kind, &aggregate.expr, &Counting::default());
+        for (partial, clamp) in expressions.into_iter().zip(kinds) {
+            let at = position_of(&mut per_patient, partial);
+            clamps.push((at, *clamp));
+            partial_recipes.push(FromPatients::Sum(at));
         }
     }
     let hidden_recipes: Vec<(FromPatients, bool)> = hidden_counts(barrier)
@@ -520,11 +547,22 @@ fn per_patient_site_plan(
         .collect();
     let mut inner_groups = barrier.group_exprs.clone();
     inner_groups.push(Expr::Column(pid.clone()));
+    let per_patient_count = per_patient.len();
     let patients = LogicalPlanBuilder::from(barrier.input.as_ref().clone())
         .aggregate(inner_groups, per_patient)?
         .build()?;
-    let columns = patients.schema().columns();
     let groups = barrier.group_exprs.len();
+    let patients = match bounding {
+        None => patients,
+        Some(bounding) => {
+            let mut clamp_of = vec![None; per_patient_count];
+            for (at, clamp) in clamps {
+                clamp_of[at] = Some(clamp);
+            }
+            bound_patients(patients, groups, &clamp_of, bounding)?
+        }
+    };
+    let columns = patients.schema().columns();
     let patient = Expr::Column(columns[groups].clone());
     let value = |at: usize| Expr::Column(columns[groups + 1 + at].clone());
     let mut computed = Vec::new();

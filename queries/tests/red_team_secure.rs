@@ -971,8 +971,8 @@ async fn a_total_minus_its_released_cells_reads_a_small_cell() {
 ///
 /// BROKEN: DESIGN.md only forbids re-running one question's round with fewer sites
 /// ("the difference of two sums over different site sets is one site's vector") and
-/// nodes record once-per-question by (study, SQL hash), where the study is the question
-/// id (proto/src/approval.rs `study_of`), so a second question with the same SQL is
+/// nodes recorded once-per-question by (study, SQL hash), where the study was then the
+/// question's id, so a second question with the same SQL was
 /// answered again. Node-level version: node/service/tests/red_team_release.rs. Fix:
 /// see that file.
 #[tokio::test]

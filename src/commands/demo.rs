@@ -6,8 +6,10 @@
 //! identity key (as `ern keygen site` makes it) and a node that dials out to the
 //! coordinator through the production link code, presenting its site's client
 //! certificate (mutual TLS), with secure aggregation on and every site's identity key in
-//! its roster. A researcher submits each question through the Researcher API, each
-//! site's steward signs an approval locally and sends it through the Steward API, the
+//! its roster. The operator creates a study with the demo's researcher on it; the
+//! researcher submits each question under it through the Researcher API, each site's
+//! steward signs an approval of the question's study locally and sends it through the
+//! Steward API, the
 //! nodes run the work and the coordinator merges: an eligible question approved by at
 //! least three sites under secure aggregation (k on the network totals), any other per
 //! site. Each question's mode is printed with its results. For a per-site question of the
@@ -23,12 +25,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use ern_coordinator::config::ServerTls;
-use ern_coordinator::model::{Role, now_seconds as now};
+use ern_coordinator::db::StudyAdmission;
+use ern_coordinator::model::{Role, Study, now_seconds as now};
 use ern_coordinator::{Coordinator, Db, Timing, Transport, auth, server};
 use ern_node::approval;
 use ern_node::audit::{self, AUDIT_FILE};
 use ern_node::engine::{NodeEngine, NodePolicy, SecurePolicy};
 use ern_node::link::{self, LinkSettings};
+use ern_node::privacy::policy::{Epsilon, PrivacyPolicy};
+use ern_node::privacy::secret::NoiseSecret;
 use ern_node::pseudonym;
 use ern_node::secure::{Roster, SiteIdentity};
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
@@ -40,7 +45,7 @@ use ern_synth::{self as synth, SynthConfig};
 use super::ingest::ingest_export;
 use super::keygen::{self, CA_CERT, TlsArgs};
 use crate::client::{self, Connection, rpc_error};
-use crate::commands::researcher::{coverage_table, mode_words};
+use crate::commands::researcher::{coverage_table, mode_words, noise_table};
 use crate::output::{self, Format};
 use crate::progress_bar::Bar;
 use crate::table::new_table;
@@ -105,6 +110,9 @@ const SHOWCASE: [&str; 4] = [
     "cardiac-disorders-by-sex",
 ];
 
+/// The study the demo's questions belong to.
+const DEMO_STUDY: &str = "demo";
+
 /// How long the demo waits for the nodes to connect and for a question to finish.
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -114,6 +122,9 @@ struct Site {
     store: PathBuf,
     steward_key: StewardSigningKey,
     steward: Connection,
+    /// Its node's policy and link, to restart the node with another policy.
+    policy: NodePolicy,
+    link: LinkSettings,
 }
 
 pub(crate) fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -195,6 +206,24 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         token: enrol("researcher", Role::Researcher, "")?,
         ca: Some(tls_dir.join(CA_CERT)),
     };
+    // The study every question of the demo belongs to, as an operator creates it
+    // (`ern operator study add`): stewards approve its questions under it.
+    let study = Study {
+        id: DEMO_STUDY.to_string(),
+        title: "ern demo".into(),
+        purpose: "Showcase questions over synthetic cardiac registries".into(),
+        researchers: vec!["researcher".into()],
+        created_at: now(),
+        created_by: "demo".into(),
+    };
+    let added = core
+        .db()
+        .add_study(&study)
+        .context("creating the demo's study")?;
+    anyhow::ensure!(
+        added == StudyAdmission::Added,
+        "creating the demo's study: {added:?}"
+    );
 
     // Every site's identity key, and the roster of all of them that every node pins.
     let mut identities = Vec::with_capacity(exports.len());
@@ -243,9 +272,6 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             roster: roster.clone(),
             ..SecurePolicy::default()
         };
-        let engine = NodeEngine::open(&store, policy)
-            .await
-            .with_context(|| format!("opening the node of {id}"))?;
         let node_token = enrol(&format!("node-{id}"), Role::Node, id)?;
         let stem = keygen::node_stem(id)?;
         let node_tls = ClientTls {
@@ -253,13 +279,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             identity: Some((read(&format!("{stem}.pem"))?, read(&format!("{stem}.key"))?)),
             domain: None,
         };
-        nodes.push(tokio::spawn(link::run(
-            Arc::new(engine),
-            LinkSettings::new(&address, BearerToken::new(&node_token)?, Some(node_tls)),
-        )));
+        let link = LinkSettings::new(&address, BearerToken::new(&node_token)?, Some(node_tls));
+        nodes.push(start_node(id, &store, policy.clone(), link.clone()).await?);
         sites.push(Site {
             id: id.clone(),
             store,
+            policy,
+            link,
             steward_key,
             steward: Connection {
                 coordinator: address.clone(),
@@ -299,6 +325,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             }
         }
     }
+    if outcome.is_ok() && !scripted {
+        outcome = privacy_act(&core, &researcher, &mut sites, &mut nodes, args.k, &mut say).await;
+    }
     if outcome.is_ok() {
         writeln!(say)?;
         if modes.iter().any(|mode| mode == "secure") {
@@ -323,6 +352,129 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let _ = stop.send(());
     let _ = server.await;
     outcome
+}
+
+/// Starts a site's node on its store under `policy`, dialling out with `link`.
+async fn start_node(
+    id: &str,
+    store: &Path,
+    policy: NodePolicy,
+    link: LinkSettings,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let engine = NodeEngine::open(store, policy)
+        .await
+        .with_context(|| format!("opening the node of {id}"))?;
+    Ok(tokio::spawn(link::run(Arc::new(engine), link)))
+}
+
+/// Epsilon per question and budget per study of the demo's privacy act.
+const DEMO_EPSILON: f64 = 1.0;
+const DEMO_BUDGET: f64 = 10.0;
+
+/// The question the privacy act asks: patients per sex, a public domain.
+const PRIVACY_QUESTION: &str =
+    "SELECT p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p GROUP BY p.sex ORDER BY p.sex";
+
+/// The last act of the showcase: every node restarts with differential privacy on
+/// (`[privacy]` in node.toml: a noise secret, epsilon per question, a budget per study)
+/// and a question runs again under noise, with the noise described beside the table and
+/// each study's spend in the sites' audit logs.
+async fn privacy_act(
+    core: &Coordinator,
+    researcher: &Connection,
+    sites: &mut [Site],
+    nodes: &mut Vec<tokio::task::JoinHandle<()>>,
+    k: u32,
+    say: &mut dyn Write,
+) -> anyhow::Result<()> {
+    writeln!(
+        say,
+        "\nEvery node restarts with differential privacy on ([privacy] in node.toml): exact discrete Laplace noise from a noise secret of its own (`ern keygen noise`), epsilon {DEMO_EPSILON} per question charged to the study in the node's audit log, {DEMO_BUDGET} per study."
+    )?;
+    for node in nodes.drain(..) {
+        node.abort();
+    }
+    for site in sites.iter_mut() {
+        let secret_path = site
+            .store
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("noise.key");
+        let secret = NoiseSecret::generate(&secret_path)
+            .with_context(|| format!("creating the noise secret of {}", site.id))?;
+        site.policy.privacy = PrivacyPolicy {
+            enabled: true,
+            epsilon: Epsilon::from_decimal(DEMO_EPSILON).unwrap_or_default(),
+            budget_per_study: Epsilon::from_decimal(DEMO_BUDGET).unwrap_or_default(),
+            secret: Some(Arc::new(secret)),
+            ..PrivacyPolicy::default()
+        };
+        nodes.push(
+            start_node(
+                &site.id,
+                &site.store,
+                site.policy.clone(),
+                site.link.clone(),
+            )
+            .await?,
+        );
+    }
+    // The restarted nodes have said Hello once their policy shows noise.
+    let deadline = Instant::now() + WAIT;
+    while !sites.iter().all(|site| {
+        core.is_connected(&site.id)
+            && core
+                .site_privacy(&site.id)
+                .is_some_and(|privacy| privacy.policy.enabled)
+    }) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the nodes did not reconnect in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writeln!(
+        say,
+        "\nQuestion 5: patients per sex, under differential privacy\n  {PRIVACY_QUESTION}"
+    )?;
+    let mode = ask(
+        researcher,
+        sites,
+        "Patients per sex, noised",
+        PRIVACY_QUESTION,
+        Format::Table,
+        false,
+        say,
+    )
+    .await?;
+    let how = if mode == "secure" {
+        "Each site added its share of Skellam noise to every cell before masking, so even the coordinator saw only noisy totals"
+    } else {
+        "Each site added discrete Laplace noise to every group it released"
+    };
+    writeln!(
+        say,
+        "{how}; k = {k} applied to the noisy count. Asked again, the question returns the same numbers and costs the study nothing: the noise is seeded by the node's secret, the question and the data."
+    )?;
+    let mut spent = new_table(
+        &["site", "study", "epsilon spent (the site's audit log)"],
+        &[],
+    );
+    for site in sites.iter() {
+        let entries = audit::read_entries(&site.store.join(AUDIT_FILE))?;
+        let total: u64 = entries
+            .iter()
+            .filter_map(|entry| entry.privacy.as_ref().filter(|_| entry.study == DEMO_STUDY))
+            .map(|charge| charge.epsilon_micro)
+            .sum();
+        spent.add_row(vec![
+            site.id.clone(),
+            DEMO_STUDY.to_string(),
+            Epsilon::from_micro(total).to_string(),
+        ]);
+    }
+    writeln!(say, "{spent}")?;
+    Ok(())
 }
 
 /// The exports to serve: `--exports DIR`'s sub-directories, or fresh synthetic ones.
@@ -409,11 +561,12 @@ async fn ask(
             purpose: "ern demo".into(),
             sites: Vec::new(),
             deadline_seconds: 3600,
+            study_id: DEMO_STUDY.into(),
         })
         .await
         .map_err(rpc_error)?
         .into_inner();
-    let query_id = submitted.query_id;
+    let (query_id, query_hash) = (submitted.query_id, submitted.query_hash);
     let expires = now() + 3600;
     // The public domain's size, from a steward's review (it follows from the SQL alone).
     let mut cells = None;
@@ -433,7 +586,7 @@ async fn ask(
             &site.steward_key,
             &review.sql,
             &review.site,
-            &query_id,
+            &review.study_id,
             expires,
         )?;
         steward
@@ -484,6 +637,13 @@ async fn ask(
         )?;
     }
     writeln!(say, "{}", coverage_table(&results.coverage))?;
+    if !results.noise.is_empty() {
+        writeln!(
+            say,
+            "noise added by the sites (differential privacy):\n{}",
+            noise_table(&results.noise)
+        )?;
+    }
     if secure {
         // What per-site suppression would have released is not known to anyone: it
         // depends on each site's own count of each cell, which secure aggregation hides
@@ -517,7 +677,7 @@ async fn ask(
             let entries = audit::read_entries(&site.store.join(AUDIT_FILE))?;
             let count: u64 = entries
                 .iter()
-                .filter(|e| e.study == query_id)
+                .filter(|e| e.study == DEMO_STUDY && e.query_hash == query_hash)
                 .map(|e| e.groups_suppressed)
                 .sum();
             suppressed.add_row(vec![site.id.clone(), count.to_string()]);

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use ern_coordinator::pki::NetworkCa;
+use ern_node::privacy::secret::NoiseSecret;
 use ern_node::secure::{SiteIdentity, SitePublicKey};
 use ern_node::{approval, pseudonym, steward_key};
 
@@ -16,6 +17,15 @@ pub(crate) enum Keygen {
     /// Keep it with the node; without it nobody can link a pid to a patient.
     Pseudonym {
         /// Key file to create; an existing file is never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A node's noise secret: 32 random bytes as 64 hex characters, mode 0600, kept beside
+    /// the pseudonymisation key and never in the store; node.toml names it as
+    /// `[privacy] secret`. It seeds the node's differential-privacy noise so that the same
+    /// question on the same data always gets the same answer.
+    Noise {
+        /// Secret file to create; an existing file is never overwritten.
         #[arg(long)]
         out: PathBuf,
     },
@@ -179,6 +189,13 @@ pub(crate) fn run(keygen: Keygen) -> anyhow::Result<()> {
             pseudonym::generate_key_file(&out).context("creating the pseudonymisation key")?;
             println!(
                 "wrote pseudonymisation key {} (mode 0600); back it up: a lost key cannot re-link pids",
+                out.display()
+            );
+        }
+        Keygen::Noise { out } => {
+            NoiseSecret::generate(&out).context("creating the noise secret")?;
+            println!(
+                "wrote noise secret {} (mode 0600); keep it beside the pseudonymisation key, never in the store, and name it in node.toml as [privacy] secret",
                 out.display()
             );
         }

@@ -1,10 +1,12 @@
-//! What registry operators run: `ern operator nodes | user add | users | audit`.
+//! What registry operators run: `ern operator nodes | user add | users | study add |
+//! study list | audit`.
 
 use clap::{Args, Subcommand};
 use ern_coordinator::model::Role;
 use ern_proto::v1;
 
 use crate::client::{self, Connection, PAGE_SIZE, all_pages, format_time, rpc_error};
+use crate::commands::researcher::print_studies;
 use crate::table::{ListFormat, new_table, print_json};
 use ern_queries::shown::shown;
 
@@ -18,6 +20,9 @@ pub(crate) enum OperatorCommand {
     User(UserCommand),
     /// Every user (tokens are never shown again).
     Users(ConnectionArgs),
+    /// Studies: the units stewards approve research under; every question belongs to one.
+    #[command(subcommand)]
+    Study(StudyCommand),
     /// The coordinator's audit trail: counts by kind and the latest events.
     Audit(AuditArgs),
 }
@@ -54,6 +59,34 @@ pub(crate) struct AddUserArgs {
     connection: Connection,
 }
 
+/// Study commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum StudyCommand {
+    /// Create a study with its researchers; prints its id.
+    Add(AddStudyArgs),
+    /// Every study of the network.
+    List(ConnectionArgs),
+}
+
+/// Arguments of `ern operator study add`.
+#[derive(Debug, Args)]
+pub(crate) struct AddStudyArgs {
+    /// The study's id, unique in the network (1-128 ASCII letters, digits, -, _ and .):
+    /// the study every approval of its questions signs.
+    id: String,
+    /// A short title researchers and stewards see.
+    #[arg(long)]
+    title: String,
+    /// What the research is for: what stewards approve its questions under.
+    #[arg(long)]
+    purpose: String,
+    /// A researcher on the study (an enrolled researcher's user name); repeat for more.
+    #[arg(long = "researcher", value_name = "NAME", required = true)]
+    researchers: Vec<String>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
 /// Arguments of `ern operator audit`.
 #[derive(Debug, Args)]
 pub(crate) struct AuditArgs {
@@ -77,6 +110,8 @@ pub(crate) fn run(command: OperatorCommand) -> anyhow::Result<()> {
             OperatorCommand::Nodes(args) => nodes(args).await,
             OperatorCommand::User(UserCommand::Add(args)) => add_user(args).await,
             OperatorCommand::Users(args) => users(args).await,
+            OperatorCommand::Study(StudyCommand::Add(args)) => add_study(args).await,
+            OperatorCommand::Study(StudyCommand::List(args)) => studies(args).await,
             OperatorCommand::Audit(args) => audit(args).await,
         }
     })
@@ -161,6 +196,48 @@ async fn add_user(args: AddUserArgs) -> anyhow::Result<()> {
         args.role.as_str()
     );
     Ok(())
+}
+
+async fn add_study(args: AddStudyArgs) -> anyhow::Result<()> {
+    let mut operator = client::operator(&args.connection).await?;
+    let study = operator
+        .add_study(v1::AddStudyRequest {
+            id: args.id.clone(),
+            title: args.title.clone(),
+            purpose: args.purpose.clone(),
+            researchers: args.researchers.clone(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    println!("{}", shown(&study.id));
+    eprintln!(
+        "added study {} ({}) with researchers {}",
+        shown(&study.id),
+        shown(&study.title),
+        shown(&study.researchers.join(", "))
+    );
+    Ok(())
+}
+
+async fn studies(args: ConnectionArgs) -> anyhow::Result<()> {
+    let operator = client::operator(&args.connection).await?;
+    let studies = all_pages(|page_token| {
+        let mut operator = operator.clone();
+        async move {
+            let page = operator
+                .list_studies(v1::ListStudiesRequest {
+                    page_size: PAGE_SIZE,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            Ok((page.studies, page.next_page_token))
+        }
+    })
+    .await
+    .map_err(rpc_error)?;
+    print_studies(&studies, args.format)
 }
 
 async fn users(args: ConnectionArgs) -> anyhow::Result<()> {

@@ -1,4 +1,5 @@
-//! What researchers run: `ern submit`, `ern status`, `ern results`, `ern list`.
+//! What researchers run: `ern studies`, `ern submit`, `ern status`, `ern results`,
+//! `ern list`.
 
 use std::path::PathBuf;
 
@@ -19,6 +20,10 @@ use ern_queries::shown::shown;
 pub(crate) struct SubmitArgs {
     #[command(flatten)]
     question: SqlSource,
+    /// The study the question belongs to: one you are a researcher on (`ern studies`
+    /// lists them). Stewards approve it under that study.
+    #[arg(long)]
+    study: String,
     /// A short title stewards see.
     #[arg(long)]
     title: String,
@@ -72,6 +77,19 @@ pub(crate) struct ResultsArgs {
 /// Arguments of `ern list`.
 #[derive(Debug, Args)]
 pub(crate) struct ListArgs {
+    /// Only the questions of this study.
+    #[arg(long)]
+    study: Option<String>,
+    /// Print a table, or JSON for scripts.
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    format: ListFormat,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// Arguments of `ern studies`.
+#[derive(Debug, Args)]
+pub(crate) struct StudiesArgs {
     /// Print a table, or JSON for scripts.
     #[arg(long, value_enum, default_value_t = ListFormat::Table)]
     format: ListFormat,
@@ -115,13 +133,15 @@ pub(crate) fn submit(args: SubmitArgs) -> anyhow::Result<()> {
                 purpose: args.purpose.clone(),
                 sites: args.sites.clone(),
                 deadline_seconds: args.deadline.map_or(0, |d| d.as_secs()),
+                study_id: args.study.clone(),
             })
             .await
             .map_err(rpc_error)?
             .into_inner();
         println!("{}", response.query_id);
         eprintln!(
-            "submitted to {} (waits until {}); query hash {}",
+            "submitted under study {} to {} (waits until {}); query hash {}",
+            shown(&args.study),
             response.sites.join(", "),
             format_time(response.deadline),
             response.query_hash
@@ -139,6 +159,25 @@ pub(crate) fn coverage_table(sites: &[v1::SiteStatus]) -> comfy_table::Table {
             site_state_name(site.state).to_string(),
             shown(&site.detail),
             format_time(site.updated_at),
+        ]);
+    }
+    table
+}
+
+/// The noise in each aggregate of a merged table: the sum of the answering sites' noise
+/// (or of the secure round's shares), its variance and its 95 % margin.
+pub(crate) fn noise_table(noise: &[v1::AggregateNoise]) -> comfy_table::Table {
+    let mut table = new_table(
+        &["aggregate", "mechanism", "sites", "variance", "95 % margin"],
+        &["sites", "variance", "95 % margin"],
+    );
+    for aggregate in noise {
+        table.add_row(vec![
+            shown(&aggregate.aggregate),
+            shown(&aggregate.mechanism),
+            aggregate.sites.to_string(),
+            format!("{:.1}", aggregate.variance),
+            format!("±{}", aggregate.margin95),
         ]);
     }
     table
@@ -234,6 +273,8 @@ pub(crate) fn status(args: QueryIdArgs) -> anyhow::Result<()> {
             return print_json(&serde_json::json!({
                 "id": status.query_id,
                 "title": status.title,
+                "study": status.study_id,
+                "study_title": status.study_title,
                 "state": query_state_key(status.state),
                 "failure": status.failure,
                 "mode": status.mode,
@@ -244,6 +285,11 @@ pub(crate) fn status(args: QueryIdArgs) -> anyhow::Result<()> {
             }));
         }
         println!("{} — {}", shown(&status.query_id), shown(&status.title));
+        println!(
+            "study: {} — {}",
+            shown(&status.study_id),
+            shown(&status.study_title)
+        );
         println!(
             "state: {}; submitted {}; deadline {}",
             query_state_name(status.state),
@@ -295,6 +341,15 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<()> {
             output::Cells::Safe
         };
         output::write_to(&schema, &batches, args.format, cells, args.out.as_deref())?;
+        if !results.noise.is_empty() {
+            // Beside a table on the terminal; on stderr where stdout is data.
+            let noise = noise_table(&results.noise);
+            if args.format == Format::Table {
+                println!("noise added by the sites (differential privacy):\n{noise}");
+            } else {
+                eprintln!("noise added by the sites (differential privacy):\n{noise}");
+            }
+        }
         if let Some(path) = &args.out {
             eprintln!("{} rows written to {}", results.rows, path.display());
         }
@@ -305,13 +360,16 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<()> {
 pub(crate) fn list(args: ListArgs) -> anyhow::Result<()> {
     client::runtime()?.block_on(async {
         let researcher = client::researcher(&args.connection).await?;
+        let study = args.study.clone().unwrap_or_default();
         let list = all_pages(|page_token| {
             let mut researcher = researcher.clone();
+            let study_id = study.clone();
             async move {
                 let page = researcher
                     .list_queries(v1::ListQueriesRequest {
                         page_size: PAGE_SIZE,
                         page_token,
+                        study_id,
                     })
                     .await?
                     .into_inner();
@@ -327,6 +385,8 @@ pub(crate) fn list(args: ListArgs) -> anyhow::Result<()> {
                     serde_json::json!({
                         "id": query.query_id,
                         "title": query.title,
+                        "study": query.study_id,
+                        "study_title": query.study_title,
                         "state": query_state_key(query.state),
                         "sites": query.sites,
                         "answered": query.answered,
@@ -337,13 +397,22 @@ pub(crate) fn list(args: ListArgs) -> anyhow::Result<()> {
             return print_json(&serde_json::Value::Array(items));
         }
         let mut table = new_table(
-            &["id", "title", "state", "sites", "answered", "submitted"],
+            &[
+                "id",
+                "title",
+                "study",
+                "state",
+                "sites",
+                "answered",
+                "submitted",
+            ],
             &["sites", "answered"],
         );
         for query in list {
             table.add_row(vec![
                 shown(&query.query_id),
                 shown(&query.title),
+                shown(&query.study_id),
                 query_state_name(query.state).to_string(),
                 query.sites.to_string(),
                 query.answered.to_string(),
@@ -353,4 +422,70 @@ pub(crate) fn list(args: ListArgs) -> anyhow::Result<()> {
         println!("{table}");
         Ok(())
     })
+}
+
+pub(crate) fn studies(args: StudiesArgs) -> anyhow::Result<()> {
+    client::runtime()?.block_on(async {
+        let researcher = client::researcher(&args.connection).await?;
+        let studies = all_pages(|page_token| {
+            let mut researcher = researcher.clone();
+            async move {
+                let page = researcher
+                    .list_studies(v1::ListStudiesRequest {
+                        page_size: PAGE_SIZE,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((page.studies, page.next_page_token))
+            }
+        })
+        .await
+        .map_err(rpc_error)?;
+        print_studies(&studies, args.format)
+    })
+}
+
+/// Studies as a table (id, title, purpose, researchers, when and by whom created) or as
+/// JSON for scripts.
+pub(crate) fn print_studies(studies: &[v1::Study], format: ListFormat) -> anyhow::Result<()> {
+    if format == ListFormat::Json {
+        let items: Vec<serde_json::Value> = studies
+            .iter()
+            .map(|study| {
+                serde_json::json!({
+                    "id": study.id,
+                    "title": study.title,
+                    "purpose": study.purpose,
+                    "researchers": study.researchers,
+                    "created_at": study.created_at,
+                    "created_by": study.created_by,
+                })
+            })
+            .collect();
+        return print_json(&serde_json::Value::Array(items));
+    }
+    let mut table = new_table(
+        &[
+            "id",
+            "title",
+            "purpose",
+            "researchers",
+            "created",
+            "created by",
+        ],
+        &[],
+    );
+    for study in studies {
+        table.add_row(vec![
+            shown(&study.id),
+            shown(&study.title),
+            shown(&study.purpose),
+            shown(&study.researchers.join(", ")),
+            format_time(study.created_at),
+            shown(&study.created_by),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
 }

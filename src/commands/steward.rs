@@ -4,8 +4,10 @@
 //! fetches the question, recomputes the query hash from the SQL it received (never
 //! trusting the coordinator's), and signs only when that hash is the one the steward
 //! confirmed: given with `--hash` (as `ern steward show` printed it), or confirmed at a
-//! prompt after the SQL, the site and the hash are shown again. The site is the
-//! steward's own (`--site` or `ERN_SITE`), never the one the coordinator names. Only the
+//! prompt after the SQL, the study, the site and the hash are shown again. The site is
+//! the steward's own (`--site` or `ERN_SITE`), never the one the coordinator names. The
+//! study is the question's, as `ern steward show` printed it; with `--study` nothing is
+//! signed unless the coordinator still presents the question under that study. Only the
 //! signature is sent.
 
 use std::path::PathBuf;
@@ -76,6 +78,11 @@ pub(crate) struct ApproveArgs {
     /// question is shown again and you confirm at a prompt (a terminal is needed).
     #[arg(long)]
     hash: Option<String>,
+    /// The study you reviewed the question under (printed by `ern steward show`): nothing
+    /// is signed if the coordinator now presents it under another. The approval signs
+    /// the question's study either way.
+    #[arg(long)]
+    study: Option<String>,
     #[command(flatten)]
     connection: Connection,
 }
@@ -140,6 +147,8 @@ async fn pending(args: PendingArgs) -> anyhow::Result<()> {
                 serde_json::json!({
                     "id": query.query_id,
                     "title": query.title,
+                    "study": query.study_id,
+                    "study_title": query.study_title,
                     "submitted_by": query.submitted_by,
                     "submitted_at": query.submitted_at,
                     "deadline": query.deadline,
@@ -149,13 +158,21 @@ async fn pending(args: PendingArgs) -> anyhow::Result<()> {
         return print_json(&serde_json::Value::Array(items));
     }
     let mut table = new_table(
-        &["id", "title", "submitted by", "submitted", "deadline"],
+        &[
+            "id",
+            "title",
+            "study",
+            "submitted by",
+            "submitted",
+            "deadline",
+        ],
         &[],
     );
     for query in pending {
         table.add_row(vec![
             shown(&query.query_id),
             shown(&query.title),
+            shown(&query.study_id),
             shown(&query.submitted_by),
             format_time(query.submitted_at),
             format_time(query.deadline),
@@ -172,6 +189,15 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
     if !review.purpose.is_empty() {
         println!("purpose: {}", shown(&review.purpose));
     }
+    // The study is what the approval signs beside the hash and the site: the research it
+    // is approved under.
+    println!("study: {}", shown(&review.study_id));
+    println!("study title: {}", shown(&review.study_title));
+    println!("study purpose: {}", shown(&review.study_purpose));
+    println!(
+        "researchers on the study: {}",
+        shown(&review.study_researchers.join(", "))
+    );
     println!(
         "submitted by {}; deadline {}",
         shown(&review.submitted_by),
@@ -221,10 +247,51 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
     ]);
     println!("{report}");
     print_mode(&review);
+    print_privacy(&review);
     if let Some(status) = review.status {
         println!("your site: {}", site_state_name(status.state));
     }
     Ok(())
+}
+
+/// Epsilon in millionths as a decimal: `0.5`, `3`.
+fn epsilon(micro: u64) -> String {
+    let (whole, fraction) = (micro / 1_000_000, micro % 1_000_000);
+    if fraction == 0 {
+        whole.to_string()
+    } else {
+        format!("{whole}.{}", format!("{fraction:06}").trim_end_matches('0'))
+    }
+}
+
+/// The site's differential-privacy policy and what the question's study has left there,
+/// as the site's node last reported (the node enforces its own ledger).
+fn print_privacy(review: &v1::QueryReview) {
+    let privacy = review.privacy.clone().unwrap_or_default();
+    if !privacy.reported {
+        println!(
+            "privacy at your site: unknown (your node has not connected since the coordinator started)"
+        );
+        return;
+    }
+    if !privacy.enabled {
+        println!("privacy at your site: no noise, no budgets (the node's [privacy] policy is off)");
+        return;
+    }
+    let left = privacy.budget_micro.saturating_sub(privacy.spent_micro);
+    println!(
+        "privacy at your site: {} noise, epsilon {} per question; study {} has spent {} of its budget of {}, {} left",
+        shown(&privacy.mechanism),
+        epsilon(privacy.epsilon_micro),
+        shown(&review.study_id),
+        epsilon(privacy.spent_micro),
+        epsilon(privacy.budget_micro),
+        epsilon(left),
+    );
+    println!(
+        "  This question costs {} there (nothing if the study already asked it of the same data); the node refuses it once the budget is spent.",
+        epsilon(privacy.epsilon_micro)
+    );
 }
 
 /// How the sites' numbers will be combined: secure aggregation over the question's public
@@ -288,12 +355,21 @@ async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
         ),
         None => confirm_at_prompt(&review, site, &local_hash)?,
     }
+    if let Some(reviewed) = &args.study
+        && *reviewed != review.study_id
+    {
+        anyhow::bail!(
+            "not signed: the coordinator now presents this question under study {}, not the study {} you reviewed; run `ern steward show {}` again",
+            shown(&review.study_id),
+            shown(reviewed),
+            args.id
+        );
+    }
     let expires_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs()
         + args.expires.as_secs();
-    let study = approval::study_of(&review.query_id);
-    let signed = approval::sign(&key, &review.sql, site, study, expires_at)
+    let signed = approval::sign(&key, &review.sql, site, &review.study_id, expires_at)
         .context("signing the approval")?;
     let decision = steward
         .approve(signed.to_request(&review.query_id))
@@ -301,8 +377,9 @@ async fn approve(args: ApproveArgs) -> anyhow::Result<()> {
         .map_err(rpc_error)?
         .into_inner();
     println!(
-        "approved {} (query hash {local_hash}) for {site} with key {} until {}",
+        "approved {} (query hash {local_hash}) for {site} under study {} with key {} until {}",
         shown(&review.query_id),
+        shown(&review.study_id),
         signed.key_id,
         format_time(expires_at)
     );
@@ -323,6 +400,11 @@ fn confirm_at_prompt(review: &v1::QueryReview, site: &str, hash: &str) -> anyhow
     }
     eprintln!("You are about to sign an approval of this question for {site}:\n");
     eprintln!("{}\n", shown_lines(review.sql.trim()));
+    eprintln!(
+        "study: {} — {}",
+        shown(&review.study_id),
+        shown(&review.study_title)
+    );
     eprintln!("query hash: {hash}");
     eprint!("Approve it? Type yes to sign: ");
     std::io::stderr().flush()?;

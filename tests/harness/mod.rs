@@ -137,6 +137,9 @@ pub(crate) enum Aggregation {
     Secure,
 }
 
+/// The study the harness's researcher is on, and submits under ([`Network::submit`]).
+pub(crate) const STUDY: &str = "study-1";
+
 /// A site's identity key directory (`ern keygen site --out`), inside the site directory.
 pub(crate) const IDENTITY_DIR: &str = "identity";
 
@@ -167,7 +170,8 @@ pub(crate) struct Network {
 
 impl Network {
     /// Synthesises `sites` exports, ingests them, creates keys and configs, starts the
-    /// coordinator and enrols everyone. Nodes are not started. Every question runs per
+    /// coordinator and enrols everyone, with the researcher on study [`STUDY`]. Nodes are
+    /// not started. Every question runs per
     /// site ([`Aggregation::PerSite`]).
     pub(crate) fn new(sites: usize, patients: usize, k: u32) -> Network {
         Network::with_aggregation(sites, patients, k, Aggregation::PerSite)
@@ -235,6 +239,21 @@ impl Network {
         };
         network.start_coordinator();
         network.researcher = network.add_user("ada", "researcher", "");
+        ok(network.ern_as(
+            &network.operator,
+            &[
+                "operator",
+                "study",
+                "add",
+                STUDY,
+                "--title",
+                "Cardiac registries",
+                "--purpose",
+                "Patients by sex and birth band across the network",
+                "--researcher",
+                "ada",
+            ],
+        ));
         let mut roster = Vec::new();
         for index in 1..=sites {
             let id = format!("site-{index}");
@@ -422,10 +441,18 @@ impl Network {
             .any(|node| node["site"] == id && node["connected"] == serde_json::Value::Bool(true))
     }
 
-    /// Submits `sql` as the researcher; returns the question id.
+    /// Submits `sql` as the researcher under study [`STUDY`]; returns the question id.
     pub(crate) fn submit(&self, sql: &str, title: &str, sites: &[&str]) -> String {
         let joined = sites.join(",");
-        let mut args = vec!["submit", "--sql-text", sql, "--title", title];
+        let mut args = vec![
+            "submit",
+            "--study",
+            STUDY,
+            "--sql-text",
+            sql,
+            "--title",
+            title,
+        ];
         if !sites.is_empty() {
             args.extend(["--sites", &joined]);
         }
@@ -433,16 +460,19 @@ impl Network {
     }
 
     /// The site's steward reviews `id` (`ern steward show`) and approves the query hash
-    /// shown there, for the site, with the site's own key.
+    /// and the study shown there, for the site, with the site's own key.
     pub(crate) fn approve(&self, site_id: &str, id: &str) -> Output {
         let site = self.site(site_id);
         let shown = ok(self.ern_as(&site.steward_token, &["steward", "show", id]));
-        let hash = shown
-            .lines()
-            .find_map(|line| line.strip_prefix("query hash: "))
-            .expect("ern steward show prints the query hash")
-            .trim()
-            .to_string();
+        let line = |prefix: &str| {
+            shown
+                .lines()
+                .find_map(|line| line.strip_prefix(prefix))
+                .unwrap_or_else(|| panic!("ern steward show prints {prefix:?}: {shown}"))
+                .trim()
+                .to_string()
+        };
+        let (hash, study) = (line("query hash: "), line("study: "));
         self.ern_as(
             &site.steward_token,
             &[
@@ -455,6 +485,8 @@ impl Network {
                 site_id,
                 "--hash",
                 &hash,
+                "--study",
+                &study,
             ],
         )
     }

@@ -21,6 +21,7 @@
 //! # Layout
 //! - this module: opening, migrations, the stored types and the statement cache.
 //! - `users`: users, hashed tokens, enrolled sites.
+//! - `studies`: studies and the researchers on them.
 //! - `questions`: submissions with their targets and reports, lists, the merged table or
 //!   the merge's failure.
 //! - `sites`: each site's part in a question, moved only by [`crate::lifecycle`]'s steps.
@@ -32,21 +33,23 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use ern_proto::approval::{Approval, study_of};
+use ern_proto::approval::Approval;
 
 use crate::lifecycle::{EventKind, SiteStep};
-use crate::model::{Role, SiteState, StoredQuery, Target, User};
+use crate::model::{Role, SiteState, StoredQuery, Study, Target, User};
 
 mod events;
 mod nodes;
 mod questions;
 mod secure;
 mod sites;
+mod studies;
 mod users;
 
 use events::{insert_event, record_step};
 use questions::query_from_row;
 pub use secure::{PER_SITE, SECURE};
+pub use studies::StudyAdmission;
 
 /// Schema migrations, in order. Never edit one that has shipped; append a new one.
 const MIGRATIONS: &[&str] = &[
@@ -126,6 +129,29 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE queries ADD COLUMN mode TEXT NOT NULL DEFAULT 'per-site';
      ALTER TABLE queries ADD COLUMN mode_note TEXT NOT NULL DEFAULT '';
      ALTER TABLE queries ADD COLUMN secure_totals BLOB;",
+    // 8: studies. Every question belongs to one, and approvals sign its id. A question
+    // stored before was its own study (its approvals signed its id), so each gets a study
+    // of that id, with its title and purpose and its researcher on it, created by the
+    // coordinator.
+    "CREATE TABLE studies (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        created_by TEXT NOT NULL
+    );
+    CREATE TABLE study_researchers (
+        study_id TEXT NOT NULL REFERENCES studies(id),
+        user TEXT NOT NULL,
+        PRIMARY KEY (study_id, user)
+    );
+    CREATE INDEX study_researchers_by_user ON study_researchers(user, study_id);
+    ALTER TABLE queries ADD COLUMN study_id TEXT NOT NULL DEFAULT '';
+    UPDATE queries SET study_id = id;
+    INSERT INTO studies (id, title, purpose, created_at, created_by)
+        SELECT id, title, purpose, submitted_at, 'coordinator' FROM queries;
+    INSERT INTO study_researchers (study_id, user) SELECT id, submitted_by FROM queries;
+    CREATE INDEX queries_by_study ON queries(submitted_by, study_id);",
 ];
 
 /// Whether a capped submission was stored.
@@ -201,6 +227,8 @@ pub struct NodeRecord {
 pub struct WorkItem {
     /// The question.
     pub query_id: String,
+    /// Its study (the approval's `study`).
+    pub study_id: String,
     /// Its SQL.
     pub sql: String,
     /// The site steward's approval, as signed (the coordinator cannot verify it: only

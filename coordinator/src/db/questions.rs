@@ -57,7 +57,7 @@ impl Db {
     pub fn query(&self, id: &str) -> Result<Option<StoredQuery>, DbError> {
         let conn = self.conn();
         Ok(query_row_cached(&conn,
-                "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete, failure
+                "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete, failure, study_id
                  FROM queries WHERE id = ?1",
                 params![id],
                 query_from_row,
@@ -66,21 +66,30 @@ impl Db {
     }
 
     /// Questions submitted by `user`, newest first, with their row ids: `limit` of them
-    /// before the row `before_row`.
+    /// before the row `before_row`; only those of study `study` when it is given.
     pub fn queries_by(
         &self,
         user: &str,
+        study: Option<&str>,
         before_row: i64,
         limit: i64,
     ) -> Result<Vec<(i64, StoredQuery)>, DbError> {
         let conn = self.conn();
-        let mut statement = conn.prepare_cached(
-            "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete, failure, rowid
-             FROM queries WHERE submitted_by = ?1 AND rowid < ?2 ORDER BY rowid DESC LIMIT ?3",
-        )?;
-        let rows = statement.query_map(params![user, before_row, limit], |row| {
-            Ok((row.get::<_, i64>(10)?, query_from_row(row)?))
-        })?;
+        let mut statement = match study {
+            None => conn.prepare_cached(
+                "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete, failure, study_id, rowid
+                 FROM queries WHERE submitted_by = ?1 AND rowid < ?2 ORDER BY rowid DESC LIMIT ?3",
+            )?,
+            Some(_) => conn.prepare_cached(
+                "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete, failure, study_id, rowid
+                 FROM queries WHERE submitted_by = ?1 AND study_id = ?4 AND rowid < ?2 ORDER BY rowid DESC LIMIT ?3",
+            )?,
+        };
+        let map = |row: &rusqlite::Row<'_>| Ok((row.get::<_, i64>(11)?, query_from_row(row)?));
+        let rows = match study {
+            None => statement.query_map(params![user, before_row, limit], map)?,
+            Some(study) => statement.query_map(params![user, before_row, limit, study], map)?,
+        };
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
@@ -184,6 +193,8 @@ impl Db {
     }
 }
 
+/// A question from the columns `id, title, purpose, sql, query_hash, submitted_by,
+/// submitted_at, deadline, complete, failure, study_id`, in that order.
 pub(super) fn query_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredQuery> {
     Ok(StoredQuery {
         id: row.get(0)?,
@@ -196,6 +207,7 @@ pub(super) fn query_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored
         deadline: row.get::<_, i64>(7)? as u64,
         complete: row.get::<_, i64>(8)? != 0,
         failure: row.get(9)?,
+        study_id: row.get(10)?,
     })
 }
 
@@ -208,8 +220,8 @@ fn insert_query_in(
     mode: &str,
 ) -> Result<(), DbError> {
     execute_cached(tx,
-        "INSERT INTO queries (id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, report, mode)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO queries (id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, report, mode, study_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             query.id,
             query.title,
@@ -220,7 +232,8 @@ fn insert_query_in(
             query.submitted_at as i64,
             query.deadline as i64,
             report,
-            mode
+            mode,
+            query.study_id
         ],
     )?;
     for site in sites {
@@ -243,7 +256,7 @@ fn insert_query_in(
             kind: EventKind::Submitted,
             query_id: query.id.clone(),
             site: String::new(),
-            detail: String::new(),
+            detail: format!("study {}", query.study_id),
         },
     )?;
     Ok(())

@@ -193,22 +193,24 @@ impl Db {
         let conn = self.conn();
         Ok(query_row_cached(
             &conn,
-            "SELECT q.sql, q.query_hash, t.approval_expires, t.approval_key_id, t.approval_signature
+            "SELECT q.sql, q.query_hash, t.approval_expires, t.approval_key_id, t.approval_signature, q.study_id
              FROM targets t JOIN queries q ON q.id = t.query_id
              WHERE t.query_id = ?1 AND t.site = ?2 AND t.state = ?3",
             params![query_id, site, SiteState::Approved.as_str()],
             |row| {
+                let study_id: String = row.get(5)?;
                 Ok(WorkItem {
                     query_id: query_id.to_string(),
                     sql: row.get(0)?,
                     approval: Approval {
-                        study_id: study_of(query_id).to_string(),
+                        study_id: study_id.clone(),
                         site_id: site.to_string(),
                         query_hash: row.get(1)?,
                         expires_at: row.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
                         key_id: row.get::<_, Option<String>>(3)?.unwrap_or_default(),
                         signature: row.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
                     },
+                    study_id,
                 })
             },
         )

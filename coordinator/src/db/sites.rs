@@ -61,7 +61,7 @@ impl Db {
     ) -> Result<Vec<(i64, StoredQuery)>, DbError> {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
-            "SELECT q.id, q.title, q.purpose, q.sql, q.query_hash, q.submitted_by, q.submitted_at, q.deadline, q.complete, q.failure, q.rowid
+            "SELECT q.id, q.title, q.purpose, q.sql, q.query_hash, q.submitted_by, q.submitted_at, q.deadline, q.complete, q.failure, q.study_id, q.rowid
              FROM queries q JOIN targets t ON t.query_id = q.id
              WHERE t.site = ?1 AND t.state = ?2 AND q.deadline > ?3 AND q.rowid > ?4
              ORDER BY q.rowid LIMIT ?5",
@@ -74,7 +74,7 @@ impl Db {
                 after_row,
                 limit
             ],
-            |row| Ok((row.get::<_, i64>(10)?, query_from_row(row)?)),
+            |row| Ok((row.get::<_, i64>(11)?, query_from_row(row)?)),
         )?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
@@ -145,7 +145,7 @@ impl Db {
     pub fn approved_work(&self, site: &str, now: u64) -> Result<Vec<WorkItem>, DbError> {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
-            "SELECT q.id, q.sql, q.query_hash, t.approval_expires, t.approval_key_id, t.approval_signature
+            "SELECT q.id, q.sql, q.query_hash, t.approval_expires, t.approval_key_id, t.approval_signature, q.study_id
              FROM targets t JOIN queries q ON q.id = t.query_id
              WHERE t.site = ?1 AND t.state = ?2 AND q.deadline > ?3 AND q.mode != 'secure'
              ORDER BY t.updated_at, q.rowid",
@@ -153,18 +153,19 @@ impl Db {
         let rows = statement.query_map(
             params![site, sole_from(SiteStep::Dispatch).as_str(), now as i64],
             |row| {
-                let query_id: String = row.get(0)?;
+                let study_id: String = row.get(6)?;
                 Ok(WorkItem {
+                    query_id: row.get(0)?,
                     sql: row.get(1)?,
                     approval: Approval {
-                        study_id: study_of(&query_id).to_string(),
+                        study_id: study_id.clone(),
                         site_id: site.to_string(),
                         query_hash: row.get(2)?,
                         expires_at: row.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
                         key_id: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
                         signature: row.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
                     },
-                    query_id,
+                    study_id,
                 })
             },
         )?;

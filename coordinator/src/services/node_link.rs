@@ -138,10 +138,20 @@ impl NodeLink for NodeLinkService {
                             _ => "",
                         };
                         core.node_audit_head(&site, head);
-                        if let Some(v1::node_message::Message::Result(result)) = message.message
-                            && let Err(status) = core.handle_result(&site, result).await
-                        {
-                            tracing::error!(site, message = status.message(), "storing an answer");
+                        match message.message {
+                            Some(v1::node_message::Message::Result(result)) => {
+                                if let Err(status) = core.handle_result(&site, result).await {
+                                    tracing::error!(
+                                        site,
+                                        message = status.message(),
+                                        "storing an answer"
+                                    );
+                                }
+                            }
+                            Some(v1::node_message::Message::Budgets(report)) => {
+                                core.node_budgets(&site, &report);
+                            }
+                            _ => {}
                         }
                     }
                     Ok(None) => break,

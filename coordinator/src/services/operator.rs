@@ -1,4 +1,5 @@
-//! The Operator service: the network's nodes, its users and tokens, its audit trail.
+//! The Operator service: the network's nodes, its users and tokens, its studies, its audit
+//! trail.
 
 use std::sync::Arc;
 
@@ -7,14 +8,65 @@ use ern_proto::v1::operator_server::Operator;
 use tonic::{Request, Response, Status};
 
 use crate::auth;
-use crate::core::{Coordinator, internal};
-use crate::db::Event;
+use crate::core::{Coordinator, echoed, internal};
+use crate::db::{Event, StudyAdmission};
 use crate::lifecycle::EventKind;
-use crate::model::{Role, now_seconds};
+use crate::model::{Role, Study, now_seconds};
 use crate::paging::PageRequest;
+use crate::services::check_title_purpose;
+use ern_queries::ids::is_valid_id;
 
 /// Most recent events one summary returns.
 const MAX_RECENT: u32 = 1000;
+
+/// Most researchers named at a study's creation.
+const MAX_STUDY_RESEARCHERS: usize = 1000;
+
+/// The study an operator asks for, checked for shape: a well-formed id, a title and a
+/// purpose within their lengths, one or more well-formed researcher names (sorted, each
+/// once).
+fn study_of_request(add: v1::AddStudyRequest, created_by: &str, now: u64) -> Result<Study, Status> {
+    let id = add.id.trim().to_string();
+    if !is_valid_id(&id) {
+        return Err(Status::invalid_argument(format!(
+            "study id {} is malformed: a study id is 1-128 ASCII letters, digits, -, _ and . (not first)",
+            echoed(&id)
+        )));
+    }
+    let (title, purpose) = (add.title.trim().to_string(), add.purpose.trim().to_string());
+    check_title_purpose("study", &title, &purpose, true)?;
+    let mut researchers: Vec<String> = add
+        .researchers
+        .iter()
+        .map(|name| name.trim().to_string())
+        .collect();
+    researchers.sort();
+    researchers.dedup();
+    if researchers.is_empty() {
+        return Err(Status::invalid_argument(
+            "a study needs at least one researcher",
+        ));
+    }
+    if researchers.len() > MAX_STUDY_RESEARCHERS {
+        return Err(Status::invalid_argument(format!(
+            "researchers limit: a study is created with at most {MAX_STUDY_RESEARCHERS} researchers"
+        )));
+    }
+    if let Some(bad) = researchers.iter().find(|name| !is_valid_id(name)) {
+        return Err(Status::invalid_argument(format!(
+            "no researcher {} is enrolled: a user name is 1-128 ASCII letters, digits, -, _ and . (not first)",
+            echoed(bad)
+        )));
+    }
+    Ok(Study {
+        id,
+        title,
+        purpose,
+        researchers,
+        created_at: now,
+        created_by: created_by.to_string(),
+    })
+}
 
 /// The Operator service over the shared core.
 #[derive(Debug, Clone)]
@@ -125,6 +177,59 @@ impl Operator for OperatorService {
                     created_at: u.created_at,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn add_study(
+        &self,
+        request: Request<v1::AddStudyRequest>,
+    ) -> Result<Response<v1::Study>, Status> {
+        let operator = auth::caller(&request)?;
+        let study = study_of_request(request.into_inner(), &operator.name, now_seconds())?;
+        let stored = study.clone();
+        let admission = self
+            .core
+            .commit("a study", move |db| db.add_study(&stored))
+            .await?;
+        match admission {
+            StudyAdmission::Added => {}
+            StudyAdmission::Exists => {
+                return Err(Status::already_exists(format!(
+                    "a study {} exists",
+                    study.id
+                )));
+            }
+            StudyAdmission::UnknownUser(name) => {
+                return Err(Status::invalid_argument(format!(
+                    "no researcher {name} is enrolled (`ern operator user add {name} --role researcher` enrols one)"
+                )));
+            }
+            StudyAdmission::NotResearcher(name) => {
+                return Err(Status::invalid_argument(format!(
+                    "user {name} is not a researcher: only researchers are put on a study"
+                )));
+            }
+        }
+        tracing::info!(study = %study.id, operator = %operator.name, researchers = study.researchers.len(), "study added");
+        Ok(Response::new(study.to_proto()))
+    }
+
+    async fn list_studies(
+        &self,
+        request: Request<v1::ListStudiesRequest>,
+    ) -> Result<Response<v1::ListStudiesResponse>, Status> {
+        auth::caller(&request)?;
+        let list = request.get_ref();
+        let page = PageRequest::parse(list.page_size, &list.page_token)?;
+        let mut studies = self
+            .core
+            .db()
+            .studies(None, page.after.as_deref().unwrap_or(""), page.fetch())
+            .map_err(internal)?;
+        let next_page_token = page.finish(&mut studies, |study| study.id.clone());
+        Ok(Response::new(v1::ListStudiesResponse {
+            studies: studies.iter().map(|study| study.to_proto()).collect(),
+            next_page_token,
         }))
     }
 

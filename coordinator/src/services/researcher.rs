@@ -1,5 +1,6 @@
-//! The Researcher service: submit, status, results, list. A researcher sees only the
-//! questions they submitted.
+//! The Researcher service: studies, submit, status, results, list. A researcher sees
+//! only the studies they are on and the questions they submitted, and submits only under
+//! a study they are on.
 
 use std::sync::Arc;
 
@@ -15,12 +16,7 @@ use crate::lifecycle::EventKind;
 use crate::limits::{check_open_questions, check_sql_size, open_questions_refusal};
 use crate::model::{StoredQuery, User, now_seconds};
 use crate::paging::PageRequest;
-
-/// Longest title, in characters: a title is one line of a list.
-const MAX_TITLE_CHARS: usize = 200;
-
-/// Longest purpose, in characters.
-const MAX_PURPOSE_CHARS: usize = 2000;
+use crate::services::{StudyTitles, check_title_purpose, study_title};
 
 /// The Researcher service over the shared core.
 #[derive(Debug, Clone)]
@@ -45,8 +41,30 @@ impl ResearcherService {
         }
     }
 
+    /// Checks that `user` is a researcher on study `study_id`: NOT_FOUND for an unknown
+    /// study, PERMISSION_DENIED for one they are not on.
+    fn check_on_study(&self, user: &User, study_id: &str) -> Result<(), Status> {
+        match self
+            .core
+            .db()
+            .on_study(study_id, &user.name)
+            .map_err(internal)?
+        {
+            Some(true) => Ok(()),
+            Some(false) => Err(Status::permission_denied(format!(
+                "you are not a researcher on study {}",
+                echoed(study_id)
+            ))),
+            None => Err(Status::not_found(format!(
+                "no study {} in this network",
+                echoed(study_id)
+            ))),
+        }
+    }
+
     fn status_of(&self, query: &StoredQuery) -> Result<v1::QueryStatus, Status> {
         let targets = self.core.db().targets(&query.id).map_err(internal)?;
+        let study_title = study_title(&self.core, &query.study_id)?;
         let (mode, mode_note) = self
             .core
             .db()
@@ -64,6 +82,8 @@ impl ResearcherService {
             failure: query.failure.clone(),
             mode,
             mode_note,
+            study_id: query.study_id.clone(),
+            study_title,
         })
     }
 }
@@ -89,6 +109,29 @@ fn new_query_id() -> Result<String, Status> {
 
 #[tonic::async_trait]
 impl Researcher for ResearcherService {
+    async fn list_studies(
+        &self,
+        request: Request<v1::ListStudiesRequest>,
+    ) -> Result<Response<v1::ListStudiesResponse>, Status> {
+        let user = auth::caller(&request)?;
+        let list = request.get_ref();
+        let page = PageRequest::parse(list.page_size, &list.page_token)?;
+        let mut studies = self
+            .core
+            .db()
+            .studies(
+                Some(&user.name),
+                page.after.as_deref().unwrap_or(""),
+                page.fetch(),
+            )
+            .map_err(internal)?;
+        let next_page_token = page.finish(&mut studies, |study| study.id.clone());
+        Ok(Response::new(v1::ListStudiesResponse {
+            studies: studies.iter().map(|study| study.to_proto()).collect(),
+            next_page_token,
+        }))
+    }
+
     async fn submit(
         &self,
         request: Request<v1::SubmitRequest>,
@@ -97,20 +140,15 @@ impl Researcher for ResearcherService {
         self.core.submissions().check(&user.name)?;
         let submit = request.into_inner();
         check_sql_size(&submit.sql, self.core.limits())?;
+        let study_id = submit.study_id.trim().to_string();
+        if study_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "a question belongs to a study: name one you are a researcher on (`ern studies` lists them)",
+            ));
+        }
+        self.check_on_study(&user, &study_id)?;
         let title = submit.title.trim().to_string();
-        if title.is_empty() {
-            return Err(Status::invalid_argument("a question needs a title"));
-        }
-        if title.chars().count() > MAX_TITLE_CHARS {
-            return Err(Status::invalid_argument(format!(
-                "title length limit: a title is at most {MAX_TITLE_CHARS} characters"
-            )));
-        }
-        if submit.purpose.chars().count() > MAX_PURPOSE_CHARS {
-            return Err(Status::invalid_argument(format!(
-                "purpose length limit: a purpose is at most {MAX_PURPOSE_CHARS} characters"
-            )));
-        }
+        check_title_purpose("question", &title, &submit.purpose, false)?;
         let max_deadline = self.core.timing().max_deadline.as_secs();
         if submit.deadline_seconds > max_deadline {
             return Err(Status::invalid_argument(format!(
@@ -172,6 +210,7 @@ impl Researcher for ResearcherService {
         };
         let query = StoredQuery {
             id: new_query_id()?,
+            study_id,
             title,
             purpose: submit.purpose.trim().to_string(),
             query_hash: ern_queries::query_hash(&submit.sql),
@@ -195,7 +234,7 @@ impl Researcher for ResearcherService {
             return Err(open_questions_refusal(open, self.core.limits()));
         }
         self.core.keep_plan(&query.id, plan);
-        tracing::info!(query = %query.id, researcher = %user.name, sites = sites.len(), "submitted");
+        tracing::info!(query = %query.id, study = %query.study_id, researcher = %user.name, sites = sites.len(), "submitted");
         Ok(Response::new(v1::SubmitResponse {
             query_id: query.id,
             query_hash: query.query_hash,
@@ -240,6 +279,10 @@ impl Researcher for ResearcherService {
             .mode(&query.id)
             .map_err(internal)?
             .unwrap_or_default();
+        let noise = crate::noise::noise_of_result(&result.arrow_ipc)
+            .into_iter()
+            .map(v1::AggregateNoise::from)
+            .collect();
         Ok(Response::new(v1::QueryResults {
             query_id: query.id,
             arrow_ipc: result.arrow_ipc,
@@ -247,6 +290,7 @@ impl Researcher for ResearcherService {
             coverage: targets.iter().map(|t| t.to_proto()).collect(),
             merged_at: result.merged_at,
             mode,
+            noise,
         }))
     }
 
@@ -257,16 +301,23 @@ impl Researcher for ResearcherService {
         let user = auth::caller(&request)?;
         let list = request.get_ref();
         let page = PageRequest::parse(list.page_size, &list.page_token)?;
+        let study = list.study_id.trim();
+        let study = (!study.is_empty()).then_some(study);
+        if let Some(study) = study {
+            self.check_on_study(&user, study)?;
+        }
         let mut rows = self
             .core
             .db()
-            .queries_by(&user.name, page.after_row(i64::MAX)?, page.fetch())
+            .queries_by(&user.name, study, page.after_row(i64::MAX)?, page.fetch())
             .map_err(internal)?;
         let next_page_token = page.finish(&mut rows, |(row, _)| row.to_string());
         let mut queries = Vec::new();
+        let mut titles = StudyTitles::default();
         for (_, query) in rows {
             let targets = self.core.db().targets(&query.id).map_err(internal)?;
             let state = query_state(&query) as i32;
+            let study_title = titles.of(&self.core, &query.study_id)?;
             queries.push(v1::QuerySummary {
                 query_id: query.id,
                 title: query.title,
@@ -274,6 +325,8 @@ impl Researcher for ResearcherService {
                 submitted_at: query.submitted_at,
                 sites: targets.len() as u32,
                 answered: targets.iter().filter(|t| t.state.contributed()).count() as u32,
+                study_id: query.study_id,
+                study_title,
             });
         }
         Ok(Response::new(v1::ListQueriesResponse {

@@ -16,6 +16,7 @@ use crate::core::{Coordinator, echoed, internal};
 use crate::lifecycle::SiteStep;
 use crate::model::{StoredQuery, Target, User, now_seconds};
 use crate::paging::PageRequest;
+use crate::services::StudyTitles;
 
 /// Longest rejection reason, in characters.
 const MAX_REASON: usize = 2000;
@@ -100,17 +101,22 @@ impl Steward for StewardService {
             .pending_for_site(&user.site, now_seconds(), page.after_row(0)?, page.fetch())
             .map_err(internal)?;
         let next_page_token = page.finish(&mut pending, |(row, _)| row.to_string());
+        let mut titles = StudyTitles::default();
+        let mut queries = Vec::with_capacity(pending.len());
+        for (_, q) in pending {
+            let study_title = titles.of(&self.core, &q.study_id)?;
+            queries.push(v1::PendingQuery {
+                query_id: q.id,
+                title: q.title,
+                submitted_by: q.submitted_by,
+                submitted_at: q.submitted_at,
+                deadline: q.deadline,
+                study_id: q.study_id,
+                study_title,
+            });
+        }
         Ok(Response::new(v1::ListPendingResponse {
-            queries: pending
-                .into_iter()
-                .map(|(_, q)| v1::PendingQuery {
-                    query_id: q.id,
-                    title: q.title,
-                    submitted_by: q.submitted_by,
-                    submitted_at: q.submitted_at,
-                    deadline: q.deadline,
-                })
-                .collect(),
+            queries,
             next_page_token,
         }))
     }
@@ -122,12 +128,29 @@ impl Steward for StewardService {
         let user = auth::caller(&request)?;
         let (query, target) = self.site_query(&user, &request.get_ref().query_id)?;
         let report = self.report_of(&query).await?;
+        let study = self
+            .core
+            .db()
+            .study(&query.study_id)
+            .map_err(internal)?
+            .unwrap_or_default();
         let k = self
             .core
             .db()
             .node(&user.site)
             .map_err(internal)?
             .map_or(0, |node| node.k);
+        let privacy =
+            self.core
+                .site_privacy(&user.site)
+                .map_or_else(v1::SitePrivacy::default, |site| v1::SitePrivacy {
+                    reported: true,
+                    enabled: site.policy.enabled,
+                    mechanism: site.policy.mechanism.clone(),
+                    epsilon_micro: site.policy.epsilon_micro,
+                    budget_micro: site.policy.budget_micro,
+                    spent_micro: site.spent_micro.get(&query.study_id).copied().unwrap_or(0),
+                });
         Ok(Response::new(v1::QueryReview {
             query_id: query.id,
             title: query.title,
@@ -147,6 +170,11 @@ impl Steward for StewardService {
             domain: report.domain,
             cells: report.cells,
             per_site_reason: report.per_site_reason.unwrap_or_default(),
+            study_id: query.study_id,
+            study_title: study.title,
+            study_purpose: study.purpose,
+            study_researchers: study.researchers,
+            privacy: Some(privacy),
         }))
     }
 
@@ -158,7 +186,9 @@ impl Steward for StewardService {
         let approve = request.into_inner();
         let (query, target) = self.site_query(&user, &approve.query_id)?;
         let now = now_seconds();
-        let approval = Approval::received(approve, &user.site, &query.query_hash)
+        // The study is the question's, as the steward's review showed it: the statement
+        // the steward signed names it, and the node checks it against the work's.
+        let approval = Approval::received(approve, &user.site, &query.study_id, &query.query_hash)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if approval.expires_at <= now {
             return Err(Status::invalid_argument("the approval has already expired"));

@@ -1,10 +1,10 @@
 //! The coordinator tests' network: the shared loopback coordinator over mutual TLS, with
 //! nodes of sites a and b enrolled.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use ern_coordinator::limits::Limits;
-pub use ern_test_support::loopback::{Loopback as Network, SQL, submit};
+pub use ern_test_support::loopback::{Loopback as Network, SQL, STUDY, submit, submit_in};
 use ern_test_support::loopback::{Loopback, Security};
 
 /// Starts a coordinator with `limits` over mutual TLS, nodes of sites a and b enrolled.

@@ -18,7 +18,7 @@
 use crate::steward_key::{StewardPublicKey, StewardSigningKey};
 
 /// The approval type shared with the coordinator and the wire.
-pub use ern_proto::approval::{Approval, study_of};
+pub use ern_proto::approval::Approval;
 
 /// Why an approval does not authorise a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -24,6 +24,11 @@ pub const AUDIT_FILE: &str = "audit.log";
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// The `prev` of a log's first entry (and the head of an empty log).
+pub fn genesis() -> &'static str {
+    GENESIS
+}
+
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -34,6 +39,29 @@ pub enum Outcome {
     Refused,
     /// Failed while running.
     Failed,
+    /// A question's privacy loss charged to its study's budget at this site, before it
+    /// ran (see [`PrivacyCharge`]).
+    Charged,
+}
+
+/// The privacy loss of one question charged to its study at this site: the node's
+/// privacy ledger is these entries, summed per study.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivacyCharge {
+    /// The question, as the node keys its releases (its plan's fingerprint): the same
+    /// question again in the same study on the same data is not charged again.
+    pub question: String,
+    /// The store generation it ran on.
+    pub generation: String,
+    /// Epsilon charged, in millionths.
+    pub epsilon_micro: u64,
+    /// The noise mechanism.
+    pub mechanism: String,
+    /// The noise the question drew, as [`crate::privacy::policy::PrivacyPolicy::noise_tag`]
+    /// names it (secret, mechanism, epsilon, bounds): a repeat is free only under the same
+    /// one, since under another the same question draws other noise.
+    #[serde(default)]
+    pub noise: String,
 }
 
 /// One audit entry.
@@ -63,6 +91,9 @@ pub struct AuditEntry {
     pub reference: Option<String>,
     /// Local detail of a failure or refusal (never sent to the researcher).
     pub detail: Option<String>,
+    /// A privacy charge ([`Outcome::Charged`] entries only; absent from older logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacyCharge>,
     /// The previous entry's `hash`.
     pub prev: String,
     /// SHA-256 (hex) of this entry's JSON line with `hash` empty.
@@ -157,6 +188,11 @@ impl AuditLog {
                 prev: summary.head,
             }),
         })
+    }
+
+    /// The log's file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The hash of the last entry (the genesis value for an empty log).
@@ -292,6 +328,7 @@ impl AuditEntry {
             duration_ms: 0,
             reference: None,
             detail: None,
+            privacy: None,
             prev: String::new(),
             hash: String::new(),
         }

@@ -29,6 +29,16 @@
 //! [secure_aggregation.roster]            # the peer sites' identity public keys: the only
 //! hospital-2 = "site-keys/hospital-2.pub" #  participants this node accepts (64 hex
 //! hospital-3 = "3f0c…"                   #  characters, or a file holding them)
+//!
+//! [privacy]                              # differential privacy (DESIGN.md); off by default
+//! enabled = true
+//! secret = "noise.key"                   # this node's noise secret (`ern keygen noise`),
+//!                                        #   beside the pseudonymisation key, not in the store
+//! mechanism = "discrete-laplace"         # or "discrete-gaussian"
+//! epsilon = 0.5                          # charged per question
+//! budget_per_study = 5.0                 # a study's total at this site
+//! max_groups_per_patient = 1             # groups one patient counts in
+//! max_rows_per_patient = 1               # rows one patient counts with in a group
 //! ```
 //!
 //! Relative paths are relative to the file's directory. Only `site_id`, `store`,
@@ -46,6 +56,8 @@ use ern_proto::transport::{BearerToken, ClientTls, is_plaintext};
 use ern_queries::Dominance;
 
 use crate::engine::{MIN_K, MIN_SECURE_SITES, NodePolicy, SecurePolicy};
+use crate::privacy::policy::{Epsilon, Mechanism, PrivacyPolicy};
+use crate::privacy::secret::NoiseSecret;
 use crate::secure::identity::{Roster, SiteIdentity, SitePublicKey};
 use crate::steward_key::{StewardKeyError, StewardPublicKey};
 
@@ -102,6 +114,20 @@ struct RawNodeConfig {
     plaintext: bool,
     tls: Option<RawTls>,
     secure_aggregation: Option<RawSecure>,
+    privacy: Option<RawPrivacy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    #[serde(default)]
+    enabled: bool,
+    secret: Option<PathBuf>,
+    mechanism: Option<String>,
+    epsilon: Option<f64>,
+    budget_per_study: Option<f64>,
+    max_groups_per_patient: Option<u32>,
+    max_rows_per_patient: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,6 +270,11 @@ impl NodeConfig {
                 TransportProblem::Invalid(message) => invalid(message),
                 TransportProblem::Read(error) => error,
             })?;
+        policy.privacy =
+            privacy_policy(raw.privacy.as_ref(), base).map_err(|problem| match problem {
+                TransportProblem::Invalid(message) => invalid(message),
+                TransportProblem::Read(error) => error,
+            })?;
         Ok(NodeConfig {
             store: base.join(raw.store),
             policy,
@@ -323,6 +354,88 @@ fn secure_policy(
         identity,
         roster,
     })
+}
+
+/// The `[privacy]` section: off when absent; on, it needs the noise secret.
+fn privacy_policy(
+    raw: Option<&RawPrivacy>,
+    base: &Path,
+) -> Result<PrivacyPolicy, TransportProblem> {
+    let mut policy = PrivacyPolicy::default();
+    let Some(raw) = raw else {
+        return Ok(policy);
+    };
+    let invalid = |message: String| TransportProblem::Invalid(format!("[privacy] {message}"));
+    policy.enabled = raw.enabled;
+    if let Some(name) = &raw.mechanism {
+        policy.mechanism = Mechanism::parse(name).ok_or_else(|| {
+            invalid(format!(
+                "mechanism must be \"discrete-laplace\" or \"discrete-gaussian\", not {name:?}"
+            ))
+        })?;
+    }
+    let epsilon = |key: &str, value: Option<f64>, default: Epsilon| match value {
+        None => Ok(default),
+        Some(value) => match Epsilon::from_decimal(value) {
+            Some(epsilon) if epsilon.micro() > 0 => Ok(epsilon),
+            _ => Err(invalid(format!(
+                "{key} must be a positive number (in millionths at least), not {value}"
+            ))),
+        },
+    };
+    policy.epsilon = epsilon("epsilon", raw.epsilon, policy.epsilon)?;
+    policy.budget_per_study = epsilon(
+        "budget_per_study",
+        raw.budget_per_study,
+        policy.budget_per_study,
+    )?;
+    if policy.budget_per_study < policy.epsilon {
+        return Err(invalid(
+            "budget_per_study must be at least epsilon (one question)".into(),
+        ));
+    }
+    for (key, value, slot) in [
+        (
+            "max_groups_per_patient",
+            raw.max_groups_per_patient,
+            &mut policy.bounding.max_groups_per_patient,
+        ),
+        (
+            "max_rows_per_patient",
+            raw.max_rows_per_patient,
+            &mut policy.bounding.max_rows_per_patient,
+        ),
+    ] {
+        match value {
+            None => {}
+            Some(value) if (1..=1000).contains(&value) => *slot = value,
+            Some(value) => {
+                return Err(invalid(format!(
+                    "{key} must be within 1..=1000, not {value}"
+                )));
+            }
+        }
+    }
+    match &raw.secret {
+        Some(path) => {
+            let path = base.join(path);
+            let secret = NoiseSecret::load(&path).map_err(|e| {
+                TransportProblem::Read(NodeConfigError::Invalid {
+                    path: path.clone(),
+                    message: format!("[privacy] secret: {e}"),
+                })
+            })?;
+            policy.secret = Some(std::sync::Arc::new(secret));
+        }
+        None if raw.enabled => {
+            return Err(invalid(
+                "secret is needed when enabled (make one with `ern keygen noise --out FILE`)"
+                    .into(),
+            ));
+        }
+        None => {}
+    }
+    Ok(policy)
 }
 
 enum TransportProblem {

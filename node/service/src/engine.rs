@@ -21,13 +21,17 @@ use datafusion::physical_plan::collect;
 use datafusion::prelude::SessionContext;
 use ern_proto::arrow_ipc;
 use ern_queries::Dominance;
-use ern_queries::split;
-use ern_queries::{Planner, Refusal, Rule, SiteFacts};
+use ern_queries::split::{self, Concentration};
+use ern_queries::{Planner, Refusal, Rule, SiteFacts, SitePlan};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::approval::{self, Approval, ApprovalError};
 use crate::audit::{AuditEntry, AuditError, AuditLog, Outcome};
 use crate::executed::{self, ExecutedApprovals, ExecutedError, Previous, QueryUse};
+use crate::privacy::ledger::{Charge, ChargeRequest, Ledger, LedgerError};
+use crate::privacy::noise::{NoiseSeed, noise_site_output};
+use crate::privacy::policy::{Epsilon, NoiseReport, PrivacyPolicy, QuestionNoise};
+use crate::privacy::secret::NoiseSecret;
 use crate::secure::identity::{Roster, SiteIdentity};
 use crate::session::node_session;
 use crate::steward_key::StewardPublicKey;
@@ -59,6 +63,8 @@ pub struct NodePolicy {
     pub dominance: Dominance,
     /// Whether and how this site takes part in secure aggregation.
     pub secure: SecurePolicy,
+    /// Whether and how this site noises what it releases and keeps privacy budgets.
+    pub privacy: PrivacyPolicy,
 }
 
 /// A node's policy for secure aggregation (DESIGN.md, "Secure aggregation").
@@ -125,6 +131,7 @@ impl NodePolicy {
             stewards,
             dominance: Dominance::default(),
             secure: SecurePolicy::default(),
+            privacy: PrivacyPolicy::default(),
         }
     }
 }
@@ -152,6 +159,8 @@ pub struct Released {
     /// Groups dropped for having fewer than k patients (known only to the node's audit
     /// log and steward; the caller is not told).
     pub groups_suppressed: usize,
+    /// The noise on each released partial, where this site noises its release.
+    pub noise: Vec<NoiseReport>,
 }
 
 /// Why a request released nothing. Messages name a rule, never a value.
@@ -172,6 +181,12 @@ pub enum ExecuteError {
         /// What failed, naming sites and fields, never a data value.
         message: String,
     },
+    /// The question's study has spent its privacy budget at this site.
+    #[error("refused by privacy-budget: {message}")]
+    Budget {
+        /// The study, what it has left and what the question needs; never a data value.
+        message: String,
+    },
     /// Running failed; details are in the node's audit log under `reference`.
     #[error(
         "the query failed at this site (reference {reference}); the site's data steward can look it up in the audit log"
@@ -189,6 +204,7 @@ impl ExecuteError {
             ExecuteError::Approval(e) => e.name().to_string(),
             ExecuteError::Refused(r) => r.rule.name().to_string(),
             ExecuteError::Round { rule, .. } => (*rule).to_string(),
+            ExecuteError::Budget { .. } => "privacy-budget".to_string(),
             ExecuteError::Failed { .. } => "failed".to_string(),
         }
     }
@@ -223,6 +239,8 @@ pub struct NodeEngine {
     pub(crate) planner: Planner,
     /// Secure-aggregation rounds between their statement and their masked vector.
     pub(crate) rounds: crate::round::PendingRounds,
+    /// What each study has spent of its privacy budget here.
+    pub(crate) ledger: Arc<Ledger>,
 }
 
 impl std::fmt::Debug for NodeEngine {
@@ -271,7 +289,16 @@ impl NodeEngine {
             ));
         }
         let ctx = node_session(store_dir, policy.memory_limit).await?;
+        if policy.privacy.enabled && policy.privacy.secret.is_none() {
+            return Err(OpenError::Policy(
+                "privacy is enabled without a noise secret".into(),
+            ));
+        }
         let audit = Arc::new(AuditLog::open(store_dir)?);
+        let ledger = Arc::new(match audit.head() == crate::audit::genesis() {
+            true => Ledger::default(),
+            false => Ledger::from_entries(&crate::audit::read_entries(audit.path())?),
+        });
         let executed = Arc::new(ExecutedApprovals::open(store_dir)?);
         let facts = verified_facts(&ctx).await.unwrap_or_else(|error| {
             tracing::warn!(%error, "could not check the patient table; counting distinct pids");
@@ -292,6 +319,7 @@ impl NodeEngine {
                 .map_err(|e| OpenError::Policy(format!("starting the query threads: {e}")))?,
             planner: Planner::new(),
             rounds: crate::round::PendingRounds::default(),
+            ledger,
         })
     }
 
@@ -452,11 +480,26 @@ impl NodeEngine {
                     entry.detail = Some(e.to_string());
                     ExecuteError::Failed { reference }
                 })?;
+                // The noise of a retry is the stored release's: described again from the
+                // plan (the release itself is not drawn again).
+                let noise = if self.policy.privacy.enabled {
+                    let plan = self.plan(request, entry).await?;
+                    let site = self.bounded_plan(
+                        &plan,
+                        Concentration::TopShare(self.policy.dominance),
+                        entry,
+                    )?;
+                    let (noise, _) = self.calibrated(&site, entry)?;
+                    noise.map_or_else(Vec::new, |noise| noise.reports())
+                } else {
+                    Vec::new()
+                };
                 return Ok(Released {
                     schema,
                     batches,
                     groups_released: groups_released as usize,
                     groups_suppressed: groups_suppressed as usize,
+                    noise,
                 });
             }
         }
@@ -471,18 +514,37 @@ impl NodeEngine {
             }
             secure_round_used()
         })?;
-        let site = plan
-            .site_plan(&self.facts, self.policy.dominance)
-            .map_err(|e| failure(entry, e.to_string()))?;
+        let site =
+            self.bounded_plan(&plan, Concentration::TopShare(self.policy.dominance), entry)?;
+        let (noise, secret) = self.calibrated(&site, entry)?;
+        if secret.is_some() {
+            self.charge(request, &query, &generation, entry).await?;
+        }
         let batches = self.collect(site.plan, entry).await?;
         let fail = failure;
-        let released = suppress(
+        let batches = match (&noise, &secret) {
+            (Some(noise), Some(secret)) => noise_site_output(
+                batches,
+                plan.barrier().group_exprs.len(),
+                noise,
+                NoiseSeed {
+                    secret,
+                    question: &query,
+                    generation: &generation,
+                },
+            )
+            .map_err(|e| fail(entry, e.to_string()))?,
+            _ => batches,
+        };
+        let mut released = suppress(
             batches,
             site.released,
             u64::from(self.policy.k),
             self.policy.dominance,
+            noise.is_some(),
         )
         .map_err(|e| fail(entry, e))?;
+        released.noise = noise.map_or_else(Vec::new, |noise| noise.reports());
         if released.groups_released > self.policy.max_groups {
             entry.detail = Some(format!("{} groups over the cap", released.groups_released));
             return Err(ExecuteError::Refused(
@@ -518,6 +580,112 @@ impl NodeEngine {
         .map_err(|e| fail(entry, e.to_string()))?
         .map_err(|e| fail(entry, e.to_string()))?;
         Ok(released)
+    }
+
+    /// The site plan of `plan` for this site: bounded when this site noises its release.
+    pub(crate) fn bounded_plan(
+        &self,
+        plan: &ern_queries::QueryPlan,
+        concentration: Concentration,
+        entry: &mut AuditEntry,
+    ) -> Result<SitePlan, ExecuteError> {
+        let privacy = &self.policy.privacy;
+        plan.bounded_site_plan(
+            &self.facts,
+            concentration,
+            privacy.enabled.then_some(privacy.bounding),
+        )
+        .map_err(|e| failure(entry, e.to_string()))
+    }
+
+    /// The noise of a bounded site plan and the secret to draw it with; neither where
+    /// this site does not noise its release.
+    pub(crate) fn calibrated(
+        &self,
+        site: &SitePlan,
+        entry: &mut AuditEntry,
+    ) -> Result<(Option<QuestionNoise>, Option<Arc<NoiseSecret>>), ExecuteError> {
+        let privacy = &self.policy.privacy;
+        let (Some(sensitivity), Some(secret), true) =
+            (&site.sensitivity, &privacy.secret, privacy.enabled)
+        else {
+            return Ok((None, None));
+        };
+        let noise = QuestionNoise::calibrate(privacy, sensitivity)
+            .map_err(|e| failure(entry, e.to_string()))?;
+        Ok((Some(noise), Some(Arc::clone(secret))))
+    }
+
+    /// Charges the request's epsilon to its study before the question runs (a repeat of
+    /// the question in the study on the same data is free); refuses with
+    /// `privacy-budget` once the study has spent its budget here.
+    pub(crate) async fn charge(
+        &self,
+        request: &QueryRequest,
+        question: &str,
+        generation: &str,
+        entry: &mut AuditEntry,
+    ) -> Result<(), ExecuteError> {
+        let privacy = &self.policy.privacy;
+        let (ledger, audit) = (Arc::clone(&self.ledger), Arc::clone(&self.audit));
+        let (study, question, generation) = (
+            entry.study.clone(),
+            question.to_string(),
+            generation.to_string(),
+        );
+        let query_hash = ern_queries::query_hash(&request.sql);
+        let (epsilon, budget, mechanism) =
+            (privacy.epsilon, privacy.budget_per_study, privacy.mechanism);
+        let noise = privacy.noise_tag();
+        let charged = tokio::task::spawn_blocking(move || {
+            ledger.charge(
+                &audit,
+                &ChargeRequest {
+                    study: &study,
+                    question: &question,
+                    generation: &generation,
+                    query_hash: &query_hash,
+                    epsilon,
+                    budget,
+                    mechanism,
+                    noise: &noise,
+                },
+            )
+        })
+        .await
+        .map_err(|e| failure(entry, e.to_string()))?;
+        match charged {
+            Ok(Charge::Charged { remaining }) => {
+                entry.detail = Some(format!(
+                    "privacy: {epsilon} charged to study {}, {remaining} left",
+                    entry.study
+                ));
+                Ok(())
+            }
+            Ok(Charge::Repeat { remaining }) => {
+                entry.detail = Some(format!(
+                    "privacy: a repeat in study {}, not charged, {remaining} left",
+                    entry.study
+                ));
+                Ok(())
+            }
+            Err(LedgerError::Spent {
+                study,
+                remaining,
+                budget,
+                needed,
+            }) => Err(ExecuteError::Budget {
+                message: format!(
+                    "study {study} has {remaining} of its privacy budget of {budget} left at this site; this question needs {needed}"
+                ),
+            }),
+            Err(LedgerError::Audit(error)) => Err(failure(entry, error.to_string())),
+        }
+    }
+
+    /// What each study has spent of its privacy budget here, and the budget.
+    pub fn privacy_budgets(&self) -> (Vec<(String, Epsilon)>, Epsilon) {
+        (self.ledger.spent(), self.policy.privacy.budget_per_study)
     }
 
     /// Plans the request's SQL on this node's own session (rules 1-8 again).
@@ -649,14 +817,21 @@ async fn verified_facts(ctx: &SessionContext) -> Result<SiteFacts, DataFusionErr
 
 /// Rule 6: drops every group whose smallest hidden patient count is under `k`, whose
 /// patients with a row without a value behind a `COUNT(x)`, `SUM(x)` or `AVG(x)` are more
-/// than none but fewer than `k`, or whose largest patient contributions to a released sum hold more than the
-/// dominance rule allows; then the hidden columns.
+/// than none but fewer than `k`, or whose largest patient contributions to a released
+/// sum hold more than the dominance rule allows; then the hidden columns.
+///
+/// A `noised` release (the site's `[privacy]` policy) is suppressed by its noisy count of
+/// all patients alone: the other counts and the dominance shares are exact, and each of
+/// their decisions would hang on one patient's presence (red team); the noise, scaled to
+/// each patient's bounded contribution, protects what they protected.
 fn suppress(
     batches: Vec<RecordBatch>,
     schema: SchemaRef,
     k: u64,
     dominance: Dominance,
+    noised: bool,
 ) -> Result<Released, String> {
+    let all_patients = format!("{}_0", split::HIDDEN_PATIENTS);
     let mut released = Vec::with_capacity(batches.len());
     let (mut kept, mut dropped) = (0usize, 0usize);
     for batch in batches {
@@ -669,6 +844,21 @@ fn suppress(
         let counts = named(split::HIDDEN_PATIENTS);
         let lacking = named(split::HIDDEN_LACKING);
         let shares = named(split::HIDDEN_DOMINANCE);
+        let hidden: Vec<usize> = counts
+            .iter()
+            .chain(&lacking)
+            .chain(&shares)
+            .copied()
+            .collect();
+        let (counts, lacking, shares) = if noised {
+            let noisy: Vec<usize> = counts
+                .into_iter()
+                .filter(|&i| *batch_schema.field(i).name() == all_patients)
+                .collect();
+            (noisy, Vec::new(), Vec::new())
+        } else {
+            (counts, lacking, shares)
+        };
         if counts.is_empty() {
             return Err("the site plan has no hidden patient count".into());
         }
@@ -709,7 +899,7 @@ fn suppress(
         kept += filtered.num_rows();
         dropped += batch.num_rows() - filtered.num_rows();
         let visible: Vec<usize> = (0..batch.num_columns())
-            .filter(|i| !counts.contains(i) && !lacking.contains(i) && !shares.contains(i))
+            .filter(|i| !hidden.contains(i))
             .collect();
         let filtered = filtered.project(&visible).map_err(|e| e.to_string())?;
         if filtered.num_rows() > 0 {
@@ -721,5 +911,6 @@ fn suppress(
         batches: released,
         groups_released: kept,
         groups_suppressed: dropped,
+        noise: Vec::new(),
     })
 }

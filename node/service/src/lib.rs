@@ -36,6 +36,8 @@ pub mod config;
 pub mod engine;
 pub mod executed;
 pub mod link;
+/// Differential privacy: exact discrete noise, the noise secret, budgets per study.
+pub mod privacy;
 pub mod pseudonym;
 pub mod reference;
 pub mod round;

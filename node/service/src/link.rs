@@ -17,8 +17,9 @@ use ern_proto::v1::node_link_client::NodeLinkClient;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::approval::{Approval, study_of};
+use crate::approval::Approval;
 use crate::engine::{ExecuteError, NodeEngine, QueryRequest, now_seconds};
+use crate::privacy::policy::{NoiseReport, PrivacyPolicy};
 use crate::round::{RoundStart, statement_to_proto};
 
 /// Largest message the node reads from the coordinator.
@@ -145,6 +146,7 @@ async fn session(
             max_concurrent: settings.max_concurrent as u32,
             secure_aggregation: policy.secure.enabled && policy.secure.identity.is_some(),
             min_secure_sites: policy.secure.min_sites as u32,
+            privacy: Some(privacy_to_proto(&policy.privacy)),
         })),
     };
     outbound
@@ -170,6 +172,12 @@ async fn session(
     };
     *welcomed = true;
     tracing::info!(site = %policy.site_id, coordinator = %settings.coordinator, "connected");
+    if let Some(report) = budget_report(engine) {
+        outbound
+            .send(report)
+            .await
+            .map_err(|_| LinkError::Protocol("the outbound queue closed"))?;
+    }
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.tick().await;
     loop {
@@ -198,6 +206,9 @@ async fn session(
                             let _ = outbound.send(v1::NodeMessage {
                                 message: Some(v1::node_message::Message::Result(result)),
                             }).await;
+                            if let Some(report) = budget_report(&engine) {
+                                let _ = outbound.send(report).await;
+                            }
                         });
                     }
                     Some(v1::CoordinatorMessage { message: Some(v1::coordinator_message::Message::Round(round)) }) => {
@@ -229,6 +240,51 @@ async fn session(
     }
 }
 
+/// The node's privacy policy as it reports it in Hello.
+fn privacy_to_proto(policy: &PrivacyPolicy) -> v1::PrivacyPolicy {
+    v1::PrivacyPolicy {
+        enabled: policy.enabled,
+        mechanism: policy.mechanism.name().to_string(),
+        epsilon_micro: policy.epsilon.micro(),
+        budget_micro: policy.budget_per_study.micro(),
+        max_groups_per_patient: policy.bounding.max_groups_per_patient,
+        max_rows_per_patient: policy.bounding.max_rows_per_patient,
+    }
+}
+
+/// What the studies have spent here, for a node that keeps budgets.
+fn budget_report(engine: &NodeEngine) -> Option<v1::NodeMessage> {
+    if !engine.policy().privacy.enabled {
+        return None;
+    }
+    let (spent, _) = engine.privacy_budgets();
+    Some(v1::NodeMessage {
+        message: Some(v1::node_message::Message::Budgets(v1::BudgetReport {
+            studies: spent
+                .into_iter()
+                .map(|(study_id, spent)| v1::StudySpend {
+                    study_id,
+                    spent_micro: spent.micro(),
+                })
+                .collect(),
+        })),
+    })
+}
+
+/// The wire form of a release's noise.
+fn noise_to_proto(noise: &[NoiseReport]) -> Vec<v1::PartialNoise> {
+    noise
+        .iter()
+        .map(|report| v1::PartialNoise {
+            partial: report.partial as u32,
+            mechanism: report.mechanism.to_string(),
+            scale: report.scale,
+            variance: report.variance,
+            margin95: report.margin95,
+        })
+        .collect()
+}
+
 /// The wire form of a refusal or failure.
 fn error_outcome(error: ExecuteError) -> v1::work_result::Outcome {
     use v1::work_result::Outcome;
@@ -248,9 +304,10 @@ pub async fn run_round_two(engine: &NodeEngine, round: v1::SecureRound) -> v1::W
         .secure_masked(&round.query_id, &round.round_id, round.statements)
         .await
     {
-        Ok(values) => Outcome::Masked(v1::MaskedVector {
+        Ok(masked) => Outcome::Masked(v1::MaskedVector {
             round_id: round.round_id,
-            values,
+            values: masked.values,
+            noise: noise_to_proto(&masked.noise),
         }),
         Err(error) => error_outcome(error),
     };
@@ -262,12 +319,14 @@ pub async fn run_round_two(engine: &NodeEngine, round: v1::SecureRound) -> v1::W
 }
 
 /// Runs one piece of work through the engine and shapes the answer for the wire: a
-/// release, or for a secure-aggregation question the round-1 statement.
+/// release, or for a secure-aggregation question the round-1 statement. The study is the
+/// one the work names: the approval must be signed for it (the engine checks the id's
+/// shape before the audit log records it).
 pub async fn run_work(engine: &NodeEngine, work: v1::Work) -> v1::WorkResult {
     use v1::work_result::Outcome;
     let request = QueryRequest {
         sql: work.sql,
-        study_id: study_of(&work.query_id).to_string(),
+        study_id: work.study_id,
         approval: Approval::from(work.approval.unwrap_or_default()),
     };
     if let Some(start) = work.secure_round {
@@ -291,6 +350,7 @@ pub async fn run_work(engine: &NodeEngine, work: v1::Work) -> v1::WorkResult {
             Ok(arrow_ipc) => Outcome::Released(v1::Released {
                 arrow_ipc,
                 groups: released.groups_released as u64,
+                noise: noise_to_proto(&released.noise),
             }),
             Err(error) => {
                 tracing::error!(%error, "encoding released partials");

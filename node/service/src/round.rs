@@ -21,16 +21,23 @@ use std::time::{Duration, Instant};
 
 use ern_proto::v1;
 use ern_queries::AggregationMode;
+use ern_queries::split::Concentration;
 use ring::rand::SystemRandom;
 
 use crate::approval::Approval;
 use crate::audit::AuditEntry;
 use crate::engine::{ExecuteError, NodeEngine, QueryRequest, failure};
 use crate::executed;
+use crate::privacy::noise::{NoiseSeed, noise_secure_vector};
+use crate::privacy::policy::NoiseReport;
 use crate::secure::{RoundError, RoundKeys, RoundStatement, RoundTerms, verify_round};
 
 /// How long a round may wait between its statement and its relayed statements.
 const ROUND_WAIT: Duration = Duration::from_secs(3600);
+
+/// The study an audit entry names for a round-2 message of no round this node holds (not
+/// an id, so no study can be confused with it).
+const NO_STUDY: &str = "(no round)";
 
 /// Round 1 as the coordinator asks for it.
 #[derive(Debug, Clone)]
@@ -49,6 +56,7 @@ struct PendingRound {
     keys: RoundKeys,
     own: RoundStatement,
     vector: Vec<u64>,
+    noise: Vec<NoiseReport>,
     approval: String,
     query: String,
     generation: String,
@@ -224,13 +232,30 @@ impl NodeEngine {
                 ),
             ));
         }
-        let site_plan = plan
-            .secure_site_plan(&self.facts)
-            .map_err(|e| failure(entry, e.to_string()))?;
+        let site_plan = self.bounded_plan(&plan, Concentration::Moments, entry)?;
+        let (noise, secret) = self.calibrated(&site_plan, entry)?;
+        if secret.is_some() {
+            self.charge(request, &query, &generation, entry).await?;
+        }
         let batches = self.collect(site_plan.plan, entry).await?;
-        let vector = layout
+        let mut vector = layout
             .vector(&batches)
             .map_err(|e| failure(entry, e.to_string()))?;
+        let participants = start.participants.len();
+        let noised = secret.is_some();
+        let noise = match (noise, secret) {
+            (Some(noise), Some(secret)) => {
+                let seed = NoiseSeed {
+                    secret: &secret,
+                    question: &query,
+                    generation: &generation,
+                };
+                noise_secure_vector(&mut vector.values, layout, &noise, participants, seed)
+                    .map_err(|e| failure(entry, e.to_string()))?;
+                noise.share_reports(participants)
+            }
+            _ => Vec::new(),
+        };
         let (keys, public_keys) =
             RoundKeys::new(site, &start.participants, &SystemRandom::new()).map_err(refused)?;
         let terms = RoundTerms {
@@ -244,8 +269,19 @@ impl NodeEngine {
         let dominance = self.policy.dominance;
         let ppm = (dominance.max_share * dominance.max_share / dominance.top.max(1) as f64 * 1e6)
             .round() as u32;
-        let own = RoundStatement::sign(terms, site, public_keys, self.policy.k, ppm, &identity)
-            .map_err(refused)?;
+        let declared = if noised {
+            self.policy.privacy.declaration()
+        } else {
+            String::new()
+        };
+        let own = RoundStatement::sign_declaring(
+            terms,
+            site,
+            public_keys,
+            (self.policy.k, ppm, declared),
+            &identity,
+        )
+        .map_err(refused)?;
         entry.detail = Some(format!(
             "secure round {}: statement signed for {} participants; {} groups, {} outside the domain",
             start.round_id,
@@ -271,6 +307,7 @@ impl NodeEngine {
                 keys,
                 own: own.clone(),
                 vector: vector.values,
+                noise,
                 approval,
                 query,
                 generation,
@@ -287,19 +324,22 @@ impl NodeEngine {
         query_id: &str,
         round_id: &str,
         statements: Vec<v1::RoundStatement>,
-    ) -> Result<Vec<u64>, ExecuteError> {
+    ) -> Result<Masked, ExecuteError> {
         let pending = self.rounds.lock().remove(query_id);
         let Some(pending) = pending else {
+            // No round, so no study: round 2's message names none (the study comes with
+            // round 1's work), and the question's id is not a study's.
             let request = QueryRequest {
                 sql: String::new(),
-                study_id: query_id.to_string(),
+                study_id: String::new(),
                 approval: Approval::default(),
             };
             return self
                 .audited(
                     &request,
-                    |_: &Vec<u64>, _: &mut AuditEntry| {},
-                    async |_: &mut AuditEntry| {
+                    |_: &Masked, _: &mut AuditEntry| {},
+                    async |entry: &mut AuditEntry| {
+                        entry.study = NO_STUDY.to_string();
                         Err(round_refusal(
                             "secure-round-unknown",
                             "this site signed no statement for this round, or already sent its vector",
@@ -311,7 +351,7 @@ impl NodeEngine {
         let request = pending.request.clone();
         self.audited(
             &request,
-            |_: &Vec<u64>, _: &mut AuditEntry| {},
+            |_: &Masked, _: &mut AuditEntry| {},
             async |entry: &mut AuditEntry| match statements_from_proto(statements) {
                 Ok(statements) => self.round_two(pending, round_id, &statements, entry).await,
                 Err(refusal) => {
@@ -329,7 +369,7 @@ impl NodeEngine {
         round_id: &str,
         statements: &[RoundStatement],
         entry: &mut AuditEntry,
-    ) -> Result<Vec<u64>, ExecuteError> {
+    ) -> Result<Masked, ExecuteError> {
         let verified = if round_id != pending.own.round_id {
             Err(refused(RoundError::Mismatch {
                 site: self.policy.site_id.clone(),
@@ -372,8 +412,21 @@ impl NodeEngine {
             "secure round {round_id}: masked vector of {length} values sent to {} participants",
             statements.len()
         ));
-        Ok(masked)
+        Ok(Masked {
+            values: masked,
+            noise: pending.noise,
+        })
     }
+}
+
+/// What round 2 sends: the masked vector and, where this site noised it, what noise its
+/// share carries.
+#[derive(Debug, Clone)]
+pub struct Masked {
+    /// The masked vector.
+    pub values: Vec<u64>,
+    /// The noise of this site's share on each released partial (empty without noise).
+    pub noise: Vec<NoiseReport>,
 }
 
 /// A statement for the wire.
@@ -396,6 +449,7 @@ pub fn statement_to_proto(statement: &RoundStatement) -> v1::RoundStatement {
             .collect(),
         k: statement.k,
         max_concentration_ppm: statement.max_concentration_ppm,
+        privacy: statement.privacy.clone(),
         signature: statement.signature.clone(),
     }
 }
@@ -429,6 +483,7 @@ pub fn statement_from_proto(statement: v1::RoundStatement) -> Result<RoundStatem
         peer_keys,
         k: statement.k,
         max_concentration_ppm: statement.max_concentration_ppm,
+        privacy: statement.privacy,
         signature: statement.signature,
     })
 }

@@ -2,8 +2,8 @@
 //! (DESIGN.md, "Secure aggregation: k applies to the network total").
 //!
 //! The researcher writes SQL and picks target sites; each submission is a new question
-//! (its id is the study an approval signs: proto/src/approval.rs `study_of`), which every
-//! target site's steward approves on seeing the SQL. The coordinator runs a secure round
+//! (under a study the researcher is on, whose id an approval signs), which every target
+//! site's steward approves on seeing the SQL. The coordinator runs a secure round
 //! when at least three approved sites take part in secure aggregation, and the same
 //! question per site otherwise (coordinator/src/rounds.rs, `turn_per_site`). The nodes
 //! here are real engines over ingested Parquet stores, driven by hand as an honest
@@ -208,7 +208,8 @@ impl Sites {
                     statements.iter().map(statement_to_proto).collect(),
                 )
                 .await
-                .unwrap_or_else(|e| panic!("round 2 at {id}: {e}"));
+                .unwrap_or_else(|e| panic!("round 2 at {id}: {e}"))
+                .values;
             total = Some(match total {
                 None => masked,
                 Some(sum) => sum

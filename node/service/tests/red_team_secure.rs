@@ -269,6 +269,7 @@ impl Site {
                 statements.iter().map(statement_to_proto).collect(),
             )
             .await
+            .map(|masked| masked.values)
     }
 
     fn last_audit(&self) -> AuditEntry {

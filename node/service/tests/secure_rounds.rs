@@ -260,6 +260,7 @@ impl Site {
                 statements.iter().map(statement_to_proto).collect(),
             )
             .await
+            .map(|masked| masked.values)
     }
 
     /// The node's audit log.

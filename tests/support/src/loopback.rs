@@ -1,19 +1,25 @@
 //! A real coordinator serving gRPC on loopback, in this process, over plaintext or mutual
 //! TLS with a fresh network CA; its database in a temporary directory; clients of every
 //! role; and node streams driven by hand.
+//!
+//! Every researcher a test enrols ([`Loopback::user`]) is put on the study [`STUDY`], so
+//! that [`submit`] (which names it) works for each of them; a test of studies makes its
+//! own with [`Loopback::study`] or the Operator API.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ern_coordinator::config::ServerTls;
+use ern_coordinator::db::StudyAdmission;
 use ern_coordinator::limits::Limits;
-use ern_coordinator::model::Role;
+use ern_coordinator::model::{Role, Study};
 use ern_coordinator::pki::{IssuedCertificate, NetworkCa};
 use ern_coordinator::{Coordinator, Db, Timing, Transport, auth, server};
 use ern_proto::transport::{self, BearerToken, ClientTls};
 use ern_proto::v1;
 use ern_proto::v1::node_link_client::NodeLinkClient;
+use ern_proto::v1::operator_client::OperatorClient;
 use ern_proto::v1::researcher_client::ResearcherClient;
 use ern_proto::v1::steward_client::StewardClient;
 use tokio::sync::mpsc;
@@ -32,6 +38,9 @@ pub type Authorised = InterceptedService<Channel, BearerToken>;
 
 /// A question every site can answer.
 pub const SQL: &str = "SELECT sex, COUNT(*) AS n FROM patient GROUP BY sex";
+
+/// The study every researcher a test enrols is on, and every [`submit`] names.
+pub const STUDY: &str = "study-1";
 
 /// How the loopback coordinator talks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,10 +126,38 @@ impl Loopback {
         self.url.starts_with("https://").then(|| self.trust())
     }
 
-    /// Enrols a user and returns its token.
+    /// Enrols a user and returns its token; a researcher is put on study [`STUDY`]
+    /// (created with them if it does not exist yet).
     pub fn user(&self, name: &str, role: Role, site: &str) -> BearerToken {
         let token = auth::enrol(self.core.db(), name, role, site, 0).expect("enrol");
+        if role == Role::Researcher
+            && !self
+                .core
+                .db()
+                .add_study_researcher(STUDY, name)
+                .expect("join")
+        {
+            self.study(STUDY, &[name]);
+        }
         BearerToken::new(&token).expect("token")
+    }
+
+    /// Creates study `id` with `researchers` (enrolled researchers) on it, as an operator
+    /// does.
+    pub fn study(&self, id: &str, researchers: &[&str]) {
+        let study = Study {
+            id: id.to_string(),
+            title: format!("Study {id}"),
+            purpose: format!("The purpose of {id}"),
+            researchers: researchers.iter().map(|r| r.to_string()).collect(),
+            created_at: 0,
+            created_by: "op".into(),
+        };
+        assert_eq!(
+            self.core.db().add_study(&study).expect("add study"),
+            StudyAdmission::Added,
+            "study {id}"
+        );
     }
 
     /// A channel to the coordinator.
@@ -135,6 +172,11 @@ impl Loopback {
     /// A researcher client.
     pub async fn researcher(&self, token: BearerToken) -> ResearcherClient<Authorised> {
         ResearcherClient::with_interceptor(self.channel().await, token)
+    }
+
+    /// An operator client.
+    pub async fn operator(&self, token: BearerToken) -> OperatorClient<Authorised> {
+        OperatorClient::with_interceptor(self.channel().await, token)
     }
 
     /// A steward client.
@@ -236,11 +278,17 @@ impl Loopback {
     }
 }
 
-/// A submission of `sql` titled `title`.
+/// A submission of `sql` titled `title`, under study [`STUDY`].
 pub fn submit(title: &str, sql: &str) -> v1::SubmitRequest {
+    submit_in(STUDY, title, sql)
+}
+
+/// A submission of `sql` titled `title`, under study `study`.
+pub fn submit_in(study: &str, title: &str, sql: &str) -> v1::SubmitRequest {
     v1::SubmitRequest {
         sql: sql.into(),
         title: title.into(),
+        study_id: study.into(),
         ..Default::default()
     }
 }

@@ -1,6 +1,7 @@
 //! A whole network in one process: a coordinator on loopback over mutual TLS and real
 //! nodes (each its own engine, store, steward key, site identity key and roster) dialling
-//! out to it, driven through the researcher's and stewards' gRPC APIs.
+//! out to it, driven through the researcher's and stewards' gRPC APIs. Its researcher is
+//! on the study [`STUDY`], which [`Network::submit`] and [`Network::ask`] name.
 //!
 //! Stores can be hand-made from a few patients ([`store_of`]) so a test knows every
 //! number, or synthetic ([`crate::fixture`]).
@@ -24,7 +25,8 @@ use ern_proto::transport::{BearerToken, ClientTls};
 use ern_proto::v1;
 use tokio::task::JoinHandle;
 
-use crate::loopback::{Loopback, Security, submit};
+pub use crate::loopback::STUDY;
+use crate::loopback::{Loopback, Security, submit_in};
 use crate::steward::named_steward;
 
 /// One patient of a hand-made export: a local id, a birth date (`YYYY`, `YYYY-MM` or
@@ -203,11 +205,17 @@ impl Network {
         assert!(waited.is_ok(), "node {id} did not connect");
     }
 
-    /// Submits `sql` to every site; returns the question's id.
+    /// Submits `sql` to every site under study [`STUDY`]; returns the question's id.
     pub async fn submit(&self, sql: &str) -> String {
+        self.submit_in(STUDY, sql).await
+    }
+
+    /// Submits `sql` to every site under study `study` (one the researcher is on);
+    /// returns the question's id.
+    pub async fn submit_in(&self, study: &str, sql: &str) -> String {
         let mut researcher = self.loopback.researcher(self.researcher.clone()).await;
         researcher
-            .submit(submit("a question", sql))
+            .submit(submit_in(study, "a question", sql))
             .await
             .expect("submitted")
             .into_inner()
@@ -223,7 +231,7 @@ impl Network {
     }
 
     /// `steward` of `site` (logged in with `token`) signs an approval of `query_id` over
-    /// `sql` for ten minutes and sends it.
+    /// `sql`, under the question's study, for ten minutes and sends it.
     async fn approve_as(
         &self,
         query_id: &str,
@@ -233,19 +241,25 @@ impl Network {
         token: &BearerToken,
     ) {
         let expires = ern_coordinator::model::now_seconds() + 600;
-        let approval = ern_node::approval::sign(
-            steward,
-            sql,
-            site,
-            ern_proto::approval::study_of(query_id),
-            expires,
-        )
-        .expect("sign");
+        let study = self.study_of(query_id);
+        let approval = ern_node::approval::sign(steward, sql, site, &study, expires).expect("sign");
         let mut client = self.loopback.steward(token.clone()).await;
         client
             .approve(approval.to_request(query_id))
             .await
             .expect("approved");
+    }
+
+    /// The study question `query_id` belongs to, as the coordinator stored it (and shows
+    /// it to stewards).
+    pub fn study_of(&self, query_id: &str) -> String {
+        self.loopback
+            .core
+            .db()
+            .query(query_id)
+            .expect("query")
+            .expect("a stored question")
+            .study_id
     }
 
     /// Submits `sql`, has every site approve it, and waits until it is complete; returns
@@ -444,6 +458,7 @@ impl HandSite {
             max_concurrent: 1,
             secure_aggregation: true,
             min_secure_sites: 3,
+            privacy: None,
         };
         let (sender, mut inbound) = loopback
             .open_node_stream_saying(Some(&self.certificate), &self.node_token, hello)

@@ -19,7 +19,14 @@
 //! number of peer keys: 8 bytes, then field(peer site id) and the 32-byte X25519 key, each
 //! k: 4 bytes
 //! max_concentration_ppm: 4 bytes
+//! field(privacy)
 //! ```
+//!
+//! `privacy` is the signer's noise declaration (empty for none; otherwise its mechanism,
+//! epsilon in millionths and bounds): every participant must have signed the same one,
+//! since each adds `1/n` of the noise of the network total and the total has the noise
+//! the policy asks for only if all do (red team: a noising site's share assumed peers
+//! that added none).
 //!
 //! Every variable-length item carries its length, so no two different statements have
 //! the same bytes, whatever the ids hold.
@@ -34,7 +41,7 @@ use super::identity::{Roster, SiteIdentity};
 pub type PeerPublicKeys = Vec<(String, [u8; 32])>;
 
 /// The domain separator at the start of every statement's signed bytes.
-const DOMAIN: &[u8] = b"ern secure-aggregation round-1 v1";
+const DOMAIN: &[u8] = b"ern secure-aggregation round-1 v2";
 
 /// Appends `bytes` with its length (8 bytes, big-endian) in front.
 pub(super) fn put_field(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -104,6 +111,9 @@ pub struct RoundStatement {
     pub k: u32,
     /// The signer's dominance limit, in parts per million.
     pub max_concentration_ppm: u32,
+    /// The signer's noise declaration (empty for none): every participant must sign the
+    /// same.
+    pub privacy: String,
     /// The signer's Ed25519 identity signature over [`RoundStatement::signed_bytes`].
     pub signature: Vec<u8>,
 }
@@ -120,6 +130,24 @@ impl RoundStatement {
         max_concentration_ppm: u32,
         identity: &SiteIdentity,
     ) -> Result<Self, RoundError> {
+        Self::sign_declaring(
+            terms,
+            site,
+            peer_keys,
+            (k, max_concentration_ppm, String::new()),
+            identity,
+        )
+    }
+
+    /// [`RoundStatement::sign`] with the signer's limits and noise declaration:
+    /// `(k, max_concentration_ppm, privacy)`.
+    pub fn sign_declaring(
+        terms: RoundTerms,
+        site: &str,
+        peer_keys: PeerPublicKeys,
+        (k, max_concentration_ppm, privacy): (u32, u32, String),
+        identity: &SiteIdentity,
+    ) -> Result<Self, RoundError> {
         let mut statement = RoundStatement {
             query_id: terms.query_id,
             round_id: terms.round_id,
@@ -131,6 +159,7 @@ impl RoundStatement {
             peer_keys,
             k,
             max_concentration_ppm,
+            privacy,
             signature: Vec::new(),
         };
         statement.check_form()?;
@@ -159,6 +188,7 @@ impl RoundStatement {
         }
         put_u32(&mut out, self.k);
         put_u32(&mut out, self.max_concentration_ppm);
+        put_field(&mut out, self.privacy.as_bytes());
         out
     }
 
@@ -384,6 +414,9 @@ fn check_peer(
     if statement.vector_len != own.vector_len {
         return Err(mismatch("vector length"));
     }
+    if statement.privacy != own.privacy {
+        return Err(mismatch("privacy policy"));
+    }
     if statement.participants != own.participants {
         return Err(RoundError::Participants {
             site: site.clone(),
@@ -427,6 +460,7 @@ mod tests {
             peer_keys: vec![("b".into(), [7u8; 32])],
             k: 5,
             max_concentration_ppm: 360_000,
+            privacy: "discrete-laplace".into(),
             signature: vec![1, 2, 3],
         };
         let field = |bytes: &[u8]| {
@@ -434,7 +468,7 @@ mod tests {
             out.extend_from_slice(bytes);
             out
         };
-        let mut expected = field(b"ern secure-aggregation round-1 v1");
+        let mut expected = field(b"ern secure-aggregation round-1 v2");
         for item in [&b"q"[..], b"r1", b"h", b"dd"] {
             expected.extend(field(item));
         }
@@ -448,6 +482,7 @@ mod tests {
         expected.extend([7u8; 32]);
         expected.extend(5u32.to_be_bytes());
         expected.extend(360_000u32.to_be_bytes());
+        expected.extend(field(b"discrete-laplace"));
         assert_eq!(statement.signed_bytes(), expected);
 
         // Moving a character from one id to the next changes the bytes.

@@ -1,0 +1,208 @@
+//! Contribution bounding: how much one patient can move what a site releases.
+//!
+//! Differential privacy calibrates noise to a question's sensitivity, the most one
+//! patient's rows can change a released number. A registry bounds nothing by itself: a
+//! patient with ten diagnoses is in ten groups of "patients per disorder", and a patient
+//! with forty visit rows adds forty to a `COUNT(*)`. So when a node noises what it
+//! releases (DESIGN.md, "Studies and privacy budgets") its site plan bounds each
+//! patient's part first, and the noise is scaled to the bounds:
+//!
+//! - **Groups per patient**: a patient counts in at most `max_groups_per_patient` groups:
+//!   the first ones in ascending order of the group keys (NULL last), a deterministic
+//!   choice made from the patient's own rows alone, so it cannot depend on anyone else's.
+//!   A patient with more groups is left out of the rest (documented: this biases
+//!   "per disorder" counts against the patients with the most disorders, and only them).
+//! - **Rows per patient and group**: a patient's part of a count of rows (`COUNT(*)`,
+//!   `COUNT(x)`) is at most `max_rows_per_patient`; of a sum, at most that many times the
+//!   largest magnitude the summed value takes on one row, which validation derives from
+//!   the data model's declared ranges (ages 0-150, years 1880-2100, months 1-12, dates
+//!   within 1880-2100) and ingest enforces.
+//!
+//! Where the rows hold each patient once (the patient table alone), a patient is in one
+//! group with one row by construction and no bounding is needed beyond the declared
+//! ranges: the sensitivities say so, and that plan stays one aggregation.
+
+use datafusion::common::Column;
+use datafusion::error::DataFusionError;
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::{
+    Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, cast, lit, when,
+};
+
+use crate::validate::{AggregateKind, Barrier};
+
+/// A site's bounds on one patient's contribution (its `[privacy]` policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounding {
+    /// The most groups one patient counts in.
+    pub max_groups_per_patient: u32,
+    /// The most rows one patient counts with in one group.
+    pub max_rows_per_patient: u32,
+}
+
+impl Default for Bounding {
+    /// One group and one row per patient: the smallest noise for the commonest
+    /// question (patients per category).
+    fn default() -> Self {
+        Bounding {
+            max_groups_per_patient: 1,
+            max_rows_per_patient: 1,
+        }
+    }
+}
+
+/// How far one patient can move each released number of a site plan: the L1
+/// sensitivity over all groups (the per-group bound times the groups a patient counts
+/// in), in whole units (a fractional bound is rounded up, which only adds noise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sensitivity {
+    /// One per released partial column `__p0…`, in order.
+    pub partials: Vec<u64>,
+    /// Of the hidden count of patients per group that k applies to.
+    pub patients: u64,
+}
+
+/// What a per-patient partial is clamped to, once per group and patient.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Clamp {
+    /// A count of rows: at most this many.
+    Rows(u32),
+    /// A sum: within ± this.
+    Magnitude(f64),
+}
+
+impl Clamp {
+    /// `value` clamped, in its own type.
+    fn apply(self, value: Expr, data_type: &arrow::datatypes::DataType) -> Expr {
+        let (low, high) = match self {
+            Clamp::Rows(rows) => (0.0, f64::from(rows)),
+            Clamp::Magnitude(magnitude) => (-magnitude, magnitude),
+        };
+        let typed = |bound: f64| cast(lit(bound), data_type.clone());
+        let clamped = when(value.clone().gt(typed(high)), typed(high))
+            .when(value.clone().lt(typed(low)), typed(low))
+            .otherwise(value);
+        clamped.unwrap_or_else(|_| lit(0))
+    }
+}
+
+/// The one-row magnitude of the argument of a released SUM or AVG, rounded up to a whole
+/// number (validation bounds every summed value; 2^32 where nothing smaller is known).
+pub(crate) fn argument_bound(barrier: &Barrier, argument: &Expr) -> f64 {
+    let name = argument.schema_name().to_string();
+    barrier
+        .summed_values
+        .iter()
+        .find(|summed| summed.value.schema_name().to_string() == name)
+        .map_or(crate::rules::barrier_aggregates::MAX_MAGNITUDE, |summed| {
+            summed.bound
+        })
+        .ceil()
+}
+
+/// The sensitivities of a site plan over `barrier`: with `bounding` where a patient can
+/// have many rows, or one group and one row per patient where `one_row_per_patient`.
+pub fn sensitivity(
+    barrier: &Barrier,
+    bounding: Bounding,
+    one_row_per_patient: bool,
+) -> Sensitivity {
+    let (groups, rows) = if one_row_per_patient {
+        (1, 1)
+    } else if barrier.group_exprs.is_empty() {
+        (1, u64::from(bounding.max_rows_per_patient))
+    } else {
+        (
+            u64::from(bounding.max_groups_per_patient),
+            u64::from(bounding.max_rows_per_patient),
+        )
+    };
+    let magnitude = |expr: &Expr| -> u64 {
+        let argument = crate::split::argument_of(expr).unwrap_or_else(|| lit(0));
+        // Bounds are at most 2^32 (validation refuses larger), so this neither
+        // truncates nor overflows below.
+        argument_bound(barrier, &argument) as u64
+    };
+    let mut partials = Vec::new();
+    for aggregate in &barrier.aggregates {
+        match aggregate.kind {
+            AggregateKind::CountDistinctPid => partials.push(groups),
+            AggregateKind::Count => partials.push(groups.saturating_mul(rows)),
+            AggregateKind::Sum => partials.push(
+                groups
+                    .saturating_mul(rows)
+                    .saturating_mul(magnitude(&aggregate.expr)),
+            ),
+            AggregateKind::Avg => {
+                partials.push(
+                    groups
+                        .saturating_mul(rows)
+                        .saturating_mul(magnitude(&aggregate.expr)),
+                );
+                partials.push(groups.saturating_mul(rows));
+            }
+        }
+    }
+    Sensitivity {
+        partials,
+        patients: groups,
+    }
+}
+
+/// Over one row per group and patient (group columns, the pid, then the per-patient
+/// values): each value clamped as `clamps` says, then each patient's rows beyond their
+/// first `max_groups_per_patient` groups (in ascending order of the group keys, NULL
+/// last) dropped. The output has the input's columns, names and order.
+pub(crate) fn bound_patients(
+    patients: LogicalPlan,
+    groups: usize,
+    clamps: &[Option<Clamp>],
+    bounding: Bounding,
+) -> Result<LogicalPlan, DataFusionError> {
+    let schema = patients.schema().clone();
+    let columns: Vec<Column> = schema.columns();
+    let keep = |column: &Column| {
+        Expr::Column(column.clone()).alias_qualified(column.relation.clone(), &column.name)
+    };
+    let mut outputs: Vec<Expr> = columns[..=groups].iter().map(keep).collect();
+    for (index, column) in columns[groups + 1..].iter().enumerate() {
+        let expr = match clamps.get(index).copied().flatten() {
+            Some(clamp) => {
+                let data_type = schema.field(groups + 1 + index).data_type();
+                clamp
+                    .apply(Expr::Column(column.clone()), data_type)
+                    .alias_qualified(column.relation.clone(), &column.name)
+            }
+            None => keep(column),
+        };
+        outputs.push(expr);
+    }
+    let clamped = LogicalPlanBuilder::from(patients).project(outputs)?;
+    if groups == 0 {
+        return clamped.build();
+    }
+    const RANK: &str = "__group_rank";
+    let order = columns[..groups]
+        .iter()
+        .map(|column| Expr::Column(column.clone()).sort(true, false))
+        .collect();
+    let rank = row_number()
+        .partition_by(vec![Expr::Column(columns[groups].clone())])
+        .order_by(order)
+        .build()?
+        .alias(RANK);
+    let ranked = clamped.window(vec![rank])?.build()?;
+    let ranked_columns = ranked.schema().columns();
+    let without_rank: Vec<Expr> = ranked_columns
+        .iter()
+        .filter(|column| column.name != RANK)
+        .map(|column| Expr::Column(column.clone()))
+        .collect();
+    LogicalPlanBuilder::from(ranked)
+        .filter(
+            Expr::Column(Column::from_name(RANK))
+                .lt_eq(lit(u64::from(bounding.max_groups_per_patient))),
+        )?
+        .project(without_rank)?
+        .build()
+}
