@@ -13,14 +13,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ern_coordinator::limits::Limits;
 use ern_node::privacy::policy::{Epsilon, PrivacyPolicy};
 use ern_node::privacy::secret::NoiseSecret;
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
 use ern_test_support::loopback::{Loopback, Security};
 
 mod common;
-use common::nodes::{identities, run_question, runtime, start_nodes, store_question};
+use common::nodes::{bench_limits, identities, run_question, runtime, start_nodes, store_question};
 use common::{cpu_by_thread, ms, percentile, stores};
 
 const COORDINATOR_THREADS: &str = "ern-coord";
@@ -103,7 +102,7 @@ async fn measure(
     eprintln!("preparing 2 × {sites} sites of {patients} patients");
     let plain_stores = stores(&work.path().join("plain"), sites, patients);
     let noised_stores = stores(&work.path().join("noised"), sites, patients);
-    let coordinator = Loopback::start(Security::Plaintext, Limits::default()).await;
+    let coordinator = Loopback::start(Security::Plaintext, bench_limits()).await;
     let (core, address) = (Arc::clone(&coordinator.core), coordinator.url.clone());
     generate_steward_key(&work.path().join("steward")).expect("steward key");
     let steward = StewardSigningKey::load(&work.path().join("steward.key")).expect("key");

@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ern_coordinator::limits::Limits;
 use ern_node::round::statement_to_proto;
 use ern_node::secure::{RoundKeys, RoundStatement, RoundTerms, SiteIdentity};
 use ern_node::steward_key::{StewardSigningKey, generate_steward_key};
@@ -26,7 +25,9 @@ use ern_test_support::loopback::{Loopback, Security};
 use prost::Message;
 
 mod common;
-use common::nodes::{BENCH_STUDY, identities, run_question, runtime, start_nodes, store_question};
+use common::nodes::{
+    BENCH_STUDY, bench_limits, identities, run_question, runtime, start_nodes, store_question,
+};
 use common::{cpu_by_thread, ms, percentile, stores};
 
 const COORDINATOR_THREADS: &str = "ern-coord";
@@ -134,7 +135,7 @@ async fn measure(
     let work = tempfile::tempdir().expect("temp dir");
     eprintln!("preparing {sites} sites of {patients} patients");
     let stores = stores(work.path(), sites, patients);
-    let coordinator = Loopback::start(Security::Plaintext, Limits::default()).await;
+    let coordinator = Loopback::start(Security::Plaintext, bench_limits()).await;
     let (core, address) = (Arc::clone(&coordinator.core), coordinator.url.clone());
     generate_steward_key(&work.path().join("steward")).expect("steward key");
     let steward = StewardSigningKey::load(&work.path().join("steward.key")).expect("key");

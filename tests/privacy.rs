@@ -11,19 +11,20 @@ use ern_node::privacy::policy::{Epsilon, PrivacyPolicy};
 use ern_node::privacy::secret::NoiseSecret;
 use ern_test_support::network::{Network, Patient, SiteSetup, store_of};
 
-/// `sites` sites of 30 patients each, the women with ORPHA:154, the men with ORPHA:130.
+/// Sites of 100 patients each, the women with ORPHA:154, the men with ORPHA:130: 50
+/// per sex, above the noisy count a group's key needs to leave a site under noise.
 fn sites(dir: &std::path::Path, ids: &[&'static str]) -> Vec<SiteSetup<'static>> {
     ids.iter()
         .enumerate()
         .map(|(index, id)| {
-            let patients: Vec<Patient> = (0..30)
+            let patients: Vec<Patient> = (0..100)
                 .map(|n| {
                     let (sex, code) = if n % 2 == 0 {
                         ("female", "ORPHA:154")
                     } else {
                         ("male", "ORPHA:130")
                     };
-                    Patient::new(&format!("P{n}"), 1950 + n, sex, code)
+                    Patient::new(&format!("P{n}"), 1920 + n, sex, code)
                 })
                 .collect();
             let store = store_of(&dir.join(id), &patients, &[index as u8 + 1; 32]);
@@ -85,8 +86,11 @@ async fn per_site_noise_is_described_in_the_results_and_repeats_return_the_same_
     assert_eq!(results.mode, "per-site");
     let released = counts(&batches, 1);
     assert_eq!(released.len(), 2, "female and male");
-    // The exact counts are 30 and 30; the noise is small beside them but there.
-    assert!(released.iter().all(|n| (n - 30).abs() < 40), "{released:?}");
+    // The exact counts are 100 and 100; the noise is small beside them but there.
+    assert!(
+        released.iter().all(|n| (n - 100).abs() < 40),
+        "{released:?}"
+    );
     // ε = 1 over the count and the hidden patient count: discrete Laplace of scale 2 at
     // each site; the summary adds the two sites' variances.
     let noise = &results.noise;
@@ -126,8 +130,8 @@ async fn secure_rounds_release_noisy_totals_with_the_noise_of_the_shares() {
     let released = counts(&batches, 1);
     assert_eq!(released.len(), 2, "female and male: {released:?}");
     assert!(
-        released.iter().all(|n| (n - 45).abs() < 60),
-        "totals near 45 each: {released:?}"
+        released.iter().all(|n| (n - 150).abs() < 40),
+        "totals near 150 each: {released:?}"
     );
     let noise = &results.noise;
     assert_eq!(noise.len(), 1, "{noise:?}");
@@ -138,5 +142,61 @@ async fn secure_rounds_release_noisy_totals_with_the_noise_of_the_shares() {
     assert!((noise[0].variance - 8.0).abs() < 1e-6, "{noise:?}");
     for (_, state, _) in network.site_states(&id) {
         assert_eq!(state, "aggregated");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stewards_see_the_study_budget_left_and_a_spent_budget_refuses_with_its_rule() {
+    let work = tempfile::tempdir().expect("temp dir");
+    // Two sites (per site): ε = 1 per question, a budget of 2 per study.
+    let network = Network::start(sites(work.path(), &["site-a", "site-b"]), |site, policy| {
+        noised(site, policy);
+        policy.privacy.budget_per_study = Epsilon::from_micro(2_000_000);
+    })
+    .await;
+    let questions = [
+        "SELECT sex, COUNT(*) AS n FROM patient GROUP BY sex",
+        "SELECT vital_status, COUNT(*) AS n FROM patient GROUP BY vital_status",
+        "SELECT COUNT(*) AS n FROM patient",
+    ];
+    network.ask(questions[0]).await;
+    network.ask(questions[1]).await;
+    // The third question's review: the study has spent its whole budget at site-a.
+    let third = network.submit(questions[2]).await;
+    let site = network.site("site-a");
+    let mut steward = network.loopback.steward(site.steward_token.clone()).await;
+    let mut privacy = None;
+    for _ in 0..200 {
+        let review = steward
+            .show_query(ern_proto::v1::ShowQueryRequest {
+                query_id: third.clone(),
+            })
+            .await
+            .expect("review")
+            .into_inner();
+        let reported = review.privacy.expect("privacy");
+        if reported.spent_micro == 2_000_000 {
+            privacy = Some(reported);
+            break;
+        }
+        // The node reports its spend after each answer.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let privacy = privacy.expect("the review shows the study's spend at the site");
+    assert!(privacy.reported && privacy.enabled, "{privacy:?}");
+    assert_eq!(privacy.mechanism, "discrete-laplace");
+    assert_eq!(privacy.epsilon_micro, 1_000_000);
+    assert_eq!(privacy.budget_micro, 2_000_000);
+    // Approved all the same, the nodes refuse it by the rule, naming no value.
+    network.approve_all(&third, questions[2]).await;
+    network.wait_complete(&third).await;
+    for (site, state, detail) in network.site_states(&third) {
+        assert_eq!(state, "refused", "{site}");
+        assert_eq!(detail, "privacy-budget", "{site}");
+    }
+    // A repeat of an answered question is still answered, free, with the same table.
+    let again = network.ask(questions[0]).await;
+    for (site, state, _) in network.site_states(&again) {
+        assert_eq!(state, "answered", "{site}");
     }
 }

@@ -20,6 +20,15 @@ use ern_proto::transport::BearerToken;
 /// The study every bench question belongs to (approvals sign it; the work names it).
 pub(crate) const BENCH_STUDY: &str = "bench";
 
+/// The coordinator's limits for a bench: the defaults, except that every node dials from
+/// the one loopback address, so the per-source connection cap (32) must fit them all.
+pub(crate) fn bench_limits() -> ern_coordinator::limits::Limits {
+    let mut limits = ern_coordinator::limits::Limits::default();
+    limits.connections.per_source = limits.connections.max_connections;
+    limits.connections.handshakes_per_source = limits.connections.max_connections;
+    limits
+}
+
 /// A multi-threaded runtime whose threads are named `name` (for `cpu_by_thread`).
 pub(crate) fn runtime(name: &str) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -937,7 +937,7 @@ async fn repeated_rows_of_one_patient_count_once() {
 /// at the coordinator of released marginals that refuses a question whose cells, with
 /// earlier releases of the same study, sum to a small complement.
 #[tokio::test]
-#[ignore = "known limit (DESIGN.md: k is per cell, no complementary suppression): a total minus its released cells reads a suppressed cell; noise and budgets (#16) close it"]
+#[ignore = "known limit with [privacy] off (the default; DESIGN.md: k is per cell, no complementary suppression): a total minus its released cells reads a suppressed cell; with noise on every cell is noised and charged"]
 async fn a_total_minus_its_released_cells_reads_a_small_cell() {
     let total = "SELECT COUNT(DISTINCT p.pid) AS n FROM patient p";
     let by_sex = "SELECT p.sex, COUNT(DISTINCT p.pid) AS n FROM patient p GROUP BY p.sex";
@@ -976,7 +976,7 @@ async fn a_total_minus_its_released_cells_reads_a_small_cell() {
 /// answered again. Node-level version: node/service/tests/red_team_release.rs. Fix:
 /// see that file.
 #[tokio::test]
-#[ignore = "known limit: the same question over two site sets differs by one site's cells; differencing is for noise and budgets (#16)"]
+#[ignore = "known limit with [privacy] off (the default): the same question over two site sets differs by one site's cells; with noise on, each share is noised and charged"]
 async fn two_site_sets_differ_by_one_sites_cells() {
     let sql = "SELECT p.sex, COUNT(DISTINCT p.pid) AS n FROM patient p GROUP BY p.sex";
     let a = people("a", 3, "female", None);

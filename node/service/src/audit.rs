@@ -94,6 +94,11 @@ pub struct AuditEntry {
     /// A privacy charge ([`Outcome::Charged`] entries only; absent from older logs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<PrivacyCharge>,
+    /// A charge reserved for this request, written just before this entry, in the same
+    /// write and sync, when the request releases something (never serialised: it is an
+    /// entry of its own in the log).
+    #[serde(skip)]
+    pub charge: Option<Box<AuditEntry>>,
     /// The previous entry's `hash`.
     pub prev: String,
     /// SHA-256 (hex) of this entry's JSON line with `hash` empty.
@@ -205,7 +210,18 @@ impl AuditLog {
     }
 
     /// Appends one entry (its `seq` and `prev` are set here) and syncs it to disk.
-    pub fn append(&self, mut entry: AuditEntry) -> Result<AuditEntry, AuditError> {
+    pub fn append(&self, entry: AuditEntry) -> Result<AuditEntry, AuditError> {
+        let mut appended = self.append_all(vec![entry])?;
+        appended.pop().ok_or_else(|| AuditError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other("nothing appended"),
+        })
+    }
+
+    /// Appends entries in order, chained, in one write and one sync: all or none of them
+    /// reach the chain's state (a failed write leaves at most a torn tail, which
+    /// verification reports).
+    pub fn append_all(&self, entries: Vec<AuditEntry>) -> Result<Vec<AuditEntry>, AuditError> {
         let io = |source| AuditError::Io {
             path: self.path.clone(),
             source,
@@ -214,20 +230,32 @@ impl AuditLog {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        entry.seq = chain.next_seq;
-        entry.prev = chain.prev.clone();
-        entry.hash = entry_hash(&entry).map_err(|e| io(std::io::Error::other(e)))?;
-        let line = serde_json::to_string(&entry).map_err(|e| io(std::io::Error::other(e)))?;
+        let (mut next_seq, mut prev) = (chain.next_seq, chain.prev.clone());
+        let mut text = String::new();
+        let mut sealed = Vec::with_capacity(entries.len());
+        for mut entry in entries {
+            entry.charge = None;
+            entry.seq = next_seq;
+            entry.prev = prev.clone();
+            entry.hash = entry_hash(&entry).map_err(|e| io(std::io::Error::other(e)))?;
+            text.push_str(
+                &serde_json::to_string(&entry).map_err(|e| io(std::io::Error::other(e)))?,
+            );
+            text.push('\n');
+            next_seq += 1;
+            prev = entry.hash.clone();
+            sealed.push(entry);
+        }
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)
             .map_err(io)?;
-        file.write_all(format!("{line}\n").as_bytes()).map_err(io)?;
+        file.write_all(text.as_bytes()).map_err(io)?;
         file.sync_data().map_err(io)?;
-        chain.next_seq += 1;
-        chain.prev = entry.hash.clone();
-        Ok(entry)
+        chain.next_seq = next_seq;
+        chain.prev = prev;
+        Ok(sealed)
     }
 }
 
@@ -329,6 +357,7 @@ impl AuditEntry {
             reference: None,
             detail: None,
             privacy: None,
+            charge: None,
             prev: String::new(),
             hash: String::new(),
         }

@@ -270,8 +270,8 @@ impl NodeConfig {
                 TransportProblem::Invalid(message) => invalid(message),
                 TransportProblem::Read(error) => error,
             })?;
-        policy.privacy =
-            privacy_policy(raw.privacy.as_ref(), base).map_err(|problem| match problem {
+        policy.privacy = privacy_policy(raw.privacy.as_ref(), base, &base.join(&raw.store))
+            .map_err(|problem| match problem {
                 TransportProblem::Invalid(message) => invalid(message),
                 TransportProblem::Read(error) => error,
             })?;
@@ -360,6 +360,7 @@ fn secure_policy(
 fn privacy_policy(
     raw: Option<&RawPrivacy>,
     base: &Path,
+    store: &Path,
 ) -> Result<PrivacyPolicy, TransportProblem> {
     let mut policy = PrivacyPolicy::default();
     let Some(raw) = raw else {
@@ -419,6 +420,21 @@ fn privacy_policy(
     match &raw.secret {
         Some(path) => {
             let path = base.join(path);
+            // Beside the pseudonymisation key, never in the store: a store is copied,
+            // backed up and replaced by ingest; the secret must not travel with it.
+            let inside = |path: &Path| {
+                let store = std::fs::canonicalize(store).unwrap_or_else(|_| store.to_path_buf());
+                let parent = path.parent().unwrap_or(path);
+                std::fs::canonicalize(parent)
+                    .unwrap_or_else(|_| parent.to_path_buf())
+                    .starts_with(store)
+            };
+            if inside(&path) {
+                return Err(invalid(format!(
+                    "secret {} lies inside the store; keep it beside the pseudonymisation key",
+                    path.display()
+                )));
+            }
             let secret = NoiseSecret::load(&path).map_err(|e| {
                 TransportProblem::Read(NodeConfigError::Invalid {
                     path: path.clone(),
@@ -490,6 +506,9 @@ mod tests {
         for file in ["ca.pem", "n.pem", "n.key"] {
             std::fs::write(dir.path().join(file), "pem").expect("write");
         }
+        NoiseSecret::generate(&dir.path().join("noise.key")).expect("noise secret");
+        std::fs::create_dir_all(dir.path().join("store")).expect("store");
+        NoiseSecret::generate(&dir.path().join("store/noise.key")).expect("secret in store");
         let path = dir.path().join("node.toml");
         std::fs::write(
             &path,
@@ -526,6 +545,48 @@ mod tests {
         assert!(
             refused(&format!("coordinator = \"http://127.0.0.1:1\"\n{TLS}")).contains("either")
         );
+    }
+
+    #[test]
+    fn privacy_is_off_by_default_and_on_needs_a_secret_outside_the_store() {
+        const PLAIN: &str = "coordinator = \"http://127.0.0.1:1\"\nplaintext = true\n";
+        let config = load(PLAIN).expect("no [privacy]");
+        assert!(!config.policy.privacy.enabled);
+        let config = load(&format!(
+            "{PLAIN}[privacy]\nenabled = true\nsecret = \"noise.key\"\nmechanism = \"discrete-gaussian\"\nepsilon = 0.25\nbudget_per_study = 2\nmax_groups_per_patient = 3\nmax_rows_per_patient = 2\n"
+        ))
+        .expect("privacy on");
+        let privacy = &config.policy.privacy;
+        assert!(privacy.enabled && privacy.secret.is_some());
+        assert_eq!(privacy.mechanism, Mechanism::DiscreteGaussian);
+        assert_eq!(privacy.epsilon, Epsilon::from_micro(250_000));
+        assert_eq!(privacy.budget_per_study, Epsilon::from_micro(2_000_000));
+        assert_eq!(privacy.bounding.max_groups_per_patient, 3);
+        assert_eq!(privacy.bounding.max_rows_per_patient, 2);
+        for (tail, expected) in [
+            ("enabled = true\n", "secret is needed"),
+            ("secret = \"store/noise.key\"\n", "inside the store"),
+            (
+                "secret = \"noise.key\"\nmechanism = \"laplace\"\n",
+                "mechanism must be",
+            ),
+            (
+                "secret = \"noise.key\"\nepsilon = 0\n",
+                "epsilon must be a positive number",
+            ),
+            (
+                "secret = \"noise.key\"\nepsilon = 2\nbudget_per_study = 1\n",
+                "at least epsilon",
+            ),
+            (
+                "secret = \"noise.key\"\nmax_groups_per_patient = 0\n",
+                "max_groups_per_patient must be",
+            ),
+            ("secret = \"missing.key\"\n", "[privacy] secret"),
+        ] {
+            let message = refused(&format!("{PLAIN}[privacy]\n{tail}"));
+            assert!(message.contains(expected), "{tail}: {message}");
+        }
     }
 
     #[test]

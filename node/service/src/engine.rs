@@ -28,7 +28,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::approval::{self, Approval, ApprovalError};
 use crate::audit::{AuditEntry, AuditError, AuditLog, Outcome};
 use crate::executed::{self, ExecutedApprovals, ExecutedError, Previous, QueryUse};
-use crate::privacy::ledger::{Charge, ChargeRequest, Ledger, LedgerError};
+use crate::privacy::ledger::{ChargeRequest, Ledger, LedgerError, Reserved};
 use crate::privacy::noise::{NoiseSeed, noise_site_output};
 use crate::privacy::policy::{Epsilon, NoiseReport, PrivacyPolicy, QuestionNoise};
 use crate::privacy::secret::NoiseSecret;
@@ -417,8 +417,11 @@ impl NodeEngine {
         }
         // The append waits for the disk; on a blocking thread, so the runtime's workers
         // go on with other work meanwhile (other questions, the link's messages).
-        let audit = Arc::clone(&self.audit);
-        let appended = tokio::task::spawn_blocking(move || audit.append(entry))
+        // A charge the request reserved is written with its entry when it released
+        // something, and given back otherwise.
+        let (audit, ledger) = (Arc::clone(&self.audit), Arc::clone(&self.ledger));
+        let released = result.is_ok();
+        let appended = tokio::task::spawn_blocking(move || ledger.settle(&audit, entry, released))
             .await
             .map_err(|join_error| join_error.to_string())
             .and_then(|appended| appended.map_err(|e| e.to_string()));
@@ -518,7 +521,7 @@ impl NodeEngine {
             self.bounded_plan(&plan, Concentration::TopShare(self.policy.dominance), entry)?;
         let (noise, secret) = self.calibrated(&site, entry)?;
         if secret.is_some() {
-            self.charge(request, &query, &generation, entry).await?;
+            self.charge(request, &query, &generation, entry)?;
         }
         let batches = self.collect(site.plan, entry).await?;
         let fail = failure;
@@ -536,10 +539,17 @@ impl NodeEngine {
             .map_err(|e| fail(entry, e.to_string()))?,
             _ => batches,
         };
+        // Under noise, a group whose key comes from the data must clear the release
+        // threshold as well as k (a key one patient alone makes is itself a release).
+        let k = u64::from(self.policy.k);
+        let threshold = match &noise {
+            Some(noise) if !plan.barrier().group_exprs.is_empty() => noise.release_threshold(k),
+            _ => k,
+        };
         let mut released = suppress(
             batches,
             site.released,
-            u64::from(self.policy.k),
+            threshold,
             self.policy.dominance,
             noise.is_some(),
         )
@@ -616,10 +626,11 @@ impl NodeEngine {
         Ok((Some(noise), Some(Arc::clone(secret))))
     }
 
-    /// Charges the request's epsilon to its study before the question runs (a repeat of
-    /// the question in the study on the same data is free); refuses with
-    /// `privacy-budget` once the study has spent its budget here.
-    pub(crate) async fn charge(
+    /// Reserves the request's epsilon for its study before the question runs (a repeat
+    /// of the question in the study on the same data under the same noise is free), to be
+    /// charged in the audit log with the request's own entry (see [`NodeEngine::audited`]);
+    /// refuses with `privacy-budget` once the study has spent its budget here.
+    pub(crate) fn charge(
         &self,
         request: &QueryRequest,
         question: &str,
@@ -627,42 +638,31 @@ impl NodeEngine {
         entry: &mut AuditEntry,
     ) -> Result<(), ExecuteError> {
         let privacy = &self.policy.privacy;
-        let (ledger, audit) = (Arc::clone(&self.ledger), Arc::clone(&self.audit));
-        let (study, question, generation) = (
-            entry.study.clone(),
-            question.to_string(),
-            generation.to_string(),
-        );
-        let query_hash = ern_queries::query_hash(&request.sql);
-        let (epsilon, budget, mechanism) =
-            (privacy.epsilon, privacy.budget_per_study, privacy.mechanism);
         let noise = privacy.noise_tag();
-        let charged = tokio::task::spawn_blocking(move || {
-            ledger.charge(
-                &audit,
-                &ChargeRequest {
-                    study: &study,
-                    question: &question,
-                    generation: &generation,
-                    query_hash: &query_hash,
-                    epsilon,
-                    budget,
-                    mechanism,
-                    noise: &noise,
-                },
-            )
-        })
-        .await
-        .map_err(|e| failure(entry, e.to_string()))?;
-        match charged {
-            Ok(Charge::Charged { remaining }) => {
+        let query_hash = ern_queries::query_hash(&request.sql);
+        let reserved = self.ledger.reserve(&ChargeRequest {
+            study: &entry.study,
+            question,
+            generation,
+            query_hash: &query_hash,
+            epsilon: privacy.epsilon,
+            budget: privacy.budget_per_study,
+            mechanism: privacy.mechanism,
+            noise: &noise,
+        });
+        match reserved {
+            Ok(Reserved::New {
+                entry: charge,
+                remaining,
+            }) => {
                 entry.detail = Some(format!(
-                    "privacy: {epsilon} charged to study {}, {remaining} left",
-                    entry.study
+                    "privacy: {} charged to study {}, {remaining} left",
+                    privacy.epsilon, entry.study
                 ));
+                entry.charge = Some(charge);
                 Ok(())
             }
-            Ok(Charge::Repeat { remaining }) => {
+            Ok(Reserved::Repeat { remaining }) => {
                 entry.detail = Some(format!(
                     "privacy: a repeat in study {}, not charged, {remaining} left",
                     entry.study

@@ -235,7 +235,7 @@ impl NodeEngine {
         let site_plan = self.bounded_plan(&plan, Concentration::Moments, entry)?;
         let (noise, secret) = self.calibrated(&site_plan, entry)?;
         if secret.is_some() {
-            self.charge(request, &query, &generation, entry).await?;
+            self.charge(request, &query, &generation, entry)?;
         }
         let batches = self.collect(site_plan.plan, entry).await?;
         let mut vector = layout

@@ -1,8 +1,11 @@
 //! The node's privacy ledger: what each study has spent at this site.
 //!
 //! Budgets are kept by the nodes (DESIGN.md, "Studies and privacy budgets"): a question's
-//! epsilon is charged to its study in this node's own audit log, as an entry of its own
-//! ([`Outcome::Charged`]), before the question runs; the ledger is those entries summed
+//! epsilon is reserved for its study before the question runs (so questions running at
+//! once cannot overspend), and charged in this node's own audit log, as an entry of its
+//! own ([`Outcome::Charged`]) written with the request's entry in one write and one sync,
+//! before anything leaves the node; a question that releases nothing gives its
+//! reservation back. The ledger is those entries summed
 //! per study, rebuilt from the log at every start, so a coordinator can neither reset nor
 //! lower it. A question asked again in the same study on the same data (the same plan
 //! fingerprint and store generation) under the same noise (secret, mechanism, epsilon,
@@ -26,10 +29,34 @@ struct StudySpend {
     charged: BTreeSet<(String, String, String)>,
 }
 
-/// The spend of every study, from the audit log.
+/// The spend of every study, from the audit log, and what running questions reserved.
 #[derive(Debug, Default)]
 pub struct Ledger {
-    studies: Mutex<BTreeMap<String, StudySpend>>,
+    state: Mutex<LedgerState>,
+}
+
+#[derive(Debug, Default)]
+struct LedgerState {
+    studies: BTreeMap<String, StudySpend>,
+    /// Epsilon reserved per study by questions running now.
+    reserved: BTreeMap<String, Epsilon>,
+}
+
+/// A question's reservation.
+#[derive(Debug, Clone)]
+pub enum Reserved {
+    /// Charged to this study on this data under this noise already: nothing more.
+    Repeat {
+        /// Budget left.
+        remaining: Epsilon,
+    },
+    /// Reserved: the charge's audit entry, to be settled with the request's own.
+    New {
+        /// The charge (outcome `charged`).
+        entry: Box<AuditEntry>,
+        /// Budget left once it is charged.
+        remaining: Epsilon,
+    },
 }
 
 /// A question's charge.
@@ -110,22 +137,29 @@ impl Ledger {
             ));
         }
         Ledger {
-            studies: Mutex::new(studies),
+            state: Mutex::new(LedgerState {
+                studies,
+                reserved: BTreeMap::new(),
+            }),
         }
     }
 
-    /// Charges `request` to its study, appending the charge to `audit` first; refuses
-    /// once the study's budget would be exceeded. Blocking (it writes the log).
-    pub fn charge(
-        &self,
-        audit: &AuditLog,
-        request: &ChargeRequest<'_>,
-    ) -> Result<Charge, LedgerError> {
-        let mut studies = self
+    /// Reserves `request`'s epsilon for its study (in memory, before the question runs):
+    /// a repeat needs nothing; otherwise the charge's audit entry is returned, to be
+    /// written with the request's own entry by [`Ledger::settle`]. Refuses once the
+    /// study's spend and reservations would pass its budget.
+    pub fn reserve(&self, request: &ChargeRequest<'_>) -> Result<Reserved, LedgerError> {
+        let mut state = self.lock();
+        let spend = state
             .studies
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let spend = studies.get(request.study).cloned().unwrap_or_default();
+            .get(request.study)
+            .cloned()
+            .unwrap_or_default();
+        let reserved = state
+            .reserved
+            .get(request.study)
+            .copied()
+            .unwrap_or_default();
         let remaining = request.budget.minus(spend.spent);
         let key = (
             request.question.to_string(),
@@ -133,12 +167,12 @@ impl Ledger {
             request.noise.to_string(),
         );
         if spend.charged.contains(&key) {
-            return Ok(Charge::Repeat { remaining });
+            return Ok(Reserved::Repeat { remaining });
         }
-        if spend.spent.plus(request.epsilon) > request.budget {
+        if spend.spent.plus(reserved).plus(request.epsilon) > request.budget {
             return Err(LedgerError::Spent {
                 study: request.study.to_string(),
-                remaining,
+                remaining: remaining.minus(reserved),
                 budget: request.budget,
                 needed: request.epsilon,
             });
@@ -151,20 +185,91 @@ impl Ledger {
             mechanism: request.mechanism.name().to_string(),
             noise: request.noise.to_string(),
         });
-        audit.append(entry)?;
-        let spend = studies.entry(request.study.to_string()).or_default();
-        spend.spent = spend.spent.plus(request.epsilon);
-        spend.charged.insert(key);
-        Ok(Charge::Charged {
-            remaining: request.budget.minus(spend.spent),
+        state
+            .reserved
+            .insert(request.study.to_string(), reserved.plus(request.epsilon));
+        Ok(Reserved::New {
+            entry: Box::new(entry),
+            remaining: remaining.minus(reserved).minus(request.epsilon),
         })
+    }
+
+    /// Appends a request's audit `entry`, preceded (in the same write and sync) by the
+    /// charge it reserved when it `released` something; a reservation of a request that
+    /// released nothing is given back. Blocking (it writes the log).
+    pub fn settle(
+        &self,
+        audit: &AuditLog,
+        mut entry: AuditEntry,
+        released: bool,
+    ) -> Result<AuditEntry, AuditError> {
+        let Some(charge) = entry.charge.take() else {
+            return audit.append(entry);
+        };
+        let mut state = self.lock();
+        let (Some(privacy), study) = (charge.privacy.clone(), charge.study.clone()) else {
+            return audit.append(entry);
+        };
+        let epsilon = Epsilon::from_micro(privacy.epsilon_micro);
+        if let Some(reserved) = state.reserved.get_mut(&study) {
+            *reserved = reserved.minus(epsilon);
+        }
+        let key = (privacy.question, privacy.generation, privacy.noise);
+        let charged = state
+            .studies
+            .get(&study)
+            .is_some_and(|spend| spend.charged.contains(&key));
+        if !released || charged {
+            return audit.append(entry);
+        }
+        let mut appended = audit.append_all(vec![*charge, entry])?;
+        let spend = state.studies.entry(study).or_default();
+        spend.spent = spend.spent.plus(epsilon);
+        spend.charged.insert(key);
+        appended.pop().ok_or_else(|| AuditError::Io {
+            path: audit.path().to_path_buf(),
+            source: std::io::Error::other("nothing appended"),
+        })
+    }
+
+    /// Charges `request` to its study at once, in an audit entry of its own (a
+    /// reservation settled on the spot); refuses once the study's budget would be
+    /// exceeded. Blocking (it writes the log).
+    pub fn charge(
+        &self,
+        audit: &AuditLog,
+        request: &ChargeRequest<'_>,
+    ) -> Result<Charge, LedgerError> {
+        match self.reserve(request)? {
+            Reserved::Repeat { remaining } => Ok(Charge::Repeat { remaining }),
+            Reserved::New { entry, remaining } => {
+                let mut state = self.lock();
+                if let Some(reserved) = state.reserved.get_mut(request.study) {
+                    *reserved = reserved.minus(request.epsilon);
+                }
+                audit.append(*entry)?;
+                let spend = state.studies.entry(request.study.to_string()).or_default();
+                spend.spent = spend.spent.plus(request.epsilon);
+                spend.charged.insert((
+                    request.question.to_string(),
+                    request.generation.to_string(),
+                    request.noise.to_string(),
+                ));
+                Ok(Charge::Charged { remaining })
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LedgerState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Every study that has spent something here, with what it spent.
     pub fn spent(&self) -> Vec<(String, Epsilon)> {
-        self.studies
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.lock()
+            .studies
             .iter()
             .map(|(study, spend)| (study.clone(), spend.spent))
             .collect()
@@ -172,9 +277,8 @@ impl Ledger {
 
     /// What `study` has spent here.
     pub fn spent_by(&self, study: &str) -> Epsilon {
-        self.studies
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.lock()
+            .studies
             .get(study)
             .map_or(Epsilon::default(), |spend| spend.spent)
     }

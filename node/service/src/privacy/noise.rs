@@ -111,7 +111,9 @@ pub fn noise_site_output(
     Ok(vec![RecordBatch::try_new(schema, columns)?])
 }
 
-/// One column with a draw added to every value (NULL stays NULL; integers saturate).
+/// One column with a draw added to every value; NULL (a sum over no value) counts as
+/// zero, since a NULL left as it is would tell, whatever the noise, that nobody in the
+/// group has a value (red team); integers saturate.
 fn noised<R: rand::RngCore>(
     column: &ArrayRef,
     noise: &ColumnNoise,
@@ -127,7 +129,7 @@ fn noised<R: rand::RngCore>(
                 .as_primitive::<Int64Type>()
                 .iter()
                 .zip(&draws)
-                .map(|(value, draw)| value.map(|v| v.saturating_add(*draw)))
+                .map(|(value, draw)| Some(value.unwrap_or(0).saturating_add(*draw)))
                 .collect::<Int64Array>(),
         ),
         DataType::UInt64 => Arc::new(
@@ -135,7 +137,7 @@ fn noised<R: rand::RngCore>(
                 .as_primitive::<UInt64Type>()
                 .iter()
                 .zip(&draws)
-                .map(|(value, draw)| value.map(|v| v.saturating_add_signed(*draw)))
+                .map(|(value, draw)| Some(value.unwrap_or(0).saturating_add_signed(*draw)))
                 .collect::<UInt64Array>(),
         ),
         DataType::Float64 => Arc::new(
@@ -143,7 +145,7 @@ fn noised<R: rand::RngCore>(
                 .as_primitive::<Float64Type>()
                 .iter()
                 .zip(&draws)
-                .map(|(value, draw)| value.map(|v| v + *draw as f64))
+                .map(|(value, draw)| Some(value.unwrap_or(0.0) + *draw as f64))
                 .collect::<Float64Array>(),
         ),
         other => {

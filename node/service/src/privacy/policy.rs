@@ -331,6 +331,22 @@ impl ColumnNoise {
         }
     }
 
+    /// The smallest `t` with `P(X ≥ t) ≤ delta` for one draw `X` (floats: a threshold,
+    /// not a draw): `s · ln(1 / (δ (1 + q)))` for the discrete Laplace of scale `s`
+    /// (`P(X ≥ t) = q^t / (1 + q)`, `q = e^(-1/s)`), and `σ √(2 ln(1/δ)) + 1` for the
+    /// discrete Gaussian (its tail beyond `t` is below the normal one beyond `t - 1`).
+    pub fn tail_bound(&self, delta: f64) -> u64 {
+        let value = self.parameter.num() as f64 / self.parameter.den() as f64;
+        let bound = match self.mechanism {
+            Mechanism::DiscreteLaplace => {
+                let q = (-1.0 / value).exp();
+                value * (1.0 / (delta * (1.0 + q))).ln()
+            }
+            Mechanism::DiscreteGaussian => value.sqrt() * (2.0 * (1.0 / delta).ln()).sqrt() + 1.0,
+        };
+        bound.max(0.0).ceil() as u64
+    }
+
     /// The Laplace scale or the Gaussian σ (floats: metadata only).
     pub fn scale(&self) -> f64 {
         let value = self.parameter.num() as f64 / self.parameter.den() as f64;
@@ -366,7 +382,21 @@ pub struct NoiseReport {
     pub margin95: u64,
 }
 
+/// The probability that a group one patient alone makes is released per site under
+/// noise (see [`QuestionNoise::release_threshold`]).
+pub const KEY_RELEASE_DELTA: f64 = 1e-6;
+
 impl QuestionNoise {
+    /// The noisy patient count a group needs to be released per site, where its key
+    /// comes from the data (a GROUP BY): at least `k`, and at least `1 + t` with
+    /// `P(noise ≥ t) ≤ 10⁻⁶`, so a key that one patient alone makes (a rare code, a
+    /// birth date) leaves the site with probability 10⁻⁶ at most (red team: at k alone, 1
+    /// patient's key left a fifth of the sites). Secure aggregation releases from a
+    /// public domain and needs only k.
+    pub fn release_threshold(&self, k: u64) -> u64 {
+        k.max(1 + self.patients.tail_bound(KEY_RELEASE_DELTA))
+    }
+
     /// The report of every released partial's noise, per site.
     pub fn reports(&self) -> Vec<NoiseReport> {
         self.partials
@@ -478,6 +508,25 @@ mod tests {
             noise.partials[0].parameter,
             Rational::new(32, 1).expect("32")
         );
+    }
+
+    #[test]
+    fn a_lone_patients_key_clears_the_release_threshold_once_in_a_million() {
+        let noise = ColumnNoise {
+            mechanism: Mechanism::DiscreteLaplace,
+            parameter: Rational::new(4, 1).expect("4"),
+        };
+        let t = noise.tail_bound(KEY_RELEASE_DELTA);
+        let q = (-0.25f64).exp();
+        let tail = |t: u64| q.powi(t as i32) / (1.0 + q);
+        assert!(tail(t) <= KEY_RELEASE_DELTA, "P(X ≥ {t}) = {}", tail(t));
+        assert!(tail(t - 1) > KEY_RELEASE_DELTA, "{t} is not the smallest");
+        let gaussian = ColumnNoise {
+            mechanism: Mechanism::DiscreteGaussian,
+            parameter: Rational::new(16, 1).expect("16"),
+        };
+        // σ = 4: 4 · √(2 ln 10⁶) + 1 ≈ 22.0.
+        assert_eq!(gaussian.tail_bound(KEY_RELEASE_DELTA), 23);
     }
 
     #[test]
