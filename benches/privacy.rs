@@ -7,7 +7,8 @@
 //! `cargo bench --bench privacy` runs 24 nodes of 10k patients per set;
 //! `cargo bench --bench privacy -- SITES PATIENTS [REPEATS]` runs one size. It reports
 //! the dispatch-to-merged latency p50 of each path with and without noise, and the CPU
-//! the nodes of each set spend per answer (their runtimes' threads are named apart).
+//! the nodes of each set spend per answer (their link runtimes' threads are named apart,
+//! and the query threads' CPU during a question is that question's).
 //! Every node of both sets shares this machine's cores with the coordinator.
 
 use std::sync::Arc;
@@ -25,6 +26,9 @@ use common::{cpu_by_thread, ms, percentile, stores};
 const COORDINATOR_THREADS: &str = "ern-coord";
 const PLAIN_THREADS: &str = "ern-plain";
 const NOISED_THREADS: &str = "ern-noised";
+/// Every node runs its questions on threads of this name (`ern_node::stop`); questions
+/// run one at a time here, so their CPU during a question is that question's.
+const QUERY_THREADS: &str = "ern-query";
 
 /// Patients per disorder and sex, over the patients born from `year` on: a question of
 /// its own for each run (so every noised run is charged), with the same work.
@@ -153,9 +157,11 @@ async fn measure(
             for (noised, ids) in [(false, &plain_ids), (true, &noised_ids)] {
                 let query_id = format!("q-{mode}-{noised}-{round}");
                 store_question(&core, &steward, ids, &query_id, mode, &sql);
-                let before = cpu_by_thread(&[PLAIN_THREADS, NOISED_THREADS]);
+                let threads = [PLAIN_THREADS, NOISED_THREADS, QUERY_THREADS];
+                let before = cpu_by_thread(&threads);
                 let elapsed = run_question(&core, ids, &query_id, mode).await;
-                let after = cpu_by_thread(&[PLAIN_THREADS, NOISED_THREADS]);
+                let after = cpu_by_thread(&threads);
+                let queries = after[2].saturating_sub(before[2]);
                 // The first round warms caches.
                 if round == 0 {
                     continue;
@@ -163,10 +169,10 @@ async fn measure(
                 let samples = &mut paths[path];
                 if noised {
                     samples.noised.push(elapsed);
-                    samples.noised_cpu += after[1].saturating_sub(before[1]);
+                    samples.noised_cpu += after[1].saturating_sub(before[1]) + queries;
                 } else {
                     samples.plain.push(elapsed);
-                    samples.plain_cpu += after[0].saturating_sub(before[0]);
+                    samples.plain_cpu += after[0].saturating_sub(before[0]) + queries;
                 }
             }
         }
