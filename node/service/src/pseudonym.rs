@@ -67,19 +67,9 @@ impl Pseudonymiser {
             path: path.to_path_buf(),
             source,
         })?;
-        let hex_part = text.strip_suffix(b"\n").unwrap_or(&text);
-        let malformed = || KeyFileError::Malformed {
+        let key = parse_hex_key(&text).ok_or_else(|| KeyFileError::Malformed {
             path: path.to_path_buf(),
-        };
-        if hex_part.len() != 64
-            || !hex_part
-                .iter()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-        {
-            return Err(malformed());
-        }
-        let mut key = [0u8; 32];
-        hex::decode_to_slice(hex_part, &mut key).map_err(|_| malformed())?;
+        })?;
         Ok(Pseudonymiser::new(&key))
     }
 
@@ -131,6 +121,23 @@ pub fn write_secret_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+/// The 32 bytes of a key file's text: 64 lowercase hex characters and an optional
+/// newline (the format of the pseudonymisation key and the noise secret); `None` for
+/// anything else.
+pub(crate) fn parse_hex_key(text: &[u8]) -> Option<[u8; 32]> {
+    let hex_part = text.strip_suffix(b"\n").unwrap_or(text);
+    if hex_part.len() != 64
+        || !hex_part
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut key).ok()?;
+    Some(key)
 }
 
 #[cfg(test)]

@@ -155,19 +155,10 @@ impl NoiseSecret {
         #[cfg(not(unix))]
         let _ = metadata;
         let text = std::fs::read(path).map_err(io)?;
-        let hex_part = text.strip_suffix(b"\n").unwrap_or(&text);
-        let malformed = || SecretError::Malformed {
-            path: path.to_path_buf(),
-        };
-        if hex_part.len() != 64
-            || !hex_part
-                .iter()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-        {
-            return Err(malformed());
-        }
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(hex_part, &mut bytes).map_err(|_| malformed())?;
+        let bytes =
+            crate::pseudonym::parse_hex_key(&text).ok_or_else(|| SecretError::Malformed {
+                path: path.to_path_buf(),
+            })?;
         Ok(NoiseSecret::from_bytes(&bytes))
     }
 
