@@ -254,14 +254,9 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Epsilon in millionths as a decimal: `0.5`, `3`.
+/// Epsilon in millionths as a decimal: `0.5`, `3` (the node's own notation).
 fn epsilon(micro: u64) -> String {
-    let (whole, fraction) = (micro / 1_000_000, micro % 1_000_000);
-    if fraction == 0 {
-        whole.to_string()
-    } else {
-        format!("{whole}.{}", format!("{fraction:06}").trim_end_matches('0'))
-    }
+    ern_node::privacy::policy::Epsilon::from_micro(micro).to_string()
 }
 
 /// The site's differential-privacy policy and what the question's study has left there,
