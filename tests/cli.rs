@@ -3,7 +3,7 @@
 //! the files it leaves; and what a steward and a researcher read of a question's mode on a
 //! network of processes with secure aggregation on.
 
-mod harness;
+use crate::harness;
 
 use std::path::Path;
 

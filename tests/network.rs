@@ -2,7 +2,7 @@
 //! with config files, talking gRPC over loopback, driven through the commands that
 //! researchers, stewards and operators type.
 
-mod harness;
+use crate::harness;
 
 use std::time::Duration;
 

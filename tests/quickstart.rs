@@ -3,7 +3,7 @@
 //! under test on PATH, a coordinator and three nodes as separate processes, with secure
 //! aggregation on: every site makes its identity key and every node.toml pins the roster.
 
-mod harness;
+use crate::harness;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! open-question caps, per-source connection and handshake caps, and node-supplied words
 //! kept only in their shape. After each attack the server still serves.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

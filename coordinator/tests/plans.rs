@@ -2,7 +2,7 @@
 //! site's answer and the merge use the plan kept since; after a restart the plan is built
 //! once more from the stored SQL, and the steward's report is read as stored.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! them, researchers submit only under their own, every list and review names the study,
 //! and the work a node receives carries the question's study in it and in its approval.
 
-mod common;
+use crate::common;
 
 use ern_coordinator::model::Role;
 use ern_proto::transport::BearerToken;

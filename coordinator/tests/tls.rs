@@ -3,7 +3,7 @@
 //! their site, oversized questions and rate-limited users, and a server that keeps
 //! serving everyone else throughout.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,9 +5,9 @@
 //! plan physically on half the stack every ern runtime gives its threads
 //! ([`PLANNING_STACK_BYTES`]), in a debug build.
 
+use crate::common;
 use ern_queries::catalog::planning_context;
 use ern_queries::rules::Rule;
-mod common;
 
 use common::validate;
 use ern_queries::validate::{MAX_SQL_OPERATORS, MAX_SQL_TOKENS, PLANNING_STACK_BYTES};

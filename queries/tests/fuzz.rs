@@ -2,8 +2,8 @@
 //! mutations of it, never panics the validator, and whatever it accepts splits into a site
 //! plan and whose barrier never groups by pid.
 
+use crate::common;
 use ern_queries::catalog::planning_state;
-mod common;
 
 use common::{site_plan, validate};
 

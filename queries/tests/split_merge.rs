@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
+use crate::common;
 use arrow::array::{ArrayRef, Int32Array, RecordBatch, StringArray, new_null_array};
 use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::DataType;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use ern_queries::catalog::{planning_context, planning_state};
-mod common;
 
 use common::{site_plan, validate};
 use ern_queries::schema;

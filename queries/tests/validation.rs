@@ -3,10 +3,10 @@
 //! its header must name the plan's result columns; the node's attack suite
 //! (`node/service/tests/attacks.rs`) checks its rows on synthetic stores.
 
+use crate::common;
 use ern_queries::casefile::ExpectedTable;
 use ern_queries::catalog::planning_state;
 use ern_queries::rules::Rule;
-mod common;
 
 use common::validate;
 

@@ -6,7 +6,7 @@
 //! synthetic sites: the sites' releases, merged by the real merge, must equal the table in
 //! the file and plain DataFusion over the two sites' stores pooled.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -3,7 +3,7 @@
 //! by hand (HAVING COUNT(DISTINCT pid) >= k, and behind SUM and AVG the patients with a
 //! non-zero contribution >= k).
 
-mod common;
+use crate::common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -10,7 +10,7 @@
 //! A run-time failure on either store fails the case: a failure that depends on data is
 //! an oracle.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! The node engine on a real store: approvals, suppression under k checked against an
 //! independent DataFusion computation, refusals, failures and the audit chain.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -2,7 +2,7 @@
 //! differencing pair that no longer isolates a patient, budgets that run out, contribution
 //! bounding, and secure shares whose sum has the noise the policy asks for.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

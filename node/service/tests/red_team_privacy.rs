@@ -11,7 +11,7 @@
 //! asserts the safe behaviour; a test marked `#[ignore = "BREAK: …"]` is a break found by
 //! this red team and fails today (run them with `--include-ignored`).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

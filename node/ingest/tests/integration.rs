@@ -1,0 +1,5 @@
+//! The crate's integration tests, linked into one test binary: each module below was
+//! its own binary once, and every one of them linked all of DataFusion again.
+
+mod ingest_rules;
+mod ingest_store;

@@ -1,0 +1,14 @@
+//! The crate's integration tests, linked into one test binary: each module below was
+//! its own binary once, and every one of them linked all of DataFusion again.
+
+mod attacks;
+mod common;
+mod correctness;
+mod disclosure;
+mod engine;
+mod privacy;
+mod red_team_privacy;
+mod red_team_release;
+mod red_team_secure;
+mod secure_rounds;
+mod total;

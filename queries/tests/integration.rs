@@ -1,0 +1,12 @@
+//! The crate's integration tests, linked into one test binary: each module below was
+//! its own binary once, and every one of them linked all of DataFusion again.
+
+mod bounding;
+mod common;
+mod depth;
+mod domain;
+mod fuzz;
+mod red_team_privacy;
+mod red_team_secure;
+mod split_merge;
+mod validation;

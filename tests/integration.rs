@@ -1,0 +1,11 @@
+//! The crate's integration tests, linked into one test binary: each module below was
+//! its own binary once, and every one of them linked all of DataFusion again.
+
+mod cli;
+mod harness;
+mod network;
+mod privacy;
+mod quickstart;
+mod secure_aggregation;
+mod secure_privacy;
+mod studies;
