@@ -24,9 +24,10 @@
 
 use datafusion::common::Column;
 use datafusion::error::DataFusionError;
+use datafusion::functions_aggregate::expr_fn::first_value;
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{
-    Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, cast, lit, when,
+    Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, SortExpr, cast, lit, when,
 };
 
 use crate::validate::{AggregateKind, Barrier};
@@ -181,11 +182,14 @@ pub(crate) fn bound_patients(
     if groups == 0 {
         return clamped.build();
     }
-    const RANK: &str = "__group_rank";
-    let order = columns[..groups]
+    let order: Vec<SortExpr> = columns[..groups]
         .iter()
         .map(|column| Expr::Column(column.clone()).sort(true, false))
         .collect();
+    if bounding.max_groups_per_patient == 1 {
+        return first_group_only(clamped, &columns, groups, order);
+    }
+    const RANK: &str = "__group_rank";
     let rank = row_number()
         .partition_by(vec![Expr::Column(columns[groups].clone())])
         .order_by(order)
@@ -204,5 +208,37 @@ pub(crate) fn bound_patients(
                 .lt_eq(lit(u64::from(bounding.max_groups_per_patient))),
         )?
         .project(without_rank)?
+        .build()
+}
+
+/// One group per patient, the first in key order: one hash aggregation by pid that keeps
+/// the row whose keys come first (`FIRST_VALUE(… ORDER BY keys)` of every column), the
+/// same rows the ranking window keeps at one group per patient, without sorting all of
+/// them (the window sorted every patient's rows; that sort was most of what noise cost).
+/// Every column is taken from the same row: the keys are unique per patient, so the
+/// ordering has no ties.
+fn first_group_only(
+    clamped: LogicalPlanBuilder,
+    columns: &[Column],
+    groups: usize,
+    order: Vec<SortExpr>,
+) -> Result<LogicalPlan, DataFusionError> {
+    let pid = &columns[groups];
+    let first = |column: &Column| {
+        first_value(Expr::Column(column.clone()), order.clone())
+            .alias_qualified(column.relation.clone(), &column.name)
+    };
+    let kept: Vec<Expr> = columns[..groups]
+        .iter()
+        .chain(&columns[groups + 1..])
+        .map(first)
+        .collect();
+    let in_input_order: Vec<Expr> = columns
+        .iter()
+        .map(|column| Expr::Column(column.clone()))
+        .collect();
+    clamped
+        .aggregate(vec![Expr::Column(pid.clone())], kept)?
+        .project(in_input_order)?
         .build()
 }
