@@ -30,13 +30,24 @@ const NOISED_THREADS: &str = "ern-noised";
 /// run one at a time here, so their CPU during a question is that question's.
 const QUERY_THREADS: &str = "ern-query";
 
-/// Patients per disorder and sex, over the patients born from `year` on: a question of
-/// its own for each run (so every noised run is charged), with the same work.
-fn question(year: usize) -> String {
-    format!(
-        "SELECT t.name AS disorder, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON d.pid = p.pid JOIN orpha_term t ON t.orpha_code = d.code WHERE p.birth_year >= {year} GROUP BY t.name, p.sex"
-    )
-}
+/// The two questions measured, each a question of its own for every run (so every
+/// noised run is charged) with the same work: patients per disorder and sex, where a
+/// patient is in as many groups as they have disorders and the node bounds them to one
+/// first (the cost of bounding shows here), and patients per sex and year of birth from
+/// the patient table alone, one row per patient, where nothing needs bounding (the cost
+/// of the noise and the ledger alone).
+const QUESTIONS: [(&str, fn(usize) -> String); 2] = [
+    ("per disorder and sex (bounded)", |year| {
+        format!(
+            "SELECT t.name AS disorder, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON d.pid = p.pid JOIN orpha_term t ON t.orpha_code = d.code WHERE p.birth_year >= {year} GROUP BY t.name, p.sex"
+        )
+    }),
+    ("per sex and birth year (one row per patient)", |year| {
+        format!(
+            "SELECT p.sex, p.birth_year, COUNT(*) AS patients FROM patient p WHERE p.birth_year >= {year} GROUP BY p.sex, p.birth_year"
+        )
+    }),
+];
 
 fn parse(text: &str) -> usize {
     text.parse().expect("a number")
@@ -76,16 +87,20 @@ fn main() {
         .block_on(coordinator.spawn(task))
         .expect("measure");
     println!(
-        "| sites × patients | path | without noise p50 | with noise p50 | with ÷ without | node CPU / answer (without, with) |"
+        "| sites × patients | question | path | without noise p50 | with noise p50 | with ÷ without | node CPU / answer (without, with) |"
     );
-    println!("|---|---|---|---|---|---|");
-    for (path, samples) in ["per-site", "secure"].iter().zip(paths) {
+    println!("|---|---|---|---|---|---|---|");
+    for ((question, path), samples) in QUESTIONS
+        .iter()
+        .flat_map(|(question, _)| ["per-site", "secure"].map(|path| (question, path)))
+        .zip(paths)
+    {
         let (plain, noised) = (
             percentile(&samples.plain, 0.5),
             percentile(&samples.noised, 0.5),
         );
         println!(
-            "| {sites} × {patients} | {path} | {:.1} ms | {:.1} ms | {:.2}× | {:.3} / {:.3} ms |",
+            "| {sites} × {patients} | {question} | {path} | {:.1} ms | {:.1} ms | {:.2}× | {:.3} / {:.3} ms |",
             ms(plain),
             ms(noised),
             noised.as_secs_f64() / plain.as_secs_f64(),
@@ -101,7 +116,7 @@ async fn measure(
     repeats: usize,
     plain_nodes: tokio::runtime::Handle,
     noised_nodes: tokio::runtime::Handle,
-) -> [Samples; 2] {
+) -> Vec<Samples> {
     let work = tempfile::tempdir().expect("temp dir");
     eprintln!("preparing 2 × {sites} sites of {patients} patients");
     let plain_stores = stores(&work.path().join("plain"), sites, patients);
@@ -150,12 +165,17 @@ async fn measure(
         },
     )
     .await;
-    let mut paths = [Samples::default(), Samples::default()];
+    let mut paths: Vec<Samples> = (0..2 * QUESTIONS.len())
+        .map(|_| Samples::default())
+        .collect();
     for round in 0..repeats + 1 {
-        for (path, mode) in ["per-site", "secure"].into_iter().enumerate() {
-            let sql = question(1800 + 2 * round + path);
+        for (path, (kind, mode)) in (0..QUESTIONS.len())
+            .flat_map(|kind| ["per-site", "secure"].map(|mode| (kind, mode)))
+            .enumerate()
+        {
+            let sql = QUESTIONS[kind].1(1800 + 4 * round + path);
             for (noised, ids) in [(false, &plain_ids), (true, &noised_ids)] {
-                let query_id = format!("q-{mode}-{noised}-{round}");
+                let query_id = format!("q-{kind}-{mode}-{noised}-{round}");
                 store_question(&core, &steward, ids, &query_id, mode, &sql);
                 let threads = [PLAIN_THREADS, NOISED_THREADS, QUERY_THREADS];
                 let before = cpu_by_thread(&threads);

@@ -22,14 +22,16 @@
 //! group with one row by construction and no bounding is needed beyond the declared
 //! ranges: the sensitivities say so, and that plan stays one aggregation.
 
+use arrow::datatypes::DataType;
 use datafusion::common::Column;
 use datafusion::error::DataFusionError;
-use datafusion::functions_aggregate::expr_fn::first_value;
+use datafusion::functions_aggregate::expr_fn::min;
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{
     Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, SortExpr, cast, lit, when,
 };
 
+use crate::row_pack::{pack_row, unpack_column};
 use crate::validate::{AggregateKind, Barrier};
 
 /// A site's bounds on one patient's contribution (its `[privacy]` policy).
@@ -182,13 +184,13 @@ pub(crate) fn bound_patients(
     if groups == 0 {
         return clamped.build();
     }
+    if bounding.max_groups_per_patient == 1 {
+        return first_group_only(clamped, &columns, groups);
+    }
     let order: Vec<SortExpr> = columns[..groups]
         .iter()
         .map(|column| Expr::Column(column.clone()).sort(true, false))
         .collect();
-    if bounding.max_groups_per_patient == 1 {
-        return first_group_only(clamped, &columns, groups, order);
-    }
     const RANK: &str = "__group_rank";
     let rank = row_number()
         .partition_by(vec![Expr::Column(columns[groups].clone())])
@@ -212,33 +214,41 @@ pub(crate) fn bound_patients(
 }
 
 /// One group per patient, the first in key order: one hash aggregation by pid that keeps
-/// the row whose keys come first (`FIRST_VALUE(… ORDER BY keys)` of every column), the
-/// same rows the ranking window keeps at one group per patient, without sorting all of
-/// them (the window sorted every patient's rows; that sort was most of what noise cost).
-/// Every column is taken from the same row: the keys are unique per patient, so the
-/// ordering has no ties.
+/// each patient's smallest packed row (the keys, then the other columns, in arrow's
+/// order-preserving row format, [`crate::row_pack`]), unpacked back into the input's
+/// columns. The same rows the ranking window keeps at one group per patient, without
+/// sorting them: the keys are unique per patient, so the other columns never decide.
 fn first_group_only(
     clamped: LogicalPlanBuilder,
     columns: &[Column],
     groups: usize,
-    order: Vec<SortExpr>,
 ) -> Result<LogicalPlan, DataFusionError> {
+    const FIRST: &str = "__first_row";
+    let schema = clamped.schema().clone();
     let pid = &columns[groups];
-    let first = |column: &Column| {
-        first_value(Expr::Column(column.clone()), order.clone())
-            .alias_qualified(column.relation.clone(), &column.name)
-    };
-    let kept: Vec<Expr> = columns[..groups]
+    let packed: Vec<usize> = (0..groups).chain(groups + 1..columns.len()).collect();
+    let types: Vec<DataType> = packed
         .iter()
-        .chain(&columns[groups + 1..])
-        .map(first)
+        .map(|&index| schema.field(index).data_type().clone())
         .collect();
-    let in_input_order: Vec<Expr> = columns
-        .iter()
-        .map(|column| Expr::Column(column.clone()))
-        .collect();
+    let row = pack_row(
+        packed
+            .iter()
+            .map(|&index| Expr::Column(columns[index].clone()))
+            .collect(),
+        types.clone(),
+    );
+    let first = Expr::Column(Column::from_name(FIRST));
+    let mut outputs = Vec::with_capacity(columns.len());
+    for (index, column) in columns.iter().enumerate() {
+        let expr = match packed.iter().position(|&p| p == index) {
+            Some(at) => unpack_column(first.clone(), types.clone(), at),
+            None => Expr::Column(pid.clone()),
+        };
+        outputs.push(expr.alias_qualified(column.relation.clone(), &column.name));
+    }
     clamped
-        .aggregate(vec![Expr::Column(pid.clone())], kept)?
-        .project(in_input_order)?
+        .aggregate(vec![Expr::Column(pid.clone())], vec![min(row).alias(FIRST)])?
+        .project(outputs)?
         .build()
 }

@@ -48,6 +48,7 @@ pub mod hash;
 pub mod ids;
 pub mod plan;
 pub mod reference;
+pub mod row_pack;
 pub mod rules;
 pub mod schema;
 pub mod secure;

@@ -548,9 +548,19 @@ fn per_patient_site_plan(
     let mut inner_groups = barrier.group_exprs.clone();
     inner_groups.push(Expr::Column(pid.clone()));
     let per_patient_count = per_patient.len();
-    let patients = LogicalPlanBuilder::from(barrier.input.as_ref().clone())
-        .aggregate(inner_groups, per_patient)?
-        .build()?;
+    let one_group = bounding.is_some_and(|b| b.max_groups_per_patient == 1);
+    let patients = if per_patient.is_empty() && one_group {
+        // Only patients are counted and each counts in one group: the bounding keeps one
+        // row per patient itself, so the rows need no aggregation into groups and
+        // patients first (the bounding's MIN per pid ignores repeated rows).
+        LogicalPlanBuilder::from(barrier.input.as_ref().clone())
+            .project(inner_groups)?
+            .build()?
+    } else {
+        LogicalPlanBuilder::from(barrier.input.as_ref().clone())
+            .aggregate(inner_groups, per_patient)?
+            .build()?
+    };
     let groups = barrier.group_exprs.len();
     let patients = match bounding {
         None => patients,

@@ -268,43 +268,62 @@ async fn one_group_per_patient_is_the_first_in_key_order() {
         .register_table("diagnosis", table())
         .expect("register");
 
-    let sql = "SELECT code, age_at_diagnosis, COUNT(*) AS n, COUNT(DISTINCT pid) AS patients \
-               FROM diagnosis GROUP BY code, age_at_diagnosis";
-    let plan = Planner::new().plan(sql, &ctx.state()).await.expect("valid");
-    let site = plan
-        .bounded_site_plan(
-            &SiteFacts::default(),
-            Concentration::TopShare(Dominance::default()),
-            Some(Bounding::default()),
-        )
-        .expect("site plan");
-    let batches = ctx
-        .execute_logical_plan(site.plan)
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("run");
-    let bounded = key_rows(&concat_batches(&batches[0].schema(), &batches).expect("concat"));
+    // With a count of rows (per-patient partials to carry) and with patients alone
+    // (where the plan bounds the rows without aggregating them per patient first).
+    let questions = [
+        (
+            "SELECT code, age_at_diagnosis, COUNT(*) AS n, COUNT(DISTINCT pid) AS patients \
+             FROM diagnosis GROUP BY code, age_at_diagnosis",
+            "SUM(n)",
+        ),
+        (
+            "SELECT code, age_at_diagnosis, COUNT(DISTINCT pid) AS patients \
+             FROM diagnosis GROUP BY code, age_at_diagnosis",
+            "COUNT(DISTINCT pid)",
+        ),
+    ];
+    for (sql, first_number) in questions {
+        let plan = Planner::new().plan(sql, &ctx.state()).await.expect("valid");
+        let site = plan
+            .bounded_site_plan(
+                &SiteFacts::default(),
+                Concentration::TopShare(Dominance::default()),
+                Some(Bounding::default()),
+            )
+            .expect("site plan");
+        let batches = ctx
+            .execute_logical_plan(site.plan)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        let bounded = key_rows(&concat_batches(&batches[0].schema(), &batches).expect("concat"));
 
-    let expected_sql = "WITH per AS (SELECT code, age_at_diagnosis AS age, pid, \
-            CASE WHEN COUNT(*) > 1 THEN 1 ELSE COUNT(*) END AS n \
-            FROM diagnosis GROUP BY code, age_at_diagnosis, pid), \
-        ranked AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY pid \
-            ORDER BY code ASC NULLS LAST, age ASC NULLS LAST) AS r FROM per) \
-        SELECT code, age, SUM(n) AS n, COUNT(DISTINCT pid) AS patients \
-        FROM ranked WHERE r = 1 GROUP BY code, age";
-    let batches = plain
-        .sql(expected_sql)
-        .await
-        .expect("plain plan")
-        .collect()
-        .await
-        .expect("plain run");
-    let expected = key_rows(&concat_batches(&batches[0].schema(), &batches).expect("concat"));
-    assert_eq!(bounded, expected, "(code, age, rows, patients) per group");
-    let patients: i64 = bounded.iter().map(|row| row.3).sum();
-    assert_eq!(patients, 300, "every patient counts in exactly one group");
+        let expected_sql = format!(
+            "WITH per AS (SELECT code, age_at_diagnosis AS age, pid, \
+                CASE WHEN COUNT(*) > 1 THEN 1 ELSE COUNT(*) END AS n \
+                FROM diagnosis GROUP BY code, age_at_diagnosis, pid), \
+            ranked AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY pid \
+                ORDER BY code ASC NULLS LAST, age ASC NULLS LAST) AS r FROM per) \
+            SELECT code, age, {first_number}, COUNT(DISTINCT pid) AS patients \
+            FROM ranked WHERE r = 1 GROUP BY code, age"
+        );
+        let batches = plain
+            .sql(&expected_sql)
+            .await
+            .expect("plain plan")
+            .collect()
+            .await
+            .expect("plain run");
+        let expected = key_rows(&concat_batches(&batches[0].schema(), &batches).expect("concat"));
+        assert_eq!(
+            bounded, expected,
+            "{sql}: (code, age, first count, patients)"
+        );
+        let patients: i64 = bounded.iter().map(|row| row.3).sum();
+        assert_eq!(patients, 300, "{sql}: every patient counts in one group");
+    }
 }
 
 /// `(code, age, the first two Int64 columns)` per row, sorted: the keys, then the count

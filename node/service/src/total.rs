@@ -161,7 +161,8 @@ impl ScalarUDFImpl for TotalFunction {
 ///
 /// The SQL planner builds some calls without the session's registry (`SUBSTRING(… FROM
 /// …)`, `POSITION(… IN …)` go through DataFusion's expression planners), so every
-/// function is looked up again by name; one the session does not have is refused.
+/// function is looked up again by name; one the session does not have is refused. The
+/// bounding's row packing ([`ern_queries::row_pack`]) is the node's own and stays.
 pub fn total_plan(plan: LogicalPlan, state: &SessionState) -> Result<LogicalPlan> {
     let analyzed = state
         .analyzer()
@@ -188,6 +189,9 @@ fn total_expr(expr: Expr, state: &SessionState) -> Result<Transformed<Expr>> {
             cast.expr,
             cast.field.data_type().clone(),
         )))),
+        Expr::ScalarFunction(call) if ern_queries::row_pack::is_row_pack(&call.func) => {
+            Ok(Transformed::no(Expr::ScalarFunction(call)))
+        }
         Expr::ScalarFunction(call) => {
             let name = call.func.name();
             let Some(own) = state.scalar_functions().get(name) else {
