@@ -613,3 +613,28 @@ fn a_removed_audit_tail_is_found_against_the_head_the_coordinator_kept() {
         stderr(&out)
     );
 }
+
+/// A question every site turned down is complete, but `ern results` says that no site
+/// answered and exits non-zero (it used to print an empty table and exit 0).
+#[test]
+fn results_exit_non_zero_when_no_site_answered() {
+    let mut net = Network::new(2, 300, 5);
+    net.start_node_connected("site-1");
+    let id = net.submit(SEX_BAND_SQL, "Nobody will answer", &[]);
+    for site in ["site-1", "site-2"] {
+        let steward = net.site(site).steward_token.clone();
+        ok(net.ern_as(&steward, &["steward", "reject", &id, "--reason", "not now"]));
+    }
+    let out = net.ern_as(&net.researcher, &["results", &id]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains(&format!("no site answered question {id}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("rejected"),
+        "the coverage is shown: {}",
+        stdout(&out)
+    );
+}

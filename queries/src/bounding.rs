@@ -28,7 +28,8 @@ use datafusion::error::DataFusionError;
 use datafusion::functions_aggregate::expr_fn::min;
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{
-    Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, SortExpr, cast, lit, when,
+    Expr, ExprFunctionExt, ExprSchemable, LogicalPlan, LogicalPlanBuilder, SortExpr, cast, lit,
+    when,
 };
 
 use crate::row_pack::{pack_row, unpack_column};
@@ -250,5 +251,51 @@ fn first_group_only(
     clamped
         .aggregate(vec![Expr::Column(pid.clone())], vec![min(row).alias(FIRST)])?
         .project(outputs)?
+        .build()
+}
+
+/// Each patient's first group in key order where only patients are counted: the rows
+/// (never aggregated per group and patient: repeated rows do not change a minimum)
+/// reduced to `[packed keys, pid]`, one row per patient, with the keys' types for
+/// [`unpack_keys`] once the groups are counted by the packed keys.
+pub(crate) fn first_keys_per_patient(
+    rows: LogicalPlan,
+    keys: &[Expr],
+    pid: &Column,
+) -> Result<(LogicalPlan, Vec<DataType>), DataFusionError> {
+    const FIRST: &str = "__first_keys";
+    let types = keys
+        .iter()
+        .map(|key| key.get_type(rows.schema().as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let packed = pack_row(keys.to_vec(), types.clone()).alias(FIRST);
+    let plan = LogicalPlanBuilder::from(rows)
+        .project(vec![packed, Expr::Column(pid.clone())])?
+        .aggregate(
+            vec![Expr::Column(pid.clone())],
+            vec![min(Expr::Column(Column::from_name(FIRST))).alias(FIRST)],
+        )?
+        .project(vec![
+            Expr::Column(Column::from_name(FIRST)),
+            Expr::Column(pid.clone()),
+        ])?
+        .build()?;
+    Ok((plan, types))
+}
+
+/// An aggregation grouped by packed keys (its first column) with the keys unpacked
+/// into one column each, followed by the aggregation's other columns.
+pub(crate) fn unpack_keys(
+    aggregated: LogicalPlan,
+    types: Vec<DataType>,
+) -> Result<LogicalPlan, DataFusionError> {
+    let columns = aggregated.schema().columns();
+    let packed = Expr::Column(columns[0].clone());
+    let keys = (0..types.len()).map(|index| {
+        unpack_column(packed.clone(), types.clone(), index).alias(format!("__key_{index}"))
+    });
+    let rest = columns[1..].iter().cloned().map(Expr::Column);
+    LogicalPlanBuilder::from(aggregated)
+        .project(keys.chain(rest).collect::<Vec<_>>())?
         .build()
 }

@@ -23,7 +23,9 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 
-use crate::bounding::{Bounding, Clamp, argument_bound, bound_patients};
+use crate::bounding::{
+    Bounding, Clamp, argument_bound, bound_patients, first_keys_per_patient, unpack_keys,
+};
 use crate::catalog::session_config;
 use crate::rules::group_size::{Dominance, top_abs_sum};
 use crate::uniqueness::{SiteFacts, unique_columns};
@@ -549,28 +551,31 @@ fn per_patient_site_plan(
     inner_groups.push(Expr::Column(pid.clone()));
     let per_patient_count = per_patient.len();
     let one_group = bounding.is_some_and(|b| b.max_groups_per_patient == 1);
-    let patients = if per_patient.is_empty() && one_group {
-        // Only patients are counted and each counts in one group: the bounding keeps one
-        // row per patient itself, so the rows need no aggregation into groups and
-        // patients first (the bounding's MIN per pid ignores repeated rows).
-        LogicalPlanBuilder::from(barrier.input.as_ref().clone())
-            .project(inner_groups)?
-            .build()?
+    // Where only patients are counted and each counts in one group, the group keys stay
+    // packed (one binary column) from the bounding to the end of the aggregation and are
+    // unpacked once per group (`packed_keys`: their types).
+    let mut packed_keys = None;
+    let (patients, groups) = if per_patient.is_empty() && one_group {
+        let (first_keys, types) =
+            first_keys_per_patient(barrier.input.as_ref().clone(), &barrier.group_exprs, pid)?;
+        packed_keys = Some(types);
+        (first_keys, 1)
     } else {
-        LogicalPlanBuilder::from(barrier.input.as_ref().clone())
+        let patients = LogicalPlanBuilder::from(barrier.input.as_ref().clone())
             .aggregate(inner_groups, per_patient)?
-            .build()?
-    };
-    let groups = barrier.group_exprs.len();
-    let patients = match bounding {
-        None => patients,
-        Some(bounding) => {
-            let mut clamp_of = vec![None; per_patient_count];
-            for (at, clamp) in clamps {
-                clamp_of[at] = Some(clamp);
+            .build()?;
+        let groups = barrier.group_exprs.len();
+        let patients = match bounding {
+            None => patients,
+            Some(bounding) => {
+                let mut clamp_of = vec![None; per_patient_count];
+                for (at, clamp) in clamps {
+                    clamp_of[at] = Some(clamp);
+                }
+                bound_patients(patients, groups, &clamp_of, bounding)?
             }
-            bound_patients(patients, groups, &clamp_of, bounding)?
-        }
+        };
+        (patients, groups)
     };
     let columns = patients.schema().columns();
     let patient = Expr::Column(columns[groups].clone());
@@ -611,6 +616,13 @@ fn per_patient_site_plan(
     let aggregated = LogicalPlanBuilder::from(patients)
         .aggregate(group_columns, computed)?
         .build()?;
+    let (aggregated, groups) = match packed_keys {
+        Some(types) => {
+            let unpacked = unpack_keys(aggregated, types)?;
+            (unpacked, barrier.group_exprs.len())
+        }
+        None => (aggregated, groups),
+    };
     named_outputs(
         aggregated,
         groups,

@@ -353,6 +353,19 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<()> {
         if let Some(path) = &args.out {
             eprintln!("{} rows written to {}", results.rows, path.display());
         }
+        let answered = results.coverage.iter().any(|site| {
+            matches!(
+                v1::SiteState::try_from(site.state),
+                Ok(v1::SiteState::Answered | v1::SiteState::Aggregated)
+            )
+        });
+        anyhow::ensure!(
+            answered,
+            "no site answered question {}: the table holds nothing from any site \
+             (the coverage says why each site did not; `ern status {}` too)",
+            results.query_id,
+            results.query_id
+        );
         Ok(())
     })
 }
