@@ -50,7 +50,10 @@ enum Command {
     Coordinator(commands::coordinator::CoordinatorCommand),
     /// The studies you are a researcher on: the ones you can submit questions under
     /// (researcher).
-    Studies(commands::researcher::StudiesArgs),
+    Studies(commands::researcher::ListingArgs),
+    /// The network's sites: which are online, the k each enforces, which add noise
+    /// (researcher).
+    Sites(commands::researcher::ListingArgs),
     /// Submit a question to the network under one of your studies (researcher).
     Submit(commands::researcher::SubmitArgs),
     /// Where a question stands, site by site (researcher).
@@ -95,6 +98,7 @@ fn main() -> std::process::ExitCode {
         Command::Node(command) => commands::node::run(command),
         Command::Coordinator(command) => commands::coordinator::run(command),
         Command::Studies(args) => commands::researcher::studies(args),
+        Command::Sites(args) => commands::researcher::sites(args),
         Command::Submit(args) => commands::researcher::submit(args),
         Command::Status(args) => commands::researcher::status(args),
         Command::Results(args) => commands::researcher::results(args),

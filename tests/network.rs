@@ -638,3 +638,31 @@ fn results_exit_non_zero_when_no_site_answered() {
         stdout(&out)
     );
 }
+
+/// `ern sites` shows a researcher the enrolled sites, which nodes are online and the k
+/// each reported, as a table and as JSON.
+#[test]
+fn a_researcher_lists_the_sites_online_or_not_with_their_k() {
+    let mut net = Network::new(2, 300, 5);
+    net.start_node_connected("site-1");
+    let table = ok(net.ern_as(&net.researcher, &["sites"]));
+    assert!(
+        table.contains("site-1") && table.contains("site-2"),
+        "{table}"
+    );
+    assert!(table.contains("not yet reported"), "{table}");
+    let listed = harness::json(&ok(
+        net.ern_as(&net.researcher, &["sites", "--format", "json"])
+    ));
+    assert_eq!(listed[0]["site"], "site-1", "{listed}");
+    assert_eq!(listed[0]["online"], true, "{listed}");
+    assert_eq!(listed[0]["k"], 5, "{listed}");
+    assert_eq!(listed[0]["noised"], false, "{listed}");
+    assert_eq!(listed[1]["site"], "site-2", "{listed}");
+    assert_eq!(listed[1]["online"], false, "{listed}");
+    assert!(listed[1]["k"].is_null(), "{listed}");
+    // Stewards and nodes are not researchers.
+    let steward = net.site("site-1").steward_token.clone();
+    let out = net.ern_as(&steward, &["sites"]);
+    assert!(stderr(&out).contains("not allowed"), "{}", stderr(&out));
+}

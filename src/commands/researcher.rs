@@ -13,6 +13,7 @@ use crate::client::{
 };
 use crate::output::{self, Format};
 use crate::table::{ListFormat, new_table, print_json};
+use ern_node::privacy::policy::Epsilon;
 use ern_queries::shown::shown;
 
 /// Arguments of `ern submit`.
@@ -87,9 +88,9 @@ pub(crate) struct ListArgs {
     connection: Connection,
 }
 
-/// Arguments of `ern studies`.
+/// Arguments of a researcher's listings (`ern studies`, `ern sites`).
 #[derive(Debug, Args)]
-pub(crate) struct StudiesArgs {
+pub(crate) struct ListingArgs {
     /// Print a table, or JSON for scripts.
     #[arg(long, value_enum, default_value_t = ListFormat::Table)]
     format: ListFormat,
@@ -437,7 +438,7 @@ pub(crate) fn list(args: ListArgs) -> anyhow::Result<()> {
     })
 }
 
-pub(crate) fn studies(args: StudiesArgs) -> anyhow::Result<()> {
+pub(crate) fn studies(args: ListingArgs) -> anyhow::Result<()> {
     client::runtime()?.block_on(async {
         let researcher = client::researcher(&args.connection).await?;
         let studies = all_pages(|page_token| {
@@ -497,6 +498,68 @@ pub(crate) fn print_studies(studies: &[v1::Study], format: ListFormat) -> anyhow
             shown(&study.researchers.join(", ")),
             format_time(study.created_at),
             shown(&study.created_by),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+pub(crate) fn sites(args: ListingArgs) -> anyhow::Result<()> {
+    client::runtime()?.block_on(async {
+        let researcher = client::researcher(&args.connection).await?;
+        let sites = all_pages(|page_token| {
+            let mut researcher = researcher.clone();
+            async move {
+                let page = researcher
+                    .list_sites(v1::ListSitesRequest {
+                        page_size: PAGE_SIZE,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((page.sites, page.next_page_token))
+            }
+        })
+        .await
+        .map_err(rpc_error)?;
+        print_sites(&sites, args.format)
+    })
+}
+
+/// The network's sites as a table (site, online, k, noise, last seen) or as JSON.
+fn print_sites(sites: &[v1::SiteInfo], format: ListFormat) -> anyhow::Result<()> {
+    let epsilon = |site: &v1::SiteInfo| {
+        site.noised
+            .then(|| Epsilon::from_micro(site.epsilon_micro).to_string())
+    };
+    if format == ListFormat::Json {
+        let items: Vec<serde_json::Value> = sites
+            .iter()
+            .map(|site| {
+                serde_json::json!({
+                    "site": site.site,
+                    "online": site.online,
+                    "k": (site.k > 0).then_some(site.k),
+                    "noised": site.noised,
+                    "epsilon": epsilon(site),
+                    "last_seen": site.last_seen,
+                })
+            })
+            .collect();
+        return print_json(&serde_json::Value::Array(items));
+    }
+    let mut table = new_table(&["site", "online", "k", "noise", "last seen"], &["k"]);
+    for site in sites {
+        table.add_row(vec![
+            shown(&site.site),
+            if site.online { "yes" } else { "no" }.to_string(),
+            if site.k > 0 {
+                site.k.to_string()
+            } else {
+                "not yet reported".to_string()
+            },
+            epsilon(site).map_or_else(|| "none".to_string(), |e| format!("ε = {e} per question")),
+            format_time(site.last_seen),
         ]);
     }
     println!("{table}");

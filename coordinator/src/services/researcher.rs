@@ -132,6 +132,42 @@ impl Researcher for ResearcherService {
         }))
     }
 
+    async fn list_sites(
+        &self,
+        request: Request<v1::ListSitesRequest>,
+    ) -> Result<Response<v1::ListSitesResponse>, Status> {
+        auth::caller(&request)?;
+        let list = request.get_ref();
+        let page = PageRequest::parse(list.page_size, &list.page_token)?;
+        let mut sites = self
+            .core
+            .db()
+            .sites_page(page.after.as_deref().unwrap_or(""), page.fetch())
+            .map_err(internal)?;
+        let next_page_token = page.finish(&mut sites, String::clone);
+        let mut infos = Vec::with_capacity(sites.len());
+        for site in sites {
+            let record = self.core.db().node(&site).map_err(internal)?;
+            let privacy = self
+                .core
+                .site_privacy(&site)
+                .map(|privacy| privacy.policy)
+                .filter(|policy| policy.enabled);
+            infos.push(v1::SiteInfo {
+                online: self.core.is_connected(&site),
+                last_seen: record.as_ref().map_or(0, |r| r.last_seen),
+                k: record.as_ref().map_or(0, |r| r.k),
+                noised: privacy.is_some(),
+                epsilon_micro: privacy.map_or(0, |policy| policy.epsilon_micro),
+                site,
+            });
+        }
+        Ok(Response::new(v1::ListSitesResponse {
+            sites: infos,
+            next_page_token,
+        }))
+    }
+
     async fn submit(
         &self,
         request: Request<v1::SubmitRequest>,
