@@ -317,6 +317,7 @@ async fn ask(
                 "GetStatus",
                 client.get_status(v1::GetStatusRequest {
                     query_id: query_id.clone(),
+                    wait_seconds: 0,
                 }),
             )
             .await

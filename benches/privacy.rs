@@ -30,13 +30,16 @@ const NOISED_THREADS: &str = "ern-noised";
 /// run one at a time here, so their CPU during a question is that question's.
 const QUERY_THREADS: &str = "ern-query";
 
+/// A question of its own for a year of birth.
+type Question = fn(usize) -> String;
+
 /// The two questions measured, each a question of its own for every run (so every
 /// noised run is charged) with the same work: patients per disorder and sex, where a
 /// patient is in as many groups as they have disorders and the node bounds them to one
 /// first (the cost of bounding shows here), and patients per sex and year of birth from
 /// the patient table alone, one row per patient, where nothing needs bounding (the cost
 /// of the noise and the ledger alone).
-const QUESTIONS: [(&str, fn(usize) -> String); 2] = [
+const QUESTIONS: [(&str, Question); 2] = [
     ("per disorder and sex (bounded)", |year| {
         format!(
             "SELECT t.name AS disorder, p.sex, COUNT(DISTINCT p.pid) AS patients FROM patient p JOIN diagnosis d ON d.pid = p.pid JOIN orpha_term t ON t.orpha_code = d.code WHERE p.birth_year >= {year} GROUP BY t.name, p.sex"

@@ -57,7 +57,7 @@ enum Command {
     /// Submit a question to the network under one of your studies (researcher).
     Submit(commands::researcher::SubmitArgs),
     /// Where a question stands, site by site (researcher).
-    Status(commands::researcher::QueryIdArgs),
+    Status(commands::researcher::StatusArgs),
     /// The merged table of a finished question (researcher).
     Results(commands::researcher::ResultsArgs),
     /// Your questions (researcher).

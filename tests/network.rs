@@ -666,3 +666,48 @@ fn a_researcher_lists_the_sites_online_or_not_with_their_k() {
     let out = net.ern_as(&steward, &["sites"]);
     assert!(stderr(&out).contains("not allowed"), "{}", stderr(&out));
 }
+
+/// `ern status --wait` returns when the question finishes, held by the coordinator (no
+/// client polling), and exits non-zero when the timeout comes first.
+#[test]
+fn status_wait_returns_when_the_question_finishes_and_fails_at_the_timeout() {
+    let mut net = Network::new(1, 300, 5);
+    net.start_node_connected("site-1");
+    let id = net.submit(SEX_BAND_SQL, "Waited for", &[]);
+    // Nobody has approved: still running at the timeout.
+    let started = std::time::Instant::now();
+    let out = net.ern_as(
+        &net.researcher,
+        &["status", &id, "--wait", "--timeout", "2s"],
+    );
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+    assert!(
+        stderr(&out).contains("still running after 2s"),
+        "{}",
+        stderr(&out)
+    );
+    // Approved while a wait is under way: the wait ends with the question complete.
+    let researcher = net.researcher.clone();
+    let waiting = std::thread::scope(|scope| {
+        let wait = scope.spawn(|| {
+            net.ern_as(
+                &researcher,
+                &[
+                    "status",
+                    &id,
+                    "--wait",
+                    "--timeout",
+                    "60s",
+                    "--format",
+                    "json",
+                ],
+            )
+        });
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        ok(net.approve("site-1", &id));
+        wait.join().expect("the waiting ern")
+    });
+    let status = harness::json(&ok(waiting));
+    assert_eq!(status["state"], "complete", "{status}");
+}

@@ -124,6 +124,7 @@ async fn errors_echo_at_most_a_short_escaped_piece_of_the_input() {
     let status = researcher
         .get_status(v1::GetStatusRequest {
             query_id: long_id.clone(),
+            wait_seconds: 0,
         })
         .await
         .expect_err("no such question");

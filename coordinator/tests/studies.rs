@@ -232,6 +232,7 @@ async fn a_researcher_submits_and_lists_only_under_their_own_studies() {
     let status = as_ada
         .get_status(v1::GetStatusRequest {
             query_id: second.clone(),
+            wait_seconds: 0,
         })
         .await
         .expect("status")

@@ -604,6 +604,12 @@ async fn ask(
         let status = client
             .get_status(v1::GetStatusRequest {
                 query_id: query_id.clone(),
+                // The coordinator holds the call until the question finishes.
+                wait_seconds: u32::try_from(
+                    deadline.saturating_duration_since(Instant::now()).as_secs(),
+                )
+                .unwrap_or(u32::MAX)
+                .max(1),
             })
             .await
             .map_err(rpc_error)?
@@ -618,7 +624,6 @@ async fn ask(
             Instant::now() < deadline,
             "question {query_id} did not finish in time"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let results = client
         .get_results(v1::GetResultsRequest {

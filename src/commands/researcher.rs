@@ -42,14 +42,22 @@ pub(crate) struct SubmitArgs {
     connection: Connection,
 }
 
-/// Arguments naming one question.
+/// Arguments of `ern status`.
 #[derive(Debug, Args)]
-pub(crate) struct QueryIdArgs {
+pub(crate) struct StatusArgs {
     /// The question's id (from `ern submit` or `ern list`).
     id: String,
     /// Print a table, or JSON for scripts.
     #[arg(long, value_enum, default_value_t = ListFormat::Table)]
     format: ListFormat,
+    /// Wait for the question to finish (complete or failed); the coordinator holds each
+    /// call until it does, so nothing polls. Exits non-zero if it is still running at
+    /// the timeout.
+    #[arg(long)]
+    wait: bool,
+    /// How long `--wait` waits at most, e.g. 90s, 10m, 2h.
+    #[arg(long, value_parser = client::parse_duration, default_value = "10m", requires = "wait")]
+    timeout: std::time::Duration,
 
     #[command(flatten)]
     connection: Connection,
@@ -248,16 +256,31 @@ fn query_state_name(state: i32) -> &'static str {
     }
 }
 
-pub(crate) fn status(args: QueryIdArgs) -> anyhow::Result<()> {
+pub(crate) fn status(args: StatusArgs) -> anyhow::Result<()> {
     client::runtime()?.block_on(async {
         let mut researcher = client::researcher(&args.connection).await?;
-        let status = researcher
-            .get_status(v1::GetStatusRequest {
-                query_id: args.id.clone(),
-            })
-            .await
-            .map_err(rpc_error)?
-            .into_inner();
+        let until = std::time::Instant::now() + args.timeout;
+        let status = loop {
+            // Each call waits on the coordinator, at most what is left of the timeout.
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let wait_seconds = if args.wait {
+                u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX)
+            } else {
+                0
+            };
+            let status = researcher
+                .get_status(v1::GetStatusRequest {
+                    query_id: args.id.clone(),
+                    wait_seconds,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            let running = status.state == v1::QueryState::Running as i32;
+            if !args.wait || !running || left.is_zero() {
+                break status;
+            }
+        };
         if args.format == ListFormat::Json {
             let sites: Vec<serde_json::Value> = status
                 .sites
@@ -271,7 +294,7 @@ pub(crate) fn status(args: QueryIdArgs) -> anyhow::Result<()> {
                     })
                 })
                 .collect();
-            return print_json(&serde_json::json!({
+            print_json(&serde_json::json!({
                 "id": status.query_id,
                 "title": status.title,
                 "study": status.study_id,
@@ -283,7 +306,8 @@ pub(crate) fn status(args: QueryIdArgs) -> anyhow::Result<()> {
                 "submitted_at": status.submitted_at,
                 "deadline": status.deadline,
                 "sites": sites,
-            }));
+            }))?;
+            return still_running(&args, &status);
         }
         println!("{} — {}", shown(&status.query_id), shown(&status.title));
         println!(
@@ -308,8 +332,21 @@ pub(crate) fn status(args: QueryIdArgs) -> anyhow::Result<()> {
             );
         }
         println!("{}", coverage_table(&status.sites));
-        Ok(())
+        still_running(&args, &status)
     })
+}
+
+/// With `--wait`, a question still running at the timeout is an error (after its status
+/// is printed).
+fn still_running(args: &StatusArgs, status: &v1::QueryStatus) -> anyhow::Result<()> {
+    let running = status.state == v1::QueryState::Running as i32;
+    anyhow::ensure!(
+        !(args.wait && running),
+        "question {} is still running after {}s of waiting",
+        status.query_id,
+        args.timeout.as_secs()
+    );
+    Ok(())
 }
 
 pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<()> {

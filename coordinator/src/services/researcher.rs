@@ -18,6 +18,10 @@ use crate::model::{StoredQuery, User, now_seconds};
 use crate::paging::PageRequest;
 use crate::services::{StudyTitles, check_title_purpose, study_title};
 
+/// The longest a `GetStatus` call waits for a question to finish: under the clients'
+/// call deadline, so a longer wait is a few calls, each waiting on the server.
+const MAX_STATUS_WAIT_SECONDS: u32 = 30;
+
 /// The Researcher service over the shared core.
 #[derive(Debug, Clone)]
 pub struct ResearcherService {
@@ -284,7 +288,18 @@ impl Researcher for ResearcherService {
         request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::QueryStatus>, Status> {
         let user = auth::caller(&request)?;
-        let query = self.own_query(&user, &request.get_ref().query_id)?;
+        let mut query = self.own_query(&user, &request.get_ref().query_id)?;
+        let wait = request.get_ref().wait_seconds.min(MAX_STATUS_WAIT_SECONDS);
+        if wait > 0 && !query.complete {
+            let merged = self.core.wait_merged(&query.id);
+            // Waiting ends at the limit with the status as it is then.
+            if let Ok(waited) =
+                tokio::time::timeout(std::time::Duration::from_secs(u64::from(wait)), merged).await
+            {
+                waited?;
+            }
+            query = self.own_query(&user, &query.id)?;
+        }
         Ok(Response::new(self.status_of(&query)?))
     }
 

@@ -303,6 +303,7 @@ impl Network {
         researcher
             .get_status(v1::GetStatusRequest {
                 query_id: query_id.into(),
+                wait_seconds: 0,
             })
             .await
             .expect("status")
