@@ -28,8 +28,7 @@ use datafusion::error::DataFusionError;
 use datafusion::functions_aggregate::expr_fn::min;
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::{
-    Expr, ExprFunctionExt, ExprSchemable, LogicalPlan, LogicalPlanBuilder, SortExpr, cast, lit,
-    when,
+    Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, SortExpr, cast, lit, when,
 };
 
 use crate::row_pack::{pack_row, unpack_column};
@@ -225,6 +224,7 @@ fn first_group_only(
     groups: usize,
 ) -> Result<LogicalPlan, DataFusionError> {
     const FIRST: &str = "__first_row";
+    let clamped = LogicalPlanBuilder::from(coerced(clamped.build()?)?);
     let schema = clamped.schema().clone();
     let pid = &columns[groups];
     let packed: Vec<usize> = (0..groups).chain(groups + 1..columns.len()).collect();
@@ -264,12 +264,25 @@ pub(crate) fn first_keys_per_patient(
     pid: &Column,
 ) -> Result<(LogicalPlan, Vec<DataType>), DataFusionError> {
     const FIRST: &str = "__first_keys";
-    let types = keys
-        .iter()
-        .map(|key| key.get_type(rows.schema().as_ref()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let packed = pack_row(keys.to_vec(), types.clone()).alias(FIRST);
-    let plan = LogicalPlanBuilder::from(rows)
+    let mut projection = keys.to_vec();
+    projection.push(Expr::Column(pid.clone()));
+    let keyed = coerced(
+        LogicalPlanBuilder::from(rows)
+            .project(projection)?
+            .build()?,
+    )?;
+    let columns = keyed.schema().columns();
+    let (key_columns, pid_column) = columns.split_at(keys.len());
+    let types: Vec<DataType> = (0..keys.len())
+        .map(|index| keyed.schema().field(index).data_type().clone())
+        .collect();
+    let packed = pack_row(
+        key_columns.iter().cloned().map(Expr::Column).collect(),
+        types.clone(),
+    )
+    .alias(FIRST);
+    let pid = &pid_column[0];
+    let plan = LogicalPlanBuilder::from(keyed)
         .project(vec![packed, Expr::Column(pid.clone())])?
         .aggregate(
             vec![Expr::Column(pid.clone())],
@@ -298,4 +311,16 @@ pub(crate) fn unpack_keys(
     LogicalPlanBuilder::from(aggregated)
         .project(keys.chain(rest).collect::<Vec<_>>())?
         .build()
+}
+
+/// `plan` with DataFusion's type coercion applied, so its schema holds the types its
+/// expressions will have when they run (a `CASE` whose branches differ is typed by its
+/// first branch before coercion and widened after; a text literal beside a Parquet
+/// string becomes a string view). The row packing is declared with these types: packed
+/// with others it would fail, and only on the rows that reach it.
+fn coerced(plan: LogicalPlan) -> Result<LogicalPlan, DataFusionError> {
+    use datafusion::common::config::ConfigOptions;
+    use datafusion::optimizer::analyzer::AnalyzerRule;
+    use datafusion::optimizer::analyzer::type_coercion::TypeCoercion;
+    TypeCoercion::new().analyze(plan, &ConfigOptions::default())
 }

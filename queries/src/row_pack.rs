@@ -18,7 +18,7 @@ use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::compute::SortOptions;
 use arrow::datatypes::DataType;
 use arrow::row::{RowConverter, SortField};
-use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::common::{DataFusionError, Result, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
@@ -66,6 +66,22 @@ pub fn is_row_pack(function: &ScalarUDF) -> bool {
     inner.is::<PackRow>() || inner.is::<UnpackColumn>()
 }
 
+/// A float column with every -0.0 made +0.0 (adding +0.0 does that and changes no other
+/// value): SQL groups them as one value, the row format would keep them apart.
+fn positive_zero(column: ArrayRef) -> Result<ArrayRef> {
+    use arrow::array::{Float32Array, Float64Array};
+    use arrow::compute::kernels::numeric::add;
+    let zero: Option<ArrayRef> = match column.data_type() {
+        DataType::Float32 => Some(Arc::new(Float32Array::from(vec![0.0_f32]))),
+        DataType::Float64 => Some(Arc::new(Float64Array::from(vec![0.0_f64]))),
+        _ => None,
+    };
+    match zero {
+        Some(zero) => Ok(add(&column, &arrow::array::Scalar::new(zero))?),
+        None => Ok(column),
+    }
+}
+
 /// The arguments as arrays of one length (a literal argument is repeated).
 fn arrays(args: &ScalarFunctionArgs) -> Result<Vec<ArrayRef>> {
     args.args
@@ -89,12 +105,23 @@ impl ScalarUDFImpl for PackRow {
         &self.signature
     }
 
-    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+    /// Refuses arguments of other types than declared, while planning (whatever the
+    /// data), never on the rows.
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        if arg_types != self.types.as_slice() {
+            return plan_err!(
+                "ern_pack_row was declared for {:?} and given {arg_types:?}",
+                self.types
+            );
+        }
         Ok(DataType::Binary)
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let columns = arrays(&args)?;
+        let columns = arrays(&args)?
+            .into_iter()
+            .map(positive_zero)
+            .collect::<Result<Vec<_>>>()?;
         let rows = converter(&self.types)?.convert_columns(&columns)?;
         let packed = rows.try_into_binary()?;
         Ok(ColumnarValue::Array(Arc::new(packed)))

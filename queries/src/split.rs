@@ -555,28 +555,29 @@ fn per_patient_site_plan(
     // packed (one binary column) from the bounding to the end of the aggregation and are
     // unpacked once per group (`packed_keys`: their types).
     let mut packed_keys = None;
-    let (patients, groups) = if per_patient.is_empty() && one_group {
-        let (first_keys, types) =
-            first_keys_per_patient(barrier.input.as_ref().clone(), &barrier.group_exprs, pid)?;
-        packed_keys = Some(types);
-        (first_keys, 1)
-    } else {
-        let patients = LogicalPlanBuilder::from(barrier.input.as_ref().clone())
-            .aggregate(inner_groups, per_patient)?
-            .build()?;
-        let groups = barrier.group_exprs.len();
-        let patients = match bounding {
-            None => patients,
-            Some(bounding) => {
-                let mut clamp_of = vec![None; per_patient_count];
-                for (at, clamp) in clamps {
-                    clamp_of[at] = Some(clamp);
+    let (patients, groups) =
+        if per_patient.is_empty() && one_group && !barrier.group_exprs.is_empty() {
+            let (first_keys, types) =
+                first_keys_per_patient(barrier.input.as_ref().clone(), &barrier.group_exprs, pid)?;
+            packed_keys = Some(types);
+            (first_keys, 1)
+        } else {
+            let patients = LogicalPlanBuilder::from(barrier.input.as_ref().clone())
+                .aggregate(inner_groups, per_patient)?
+                .build()?;
+            let groups = barrier.group_exprs.len();
+            let patients = match bounding {
+                None => patients,
+                Some(bounding) => {
+                    let mut clamp_of = vec![None; per_patient_count];
+                    for (at, clamp) in clamps {
+                        clamp_of[at] = Some(clamp);
+                    }
+                    bound_patients(patients, groups, &clamp_of, bounding)?
                 }
-                bound_patients(patients, groups, &clamp_of, bounding)?
-            }
+            };
+            (patients, groups)
         };
-        (patients, groups)
-    };
     let columns = patients.schema().columns();
     let patient = Expr::Column(columns[groups].clone());
     let value = |at: usize| Expr::Column(columns[groups + 1 + at].clone());

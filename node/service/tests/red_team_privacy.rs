@@ -1444,3 +1444,322 @@ async fn the_budget_refusal_names_the_study_and_epsilons_only() {
     assert_eq!(last.rule.as_deref(), Some("privacy-budget"));
     assert_eq!(last.rows_released, 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// 6. One group per patient by the MIN of packed rows (`ern_queries::row_pack`)
+// ---------------------------------------------------------------------------------------
+
+/// Thirty patients with ORPHA:558 (some also with ORPHA:99992), and with `target` a
+/// man with the rare ORPHA:99991 too; a store of them under `dir`/`name`.
+fn packed_store(dir: &Path, name: &str, target: bool) -> PathBuf {
+    let mut people: Vec<Patient> = (0..30)
+        .map(|i| {
+            let codes: &[&str] = if i % 3 == 0 {
+                &["ORPHA:558", "ORPHA:99992"]
+            } else {
+                &["ORPHA:558"]
+            };
+            patient(
+                &format!("p{i}"),
+                &format!("{}", 1950 + i),
+                ["female", "male"][i % 2],
+                codes,
+            )
+        })
+        .collect();
+    if target {
+        people.push(patient(
+            "target",
+            "1971",
+            "male",
+            &["ORPHA:99991", "ORPHA:558"],
+        ));
+    }
+    store_of(&dir.join(name), &people, &[6; 32])
+}
+
+/// `sql` answered by a noising node (ε so large the noise is nothing) over the store
+/// with and without the target: the failures as text.
+async fn with_and_without_target(sql: &str) -> [Result<Vec<RecordBatch>, String>; 2] {
+    let dir = tempfile::tempdir().expect("dir");
+    let steward = named_steward(dir.path(), "steward");
+    let mut out = Vec::new();
+    for (name, target) in [("with", true), ("without", false)] {
+        let store = packed_store(dir.path(), name, target);
+        let policy = private_policy(
+            &steward,
+            dir.path(),
+            &format!("{name}.key"),
+            1_000_000.0,
+            1_000_000.0,
+        );
+        let engine = NodeEngine::open(&store, policy).await.expect("engine");
+        let answer = engine.execute(&request(&steward, sql, STUDY, 0)).await;
+        let answer = answer.map(|released| released.batches).map_err(|error| {
+            let entries = audit::read_entries(&store.join(AUDIT_FILE)).expect("audit");
+            let detail = entries
+                .last()
+                .and_then(|entry| entry.detail.clone())
+                .unwrap_or_default();
+            format!("{error} [{detail}]")
+        });
+        out.push(answer);
+    }
+    out.try_into().expect("two")
+}
+
+/// Attack (2) at the node: a GROUP BY key whose CASE branches have different types
+/// (`THEN 1 ELSE 0.5`), over the rows of the target's rare code. The bounding packs the
+/// keys typed as validated (Int64), the node's type coercion widens the CASE (Float64),
+/// and arrow's RowConverter fails, but only when a row reaches it: the node fails the
+/// question exactly when the target is in the registry and answers (nothing) when not.
+/// One exact bit per question, whatever ε: the error is not noised. Safe: both answered.
+#[tokio::test]
+async fn a_coerced_case_key_fails_at_a_noising_node_only_when_the_target_is_there() {
+    let sql = "SELECT CASE WHEN d.status = 'confirmed' THEN 1 ELSE 0.5 END AS k, COUNT(DISTINCT d.pid) AS n FROM diagnosis d WHERE d.code = 'ORPHA:99991' GROUP BY CASE WHEN d.status = 'confirmed' THEN 1 ELSE 0.5 END";
+    let [with, without] = with_and_without_target(sql).await;
+    eprintln!("with the target: {with:?}\nwithout: {without:?}");
+    assert!(without.is_ok(), "without the target: {without:?}");
+    assert!(
+        with.is_ok(),
+        "the node fails the question only when the target is there: {with:?}"
+    );
+}
+
+/// Attack (2) at the node: a text key mixing a literal and a column (`CASE WHEN d.code =
+/// 'ORPHA:558' THEN 'marfan' ELSE d.code END`, an ordinary relabelling). The store's
+/// Parquet strings are `Utf8View`, the CASE is typed `Utf8` (its first branch) before
+/// coercion and `Utf8View` after: the packing fails at every noising node, with or
+/// without a count of rows; and behind a WHERE that only the target meets, only when
+/// the target is there (the oracle above, with text). Safe: answered.
+#[tokio::test]
+async fn a_text_case_key_over_parquet_strings_runs_at_a_noising_node() {
+    let key = "CASE WHEN d.code = 'ORPHA:558' THEN 'marfan' ELSE d.code END";
+    let mut failures = Vec::new();
+    for (filter, extra) in [
+        ("", ""),
+        ("", ", COUNT(*) AS r"),
+        (" WHERE d.code = 'ORPHA:99991'", ""),
+    ] {
+        let sql = format!(
+            "SELECT {key} AS c, COUNT(DISTINCT d.pid) AS n{extra} FROM diagnosis d{filter} GROUP BY {key}"
+        );
+        let [with, without] = with_and_without_target(&sql).await;
+        eprintln!("{sql}\n  with: {with:?}\n  without: {without:?}");
+        for (store, answer) in [("with", with), ("without", without)] {
+            if let Err(error) = answer {
+                failures.push(format!("{sql} ({store} the target): {error}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Attack (2)/(3) at the node: the commonest question, a count of patients with no GROUP
+/// BY. At the default bound its site plan packs zero keys and cannot be built: every
+/// noising node fails it (with a reference id), whatever its data. Safe: released.
+#[tokio::test]
+async fn a_count_of_patients_without_group_by_is_released_by_a_noising_node() {
+    let sql = "SELECT COUNT(DISTINCT d.pid) AS n FROM diagnosis d";
+    let [with, without] = with_and_without_target(sql).await;
+    eprintln!("with the target: {with:?}\nwithout: {without:?}");
+    let with = with.expect("released with the target");
+    let without = without.expect("released without the target");
+    assert_eq!(total(&with), Some(31));
+    assert_eq!(total(&without), Some(30));
+}
+
+/// Attack (4) at the node: a question naming the packing functions (which the node's
+/// total-function rewrite keeps as they are, told by type). Defence that holds: the
+/// node's own planner refuses them by name before anything is charged or run.
+#[tokio::test]
+async fn the_packing_functions_cannot_be_named_at_the_node() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = packed_store(dir.path(), "store", true);
+    let steward = named_steward(dir.path(), "steward");
+    let policy = private_policy(&steward, dir.path(), "noise.key", 1.0, 10.0);
+    let engine = NodeEngine::open(&store, policy).await.expect("engine");
+    for (nonce, sql) in [
+        "SELECT ern_pack_row(d.code) AS k, COUNT(DISTINCT d.pid) AS n FROM diagnosis d GROUP BY ern_pack_row(d.code)",
+        "SELECT d.code, COUNT(DISTINCT d.pid) AS n FROM diagnosis d WHERE ern_unpack_column(d.code) = 'x' GROUP BY d.code",
+        "SELECT \"ERN_PACK_ROW\"(d.code, d.status) AS k, COUNT(DISTINCT d.pid) AS n FROM diagnosis d GROUP BY 1",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let error = engine
+            .execute(&request(&steward, sql, STUDY, nonce as u64))
+            .await
+            .map(|_| ())
+            .expect_err(sql);
+        assert!(
+            matches!(error, ExecuteError::Refused(_)),
+            "{sql}: refused, not failed: {error}"
+        );
+    }
+    assert_eq!(charges(&store), 0, "nothing charged");
+    assert_eq!(spent(&engine, STUDY), Epsilon::default());
+}
+
+/// Attacks (1) and (3) at the node, on a synthetic registry read from Parquet (`Utf8View`
+/// strings, real dates): with ε so large the noise is nothing, every group a noising
+/// node releases under the default bound holds the patients whose first group in
+/// ascending key order (NULL last) it is, as a ranking window in plain DataFusion over
+/// the same store counts them, and every group of at least 30 such patients is
+/// released; both where only patients are counted and where rows are counted too.
+/// Holds.
+#[tokio::test]
+async fn packed_bounding_at_a_noising_node_matches_a_ranking_window() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = synthetic_store(dir.path(), 400, 7);
+    let steward = named_steward(dir.path(), "steward");
+    let policy = private_policy(&steward, dir.path(), "noise.key", 1_000.0, 1_000_000.0);
+    let engine = NodeEngine::open(&store, policy).await.expect("engine");
+    let plain = common::plain_context(&store).await;
+    let cases: &[(&[&str], &str)] = &[
+        (&["d.code"], "FROM diagnosis d"),
+        (&["d.status", "d.onset"], "FROM diagnosis d"),
+        (&["date_trunc('year', d.onset_date)"], "FROM diagnosis d"),
+        (
+            &["date_part('year', d.onset_date) > 2000"],
+            "FROM diagnosis d",
+        ),
+        (
+            &["coalesce(d.onset, 'none')", "lower(d.status)"],
+            "FROM diagnosis d",
+        ),
+        (
+            &["p.sex"],
+            "FROM diagnosis d JOIN patient p ON p.pid = d.pid",
+        ),
+        (
+            &["p.sex", "p.birth_year / 10"],
+            "FROM diagnosis d JOIN patient p ON p.pid = d.pid",
+        ),
+    ];
+    let mut nonce = 100;
+    let mut differences = Vec::new();
+    let mut compared = 0usize;
+    for (keys, from) in cases {
+        let named: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| format!("{key} AS k{i}"))
+            .collect();
+        let columns: Vec<String> = (0..keys.len()).map(|i| format!("k{i}")).collect();
+        let order: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{c} ASC NULLS LAST"))
+            .collect();
+        let ranked_sql = format!(
+            "WITH per AS (SELECT {}, d.pid AS pid {from}), \
+             ranked AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY pid ORDER BY {}) AS r FROM per) \
+             SELECT {}, COUNT(DISTINCT pid) AS patients FROM ranked WHERE r = 1 GROUP BY {}",
+            named.join(", "),
+            order.join(", "),
+            columns.join(", "),
+            columns.join(", "),
+        );
+        let ranked = by_group(&collect_sql(&plain, &ranked_sql).await, keys.len());
+        for extra in ["", ", COUNT(*) AS rows"] {
+            let sql = format!(
+                "SELECT {}, COUNT(DISTINCT d.pid) AS patients{extra} {from} GROUP BY {}",
+                keys.join(", "),
+                keys.join(", ")
+            );
+            nonce += 1;
+            let released = engine
+                .execute(&request(&steward, &sql, STUDY, nonce))
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let released = by_group(&released.batches, keys.len());
+            for (key, values) in &released {
+                compared += 1;
+                let expected = ranked.get(key).map_or(0.0, |v| v[0]);
+                if values[0] != expected {
+                    differences.push(format!("{sql}: {key}: {} vs {expected}", values[0]));
+                }
+            }
+            for (key, values) in &ranked {
+                if values[0] >= 30.0 && !released.contains_key(key) {
+                    differences.push(format!("{sql}: {key} ({}) not released", values[0]));
+                }
+            }
+        }
+    }
+    assert!(
+        compared > 10,
+        "too few groups released to compare: {compared}"
+    );
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
+/// Attack (1) at the node under the default bound: a patient with eight codes, each
+/// twice, asks to count in eight groups of patients per code. With ε so large the noise
+/// is nothing, the releases with and without them differ by exactly one patient, in the
+/// group of their smallest code, where only patients are counted (keys packed to the
+/// end) and where rows are counted too. Holds.
+#[tokio::test]
+async fn a_patient_with_eight_codes_counts_once_at_the_default_bound() {
+    let dir = tempfile::tempdir().expect("dir");
+    let codes: Vec<String> = (0..8).map(|i| format!("ORPHA:{}", 100 + i)).collect();
+    let mut base = Vec::new();
+    for code in &codes {
+        for i in 0..6 {
+            base.push(Patient::new(
+                &format!("{code}-{i}"),
+                1960 + i,
+                "female",
+                code,
+            ));
+        }
+    }
+    let mut heavy_codes: Vec<&str> = codes.iter().rev().map(String::as_str).collect();
+    heavy_codes.extend(codes.iter().map(String::as_str));
+    let mut with = base.clone();
+    with.push(patient("heavy", "1970-05", "male", &heavy_codes));
+    let steward = named_steward(dir.path(), "steward");
+    for (nonce, sql) in [
+        "SELECT d.code, COUNT(DISTINCT d.pid) AS p FROM diagnosis d GROUP BY d.code",
+        "SELECT d.code, COUNT(DISTINCT d.pid) AS p, COUNT(*) AS n FROM diagnosis d GROUP BY d.code",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut releases = Vec::new();
+        for (name, people) in [("with", &with), ("without", &base)] {
+            let store = store_of(
+                &dir.path().join(format!("{name}-{nonce}")),
+                people,
+                &[4; 32],
+            );
+            let policy = private_policy(
+                &steward,
+                dir.path(),
+                &format!("{name}-{nonce}.key"),
+                1_000.0,
+                1_000_000.0,
+            );
+            let engine = NodeEngine::open(&store, policy).await.expect("engine");
+            let released = engine
+                .execute(&request(&steward, sql, STUDY, nonce as u64))
+                .await
+                .expect("released");
+            releases.push(by_group(&released.batches, 1));
+        }
+        let moved: Vec<(String, f64)> = codes
+            .iter()
+            .map(|code| {
+                let a = releases[0].get(code).map_or(0.0, |v| v[0]);
+                let b = releases[1].get(code).map_or(0.0, |v| v[0]);
+                (code.clone(), a - b)
+            })
+            .filter(|(_, moved)| *moved != 0.0)
+            .collect();
+        assert_eq!(
+            moved,
+            [("ORPHA:100".to_string(), 1.0)],
+            "{sql}: the heavy patient counts once, in their smallest code"
+        );
+    }
+}
