@@ -15,12 +15,13 @@ use ern_queries::catalog::planning_context;
 use ern_queries::split::Concentration;
 use ern_queries::{Bounding, Dominance, Planner, SiteFacts, schema};
 
-/// A diagnosis table: `rows` are (pid, code, age at diagnosis).
-fn context(rows: &[(&str, String, i32)]) -> SessionContext {
-    let ctx = planning_context().expect("context");
+/// A diagnosis batch: `rows` are (pid, code, age at diagnosis).
+fn diagnosis_batch<P: AsRef<str>>(rows: &[(P, String, Option<i32>)]) -> RecordBatch {
     let n = rows.len();
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.0.as_ref()),
+        )),
         Arc::new(StringArray::from_iter_values(
             rows.iter().map(|r| r.1.clone()),
         )),
@@ -30,9 +31,14 @@ fn context(rows: &[(&str, String, i32)]) -> SessionContext {
         new_null_array(&DataType::Date32, n),
         new_null_array(&DataType::Date32, n),
         new_null_array(&DataType::Int32, n),
-        Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.2))),
+        Arc::new(Int32Array::from_iter(rows.iter().map(|r| r.2))),
     ];
-    let diagnosis = RecordBatch::try_new(schema::diagnosis(), columns).expect("diagnosis");
+    RecordBatch::try_new(schema::diagnosis(), columns).expect("diagnosis")
+}
+
+/// The planning context with `diagnosis` as its diagnosis table.
+fn context_over(diagnosis: RecordBatch) -> SessionContext {
+    let ctx = planning_context().expect("context");
     ctx.deregister_table("diagnosis").expect("deregister");
     ctx.register_table(
         "diagnosis",
@@ -40,6 +46,15 @@ fn context(rows: &[(&str, String, i32)]) -> SessionContext {
     )
     .expect("register");
     ctx
+}
+
+/// A diagnosis table: `rows` are (pid, code, age at diagnosis).
+fn context(rows: &[(&str, String, i32)]) -> SessionContext {
+    let rows: Vec<(&str, String, Option<i32>)> = rows
+        .iter()
+        .map(|(pid, code, age)| (*pid, code.clone(), Some(*age)))
+        .collect();
+    context_over(diagnosis_batch(&rows))
 }
 
 /// `(code, partial columns…)` of a site plan's output, sorted by code.
@@ -238,34 +253,12 @@ async fn one_group_per_patient_is_the_first_in_key_order() {
             rows.push((format!("p{patient}"), code, age));
         }
     }
-    let n = rows.len();
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.0.clone()),
-        )),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.1.clone()),
-        )),
-        Arc::new(StringArray::from_iter_values((0..n).map(|_| "ORPHA"))),
-        Arc::new(StringArray::from_iter_values((0..n).map(|_| "confirmed"))),
-        new_null_array(&DataType::Utf8, n),
-        new_null_array(&DataType::Date32, n),
-        new_null_array(&DataType::Date32, n),
-        new_null_array(&DataType::Int32, n),
-        Arc::new(Int32Array::from_iter(rows.iter().map(|r| r.2))),
-    ];
-    let diagnosis = RecordBatch::try_new(schema::diagnosis(), columns).expect("diagnosis");
-    let table = || {
-        Arc::new(
-            MemTable::try_new(schema::diagnosis(), vec![vec![diagnosis.clone()]]).expect("table"),
-        )
-    };
-    let ctx = planning_context().expect("context");
-    ctx.deregister_table("diagnosis").expect("deregister");
-    ctx.register_table("diagnosis", table()).expect("register");
+    let diagnosis = diagnosis_batch(&rows);
+    let ctx = context_over(diagnosis.clone());
     let plain = SessionContext::new();
+    let table = MemTable::try_new(schema::diagnosis(), vec![vec![diagnosis]]).expect("table");
     plain
-        .register_table("diagnosis", table())
+        .register_table("diagnosis", Arc::new(table))
         .expect("register");
 
     // With a count of rows (per-patient partials to carry) and with patients alone
