@@ -23,6 +23,7 @@
 //! - [`plan`]: the one entry point: SQL in, a [`QueryPlan`] out, holding everything
 //!   derived from the question (report, site plan, released schema, merge).
 //! - [`validate`]: parse, plan, walk the plan once, asking each rule.
+//! - `constants`: constant parts of a question that fail on every row, a mistake.
 //! - [`split`]: how a plan becomes a per-site plan and how partial results merge.
 //! - [`domain`]: a question's public domain, which decides secure or per-site
 //!   aggregation, derived from the plan alone.
@@ -41,6 +42,7 @@ pub mod allowlist;
 pub mod bounding;
 pub mod casefile;
 pub mod catalog;
+mod constants;
 pub mod domain;
 pub mod examples;
 mod fingerprint;

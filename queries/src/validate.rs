@@ -139,10 +139,12 @@ pub(crate) async fn validate(sql: &str, state: &SessionState) -> Result<Validate
     let validated = validate_plan(sql, plan)?;
     // Types are checked here, where the question is refused with the reason, rather than
     // at the node, where a failure reaches the researcher as a reference id only.
-    state
+    let analyzed = state
         .analyzer()
         .execute_and_check(validated.plan.clone(), state.config_options(), |_, _| {})
         .map_err(one_query::types_do_not_fit)?;
+    // So are constants that fail on every row (`birth_year > 'abc'`).
+    crate::constants::check_constants(&analyzed)?;
     Ok(validated)
 }
 
