@@ -194,6 +194,7 @@ async fn measure(
                     deadline: now + 3600,
                     complete: false,
                     failure: String::new(),
+                    withdrawn_at: 0,
                 },
                 &ids,
             )

@@ -179,6 +179,69 @@ pub(crate) fn format_time(seconds: u64) -> String {
     )
 }
 
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm, the inverse of
+/// the one in [`format_time`]).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses a point in time for a list filter: a UTC date (`2026-11-30`), a UTC date and
+/// time (`2026-11-30 14:05:00`, `2026-11-30T14:05:00Z`, or as [`format_time`] prints
+/// it), or a duration back from `now` (`7d`, `12h`). Seconds since 1970.
+pub(crate) fn parse_time(text: &str, now: u64) -> Result<u64, String> {
+    let text = text.trim();
+    if let Ok(ago) = parse_duration(text) {
+        return Ok(now.saturating_sub(ago.as_secs()));
+    }
+    let wrong = || {
+        format!(
+            "{text:?} is not a time: give a UTC date (2026-11-30), a date and time \
+             (2026-11-30 14:05:00) or a duration back from now (7d, 12h)"
+        )
+    };
+    let clean = text.trim_end_matches(" UTC").trim_end_matches('Z');
+    let (date, clock) = match clean.split_once(['T', ' ']) {
+        Some((date, clock)) => (date, Some(clock)),
+        None => (clean, None),
+    };
+    let numbers = |part: &str, sep: char, count: usize| -> Result<Vec<i64>, String> {
+        let fields: Vec<&str> = part.split(sep).collect();
+        if fields.len() != count || fields.iter().any(|f| f.is_empty() || f.len() > 4) {
+            return Err(wrong());
+        }
+        fields
+            .iter()
+            .map(|f| f.parse::<i64>().map_err(|_| wrong()))
+            .collect()
+    };
+    let ymd = numbers(date, '-', 3)?;
+    let (year, month, day) = (ymd[0], ymd[1], ymd[2]);
+    if !(1970..=9999).contains(&year) || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return Err(wrong());
+    }
+    let seconds_of_day = match clock {
+        None => 0,
+        Some(clock) => {
+            let hms = numbers(clock, ':', 3)?;
+            if !(0..24).contains(&hms[0])
+                || !(0..60).contains(&hms[1])
+                || !(0..60).contains(&hms[2])
+            {
+                return Err(wrong());
+            }
+            hms[0] * 3600 + hms[1] * 60 + hms[2]
+        }
+    };
+    let seconds = days_from_civil(year, month, day) * 86_400 + seconds_of_day;
+    u64::try_from(seconds).map_err(|_| wrong())
+}
+
 /// Parses a duration such as `7d`, `12h`, `30m` or `90s`.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -200,4 +263,29 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("a duration must be positive".into());
     }
     Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_as_they_are_printed() {
+        for seconds in [0_u64, 86_399, 951_782_400, 1_796_083_200, 1_796_169_599] {
+            let printed = format_time(seconds.max(1));
+            assert_eq!(parse_time(&printed, 0), Ok(seconds.max(1)), "{printed}");
+        }
+        assert_eq!(parse_time("2026-12-02", 0), Ok(1_796_169_600));
+        assert_eq!(parse_time("2026-12-02T00:00:10Z", 0), Ok(1_796_169_610));
+        assert_eq!(parse_time("7d", 1_000_000), Ok(1_000_000 - 7 * 86_400));
+        for wrong in [
+            "yesterday",
+            "2026-13-01",
+            "2026-12-02 25:00:00",
+            "12/02/2026",
+            "",
+        ] {
+            assert!(parse_time(wrong, 0).is_err(), "{wrong}");
+        }
+    }
 }

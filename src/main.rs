@@ -60,8 +60,11 @@ enum Command {
     Status(commands::researcher::StatusArgs),
     /// The merged table of a finished question (researcher).
     Results(commands::researcher::ResultsArgs),
-    /// Your questions (researcher).
+    /// Your questions, filtered by study, state and time (researcher).
     List(commands::researcher::ListArgs),
+    /// Withdraw one of your unfinished questions: stewards no longer see it, and nothing
+    /// is merged (researcher).
+    Withdraw(commands::researcher::WithdrawArgs),
     /// Review, approve or reject the questions for your site (data steward).
     #[command(subcommand)]
     Steward(commands::steward::StewardCommand),
@@ -103,6 +106,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => commands::researcher::status(args),
         Command::Results(args) => commands::researcher::results(args),
         Command::List(args) => commands::researcher::list(args),
+        Command::Withdraw(args) => commands::researcher::withdraw(args),
         Command::Steward(command) => commands::steward::run(command),
         Command::Operator(command) => commands::operator::run(command),
     };

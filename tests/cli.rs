@@ -443,6 +443,8 @@ fn every_command_has_help() {
         vec!["status", "--help"],
         vec!["results", "--help"],
         vec!["list", "--help"],
+        vec!["withdraw", "--help"],
+        vec!["node", "audit", "show", "--help"],
         vec!["steward", "pending", "--help"],
         vec!["steward", "show", "--help"],
         vec!["steward", "approve", "--help"],

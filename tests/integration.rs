@@ -9,3 +9,4 @@ mod quickstart;
 mod secure_aggregation;
 mod secure_privacy;
 mod studies;
+mod workflow;

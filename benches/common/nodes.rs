@@ -62,6 +62,7 @@ pub(crate) fn store_question(
                 deadline: now + 3600,
                 complete: false,
                 failure: String::new(),
+                withdrawn_at: 0,
             },
             ids,
             "",

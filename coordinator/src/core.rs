@@ -425,6 +425,15 @@ impl Coordinator {
             return Ok(0);
         }
         let now = now_seconds();
+        // An expired approval would be refused by the node: refused here, unsent.
+        let expired = self
+            .db
+            .refuse_expired_approvals(site, now)
+            .map_err(internal)?;
+        for query_id in expired {
+            tracing::info!(site, query = %query_id, "approval expired before dispatch");
+            Box::pin(self.finalize(&query_id)).await?;
+        }
         let work = self.db.approved_work(site, now).map_err(internal)?;
         let mut sent = 0;
         for item in work.into_iter().take(room) {
@@ -473,6 +482,7 @@ impl Coordinator {
             return Ok(());
         }
         let now = now_seconds();
+        let (mut category, mut reference) = (String::new(), String::new());
         let (step, detail, partial) = match result.outcome {
             Some(Outcome::Released(released)) => match self
                 .check_partial(&result.query_id, &released.arrow_ipc)
@@ -492,16 +502,22 @@ impl Coordinator {
                     (SiteStep::Fail, "malformed-result".to_string(), None)
                 }
             },
-            Some(Outcome::Refused(refused)) => (
-                SiteStep::Refuse,
-                crate::node_text::rule_name(&refused.rule),
-                None,
-            ),
-            Some(Outcome::Failed(failed)) => (
-                SiteStep::Fail,
-                crate::node_text::failure_reference(&failed.reference),
-                None,
-            ),
+            Some(Outcome::Refused(refused)) => {
+                category = crate::node_text::failure_category(&refused.category);
+                if !refused.reference.is_empty() {
+                    reference = crate::node_text::failure_reference(&refused.reference);
+                }
+                (
+                    SiteStep::Refuse,
+                    crate::node_text::rule_name(&refused.rule),
+                    None,
+                )
+            }
+            Some(Outcome::Failed(failed)) => {
+                category = crate::node_text::failure_category(&failed.category);
+                reference = crate::node_text::failure_reference(&failed.reference);
+                (SiteStep::Fail, reference.clone(), None)
+            }
             None | Some(Outcome::Statement(_) | Outcome::Masked(_)) => {
                 (SiteStep::Fail, "empty-result".to_string(), None)
             }
@@ -513,8 +529,12 @@ impl Coordinator {
                 &result.query_id,
                 site,
                 step,
-                &detail,
-                partial.as_deref(),
+                &crate::db::Answer {
+                    detail: &detail,
+                    partial: partial.as_deref(),
+                    category: &category,
+                    reference: &reference,
+                },
                 now,
             )
             .map_err(internal)?;
@@ -684,6 +704,14 @@ impl Coordinator {
         })
         .await
         .cloned()
+    }
+
+    /// Forgets what is kept in memory for a question its researcher withdrew (its plan,
+    /// an open round) and wakes whoever waits on it.
+    pub fn withdrawn(&self, query_id: &str) {
+        self.plan_cache().remove(query_id);
+        self.drop_round(query_id);
+        self.merged.notify_waiters();
     }
 
     /// Waits until `query_id` has a merged result stored.

@@ -11,9 +11,16 @@
 //!        |                          ^                     |   |  \--refuse--> refused
 //!        \--reject--> rejected      \-------requeue-------/   \--fail, time out--> failed
 //! awaiting-approval | approved | dispatched --expire--> expired
+//! awaiting-approval | approved | dispatched --withdraw--> withdrawn
 //! dispatched (in a secure-aggregation round) --aggregate--> aggregated
 //!                                            \--fail round--> round-failed
+//! refused (by an approval check) | rejected --re-approve--> approved
 //! ```
+//!
+//! Re-approval is the one step out of a finished part: a steward may approve again a
+//! part the node refused for an approval reason (expired, unknown key, other site, ...)
+//! or that the same steward rejected, and the question is open again until the new
+//! work is answered and merged.
 //!
 //! Under secure aggregation every participant of a question is dispatched at once, in
 //! one round; when one of them refuses, fails or drops out, the others' parts end as
@@ -44,9 +51,11 @@ pub enum SiteState {
     Aggregated,
     /// The secure-aggregation round did not complete.
     RoundFailed,
+    /// The question's researcher withdrew it before the site finished.
+    Withdrawn,
 }
 
-const ALL_STATES: [SiteState; 10] = [
+const ALL_STATES: [SiteState; 11] = [
     SiteState::AwaitingApproval,
     SiteState::Approved,
     SiteState::Dispatched,
@@ -57,6 +66,7 @@ const ALL_STATES: [SiteState; 10] = [
     SiteState::Expired,
     SiteState::Aggregated,
     SiteState::RoundFailed,
+    SiteState::Withdrawn,
 ];
 
 impl SiteState {
@@ -73,6 +83,7 @@ impl SiteState {
             SiteState::Expired => "expired",
             SiteState::Aggregated => "aggregated",
             SiteState::RoundFailed => "round-failed",
+            SiteState::Withdrawn => "withdrawn",
         }
     }
 
@@ -81,9 +92,12 @@ impl SiteState {
         ALL_STATES.into_iter().find(|state| state.as_str() == text)
     }
 
-    /// Whether the site is done with the question: no step leads out of it.
+    /// Whether the site is done with the question: no step but a steward's re-approval
+    /// leads out of it.
     pub fn is_final(self) -> bool {
-        !ALL_STEPS.iter().any(|step| step.from().contains(&self))
+        !ALL_STEPS
+            .iter()
+            .any(|step| *step != SiteStep::Reapprove && step.from().contains(&self))
     }
 
     /// The wire form.
@@ -99,6 +113,7 @@ impl SiteState {
             SiteState::Expired => v1::SiteState::Expired,
             SiteState::Aggregated => v1::SiteState::Aggregated,
             SiteState::RoundFailed => v1::SiteState::RoundFailed,
+            SiteState::Withdrawn => v1::SiteState::Withdrawn,
         }
     }
 
@@ -134,9 +149,17 @@ pub enum SiteStep {
     Aggregate,
     /// The secure-aggregation round the site was in did not complete.
     FailRound,
+    /// The question's researcher withdrew it.
+    Withdraw,
+    /// A steward approved again a part refused for an approval reason or rejected by
+    /// that steward: the new approval replaces the old, and the work goes out again.
+    Reapprove,
+    /// Approved work whose approval expired before it was sent: refused at the
+    /// coordinator as the node would (`approval-expired`), without a round trip.
+    RefuseExpiredApproval,
 }
 
-const ALL_STEPS: [SiteStep; 11] = [
+const ALL_STEPS: [SiteStep; 14] = [
     SiteStep::Approve,
     SiteStep::Reject,
     SiteStep::Dispatch,
@@ -148,15 +171,18 @@ const ALL_STEPS: [SiteStep; 11] = [
     SiteStep::Expire,
     SiteStep::Aggregate,
     SiteStep::FailRound,
+    SiteStep::Withdraw,
+    SiteStep::Reapprove,
+    SiteStep::RefuseExpiredApproval,
 ];
 
 impl SiteStep {
     /// The states this step leaves.
     pub fn from(self) -> &'static [SiteState] {
-        use SiteState::{Approved, AwaitingApproval, Dispatched};
+        use SiteState::{Approved, AwaitingApproval, Dispatched, Refused, Rejected};
         match self {
             SiteStep::Approve | SiteStep::Reject => &[AwaitingApproval],
-            SiteStep::Dispatch => &[Approved],
+            SiteStep::Dispatch | SiteStep::RefuseExpiredApproval => &[Approved],
             SiteStep::Requeue
             | SiteStep::Answer
             | SiteStep::Refuse
@@ -164,7 +190,8 @@ impl SiteStep {
             | SiteStep::TimeOut
             | SiteStep::Aggregate
             | SiteStep::FailRound => &[Dispatched],
-            SiteStep::Expire => &[AwaitingApproval, Approved, Dispatched],
+            SiteStep::Expire | SiteStep::Withdraw => &[AwaitingApproval, Approved, Dispatched],
+            SiteStep::Reapprove => &[Refused, Rejected],
         }
     }
 
@@ -176,11 +203,13 @@ impl SiteStep {
             SiteStep::Dispatch => SiteState::Dispatched,
             SiteStep::Requeue => SiteState::Approved,
             SiteStep::Answer => SiteState::Answered,
-            SiteStep::Refuse => SiteState::Refused,
+            SiteStep::Refuse | SiteStep::RefuseExpiredApproval => SiteState::Refused,
             SiteStep::Fail | SiteStep::TimeOut => SiteState::Failed,
             SiteStep::Expire => SiteState::Expired,
             SiteStep::Aggregate => SiteState::Aggregated,
             SiteStep::FailRound => SiteState::RoundFailed,
+            SiteStep::Withdraw => SiteState::Withdrawn,
+            SiteStep::Reapprove => SiteState::Approved,
         }
     }
 
@@ -192,11 +221,13 @@ impl SiteStep {
             SiteStep::Reject => Some(EventKind::Rejected),
             SiteStep::Dispatch | SiteStep::Requeue => None,
             SiteStep::Answer => Some(EventKind::Answered),
-            SiteStep::Refuse => Some(EventKind::Refused),
+            SiteStep::Refuse | SiteStep::RefuseExpiredApproval => Some(EventKind::Refused),
             SiteStep::Fail | SiteStep::TimeOut => Some(EventKind::Failed),
             SiteStep::Expire => Some(EventKind::Expired),
             SiteStep::Aggregate => Some(EventKind::Aggregated),
             SiteStep::FailRound => Some(EventKind::RoundFailed),
+            SiteStep::Withdraw => Some(EventKind::Withdrawn),
+            SiteStep::Reapprove => Some(EventKind::Reapproved),
         }
     }
 }
@@ -210,15 +241,28 @@ pub enum QuestionState {
     Merged,
     /// Every site finished but the answers could not be merged; the reason is stored.
     MergeFailed,
+    /// Its researcher withdrew it before it finished; nothing was merged.
+    Withdrawn,
 }
 
 impl QuestionState {
+    /// The wire form.
+    pub fn to_proto(self) -> v1::QueryState {
+        match self {
+            QuestionState::Open => v1::QueryState::Running,
+            QuestionState::Merged => v1::QueryState::Complete,
+            QuestionState::MergeFailed => v1::QueryState::Failed,
+            QuestionState::Withdrawn => v1::QueryState::Withdrawn,
+        }
+    }
+
     /// The state a question's stored flags describe.
-    pub fn of(complete: bool, failure: &str) -> Self {
-        match (complete, failure.is_empty()) {
-            (false, _) => QuestionState::Open,
-            (true, true) => QuestionState::Merged,
-            (true, false) => QuestionState::MergeFailed,
+    pub fn of(complete: bool, failure: &str, withdrawn: bool) -> Self {
+        match (withdrawn, complete, failure.is_empty()) {
+            (true, _, _) => QuestionState::Withdrawn,
+            (false, false, _) => QuestionState::Open,
+            (false, true, true) => QuestionState::Merged,
+            (false, true, false) => QuestionState::MergeFailed,
         }
     }
 }
@@ -260,9 +304,14 @@ pub enum EventKind {
     RoundFailed,
     /// An operator created a study (the detail names it and its researchers).
     StudyAdded,
+    /// A researcher withdrew a question (one event for the question, one per site whose
+    /// part was still open).
+    Withdrawn,
+    /// A steward approved again a part refused for an approval reason or rejected.
+    Reapproved,
 }
 
-const ALL_EVENTS: [EventKind; 17] = [
+const ALL_EVENTS: [EventKind; 19] = [
     EventKind::Submitted,
     EventKind::RefusedAtSubmit,
     EventKind::Approved,
@@ -280,6 +329,8 @@ const ALL_EVENTS: [EventKind; 17] = [
     EventKind::Aggregated,
     EventKind::RoundFailed,
     EventKind::StudyAdded,
+    EventKind::Withdrawn,
+    EventKind::Reapproved,
 ];
 
 impl EventKind {
@@ -303,6 +354,8 @@ impl EventKind {
             EventKind::Aggregated => "aggregated",
             EventKind::RoundFailed => "round-failed",
             EventKind::StudyAdded => "study-added",
+            EventKind::Withdrawn => "withdrawn",
+            EventKind::Reapproved => "reapproved",
         }
     }
 
@@ -362,8 +415,25 @@ mod tests {
 
     #[test]
     fn a_question_ends_merged_or_failed() {
-        assert_eq!(QuestionState::of(false, ""), QuestionState::Open);
-        assert_eq!(QuestionState::of(true, ""), QuestionState::Merged);
-        assert_eq!(QuestionState::of(true, "why"), QuestionState::MergeFailed);
+        assert_eq!(QuestionState::of(false, "", false), QuestionState::Open);
+        assert_eq!(QuestionState::of(true, "", false), QuestionState::Merged);
+        assert_eq!(
+            QuestionState::of(true, "why", false),
+            QuestionState::MergeFailed
+        );
+        assert_eq!(QuestionState::of(true, "", true), QuestionState::Withdrawn);
+    }
+
+    #[test]
+    fn only_an_approval_refusal_or_a_rejection_is_approved_again() {
+        assert_eq!(
+            SiteStep::Reapprove.from(),
+            &[SiteState::Refused, SiteState::Rejected]
+        );
+        assert_eq!(SiteStep::Reapprove.to(), SiteState::Approved);
+        // Re-approval does not make a part open: a question whose parts are all refused
+        // or rejected is finished (and merged) until a steward approves again.
+        assert!(SiteState::Refused.is_final() && SiteState::Rejected.is_final());
+        assert!(SiteState::Withdrawn.is_final());
     }
 }

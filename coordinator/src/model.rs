@@ -138,6 +138,15 @@ pub struct StoredQuery {
     pub complete: bool,
     /// Why its answers could not be merged (empty when they were).
     pub failure: String,
+    /// When its researcher withdrew it; 0 if they did not.
+    pub withdrawn_at: u64,
+}
+
+impl StoredQuery {
+    /// Where the question stands as a whole.
+    pub fn state(&self) -> crate::lifecycle::QuestionState {
+        crate::lifecycle::QuestionState::of(self.complete, &self.failure, self.withdrawn_at != 0)
+    }
 }
 
 /// One site's part in a question.
@@ -151,6 +160,10 @@ pub struct Target {
     pub state: SiteState,
     /// Rule, reason or reference.
     pub detail: String,
+    /// What kind of failure or resource refusal the node reported; empty otherwise.
+    pub category: String,
+    /// The node's audit reference for it; empty where none was given.
+    pub reference: String,
     /// Last change.
     pub updated_at: u64,
     /// Released partials (Arrow IPC), once answered.
@@ -165,6 +178,8 @@ impl Target {
             state: self.state.to_proto() as i32,
             detail: self.detail.clone(),
             updated_at: self.updated_at,
+            category: self.category.clone(),
+            reference: self.reference.clone(),
         }
     }
 }

@@ -41,6 +41,26 @@ pub fn failure_reference(text: &str) -> String {
     }
 }
 
+/// The failure categories a node may report (see `ern_node::failure`).
+const CATEGORIES: [&str; 6] = [
+    "time-limit",
+    "memory-limit",
+    "output-cap",
+    "type-error",
+    "store-unavailable",
+    "internal",
+];
+
+/// The category of a node's failure or resource refusal, as kept: one of the known
+/// categories, empty when none was given, or `unreadable-category`.
+pub fn failure_category(text: &str) -> String {
+    if text.is_empty() || CATEGORIES.contains(&text) {
+        text.to_string()
+    } else {
+        "unreadable-category".to_string()
+    }
+}
+
 /// A node's software version, as kept: escaped and at most 64 characters of it.
 pub fn version(text: &str) -> String {
     shown_bounded(text, MAX_VERSION)
@@ -66,6 +86,9 @@ mod tests {
             assert_eq!(failure_reference(hostile), "unreadable-reference");
         }
         assert_eq!(failure_reference("f5eab05e12e5222d"), "f5eab05e12e5222d");
+        assert_eq!(failure_category("type-error"), "type-error");
+        assert_eq!(failure_category(""), "");
+        assert_eq!(failure_category("answered\u{1b}[2K"), "unreadable-category");
     }
 
     #[test]

@@ -118,6 +118,12 @@ impl Coordinator {
         self.rounds().contains_key(query_id)
     }
 
+    /// Forgets the open round of a question that was withdrawn: what its participants
+    /// send afterwards goes nowhere (their parts are no longer dispatched either).
+    pub(crate) fn drop_round(&self, query_id: &str) {
+        self.rounds().remove(query_id);
+    }
+
     /// Starts the round of a secure question once every site has decided and every
     /// approved node is connected (or, after the site timeout, with the approved nodes
     /// that are), or turns it per-site as soon as a round is known to be impossible: an

@@ -203,6 +203,7 @@ fn many_questions(net: &common::Network, researcher: &str, count: usize) -> Vec<
                 deadline: u64::from(u32::MAX),
                 complete: false,
                 failure: String::new(),
+                withdrawn_at: 0,
             };
             net.core
                 .db()
@@ -226,7 +227,7 @@ async fn every_list_comes_in_pages_that_neither_repeat_nor_skip() {
             .list_queries(v1::ListQueriesRequest {
                 page_size: 0,
                 page_token: token,
-                study_id: String::new(),
+                ..Default::default()
             })
             .await
             .expect("page")

@@ -56,6 +56,7 @@ impl Harness {
                     deadline: now + 3600,
                     complete: false,
                     failure: String::new(),
+                    withdrawn_at: 0,
                 },
                 &sites,
             )

@@ -2,10 +2,17 @@
 //! the per-site state machine that the lifecycle's guarantees rest on.
 
 use ern_coordinator::auth;
-use ern_coordinator::db::Db;
+use ern_coordinator::db::{Answer, Db, QueryFilter};
 use ern_coordinator::lifecycle::SiteStep;
 use ern_coordinator::model::{Role, SiteState, StoredQuery};
 use ern_proto::approval::Approval;
+
+fn answered(partial: &[u8]) -> Answer<'_> {
+    Answer {
+        partial: Some(partial),
+        ..Answer::default()
+    }
+}
 
 fn query(id: &str, now: u64, deadline: u64) -> StoredQuery {
     StoredQuery {
@@ -20,6 +27,7 @@ fn query(id: &str, now: u64, deadline: u64) -> StoredQuery {
         deadline,
         complete: false,
         failure: String::new(),
+        withdrawn_at: 0,
     }
 }
 
@@ -65,7 +73,7 @@ fn the_schema_migrates_once_and_survives_reopening() {
     let db = Db::open(&path).expect("reopen");
     assert_eq!(db.query("q-1").expect("read").expect("kept").title, "t");
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
-    assert_eq!(schema_version(&conn), 8);
+    assert_eq!(schema_version(&conn), 9);
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .expect("mode");
@@ -80,7 +88,7 @@ fn a_database_of_the_first_schema_gains_the_later_migrations() {
     // Back to schema 1, as a coordinator of the first version left it.
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
     conn.execute_batch(
-        "DROP INDEX queries_by_study; DROP INDEX study_researchers_by_user; DROP TABLE study_researchers; DROP TABLE studies; ALTER TABLE queries DROP COLUMN study_id; DROP INDEX queries_by_submitter; DROP INDEX targets_by_query_state; ALTER TABLE queries DROP COLUMN failure; ALTER TABLE nodes DROP COLUMN audit_head; ALTER TABLE queries DROP COLUMN report; ALTER TABLE queries DROP COLUMN mode; ALTER TABLE queries DROP COLUMN mode_note; ALTER TABLE queries DROP COLUMN secure_totals; PRAGMA user_version = 1;",
+        "ALTER TABLE targets DROP COLUMN category; ALTER TABLE targets DROP COLUMN reference; ALTER TABLE queries DROP COLUMN withdrawn_at; DROP INDEX queries_by_study; DROP INDEX study_researchers_by_user; DROP TABLE study_researchers; DROP TABLE studies; ALTER TABLE queries DROP COLUMN study_id; DROP INDEX queries_by_submitter; DROP INDEX targets_by_query_state; ALTER TABLE queries DROP COLUMN failure; ALTER TABLE nodes DROP COLUMN audit_head; ALTER TABLE queries DROP COLUMN report; ALTER TABLE queries DROP COLUMN mode; ALTER TABLE queries DROP COLUMN mode_note; ALTER TABLE queries DROP COLUMN secure_totals; PRAGMA user_version = 1;",
     )
     .expect("downgrade");
     drop(conn);
@@ -112,7 +120,7 @@ fn a_database_of_the_first_schema_gains_the_later_migrations() {
         "q-1"
     );
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
-    assert_eq!(schema_version(&conn), 8);
+    assert_eq!(schema_version(&conn), 9);
     let indexes: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN ('targets_by_query_state', 'queries_by_submitter')",
@@ -140,7 +148,7 @@ fn questions_from_before_studies_become_studies_of_their_own() {
     // Back to schema 7, as the coordinator before studies left it.
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
     conn.execute_batch(
-        "DROP INDEX queries_by_study; DROP INDEX study_researchers_by_user; DROP TABLE study_researchers; DROP TABLE studies; ALTER TABLE queries DROP COLUMN study_id; PRAGMA user_version = 7;",
+        "ALTER TABLE targets DROP COLUMN category; ALTER TABLE targets DROP COLUMN reference; ALTER TABLE queries DROP COLUMN withdrawn_at; DROP INDEX queries_by_study; DROP INDEX study_researchers_by_user; DROP TABLE study_researchers; DROP TABLE studies; ALTER TABLE queries DROP COLUMN study_id; PRAGMA user_version = 7;",
     )
     .expect("downgrade");
     drop(conn);
@@ -160,7 +168,15 @@ fn questions_from_before_studies_become_studies_of_their_own() {
     assert_eq!(db.on_study("q-old", "ada").expect("on"), Some(true));
     assert_eq!(db.on_study("q-old", "ben").expect("on"), Some(false));
     let listed = db
-        .queries_by("ada", Some("q-old"), i64::MAX, 10)
+        .queries_by(
+            "ada",
+            &QueryFilter {
+                study: Some("q-old"),
+                ..QueryFilter::default()
+            },
+            i64::MAX,
+            10,
+        )
         .expect("list");
     assert_eq!(listed.len(), 1);
     assert_eq!(
@@ -233,7 +249,7 @@ fn a_site_moves_only_along_the_lifecycle() {
 
     // No answer is accepted for work that was never dispatched.
     assert!(
-        !db.record_answer("q-1", "a", SiteStep::Answer, "", Some(b"x"), 11)
+        !db.record_answer("q-1", "a", SiteStep::Answer, &answered(b"x"), 11)
             .expect("answer")
     );
     assert!(
@@ -254,13 +270,22 @@ fn a_site_moves_only_along_the_lifecycle() {
     assert_eq!(state(&db, "q-1", "a"), SiteState::Approved);
     assert!(db.mark_dispatched("q-1", "a", 17).expect("dispatch"));
     assert!(
-        db.record_answer("q-1", "a", SiteStep::Answer, "", Some(b"ipc"), 18)
+        db.record_answer("q-1", "a", SiteStep::Answer, &answered(b"ipc"), 18)
             .expect("answer")
     );
     // A late duplicate answer changes nothing.
     assert!(
-        !db.record_answer("q-1", "a", SiteStep::Fail, "late", None, 19)
-            .expect("dup")
+        !db.record_answer(
+            "q-1",
+            "a",
+            SiteStep::Fail,
+            &Answer {
+                detail: "late",
+                ..Answer::default()
+            },
+            19
+        )
+        .expect("dup")
     );
     let a = db.targets("q-1").expect("targets").remove(0);
     assert_eq!(
@@ -321,4 +346,189 @@ fn deadlines_expire_waiting_sites_and_site_timeouts_fail_silent_ones() {
             .expect("pending")
             .is_empty()
     );
+}
+
+/// Issue 17: a withdrawal ends every open part at once; an answer arriving afterwards is
+/// discarded, and the question lists as withdrawn.
+#[test]
+fn a_withdrawn_question_discards_late_answers() {
+    use ern_coordinator::db::Withdrawal;
+    use ern_coordinator::lifecycle::QuestionState;
+    let db = Db::open_in_memory().expect("db");
+    db.insert_query(&query("q-1", 10, 1000), &["a".into(), "b".into()])
+        .expect("insert");
+    assert!(
+        db.approve("q-1", "steward-a", &approval("q-1", "a"), 12)
+            .expect("approve")
+    );
+    assert!(db.mark_dispatched("q-1", "a", 13).expect("dispatch"));
+    // Only its researcher withdraws it.
+    assert_eq!(
+        db.withdraw("q-1", "ben", 14).expect("withdraw"),
+        Withdrawal::NotFound
+    );
+    assert_eq!(
+        db.withdraw("q-1", "ada", 14).expect("withdraw"),
+        Withdrawal::Withdrawn
+    );
+    assert_eq!(state(&db, "q-1", "a"), SiteState::Withdrawn);
+    assert_eq!(state(&db, "q-1", "b"), SiteState::Withdrawn);
+    // The node that had it answers into nothing.
+    assert!(
+        !db.record_answer("q-1", "a", SiteStep::Answer, &answered(b"ipc"), 15)
+            .expect("late answer")
+    );
+    assert!(db.targets("q-1").expect("targets")[0].partial.is_none());
+    assert!(db.approved_work("a", 16).expect("work").is_empty());
+    assert!(
+        db.pending_for_site("b", 16, 0, 100)
+            .expect("pending")
+            .is_empty()
+    );
+    let query = db.query("q-1").expect("query").expect("stored");
+    assert_eq!(query.state(), QuestionState::Withdrawn);
+    assert_eq!(
+        db.withdraw("q-1", "ada", 17).expect("withdraw"),
+        Withdrawal::Finished
+    );
+    let withdrawn = QueryFilter {
+        state: Some(QuestionState::Withdrawn),
+        ..QueryFilter::default()
+    };
+    assert_eq!(
+        db.queries_by("ada", &withdrawn, i64::MAX, 10)
+            .expect("list")
+            .len(),
+        1
+    );
+    let open = QueryFilter {
+        state: Some(QuestionState::Open),
+        ..QueryFilter::default()
+    };
+    assert!(
+        db.queries_by("ada", &open, i64::MAX, 10)
+            .expect("list")
+            .is_empty()
+    );
+    // Time bounds: submitted at 10.
+    let before = QueryFilter {
+        submitted_before: 10,
+        ..QueryFilter::default()
+    };
+    assert!(
+        db.queries_by("ada", &before, i64::MAX, 10)
+            .expect("list")
+            .is_empty()
+    );
+    let after = QueryFilter {
+        submitted_after: 10,
+        submitted_before: 11,
+        ..QueryFilter::default()
+    };
+    assert_eq!(
+        db.queries_by("ada", &after, i64::MAX, 10)
+            .expect("list")
+            .len(),
+        1
+    );
+}
+
+/// Issue 17: a steward approves again a part refused by an approval check or rejected by
+/// that same steward; never another refusal, another steward's rejection, or a part of a
+/// secure round that has started.
+#[test]
+fn only_approval_refusals_and_ones_own_rejections_are_approved_again() {
+    use ern_coordinator::db::{Reapproval, SECURE};
+    let db = Db::open_in_memory().expect("db");
+    let refused_by = |db: &Db, q: &str, site: &str, rule: &str| {
+        assert!(
+            db.approve(q, "steward", &approval(q, site), 11)
+                .expect("approve")
+        );
+        assert!(db.mark_dispatched(q, site, 12).expect("dispatch"));
+        let answer = Answer {
+            detail: rule,
+            ..Answer::default()
+        };
+        assert!(
+            db.record_answer(q, site, SiteStep::Refuse, &answer, 13)
+                .expect("refuse")
+        );
+    };
+    db.insert_query(
+        &query("q-1", 10, 1000),
+        &["a".into(), "b".into(), "c".into()],
+    )
+    .expect("insert");
+    refused_by(&db, "q-1", "a", "approval-unknown-key");
+    refused_by(&db, "q-1", "b", "minimum-group-size");
+    assert!(
+        db.step("q-1", "c", SiteStep::Reject, "steward-c", "no", 14)
+            .expect("reject")
+    );
+    assert_eq!(
+        db.reapprove("q-1", "steward", &approval("q-1", "a"), 20)
+            .expect("reapprove"),
+        Reapproval::Reapproved
+    );
+    assert_eq!(state(&db, "q-1", "a"), SiteState::Approved);
+    let Reapproval::Refused(why) = db
+        .reapprove("q-1", "steward", &approval("q-1", "b"), 20)
+        .expect("reapprove")
+    else {
+        panic!("a disclosure refusal was approved again")
+    };
+    assert!(why.contains("minimum-group-size"), "{why}");
+    let Reapproval::Refused(why) = db
+        .reapprove("q-1", "steward-c2", &approval("q-1", "c"), 20)
+        .expect("reapprove")
+    else {
+        panic!("another steward overturned a rejection")
+    };
+    assert!(why.contains("only that steward"), "{why}");
+    assert_eq!(
+        db.reapprove("q-1", "steward-c", &approval("q-1", "c"), 20)
+            .expect("reapprove"),
+        Reapproval::Reapproved
+    );
+    // Past the deadline, nothing is approved again.
+    assert!(db.mark_dispatched("q-1", "a", 21).expect("dispatch"));
+    let expired = Answer {
+        detail: "approval-expired",
+        ..Answer::default()
+    };
+    assert!(
+        db.record_answer("q-1", "a", SiteStep::Refuse, &expired, 22)
+            .expect("refuse")
+    );
+    assert!(matches!(
+        db.reapprove("q-1", "steward", &approval("q-1", "a"), 1000),
+        Ok(Reapproval::Refused(_))
+    ));
+
+    // A secure question: before its round, yes; once a participant is dispatched, no.
+    db.insert_query_capped(
+        &query("q-2", 10, 1000),
+        &["a".into(), "b".into()],
+        "",
+        SECURE,
+        100,
+    )
+    .expect("insert");
+    assert!(
+        db.step("q-2", "b", SiteStep::Reject, "steward-b", "not yet", 14)
+            .expect("reject")
+    );
+    assert!(
+        db.approve("q-2", "steward-a", &approval("q-2", "a"), 15)
+            .expect("approve")
+    );
+    assert!(db.mark_dispatched("q-2", "a", 16).expect("round"));
+    let Reapproval::Refused(why) = db
+        .reapprove("q-2", "steward-b", &approval("q-2", "b"), 20)
+        .expect("reapprove")
+    else {
+        panic!("a site joined a secure round late")
+    };
+    assert!(why.contains("round has started"), "{why}");
 }

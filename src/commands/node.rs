@@ -8,6 +8,9 @@ use ern_node::audit::{self, AUDIT_FILE};
 use ern_node::config::NodeConfig;
 use ern_node::engine::NodeEngine;
 use ern_node::link::{self, LinkSettings};
+use ern_queries::shown::shown;
+
+use crate::table::{ListFormat, new_table, print_json};
 
 /// Node commands.
 #[derive(Debug, Subcommand)]
@@ -37,6 +40,18 @@ pub(crate) enum AuditCommand {
         #[arg(long)]
         head: Option<String>,
     },
+    /// Show the audit entry a researcher's failure or refusal names by its reference
+    /// (`ern status` prints it): the full detail, which never leaves the site.
+    Show {
+        /// The reference, e.g. f5eab05e12e5222d.
+        reference: String,
+        /// The node's store directory.
+        #[arg(long)]
+        store: PathBuf,
+        /// Print a table, or JSON for scripts.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
 }
 
 pub(crate) fn run(command: NodeCommand) -> anyhow::Result<()> {
@@ -59,7 +74,48 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        NodeCommand::Audit(AuditCommand::Show {
+            reference,
+            store,
+            format,
+        }) => show_entry(&store.join(AUDIT_FILE), &reference, format),
     }
+}
+
+/// Prints the audit entry with `reference`, from a log whose whole chain checks.
+fn show_entry(log: &std::path::Path, reference: &str, format: ListFormat) -> anyhow::Result<()> {
+    let entries = audit::read_entries(log).with_context(|| format!("reading {}", log.display()))?;
+    let entry = entries
+        .iter()
+        .find(|entry| entry.reference.as_deref() == Some(reference.trim()))
+        .with_context(|| {
+            format!(
+                "no entry with reference {} in {} ({} entries)",
+                shown(reference),
+                log.display(),
+                entries.len()
+            )
+        })?;
+    let value = serde_json::to_value(entry)?;
+    if format == ListFormat::Json {
+        return print_json(&value);
+    }
+    let mut table = new_table(&["field", "value"], &[]);
+    if let serde_json::Value::Object(fields) = &value {
+        for (field, value) in fields {
+            let text = match value {
+                serde_json::Value::Null => continue,
+                serde_json::Value::Number(number) if field == "time" => number
+                    .as_u64()
+                    .map_or_else(|| number.to_string(), crate::client::format_time),
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            table.add_row(vec![field.clone(), shown(&text)]);
+        }
+    }
+    println!("{table}");
+    Ok(())
 }
 
 fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {

@@ -93,6 +93,9 @@ pub(crate) struct AuditArgs {
     /// How many recent events to show.
     #[arg(long, default_value_t = 20)]
     recent: u32,
+    /// Print tables, or JSON for scripts.
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    format: ListFormat,
     #[command(flatten)]
     connection: Connection,
 }
@@ -300,6 +303,28 @@ async fn audit(args: AuditArgs) -> anyhow::Result<()> {
         .await
         .map_err(rpc_error)?
         .into_inner();
+    if args.format == ListFormat::Json {
+        let counts: serde_json::Map<String, serde_json::Value> = summary
+            .counts
+            .iter()
+            .map(|count| (count.kind.clone(), count.count.into()))
+            .collect();
+        let recent: Vec<serde_json::Value> = summary
+            .recent
+            .iter()
+            .map(|event| {
+                serde_json::json!({
+                    "at": event.at,
+                    "actor": event.actor,
+                    "event": event.kind,
+                    "question": event.query_id,
+                    "site": event.site,
+                    "detail": event.detail,
+                })
+            })
+            .collect();
+        return print_json(&serde_json::json!({ "counts": counts, "recent": recent }));
+    }
     let mut counts = new_table(&["event", "count"], &["count"]);
     for count in summary.counts {
         counts.add_row(vec![shown(&count.kind), count.count.to_string()]);

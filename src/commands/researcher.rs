@@ -1,5 +1,5 @@
-//! What researchers run: `ern studies`, `ern submit`, `ern status`, `ern results`,
-//! `ern list`.
+//! What researchers run: `ern studies`, `ern sites`, `ern submit`, `ern status`,
+//! `ern results`, `ern list`, `ern withdraw`.
 
 use std::path::PathBuf;
 
@@ -83,12 +83,55 @@ pub(crate) struct ResultsArgs {
     connection: Connection,
 }
 
+/// Arguments of `ern withdraw`.
+#[derive(Debug, Args)]
+pub(crate) struct WithdrawArgs {
+    /// The question's id.
+    id: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+/// A question's state, for `ern list --state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum StateFilter {
+    /// Some sites have not finished.
+    Running,
+    /// Merged: the table is ready.
+    Complete,
+    /// The answers could not be merged.
+    Failed,
+    /// Withdrawn by you.
+    Withdrawn,
+}
+
+impl StateFilter {
+    fn to_proto(self) -> v1::QueryState {
+        match self {
+            StateFilter::Running => v1::QueryState::Running,
+            StateFilter::Complete => v1::QueryState::Complete,
+            StateFilter::Failed => v1::QueryState::Failed,
+            StateFilter::Withdrawn => v1::QueryState::Withdrawn,
+        }
+    }
+}
+
 /// Arguments of `ern list`.
 #[derive(Debug, Args)]
 pub(crate) struct ListArgs {
     /// Only the questions of this study.
     #[arg(long)]
     study: Option<String>,
+    /// Only the questions in this state.
+    #[arg(long, value_enum)]
+    state: Option<StateFilter>,
+    /// Only the questions submitted at or after this time: a UTC date (2026-11-30), a
+    /// date and time (2026-11-30 14:05:00) or a duration back from now (7d, 12h).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only the questions submitted before this time (same forms as --since).
+    #[arg(long)]
+    until: Option<String>,
     /// Print a table, or JSON for scripts.
     #[arg(long, value_enum, default_value_t = ListFormat::Table)]
     format: ListFormat,
@@ -166,11 +209,31 @@ pub(crate) fn coverage_table(sites: &[v1::SiteStatus]) -> comfy_table::Table {
         table.add_row(vec![
             shown(&site.site),
             site_state_name(site.state).to_string(),
-            shown(&site.detail),
+            shown(&site_detail(site)),
             format_time(site.updated_at),
         ]);
     }
     table
+}
+
+/// What a site's part says beyond its state: the rule, reason or reference, and for a
+/// failure or resource refusal its kind and the reference its steward looks up with
+/// `ern node audit show REF`.
+pub(crate) fn site_detail(site: &v1::SiteStatus) -> String {
+    match (site.category.is_empty(), site.reference.is_empty()) {
+        (true, _) => site.detail.clone(),
+        (false, true) => format!("{} ({})", site.detail, site.category),
+        (false, false) if site.detail == site.reference => {
+            format!(
+                "{}; the site's steward has the detail under reference {}",
+                site.category, site.reference
+            )
+        }
+        (false, false) => format!(
+            "{} ({}); the site's steward has the detail under reference {}",
+            site.detail, site.category, site.reference
+        ),
+    }
 }
 
 /// The noise in each aggregate of a merged table: the sum of the answering sites' noise
@@ -205,6 +268,7 @@ pub(crate) fn site_state_name(state: i32) -> &'static str {
         v1::SiteState::Expired => "expired",
         v1::SiteState::Aggregated => "aggregated (secure: in the network total)",
         v1::SiteState::RoundFailed => "secure round failed",
+        v1::SiteState::Withdrawn => "withdrawn",
         v1::SiteState::Unspecified => "unknown",
     }
 }
@@ -222,6 +286,7 @@ fn site_state_key(state: i32) -> &'static str {
         v1::SiteState::Expired => "expired",
         v1::SiteState::Aggregated => "aggregated",
         v1::SiteState::RoundFailed => "round-failed",
+        v1::SiteState::Withdrawn => "withdrawn",
         v1::SiteState::Unspecified => "unknown",
     }
 }
@@ -243,6 +308,7 @@ fn query_state_key(state: i32) -> &'static str {
         v1::QueryState::Running => "running",
         v1::QueryState::Complete => "complete",
         v1::QueryState::Failed => "failed",
+        v1::QueryState::Withdrawn => "withdrawn",
         v1::QueryState::Unspecified => "unknown",
     }
 }
@@ -252,6 +318,7 @@ fn query_state_name(state: i32) -> &'static str {
         v1::QueryState::Running => "running",
         v1::QueryState::Complete => "complete",
         v1::QueryState::Failed => "failed: the answers could not be merged",
+        v1::QueryState::Withdrawn => "withdrawn by you; nothing was merged",
         v1::QueryState::Unspecified => "unknown",
     }
 }
@@ -290,6 +357,8 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<()> {
                         "site": site.site,
                         "state": site_state_key(site.state),
                         "detail": site.detail,
+                        "category": site.category,
+                        "reference": site.reference,
                         "since": site.updated_at,
                     })
                 })
@@ -408,7 +477,40 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<()> {
     })
 }
 
+pub(crate) fn withdraw(args: WithdrawArgs) -> anyhow::Result<()> {
+    client::runtime()?.block_on(async {
+        let mut researcher = client::researcher(&args.connection).await?;
+        let status = researcher
+            .withdraw(v1::WithdrawRequest {
+                query_id: args.id.clone(),
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        println!(
+            "withdrawn: {} — {}; stewards no longer see it, and what sites answer from now on is discarded",
+            shown(&status.query_id),
+            shown(&status.title)
+        );
+        println!("{}", coverage_table(&status.sites));
+        Ok(())
+    })
+}
+
 pub(crate) fn list(args: ListArgs) -> anyhow::Result<()> {
+    let now = ern_coordinator::model::now_seconds();
+    let bound = |text: &Option<String>, flag: &str| -> anyhow::Result<u64> {
+        text.as_deref().map_or(Ok(0), |text| {
+            client::parse_time(text, now).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+        })
+    };
+    let (since, until) = (
+        bound(&args.since, "--since")?,
+        bound(&args.until, "--until")?,
+    );
+    let state = args
+        .state
+        .map_or(v1::QueryState::Unspecified, StateFilter::to_proto) as i32;
     client::runtime()?.block_on(async {
         let researcher = client::researcher(&args.connection).await?;
         let study = args.study.clone().unwrap_or_default();
@@ -421,6 +523,9 @@ pub(crate) fn list(args: ListArgs) -> anyhow::Result<()> {
                         page_size: PAGE_SIZE,
                         page_token,
                         study_id,
+                        state,
+                        submitted_after: since,
+                        submitted_before: until,
                     })
                     .await?
                     .into_inner();

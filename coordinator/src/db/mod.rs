@@ -48,7 +48,9 @@ mod users;
 
 use events::{insert_event, record_step};
 use questions::query_from_row;
+pub use questions::{QueryFilter, Withdrawal};
 pub use secure::{PER_SITE, SECURE};
+pub use sites::{Answer, Reapproval};
 pub use studies::StudyAdmission;
 
 /// Schema migrations, in order. Never edit one that has shipped; append a new one.
@@ -152,6 +154,11 @@ const MIGRATIONS: &[&str] = &[
         SELECT id, title, purpose, submitted_at, 'coordinator' FROM queries;
     INSERT INTO study_researchers (study_id, user) SELECT id, submitted_by FROM queries;
     CREATE INDEX queries_by_study ON queries(submitted_by, study_id);",
+    // 9: what kind of failure or resource refusal a node reported and its audit
+    // reference (neither names a value); when a researcher withdrew a question.
+    "ALTER TABLE targets ADD COLUMN category TEXT NOT NULL DEFAULT '';
+     ALTER TABLE targets ADD COLUMN reference TEXT NOT NULL DEFAULT '';
+     ALTER TABLE queries ADD COLUMN withdrawn_at INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Whether a capped submission was stored.

@@ -2,6 +2,31 @@
 //! question ends (its merged table stored, or the reason its answers could not be merged).
 
 use super::*;
+use crate::lifecycle::QuestionState;
+
+/// Which of a researcher's questions a list shows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueryFilter<'a> {
+    /// Only this study's.
+    pub study: Option<&'a str>,
+    /// Only the questions in this state.
+    pub state: Option<QuestionState>,
+    /// Only those submitted at or after this time.
+    pub submitted_after: u64,
+    /// Only those submitted before this time (0 for no bound).
+    pub submitted_before: u64,
+}
+
+/// What a withdrawal did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// The question is withdrawn.
+    Withdrawn,
+    /// The question had already finished (merged, failed or withdrawn).
+    Finished,
+    /// No such question of this researcher.
+    NotFound,
+}
 
 impl Db {
     /// Stores a submission with its targets, all awaiting approval, in one transaction.
@@ -57,7 +82,7 @@ impl Db {
     pub fn query(&self, id: &str) -> Result<Option<StoredQuery>, DbError> {
         let conn = self.conn();
         Ok(query_row_cached(&conn,
-                "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete, failure, study_id
+                "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete, failure, study_id, withdrawn_at
                  FROM queries WHERE id = ?1",
                 params![id],
                 query_from_row,
@@ -65,32 +90,113 @@ impl Db {
             .optional()?)
     }
 
-    /// Questions submitted by `user`, newest first, with their row ids: `limit` of them
-    /// before the row `before_row`; only those of study `study` when it is given.
+    /// Questions submitted by `user` that pass `filter`, newest first, with their row
+    /// ids: `limit` of them before the row `before_row`.
     pub fn queries_by(
         &self,
         user: &str,
-        study: Option<&str>,
+        filter: &QueryFilter<'_>,
         before_row: i64,
         limit: i64,
     ) -> Result<Vec<(i64, StoredQuery)>, DbError> {
         let conn = self.conn();
-        let mut statement = match study {
-            None => conn.prepare_cached(
-                "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete, failure, study_id, rowid
-                 FROM queries WHERE submitted_by = ?1 AND rowid < ?2 ORDER BY rowid DESC LIMIT ?3",
-            )?,
-            Some(_) => conn.prepare_cached(
-                "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete, failure, study_id, rowid
-                 FROM queries WHERE submitted_by = ?1 AND study_id = ?4 AND rowid < ?2 ORDER BY rowid DESC LIMIT ?3",
-            )?,
+        // Each condition is on or off; a disabled one is a literal truth, so one prepared
+        // statement serves every combination.
+        let state_condition = match filter.state {
+            None => "1",
+            Some(QuestionState::Open) => "complete = 0",
+            Some(QuestionState::Merged) => "complete = 1 AND failure = '' AND withdrawn_at = 0",
+            Some(QuestionState::MergeFailed) => "failure != ''",
+            Some(QuestionState::Withdrawn) => "withdrawn_at != 0",
         };
-        let map = |row: &rusqlite::Row<'_>| Ok((row.get::<_, i64>(11)?, query_from_row(row)?));
-        let rows = match study {
-            None => statement.query_map(params![user, before_row, limit], map)?,
-            Some(study) => statement.query_map(params![user, before_row, limit, study], map)?,
-        };
+        let sql = format!(
+            "SELECT id, title, purpose, sql, query_hash, submitted_by, submitted_at, deadline, complete, failure, study_id, withdrawn_at, rowid
+             FROM queries
+             WHERE submitted_by = ?1 AND rowid < ?2 AND (?4 = '' OR study_id = ?4)
+               AND submitted_at >= ?5 AND submitted_at < ?6 AND {state_condition}
+             ORDER BY rowid DESC LIMIT ?3"
+        );
+        let mut statement = conn.prepare_cached(&sql)?;
+        let rows = statement.query_map(
+            params![
+                user,
+                before_row,
+                limit,
+                filter.study.unwrap_or(""),
+                filter.submitted_after as i64,
+                match filter.submitted_before {
+                    0 => i64::MAX,
+                    before => before.min(i64::MAX as u64) as i64,
+                },
+            ],
+            |row| Ok((row.get::<_, i64>(12)?, query_from_row(row)?)),
+        )?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Withdraws `user`'s question `query_id`: every site part still open ends
+    /// withdrawn and the question ends with nothing merged, in one transaction.
+    pub fn withdraw(&self, query_id: &str, user: &str, now: u64) -> Result<Withdrawal, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let found: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT submitted_by, complete FROM queries WHERE id = ?1",
+                params![query_id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        match found {
+            Some((owner, _)) if owner != user => return Ok(Withdrawal::NotFound),
+            None => return Ok(Withdrawal::NotFound),
+            Some((_, complete)) if complete != 0 => return Ok(Withdrawal::Finished),
+            Some(_) => {}
+        }
+        let open: Vec<String> = {
+            let mut statement = tx.prepare_cached(
+                "SELECT site FROM targets WHERE query_id = ?1 AND state IN (?2, ?3, ?4) ORDER BY site",
+            )?;
+            let from = SiteStep::Withdraw.from();
+            let rows = statement.query_map(
+                params![
+                    query_id,
+                    from[0].as_str(),
+                    from[1].as_str(),
+                    from[2].as_str()
+                ],
+                |row| row.get(0),
+            )?;
+            rows.collect::<Result<Vec<String>, _>>()?
+        };
+        for site in &open {
+            super::sites::step_in(
+                &tx,
+                query_id,
+                site,
+                SiteStep::Withdraw,
+                user,
+                "withdrawn by its researcher",
+                now,
+            )?;
+        }
+        execute_cached(
+            &tx,
+            "UPDATE queries SET complete = 1, withdrawn_at = ?2 WHERE id = ?1",
+            params![query_id, now as i64],
+        )?;
+        insert_event(
+            &tx,
+            &Event {
+                at: now,
+                actor: user.to_string(),
+                kind: EventKind::Withdrawn,
+                query_id: query_id.to_string(),
+                site: String::new(),
+                detail: format!("{} open sites", open.len()),
+            },
+        )?;
+        tx.commit()?;
+        Ok(Withdrawal::Withdrawn)
     }
 
     /// How many of `user`'s questions are open: neither complete nor failed.
@@ -194,7 +300,7 @@ impl Db {
 }
 
 /// A question from the columns `id, title, purpose, sql, query_hash, submitted_by,
-/// submitted_at, deadline, complete, failure, study_id`, in that order.
+/// submitted_at, deadline, complete, failure, study_id, withdrawn_at`, in that order.
 pub(super) fn query_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredQuery> {
     Ok(StoredQuery {
         id: row.get(0)?,
@@ -208,6 +314,7 @@ pub(super) fn query_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored
         complete: row.get::<_, i64>(8)? != 0,
         failure: row.get(9)?,
         study_id: row.get(10)?,
+        withdrawn_at: row.get::<_, i64>(11)? as u64,
     })
 }
 

@@ -3,12 +3,38 @@
 
 use super::*;
 
+/// Rules a node refuses by that a steward's new approval can cure: the approval's own
+/// checks (all named `approval-…`).
+const APPROVAL_RULE_PREFIX: &str = "approval-";
+
+/// A node's answer to one piece of work, as kept.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Answer<'a> {
+    /// The rule (refused) or reference (failed); empty when answered.
+    pub detail: &'a str,
+    /// The released partials (answered only).
+    pub partial: Option<&'a [u8]>,
+    /// What kind of failure or resource refusal; empty otherwise.
+    pub category: &'a str,
+    /// The node's audit reference; empty where it gave none.
+    pub reference: &'a str,
+}
+
+/// What a steward's approval of a part that is not awaiting one did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reapproval {
+    /// The new approval replaced the old; the work goes out again.
+    Reapproved,
+    /// The part cannot be approved again; the reason names the state and why.
+    Refused(String),
+}
+
 impl Db {
     /// The targets of one question, by site.
     pub fn targets(&self, query_id: &str) -> Result<Vec<Target>, DbError> {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
-            "SELECT site, state, detail, updated_at, partial FROM targets WHERE query_id = ?1 ORDER BY site",
+            "SELECT site, state, detail, updated_at, partial, category, reference FROM targets WHERE query_id = ?1 ORDER BY site",
         )?;
         let rows = statement.query_map(params![query_id], |row| {
             Ok((
@@ -17,16 +43,20 @@ impl Db {
                 row.get::<_, String>(2)?,
                 row.get::<_, i64>(3)?,
                 row.get::<_, Option<Vec<u8>>>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, String>(6)?,
             ))
         })?;
         let mut targets = Vec::new();
         for row in rows {
-            let (site, state, detail, updated_at, partial) = row?;
+            let (site, state, detail, updated_at, partial, category, reference) = row?;
             targets.push(Target {
                 query_id: query_id.to_string(),
                 site,
                 state: state_from(state)?,
                 detail,
+                category,
+                reference,
                 updated_at: updated_at as u64,
                 partial,
             });
@@ -61,7 +91,7 @@ impl Db {
     ) -> Result<Vec<(i64, StoredQuery)>, DbError> {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
-            "SELECT q.id, q.title, q.purpose, q.sql, q.query_hash, q.submitted_by, q.submitted_at, q.deadline, q.complete, q.failure, q.study_id, q.rowid
+            "SELECT q.id, q.title, q.purpose, q.sql, q.query_hash, q.submitted_by, q.submitted_at, q.deadline, q.complete, q.failure, q.study_id, q.withdrawn_at, q.rowid
              FROM queries q JOIN targets t ON t.query_id = q.id
              WHERE t.site = ?1 AND t.state = ?2 AND q.deadline > ?3 AND q.rowid > ?4
              ORDER BY q.rowid LIMIT ?5",
@@ -74,7 +104,7 @@ impl Db {
                 after_row,
                 limit
             ],
-            |row| Ok((row.get::<_, i64>(11)?, query_from_row(row)?)),
+            |row| Ok((row.get::<_, i64>(12)?, query_from_row(row)?)),
         )?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
@@ -139,6 +169,181 @@ impl Db {
         }
         tx.commit()?;
         Ok(changed == 1)
+    }
+
+    /// Approves again a part refused by an approval check or rejected by `steward`
+    /// ([`SiteStep::Reapprove`]): the new approval replaces the old, the part's answer
+    /// and the question's merged table (if any) are dropped, and the question is open
+    /// again, in one transaction. A secure-aggregation question is re-approved only
+    /// before its round started: a round is never run twice nor joined late.
+    pub fn reapprove(
+        &self,
+        query_id: &str,
+        steward: &str,
+        approval: &Approval,
+        now: u64,
+    ) -> Result<Reapproval, DbError> {
+        let step = SiteStep::Reapprove;
+        let site = approval.site_id.as_str();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let part: Option<(String, String, i64, i64, String)> = tx
+            .query_row(
+                "SELECT t.state, t.detail, q.deadline, q.withdrawn_at, q.mode
+                 FROM targets t JOIN queries q ON q.id = t.query_id
+                 WHERE t.query_id = ?1 AND t.site = ?2",
+                params![query_id, site],
+                |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((state, detail, deadline, withdrawn_at, mode)) = part else {
+            return Ok(Reapproval::Refused(format!(
+                "question {query_id} does not target site {site}"
+            )));
+        };
+        let state = state_from(state)?;
+        let refused = |why: String| Ok(Reapproval::Refused(why));
+        if !step.from().contains(&state) {
+            return refused(format!(
+                "question {query_id} is {} at site {site}, not awaiting approval",
+                state.as_str()
+            ));
+        }
+        if withdrawn_at != 0 {
+            return refused(format!(
+                "question {query_id} was withdrawn by its researcher"
+            ));
+        }
+        if deadline as u64 <= now {
+            return refused(format!("question {query_id} is past its deadline"));
+        }
+        if mode == SECURE {
+            // A round that started is never run again, nor joined late; before one, the
+            // question may still run securely with this site, or per site.
+            let round_started: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM targets WHERE query_id = ?1 AND state IN (?2, ?3, ?4))
+                     OR EXISTS(SELECT 1 FROM queries WHERE id = ?1 AND secure_totals IS NOT NULL)",
+                params![
+                    query_id,
+                    SiteState::Dispatched.as_str(),
+                    SiteState::Aggregated.as_str(),
+                    SiteState::RoundFailed.as_str()
+                ],
+                |row| row.get(0),
+            )?;
+            if round_started {
+                return refused(format!(
+                    "question {query_id} is {} at site {site}, and its secure-aggregation round has started, which is never run again nor joined late: the researcher submits it again",
+                    state.as_str()
+                ));
+            }
+        }
+        if state == SiteState::Refused && !detail.starts_with(APPROVAL_RULE_PREFIX) {
+            return refused(format!(
+                "question {query_id} was refused at site {site} by rule {detail}, which a new approval does not change"
+            ));
+        }
+        if state == SiteState::Rejected {
+            let rejected_by: Option<String> = tx
+                .query_row(
+                    "SELECT actor FROM events WHERE query_id = ?1 AND site = ?2 AND kind = ?3
+                     ORDER BY seq DESC LIMIT 1",
+                    params![query_id, site, EventKind::Rejected.as_str()],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if rejected_by.as_deref() != Some(steward) {
+                return refused(format!(
+                    "question {query_id} was rejected at site {site} by {}; only that steward can approve it again",
+                    rejected_by.unwrap_or_else(|| "another steward".into())
+                ));
+            }
+        }
+        execute_cached(
+            &tx,
+            "UPDATE targets SET state = ?3, updated_at = ?4, approved_by = ?5, approval_expires = ?6,
+                 approval_key_id = ?7, approval_signature = ?8, detail = '', category = '',
+                 reference = '', partial = NULL, dispatched_at = NULL
+             WHERE query_id = ?1 AND site = ?2",
+            params![
+                query_id,
+                site,
+                step.to().as_str(),
+                now as i64,
+                steward,
+                approval.expires_at as i64,
+                approval.key_id,
+                approval.signature,
+            ],
+        )?;
+        execute_cached(
+            &tx,
+            "UPDATE queries SET complete = 0, failure = '' WHERE id = ?1",
+            params![query_id],
+        )?;
+        execute_cached(
+            &tx,
+            "DELETE FROM results WHERE query_id = ?1",
+            params![query_id],
+        )?;
+        record_step(
+            &tx,
+            query_id,
+            site,
+            step,
+            steward,
+            &format!(
+                "key {}; replaces {} ({detail})",
+                approval.key_id,
+                state.as_str()
+            ),
+            now,
+        )?;
+        tx.commit()?;
+        Ok(Reapproval::Reapproved)
+    }
+
+    /// Refuses `site`'s approved work whose approval has expired, as its node would
+    /// (`approval-expired`), without sending it ([`SiteStep::RefuseExpiredApproval`]).
+    /// Returns the questions touched.
+    pub fn refuse_expired_approvals(&self, site: &str, now: u64) -> Result<Vec<String>, DbError> {
+        let step = SiteStep::RefuseExpiredApproval;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let expired: Vec<String> = {
+            let mut statement = tx.prepare_cached(
+                "SELECT query_id FROM targets WHERE site = ?1 AND state = ?2 AND approval_expires <= ?3",
+            )?;
+            let rows = statement
+                .query_map(params![site, sole_from(step).as_str(), now as i64], |row| {
+                    row.get(0)
+                })?;
+            rows.collect::<Result<Vec<String>, _>>()?
+        };
+        let mut touched = Vec::new();
+        for query_id in expired {
+            if step_in(
+                &tx,
+                &query_id,
+                site,
+                step,
+                "coordinator",
+                "approval-expired",
+                now,
+            )? {
+                touched.push(query_id);
+            }
+        }
+        tx.commit()?;
+        Ok(touched)
     }
 
     /// Approved work for `site` whose question has not passed its deadline.
@@ -211,30 +416,33 @@ impl Db {
 
     /// Stores a node's answer for dispatched work, taking `step` ([`SiteStep::Answer`],
     /// [`SiteStep::Refuse`] or [`SiteStep::Fail`]); false if the work was not dispatched
-    /// (late, duplicate or unknown answers are ignored).
+    /// (late, duplicate or unknown answers, and answers to withdrawn questions, are
+    /// ignored).
     pub fn record_answer(
         &self,
         query_id: &str,
         site: &str,
         step: SiteStep,
-        detail: &str,
-        partial: Option<&[u8]>,
+        answer: &Answer<'_>,
         now: u64,
     ) -> Result<bool, DbError> {
+        let detail = answer.detail;
         let mut conn = self.relaxed_conn()?;
         let tx = conn.transaction()?;
         let changed = execute_cached(
             &tx,
-            "UPDATE targets SET state = ?3, detail = ?4, partial = ?5, updated_at = ?6
+            "UPDATE targets SET state = ?3, detail = ?4, partial = ?5, updated_at = ?6, category = ?8, reference = ?9
              WHERE query_id = ?1 AND site = ?2 AND state = ?7",
             params![
                 query_id,
                 site,
                 step.to().as_str(),
                 detail,
-                partial,
+                answer.partial,
                 now as i64,
-                sole_from(step).as_str()
+                sole_from(step).as_str(),
+                answer.category,
+                answer.reference
             ],
         )?;
         if changed == 1 {

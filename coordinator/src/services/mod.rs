@@ -77,3 +77,27 @@ impl StudyTitles {
         Ok(title)
     }
 }
+
+/// A site and what its node last reported (none if it never connected).
+type SiteRecord = (String, Option<crate::db::NodeRecord>);
+
+/// A page of the network's sites (sorted by id) with their records, and the next page's
+/// token: what the operator's node list and the researcher's site list are made of.
+fn sites_page(
+    core: &Coordinator,
+    page_size: u32,
+    page_token: &str,
+) -> Result<(Vec<SiteRecord>, String), Status> {
+    let page = crate::paging::PageRequest::parse(page_size, page_token)?;
+    let mut sites = core
+        .db()
+        .sites_page(page.after.as_deref().unwrap_or(""), page.fetch())
+        .map_err(internal)?;
+    let next_page_token = page.finish(&mut sites, String::clone);
+    let mut records = Vec::with_capacity(sites.len());
+    for site in sites {
+        let record = core.db().node(&site).map_err(internal)?;
+        records.push((site, record));
+    }
+    Ok((records, next_page_token))
+}

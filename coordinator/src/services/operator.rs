@@ -89,16 +89,10 @@ impl Operator for OperatorService {
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
         auth::caller(&request)?;
         let list = request.get_ref();
-        let page = PageRequest::parse(list.page_size, &list.page_token)?;
-        let mut sites = self
-            .core
-            .db()
-            .sites_page(page.after.as_deref().unwrap_or(""), page.fetch())
-            .map_err(internal)?;
-        let next_page_token = page.finish(&mut sites, String::clone);
+        let (sites, next_page_token) =
+            super::sites_page(&self.core, list.page_size, &list.page_token)?;
         let mut nodes = Vec::new();
-        for site in sites {
-            let record = self.core.db().node(&site).map_err(internal)?;
+        for (site, record) in sites {
             nodes.push(v1::NodeInfo {
                 connected: self.core.is_connected(&site),
                 last_seen: record.as_ref().map_or(0, |r| r.last_seen),

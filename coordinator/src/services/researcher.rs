@@ -11,8 +11,8 @@ use tonic::{Request, Response, Status};
 
 use crate::auth;
 use crate::core::{Coordinator, echoed, internal};
-use crate::db::{Admission, Event};
-use crate::lifecycle::EventKind;
+use crate::db::{Admission, Event, QueryFilter, Withdrawal};
+use crate::lifecycle::{EventKind, QuestionState};
 use crate::limits::{check_open_questions, check_sql_size, open_questions_refusal};
 use crate::model::{StoredQuery, User, now_seconds};
 use crate::paging::PageRequest;
@@ -93,12 +93,16 @@ impl ResearcherService {
 }
 
 fn query_state(query: &StoredQuery) -> v1::QueryState {
-    if !query.failure.is_empty() {
-        v1::QueryState::Failed
-    } else if query.complete {
-        v1::QueryState::Complete
-    } else {
-        v1::QueryState::Running
+    query.state().to_proto()
+}
+
+/// A question's state in a word, for messages.
+fn query_state_name(query: &StoredQuery) -> &'static str {
+    match query.state() {
+        QuestionState::Open => "running",
+        QuestionState::Merged => "complete",
+        QuestionState::MergeFailed => "failed",
+        QuestionState::Withdrawn => "withdrawn",
     }
 }
 
@@ -142,16 +146,10 @@ impl Researcher for ResearcherService {
     ) -> Result<Response<v1::ListSitesResponse>, Status> {
         auth::caller(&request)?;
         let list = request.get_ref();
-        let page = PageRequest::parse(list.page_size, &list.page_token)?;
-        let mut sites = self
-            .core
-            .db()
-            .sites_page(page.after.as_deref().unwrap_or(""), page.fetch())
-            .map_err(internal)?;
-        let next_page_token = page.finish(&mut sites, String::clone);
+        let (sites, next_page_token) =
+            super::sites_page(&self.core, list.page_size, &list.page_token)?;
         let mut infos = Vec::with_capacity(sites.len());
-        for site in sites {
-            let record = self.core.db().node(&site).map_err(internal)?;
+        for (site, record) in sites {
             let privacy = self
                 .core
                 .site_privacy(&site)
@@ -260,6 +258,7 @@ impl Researcher for ResearcherService {
             deadline: now.saturating_add(wait),
             complete: false,
             failure: String::new(),
+            withdrawn_at: 0,
         };
         let (stored, targets, report) = (query.clone(), sites.clone(), report_json(&plan));
         let mode = plan.mode().name();
@@ -303,6 +302,42 @@ impl Researcher for ResearcherService {
         Ok(Response::new(self.status_of(&query)?))
     }
 
+    async fn withdraw(
+        &self,
+        request: Request<v1::WithdrawRequest>,
+    ) -> Result<Response<v1::QueryStatus>, Status> {
+        let user = auth::caller(&request)?;
+        let query = self.own_query(&user, &request.get_ref().query_id)?;
+        let (id, name) = (query.id.clone(), user.name.clone());
+        let withdrawal = self
+            .core
+            .commit("a withdrawal", move |db| {
+                db.withdraw(&id, &name, now_seconds())
+            })
+            .await?;
+        match withdrawal {
+            Withdrawal::Withdrawn => {
+                tracing::info!(query = %query.id, researcher = %user.name, "withdrawn");
+                self.core.withdrawn(&query.id);
+            }
+            Withdrawal::Finished => {
+                return Err(Status::failed_precondition(format!(
+                    "question {} has already finished ({}); there is nothing to withdraw",
+                    query.id,
+                    query_state_name(&query)
+                )));
+            }
+            Withdrawal::NotFound => {
+                return Err(Status::not_found(format!(
+                    "no question {} of yours",
+                    echoed(&query.id)
+                )));
+            }
+        }
+        let query = self.own_query(&user, &query.id)?;
+        Ok(Response::new(self.status_of(&query)?))
+    }
+
     async fn get_results(
         &self,
         request: Request<v1::GetResultsRequest>,
@@ -310,6 +345,12 @@ impl Researcher for ResearcherService {
         let user = auth::caller(&request)?;
         let query = self.own_query(&user, &request.get_ref().query_id)?;
         let targets = self.core.db().targets(&query.id).map_err(internal)?;
+        if query.withdrawn_at != 0 {
+            return Err(Status::failed_precondition(format!(
+                "question {} was withdrawn by its researcher; nothing was merged",
+                query.id
+            )));
+        }
         if !query.failure.is_empty() {
             return Err(Status::failed_precondition(format!(
                 "question {} could not be merged: {}",
@@ -357,10 +398,29 @@ impl Researcher for ResearcherService {
         if let Some(study) = study {
             self.check_on_study(&user, study)?;
         }
+        let state = match v1::QueryState::try_from(list.state) {
+            Ok(v1::QueryState::Unspecified) => None,
+            Ok(v1::QueryState::Running) => Some(QuestionState::Open),
+            Ok(v1::QueryState::Complete) => Some(QuestionState::Merged),
+            Ok(v1::QueryState::Failed) => Some(QuestionState::MergeFailed),
+            Ok(v1::QueryState::Withdrawn) => Some(QuestionState::Withdrawn),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "no question state {}",
+                    list.state
+                )));
+            }
+        };
+        let filter = QueryFilter {
+            study,
+            state,
+            submitted_after: list.submitted_after,
+            submitted_before: list.submitted_before,
+        };
         let mut rows = self
             .core
             .db()
-            .queries_by(&user.name, study, page.after_row(i64::MAX)?, page.fetch())
+            .queries_by(&user.name, &filter, page.after_row(i64::MAX)?, page.fetch())
             .map_err(internal)?;
         let next_page_token = page.finish(&mut rows, |(row, _)| row.to_string());
         let mut queries = Vec::new();

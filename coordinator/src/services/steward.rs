@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth;
 use crate::core::{Coordinator, echoed, internal};
+use crate::db::Reapproval;
 use crate::lifecycle::SiteStep;
 use crate::model::{StoredQuery, Target, User, now_seconds};
 use crate::paging::PageRequest;
@@ -194,14 +195,28 @@ impl Steward for StewardService {
             return Err(Status::invalid_argument("the approval has already expired"));
         }
         let (id, steward) = (query.id.clone(), user.name.clone());
-        let approved = self
+        // A part that no longer awaits approval may be approved again when its refusal
+        // was the approval's (expired, unknown key, ...) or this steward rejected it.
+        let decided = self
             .core
             .commit("an approval", move |db| {
-                db.approve(&id, &steward, &approval, now)
+                if db.approve(&id, &steward, &approval, now)? {
+                    return Ok(Reapproval::Reapproved);
+                }
+                if target.state.is_final() {
+                    db.reapprove(&id, &steward, &approval, now)
+                } else {
+                    Ok(Reapproval::Refused(String::new()))
+                }
             })
             .await?;
-        if !approved {
-            return Err(not_awaiting(&query.id, &target));
+        match decided {
+            Reapproval::Reapproved => {}
+            Reapproval::Refused(why) if why.is_empty() => {
+                let (_, target) = self.site_query(&user, &query.id)?;
+                return Err(not_awaiting(&query.id, &target));
+            }
+            Reapproval::Refused(why) => return Err(Status::failed_precondition(why)),
         }
         tracing::info!(query = %query.id, site = %user.site, steward = %user.name, "approved");
         self.core.dispatch(&user.site).await?;

@@ -89,6 +89,10 @@ pub struct AuditEntry {
     pub duration_ms: u64,
     /// Reference id given to the researcher for a failure.
     pub reference: Option<String>,
+    /// What kind of failure or resource refusal it was ([`crate::failure`]), as the
+    /// researcher was told (absent from older logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
     /// Local detail of a failure or refusal (never sent to the researcher).
     pub detail: Option<String>,
     /// A privacy charge ([`Outcome::Charged`] entries only; absent from older logs).
@@ -355,6 +359,7 @@ impl AuditEntry {
             groups_suppressed: 0,
             duration_ms: 0,
             reference: None,
+            category: None,
             detail: None,
             privacy: None,
             charge: None,

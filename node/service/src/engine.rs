@@ -28,6 +28,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::approval::{self, Approval, ApprovalError};
 use crate::audit::{AuditEntry, AuditError, AuditLog, Outcome};
 use crate::executed::{self, ExecutedApprovals, ExecutedError, Previous, QueryUse};
+use crate::failure::FailureCategory;
 use crate::privacy::ledger::{ChargeRequest, Ledger, LedgerError, Reserved};
 use crate::privacy::noise::{NoiseSeed, noise_site_output};
 use crate::privacy::policy::{Epsilon, NoiseReport, PrivacyPolicy, QuestionNoise};
@@ -187,13 +188,26 @@ pub enum ExecuteError {
         /// The study, what it has left and what the question needs; never a data value.
         message: String,
     },
+    /// A resource limit stopped the work (rule 8): the time limit, the memory limit or
+    /// the cap on released groups.
+    #[error("{refusal} (reference {reference})")]
+    Limit {
+        /// Which limit.
+        category: FailureCategory,
+        /// The refusal under rule 8, naming the limit, never a value.
+        refusal: Refusal,
+        /// Reference id of the audit entry.
+        reference: String,
+    },
     /// Running failed; details are in the node's audit log under `reference`.
     #[error(
-        "the query failed at this site (reference {reference}); the site's data steward can look it up in the audit log"
+        "the query failed at this site ({category}, reference {reference}); the site's data steward can look it up in the audit log"
     )]
     Failed {
         /// Reference id of the audit entry.
         reference: String,
+        /// What kind of failure, revealing no value.
+        category: FailureCategory,
     },
 }
 
@@ -202,7 +216,9 @@ impl ExecuteError {
     pub fn rule_name(&self) -> String {
         match self {
             ExecuteError::Approval(e) => e.name().to_string(),
-            ExecuteError::Refused(r) => r.rule.name().to_string(),
+            ExecuteError::Refused(r) | ExecuteError::Limit { refusal: r, .. } => {
+                r.rule.name().to_string()
+            }
             ExecuteError::Round { rule, .. } => (*rule).to_string(),
             ExecuteError::Budget { .. } => "privacy-budget".to_string(),
             ExecuteError::Failed { .. } => "failed".to_string(),
@@ -410,8 +426,18 @@ impl NodeEngine {
                     Outcome::Refused
                 };
                 entry.rule = Some(error.rule_name());
-                if let ExecuteError::Failed { reference } = error {
+                if let ExecuteError::Failed {
+                    reference,
+                    category,
+                }
+                | ExecuteError::Limit {
+                    reference,
+                    category,
+                    ..
+                } = error
+                {
                     entry.reference = Some(reference.clone());
+                    entry.category = Some(category.as_str().to_string());
                 }
             }
         }
@@ -430,6 +456,7 @@ impl NodeEngine {
             tracing::error!(error = %audit_error, "audit log append failed");
             return Err(ExecuteError::Failed {
                 reference: reference_id(),
+                category: FailureCategory::Internal,
             });
         }
         result
@@ -454,7 +481,7 @@ impl NodeEngine {
         entry.key_id = Some(key.key_id());
         let approval = executed::approval_id(&request.approval);
         let generation = executed::store_generation(&self.store_dir)
-            .map_err(|e| failure(entry, e.to_string()))?;
+            .map_err(|e| failure_of(entry, FailureCategory::StoreUnavailable, e.to_string()))?;
         Ok((approval, generation))
     }
 
@@ -481,7 +508,10 @@ impl NodeEngine {
                 let (schema, batches) = arrow_ipc::decode(&released).map_err(|e| {
                     let reference = reference_id();
                     entry.detail = Some(e.to_string());
-                    ExecuteError::Failed { reference }
+                    ExecuteError::Failed {
+                        reference,
+                        category: FailureCategory::Internal,
+                    }
                 })?;
                 // The noise of a retry is the stored release's: described again from the
                 // plan (the release itself is not drawn again).
@@ -557,7 +587,8 @@ impl NodeEngine {
         released.noise = noise.map_or_else(Vec::new, |noise| noise.reports());
         if released.groups_released > self.policy.max_groups {
             entry.detail = Some(format!("{} groups over the cap", released.groups_released));
-            return Err(ExecuteError::Refused(
+            return Err(limit(
+                FailureCategory::OutputCap,
                 Refusal::new(
                     Rule::ResourceLimits,
                     "the query",
@@ -709,21 +740,27 @@ impl NodeEngine {
         site_plan: datafusion::logical_expr::LogicalPlan,
         entry: &mut AuditEntry,
     ) -> Result<Vec<RecordBatch>, ExecuteError> {
-        let fail = failure;
+        let fail = |entry: &mut AuditEntry, error: DataFusionError| {
+            failure_of(
+                entry,
+                FailureCategory::of_datafusion(&error),
+                error.to_string(),
+            )
+        };
         let state = self.ctx.state();
-        let plan = total_plan(site_plan, &state).map_err(|e| fail(entry, e.to_string()))?;
+        let plan = total_plan(site_plan, &state).map_err(|e| fail(entry, e))?;
         SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false)
             .verify_plan(&plan)
-            .map_err(|e| fail(entry, e.to_string()))?;
+            .map_err(|e| fail(entry, e))?;
         let physical = state
             .create_physical_plan(&plan)
             .await
-            .map_err(|e| fail(entry, e.to_string()))?;
+            .map_err(|e| fail(entry, e))?;
         let stop = StopSignal::default();
-        let physical = stoppable(physical, &stop).map_err(|e| fail(entry, e.to_string()))?;
+        let physical = stoppable(physical, &stop).map_err(|e| fail(entry, e))?;
         // The query runs as its own task; at the time limit the stop signal makes every
         // operator fail at its next batch, and only once the task has ended does this
         // request end (and the node's slot for it come free).
@@ -736,7 +773,8 @@ impl NodeEngine {
             Ok(Ok(Ok(batches))) => batches,
             Ok(Ok(Err(e))) if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) => {
                 entry.detail = Some(e.to_string());
-                return Err(ExecuteError::Refused(
+                return Err(limit(
+                    FailureCategory::MemoryLimit,
                     Refusal::new(
                         Rule::ResourceLimits,
                         "the query",
@@ -745,8 +783,8 @@ impl NodeEngine {
                     .hint("narrow the question, or group by coarser bands"),
                 ));
             }
-            Ok(Ok(Err(e))) => return Err(fail(entry, e.to_string())),
-            Ok(Err(join_error)) => return Err(fail(entry, join_error.to_string())),
+            Ok(Ok(Err(e))) => return Err(fail(entry, e)),
+            Ok(Err(join_error)) => return Err(failure(entry, join_error.to_string())),
             Err(_) => {
                 stop.raise();
                 let stopped = tokio::time::timeout(STOP_GRACE, &mut running).await.is_ok();
@@ -758,11 +796,14 @@ impl NodeEngine {
                     "time limit of {:?} reached; stopped: {stopped}",
                     self.policy.time_limit
                 ));
-                return Err(ExecuteError::Refused(Refusal::new(
-                    Rule::ResourceLimits,
-                    "the query",
-                    "ran longer than this site's time limit",
-                )));
+                return Err(limit(
+                    FailureCategory::TimeLimit,
+                    Refusal::new(
+                        Rule::ResourceLimits,
+                        "the query",
+                        "ran longer than this site's time limit",
+                    ),
+                ));
             }
         };
         Ok(batches)
@@ -781,10 +822,32 @@ fn secure_round_used() -> ExecuteError {
 /// A run-time failure: a fresh reference for the researcher, the detail for the audit
 /// log only.
 pub(crate) fn failure(entry: &mut AuditEntry, detail: String) -> ExecuteError {
+    failure_of(entry, FailureCategory::Internal, detail)
+}
+
+/// A run-time failure of a known kind: a fresh reference and the category for the
+/// researcher, the detail for the audit log only.
+pub(crate) fn failure_of(
+    entry: &mut AuditEntry,
+    category: FailureCategory,
+    detail: String,
+) -> ExecuteError {
     let reference = reference_id();
-    tracing::warn!(%reference, "query failed at run time");
+    tracing::warn!(%reference, %category, "query failed at run time");
     entry.detail = Some(detail);
-    ExecuteError::Failed { reference }
+    ExecuteError::Failed {
+        reference,
+        category,
+    }
+}
+
+/// A refusal by a resource limit (rule 8), with a fresh reference to its audit entry.
+fn limit(category: FailureCategory, refusal: Refusal) -> ExecuteError {
+    ExecuteError::Limit {
+        category,
+        refusal,
+        reference: reference_id(),
+    }
 }
 
 /// Checks, once per opening, that the patient table holds each pid exactly once (ingest

@@ -20,6 +20,7 @@
 //! - [`approval`]: the signed statement that authorises one query at one site.
 //! - [`executed`]: one approval, one execution per store generation.
 //! - [`engine`]: runs approved queries, suppresses groups under k.
+//! - [`failure`]: the category of a failure, which names no value.
 //! - [`session`]: the locked-down DataFusion session over the store.
 //! - [`stop`]: a time limit that stops every operator of a query.
 //! - [`total`]: allowlisted functions and casts that give NULL instead of failing.
@@ -35,6 +36,7 @@ pub mod audit;
 pub mod config;
 pub mod engine;
 pub mod executed;
+pub mod failure;
 pub mod link;
 /// Differential privacy: exact discrete noise, the noise secret, budgets per study.
 pub mod privacy;

@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::approval::Approval;
 use crate::engine::{ExecuteError, NodeEngine, QueryRequest, now_seconds};
+use crate::failure::FailureCategory;
 use crate::privacy::policy::{NoiseReport, PrivacyPolicy};
 use crate::round::{RoundStart, statement_to_proto};
 
@@ -289,10 +290,27 @@ fn noise_to_proto(noise: &[NoiseReport]) -> Vec<v1::PartialNoise> {
 fn error_outcome(error: ExecuteError) -> v1::work_result::Outcome {
     use v1::work_result::Outcome;
     match error {
-        ExecuteError::Failed { reference } => Outcome::Failed(v1::Failed { reference }),
+        ExecuteError::Failed {
+            reference,
+            category,
+        } => Outcome::Failed(v1::Failed {
+            reference,
+            category: category.as_str().to_string(),
+        }),
+        ExecuteError::Limit {
+            category,
+            ref refusal,
+            ref reference,
+        } => Outcome::Refused(v1::Refused {
+            rule: error.rule_name(),
+            message: refusal.to_string(),
+            category: category.as_str().to_string(),
+            reference: reference.clone(),
+        }),
         error => Outcome::Refused(v1::Refused {
             rule: error.rule_name(),
             message: error.to_string(),
+            ..Default::default()
         }),
     }
 }
@@ -356,6 +374,7 @@ pub async fn run_work(engine: &NodeEngine, work: v1::Work) -> v1::WorkResult {
                 tracing::error!(%error, "encoding released partials");
                 Outcome::Failed(v1::Failed {
                     reference: "encoding".into(),
+                    category: FailureCategory::Internal.as_str().to_string(),
                 })
             }
         },

@@ -14,6 +14,7 @@ use ern_ingest::progress::NoProgress;
 use ern_node::approval::{self, ApprovalError};
 use ern_node::audit::{self, AUDIT_FILE, AuditError, Outcome};
 use ern_node::engine::{ExecuteError, NodeEngine, NodePolicy, QueryRequest};
+use ern_node::failure::FailureCategory;
 use ern_node::pseudonym::Pseudonymiser;
 use ern_node::steward_key::StewardSigningKey;
 use ern_queries::Rule;
@@ -267,10 +268,16 @@ async fn running_out_of_memory_is_refused_by_rule_8_and_detailed_only_in_the_aud
         .execute(&fixture.request(sql))
         .await
         .expect_err("out of memory");
-    let ExecuteError::Refused(refusal) = &error else {
+    let ExecuteError::Limit {
+        refusal,
+        category,
+        reference,
+    } = &error
+    else {
         panic!("expected a refusal, got {error:?}")
     };
     assert_eq!(refusal.rule, Rule::ResourceLimits);
+    assert_eq!(*category, FailureCategory::MemoryLimit);
     let message = error.to_string();
     assert!(!message.contains("bytes"), "the detail leaked: {message}");
     let log = std::fs::read_to_string(fixture.store.join(AUDIT_FILE)).expect("audit log");
@@ -278,7 +285,47 @@ async fn running_out_of_memory_is_refused_by_rule_8_and_detailed_only_in_the_aud
         serde_json::from_str(log.lines().last().expect("entry")).expect("json");
     assert_eq!(last.outcome, Outcome::Refused);
     assert_eq!(last.rule.as_deref(), Some("resource-limits"));
+    assert_eq!(last.category.as_deref(), Some("memory-limit"));
+    assert_eq!(last.reference.as_ref(), Some(reference));
     assert!(last.detail.is_some_and(|d| !d.is_empty()));
+}
+
+/// Issue 17: a failure tells what kind it is (the store's, not the question's) and where
+/// the steward finds the detail, without the detail.
+#[tokio::test]
+async fn a_store_gone_under_the_node_fails_as_store_unavailable_with_a_reference() {
+    let fixture = fixture(200);
+    let engine = NodeEngine::open(&fixture.store, fixture.policy())
+        .await
+        .expect("open");
+    std::fs::remove_file(ern_node::store::table_path(&fixture.store, "diagnosis"))
+        .expect("remove a table");
+    let sql = "SELECT d.code, COUNT(DISTINCT d.pid) AS patients FROM diagnosis d GROUP BY d.code";
+    let error = engine
+        .execute(&fixture.request(sql))
+        .await
+        .expect_err("the table is gone");
+    let ExecuteError::Failed {
+        reference,
+        category,
+    } = &error
+    else {
+        panic!("expected a failure, got {error:?}")
+    };
+    assert_eq!(*category, FailureCategory::StoreUnavailable, "{error}");
+    let message = error.to_string();
+    assert!(message.contains("store-unavailable"), "{message}");
+    assert!(!message.contains("parquet"), "the detail leaked: {message}");
+    let log = std::fs::read_to_string(fixture.store.join(AUDIT_FILE)).expect("audit log");
+    let last: audit::AuditEntry =
+        serde_json::from_str(log.lines().last().expect("entry")).expect("json");
+    assert_eq!(last.outcome, Outcome::Failed);
+    assert_eq!(last.reference.as_ref(), Some(reference));
+    assert_eq!(last.category.as_deref(), Some("store-unavailable"));
+    assert!(
+        last.detail.is_some_and(|d| d.contains("diagnosis")),
+        "the steward's detail names the file"
+    );
 }
 
 #[tokio::test]
@@ -424,8 +471,11 @@ async fn time_and_output_limits_refuse_with_rule_8() {
     // A three-way join on pid takes far longer than a millisecond.
     let slow = "SELECT p.sex, COUNT(*) AS n FROM patient p JOIN diagnosis d ON p.pid = d.pid JOIN phenotype f ON f.pid = d.pid GROUP BY p.sex";
     match engine.execute(&fixture.request(slow)).await {
-        Err(ExecuteError::Refused(refusal)) => {
-            assert_eq!(refusal.rule, Rule::ResourceLimits, "{refusal}")
+        Err(ExecuteError::Limit {
+            refusal, category, ..
+        }) => {
+            assert_eq!(refusal.rule, Rule::ResourceLimits, "{refusal}");
+            assert_eq!(category, FailureCategory::TimeLimit);
         }
         other => panic!("expected a time-limit refusal, got {other:?}"),
     }
@@ -435,8 +485,11 @@ async fn time_and_output_limits_refuse_with_rule_8() {
         .await
         .expect("open");
     match engine.execute(&fixture.request(sql)).await {
-        Err(ExecuteError::Refused(refusal)) => {
+        Err(ExecuteError::Limit {
+            refusal, category, ..
+        }) => {
             assert_eq!(refusal.rule, Rule::ResourceLimits);
+            assert_eq!(category, FailureCategory::OutputCap);
             assert!(refusal.to_string().contains("cap of 1"), "{refusal}");
         }
         other => panic!("expected an output-cap refusal, got {other:?}"),

@@ -62,7 +62,7 @@ async fn a_query_stops_computing_at_the_time_limit() {
         .execute(&signed_request(&steward, HEAVY, "site-a"))
         .await
     {
-        Err(ExecuteError::Refused(refusal)) => {
+        Err(ExecuteError::Limit { refusal, .. }) => {
             assert_eq!(refusal.rule, Rule::ResourceLimits, "{refusal}")
         }
         other => panic!("expected a time-limit refusal, got {other:?}"),
