@@ -317,3 +317,70 @@ fn a_failure_names_its_kind_and_the_steward_reads_the_detail_by_reference() {
         stderr(&unknown)
     );
 }
+
+/// Issue 17: the shipped reference tables are public data: a question over them alone is
+/// answered row by row by the coordinator, no steward, no node, marked as such.
+#[test]
+fn a_question_over_the_reference_tables_alone_is_answered_by_the_coordinator() {
+    let net = Network::new(1, 100, 5);
+    let sql = "SELECT orpha_code, name FROM orpha_term WHERE name LIKE '%cardiomyopathy%' ORDER BY orpha_code";
+    let submitted = net.ern_as(
+        &net.researcher,
+        &[
+            "submit",
+            "--study",
+            harness::STUDY,
+            "--sql-text",
+            sql,
+            "--title",
+            "Cardiomyopathies in Orphanet",
+        ],
+    );
+    let id = ok(submitted.clone()).trim().to_string();
+    assert!(
+        stderr(&submitted).contains("public reference data"),
+        "{}",
+        stderr(&submitted)
+    );
+    // No node is running, and none is needed.
+    let status = net.status(&id);
+    assert_eq!(status["state"], "complete", "{status}");
+    assert_eq!(status["mode"], "reference", "{status}");
+    assert!(status["sites"].as_array().expect("sites").is_empty());
+    let steward = net.site("site-1").steward_token.clone();
+    let pending = ok(net.ern_as(&steward, &["steward", "pending"]));
+    assert!(!pending.contains(&id), "{pending}");
+
+    let out = net.ern_as(&net.researcher, &["results", &id, "--format", "csv"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("CC BY 4.0"), "{}", stderr(&out));
+    let rows = harness::parse_csv(&stdout(&out));
+    let expected: Vec<Vec<String>> = {
+        let mut terms: Vec<_> = ern_queries::reference::terms()
+            .expect("terms")
+            .into_iter()
+            .filter(|t| t.name.contains("cardiomyopathy"))
+            .map(|t| vec![t.orpha_code, t.name])
+            .collect();
+        terms.sort();
+        terms
+    };
+    assert!(!expected.is_empty());
+    assert_eq!(rows, expected);
+
+    // Still under the coordinator's limits.
+    let out = net.ern_as(
+        &net.researcher,
+        &[
+            "submit",
+            "--study",
+            harness::STUDY,
+            "--sql-text",
+            "SELECT a.ancestor FROM orpha_closure a, orpha_closure b, orpha_closure c",
+            "--title",
+            "Too much",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("resource-limits"), "{}", stderr(&out));
+}

@@ -28,6 +28,7 @@
 //! - [`domain`]: a question's public domain, which decides secure or per-site
 //!   aggregation, derived from the plan alone.
 //! - [`reference`]: the shipped Orphanet classification behind the reference tables.
+//! - [`public`]: questions over the reference tables alone, answered by the coordinator.
 //! - [`uniqueness`]: where a site may count patients without a distinct count.
 //! - [`hash`]: the canonical query hash that approvals sign.
 //! - [`shown`]: another party's text made safe to print (escapes, bounded length).
@@ -49,6 +50,7 @@ mod fingerprint;
 pub mod hash;
 pub mod ids;
 pub mod plan;
+pub mod public;
 pub mod reference;
 pub mod row_pack;
 pub mod rules;

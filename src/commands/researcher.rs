@@ -191,6 +191,13 @@ pub(crate) fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             .map_err(rpc_error)?
             .into_inner();
         println!("{}", response.query_id);
+        if response.reference_data {
+            eprintln!(
+                "answered from the public reference data (Orphanet, CC BY 4.0) by the coordinator: no site was asked, no steward reviews it; `ern results {}` shows it",
+                response.query_id
+            );
+            return Ok(());
+        }
         eprintln!(
             "submitted under study {} to {} (waits until {}); query hash {}",
             shown(&args.study),
@@ -298,6 +305,9 @@ pub(crate) fn mode_words(mode: &str) -> &'static str {
             "secure aggregation: k applies to the network total of each cell; no one sees a site's own numbers"
         }
         "per-site" => "per-site suppression: each site drops its own groups under its k",
+        "reference" => {
+            "reference data: public Orphanet tables, answered row by row by the coordinator; no site was asked"
+        }
         _ => "unknown",
     }
 }
@@ -459,6 +469,11 @@ pub(crate) fn results(args: ResultsArgs) -> anyhow::Result<()> {
         }
         if let Some(path) = &args.out {
             eprintln!("{} rows written to {}", results.rows, path.display());
+        }
+        if results.mode == "reference" {
+            // Public data: shown row by row, with the attribution its licence asks for.
+            eprintln!("{}", ern_queries::reference::ATTRIBUTION);
+            return Ok(());
         }
         let answered = results.coverage.iter().any(|site| {
             matches!(

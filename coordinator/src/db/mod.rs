@@ -49,7 +49,7 @@ mod users;
 use events::{insert_event, record_step};
 use questions::query_from_row;
 pub use questions::{QueryFilter, Withdrawal};
-pub use secure::{PER_SITE, SECURE};
+pub use secure::{PER_SITE, REFERENCE, SECURE};
 pub use sites::{Answer, Reapproval};
 pub use studies::StudyAdmission;
 

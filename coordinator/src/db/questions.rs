@@ -65,6 +65,46 @@ impl Db {
         Ok(Admission::Stored)
     }
 
+    /// Stores a question over the public reference data with its answer, complete, in
+    /// one transaction: it has no site, no steward and nothing to wait for.
+    pub fn insert_reference_answer(
+        &self,
+        query: &StoredQuery,
+        result: &StoredResult,
+    ) -> Result<(), DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        insert_query_in(&tx, query, &[], "", REFERENCE)?;
+        execute_cached(
+            &tx,
+            "UPDATE queries SET complete = 1 WHERE id = ?1",
+            params![query.id],
+        )?;
+        execute_cached(
+            &tx,
+            "INSERT INTO results (query_id, arrow_ipc, rows, merged_at) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                query.id,
+                result.arrow_ipc,
+                result.rows as i64,
+                result.merged_at as i64
+            ],
+        )?;
+        insert_event(
+            &tx,
+            &Event {
+                at: result.merged_at,
+                actor: "coordinator".into(),
+                kind: EventKind::Merged,
+                query_id: query.id.clone(),
+                site: String::new(),
+                detail: format!("{} rows of reference data", result.rows),
+            },
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// The steward's report stored with a question at submission (JSON; empty for a
     /// question stored without one).
     pub fn report(&self, id: &str) -> Result<Option<String>, DbError> {

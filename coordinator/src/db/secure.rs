@@ -11,6 +11,10 @@ pub const SECURE: &str = "secure";
 /// The stored name of the per-site mode.
 pub const PER_SITE: &str = "per-site";
 
+/// The stored name of a question over the public reference data alone, answered by the
+/// coordinator without any site.
+pub const REFERENCE: &str = "reference";
+
 impl Db {
     /// A question's mode (`secure` or `per-site`) and why an eligible one runs per site.
     pub fn mode(&self, query_id: &str) -> Result<Option<(String, String)>, DbError> {

@@ -66,6 +66,92 @@ impl ResearcherService {
         }
     }
 
+    /// Records a submission's refusal in the event log and makes it the answer.
+    async fn refused_at_submit(
+        &self,
+        user: &User,
+        refusal: &ern_queries::Refusal,
+        now: u64,
+    ) -> Status {
+        let event = Event {
+            at: now,
+            actor: user.name.clone(),
+            kind: EventKind::RefusedAtSubmit,
+            query_id: String::new(),
+            site: String::new(),
+            detail: refusal.rule.name().to_string(),
+        };
+        // The refusal is the answer; a failure to record it is only logged.
+        let _ = self
+            .core
+            .commit("a refusal's event", move |db| db.record_event(&event))
+            .await;
+        Status::invalid_argument(refusal.to_string())
+    }
+
+    /// A question over the public reference tables alone: answered here, row by row,
+    /// and stored complete, without a site or a steward (see `ern_queries::public`).
+    async fn answer_reference(
+        &self,
+        user: &User,
+        submit: v1::SubmitRequest,
+        study_id: String,
+        title: String,
+        now: u64,
+    ) -> Result<Response<v1::SubmitResponse>, Status> {
+        let answered = tokio::time::timeout(
+            REFERENCE_TIME_LIMIT,
+            ern_queries::public::answer(&submit.sql),
+        )
+        .await
+        .map_err(|_| {
+            Status::resource_exhausted(format!(
+                "refused by rule 8 (resource-limits): the question over the reference data ran longer than {} seconds",
+                REFERENCE_TIME_LIMIT.as_secs()
+            ))
+        })?;
+        let answer = match answered {
+            Ok(answer) => answer,
+            Err(refusal) => return Err(self.refused_at_submit(user, &refusal, now).await),
+        };
+        let rows = answer.batches.iter().map(|b| b.num_rows() as u64).sum();
+        let arrow_ipc = ern_proto::arrow_ipc::encode(&answer.schema, &answer.batches)
+            .map_err(|e| Status::internal(format!("encoding the reference answer: {e}")))?;
+        let query = StoredQuery {
+            id: new_query_id()?,
+            study_id,
+            title,
+            purpose: submit.purpose.trim().to_string(),
+            query_hash: ern_queries::query_hash(&submit.sql),
+            sql: submit.sql,
+            submitted_by: user.name.clone(),
+            submitted_at: now,
+            deadline: now,
+            complete: true,
+            failure: String::new(),
+            withdrawn_at: 0,
+        };
+        let result = crate::db::StoredResult {
+            arrow_ipc,
+            rows,
+            merged_at: now,
+        };
+        let stored = query.clone();
+        self.core
+            .commit("a reference answer", move |db| {
+                db.insert_reference_answer(&stored, &result)
+            })
+            .await?;
+        tracing::info!(query = %query.id, researcher = %user.name, rows, "answered from the reference data");
+        Ok(Response::new(v1::SubmitResponse {
+            query_id: query.id,
+            query_hash: query.query_hash,
+            sites: Vec::new(),
+            deadline: query.deadline,
+            reference_data: true,
+        }))
+    }
+
     fn status_of(&self, query: &StoredQuery) -> Result<v1::QueryStatus, Status> {
         let targets = self.core.db().targets(&query.id).map_err(internal)?;
         let study_title = study_title(&self.core, &query.study_id)?;
@@ -105,6 +191,9 @@ fn query_state_name(query: &StoredQuery) -> &'static str {
         QuestionState::Withdrawn => "withdrawn",
     }
 }
+
+/// How long the coordinator works on a question over the reference data at most.
+const REFERENCE_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A fresh question id: `q-` and 12 hex characters.
 fn new_query_id() -> Result<String, Status> {
@@ -203,24 +292,14 @@ impl Researcher for ResearcherService {
             .map_err(internal)?;
         check_open_questions(open, self.core.limits())?;
         let now = now_seconds();
+        if ern_queries::public::reads_only_reference_tables(&submit.sql) {
+            return self
+                .answer_reference(&user, submit, study_id, title, now)
+                .await;
+        }
         let plan = match self.core.plan_submission(&submit.sql).await {
             Ok(plan) => Arc::new(plan),
-            Err(refusal) => {
-                let event = Event {
-                    at: now,
-                    actor: user.name.clone(),
-                    kind: EventKind::RefusedAtSubmit,
-                    query_id: String::new(),
-                    site: String::new(),
-                    detail: refusal.rule.name().to_string(),
-                };
-                // The refusal is the answer; a failure to record it is only logged.
-                let _ = self
-                    .core
-                    .commit("a refusal's event", move |db| db.record_event(&event))
-                    .await;
-                return Err(Status::invalid_argument(refusal.to_string()));
-            }
+            Err(refusal) => return Err(self.refused_at_submit(&user, &refusal, now).await),
         };
         let enrolled = self.core.db().sites().map_err(internal)?;
         let mut sites = if submit.sites.is_empty() {
@@ -279,6 +358,7 @@ impl Researcher for ResearcherService {
             query_hash: query.query_hash,
             sites,
             deadline: query.deadline,
+            reference_data: false,
         }))
     }
 
