@@ -96,6 +96,10 @@ pub const SCALAR_FUNCTIONS: &[Allowed] = &[
         "floating-point: overflow gives infinity, 0 to a negative power NULL on the node",
     ),
     allowed("isnan", "a test: true or false on every number"),
+    allowed(
+        "width_bucket",
+        "ern's own, total: a bucket from 0 to count + 1, NULL for NULL, NaN or infinity; the bounds and the count are written in the query, so the buckets are public",
+    ),
     allowed("iszero", "a test: true or false on every number"),
     // text
     allowed("lower", "total on every text; the length is the input's"),

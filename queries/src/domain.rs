@@ -18,7 +18,9 @@
 //! - carried through aliases, projections, per-patient groupings (keys, MIN and MAX give
 //!   values of their input), sorts, limits and DISTINCT;
 //! - combined by integer arithmetic (`+`, `-`, `*`, `/`, `%`, negation, casts between
-//!   integer types), evaluated exactly over every combination of its operands' values.
+//!   integer types), evaluated exactly over every combination of its operands' values;
+//! - `width_bucket(value, low, high, count)`, whose count is written in the query: the
+//!   buckets `0..=count + 1` ([`crate::width_bucket`]).
 //!
 //! Types are compared as values are: a string is a string whether Arrow holds it as
 //! `Utf8`, `LargeUtf8` or `Utf8View` (and bytes likewise), since a node reads its Parquet
@@ -1142,6 +1144,19 @@ fn expr_domain(expr: &Expr, facts: &Facts, schema: &DFSchema) -> Option<Domain> 
                 .map(|v| integer_scalar(as_i64(v)?, target))
                 .collect::<Option<Vec<_>>>()?;
             Some(Domain { values, ..domain })
+        }
+        // ern's total width_bucket with a literal count gives 0 ..= count + 1 or NULL on
+        // every row, whatever its value (`crate::width_bucket`).
+        Expr::ScalarFunction(function) if function.name() == crate::width_bucket::NAME => {
+            let count = crate::width_bucket::literal_count(&function.args)?;
+            let data_type = integer_type(expr, schema)?;
+            let values = (0..=count + 1)
+                .map(|bucket| integer_scalar(bucket, &data_type))
+                .collect::<Option<Vec<_>>>()?;
+            Some(Domain::new(
+                values,
+                format!("width_bucket into {count} buckets and two beyond"),
+            ))
         }
         _ => None,
     }

@@ -36,6 +36,7 @@
 //! - [`schema`]: the Arrow schemas of the node tables (the data contract).
 //! - [`secure`]: a secure question's vector (node) and its release from totals
 //!   (coordinator).
+//! - [`width_bucket`]: ern's own total `width_bucket`, for histograms in one GROUP BY.
 
 pub mod allowlist;
 pub mod bounding;
@@ -56,6 +57,7 @@ pub mod shown;
 pub mod split;
 pub mod uniqueness;
 pub mod validate;
+pub mod width_bucket;
 
 pub use bounding::{Bounding, Sensitivity};
 pub use domain::{AggregationMode, KeyDomain, SecureDomain};

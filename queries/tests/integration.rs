@@ -10,3 +10,4 @@ mod red_team_privacy;
 mod red_team_secure;
 mod split_merge;
 mod validation;
+mod width_bucket;
