@@ -9,7 +9,8 @@ use std::sync::Arc;
 use datafusion::datasource::MemTable;
 use datafusion::error::Result;
 use datafusion::execution::session_state::SessionState;
-use datafusion::logical_expr::ScalarUDF;
+use datafusion::functions_aggregate::variance::var_samp_udaf;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::{allowlist, schema, width_bucket};
@@ -28,10 +29,22 @@ pub fn ern_scalar_functions() -> Vec<Arc<ScalarUDF>> {
     vec![width_bucket::udf()]
 }
 
-/// Registers ern's functions ([`ern_scalar_functions`]) in `ctx`, beside DataFusion's.
+/// The aggregate functions ern adds to DataFusion's: VAR_SAMP under PostgreSQL's other
+/// name, `variance`, besides DataFusion's own (`var`, `var_samp`, `var_sample`).
+pub fn ern_aggregate_functions() -> Vec<Arc<AggregateUDF>> {
+    vec![Arc::new(
+        var_samp_udaf().as_ref().clone().with_aliases(["variance"]),
+    )]
+}
+
+/// Registers ern's functions ([`ern_scalar_functions`], [`ern_aggregate_functions`]) in
+/// `ctx`, beside DataFusion's.
 pub fn register_ern_functions(ctx: &SessionContext) {
     for function in ern_scalar_functions() {
         ctx.register_udf(function.as_ref().clone());
+    }
+    for function in ern_aggregate_functions() {
+        ctx.register_udaf(function.as_ref().clone());
     }
 }
 

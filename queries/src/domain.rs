@@ -57,6 +57,13 @@ use crate::{reference, schema};
 /// default 65,536).
 pub const MAX_SECURE_CELLS: usize = 65_536;
 
+/// The largest one-row magnitude of the value of a variance or standard deviation under
+/// secure aggregation: 2^16, so that each square is at most 2^32 and a cell's sum of
+/// squares over fewer than 2^31 rows (the bound every released sum assumes) stays below
+/// 2^63, inside the signed 64-bit totals of the vector. A larger value runs per site,
+/// where the sum of squares is a 128-bit decimal.
+pub const MAX_SECURE_SQUARED: f64 = 65_536.0;
+
 /// Most value combinations evaluated for one arithmetic expression of a key.
 const MAX_EVALUATIONS: usize = 1 << 20;
 
@@ -446,6 +453,7 @@ fn secure_domain(barrier: &Barrier) -> Result<SecureDomain, String> {
         let name = match aggregate.kind {
             AggregateKind::Sum => "SUM",
             AggregateKind::Avg => "AVG",
+            AggregateKind::Spread(_) => "variance or standard deviation",
             AggregateKind::Count | AggregateKind::CountDistinctPid => continue,
         };
         let whole = argument_of(&aggregate.expr)
@@ -456,6 +464,17 @@ fn secure_domain(barrier: &Barrier) -> Result<SecureDomain, String> {
                 "{} is a {name} over a non-integer value (secure vectors add whole numbers)",
                 aggregate.expr
             ));
+        }
+        if let (AggregateKind::Spread(_), Some(argument)) =
+            (&aggregate.kind, argument_of(&aggregate.expr))
+        {
+            let bound = crate::bounding::argument_bound(barrier, argument);
+            if bound > MAX_SECURE_SQUARED {
+                return Err(format!(
+                    "{} is a {name} over values up to {bound} in magnitude: its sum of squares could pass the 64 bits a secure vector adds (at most {MAX_SECURE_SQUARED})",
+                    aggregate.expr
+                ));
+            }
         }
     }
     let domain = SecureDomain::new(keys);

@@ -61,6 +61,7 @@ pub fn locked_down_context(config: SessionConfig, memory_limit: usize) -> Result
             .collect();
     }
     if let Some(functions) = builder.aggregate_functions() {
+        functions.extend(catalog::ern_aggregate_functions());
         functions.retain(|f| allowed_aggregate(f.name()));
     }
     if let Some(functions) = builder.window_functions() {
