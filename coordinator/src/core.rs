@@ -795,6 +795,7 @@ fn merge_failure_reason(error: &ern_queries::split::SplitError) -> &'static str 
         SplitError::BadPartials(_) => {
             "a site's answer does not have the shape the question implies"
         }
+        SplitError::TooSensitive(_) => "a released value is too sensitive to noise",
         SplitError::DataFusion(error) => match error.find_root() {
             DataFusionError::ArrowError(arrow, _)
                 if matches!(**arrow, ArrowError::DivideByZero) =>

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use arrow::datatypes::{Schema, SchemaRef};
 use ern_proto::{arrow_ipc, v1};
 use ern_queries::QueryPlan;
-use ern_queries::validate::AggregateKind;
 use serde::{Deserialize, Serialize};
 
 /// The schema metadata key of the noise description.
@@ -104,16 +103,18 @@ fn site_noise_of(schema: &Schema) -> Vec<Vec<SiteNoise>> {
 }
 
 /// The names of a question's released partials, in order: each aggregate, an AVG as its
-/// sum and its count.
+/// sum and its count, a variance or standard deviation as its count, sum and sum of
+/// squares ([`ern_queries::validate::AggregateKind::partial_labels`]).
 fn partial_names(plan: &QueryPlan) -> Vec<String> {
     let mut names = Vec::new();
     for aggregate in &plan.barrier().aggregates {
         let name = aggregate.expr.schema_name().to_string();
-        if aggregate.kind == AggregateKind::Avg {
-            names.push(format!("{name} sum"));
-            names.push(format!("{name} count"));
-        } else {
-            names.push(name);
+        for label in aggregate.kind.partial_labels() {
+            names.push(if label.is_empty() {
+                name.clone()
+            } else {
+                format!("{name} {label}")
+            });
         }
     }
     names

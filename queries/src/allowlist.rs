@@ -18,9 +18,21 @@ pub const TABLES: &[&str] = &[
 /// one patient has, and the time taken would tell.
 pub const REFERENCE_KEYS: &[&str] = &["orpha_code", "ancestor", "descendant"];
 
-/// Aggregate functions allowed at the aggregation barrier (the released numbers).
-/// COUNT(DISTINCT …) is allowed only over `pid`.
-pub const BARRIER_AGGREGATES: &[&str] = &["count", "sum", "avg"];
+/// Aggregate functions allowed at the aggregation barrier (the released numbers), by the
+/// names DataFusion 55 gives them: `var` is VAR_SAMP (also `var_samp`, `var_sample` and,
+/// registered by ern, `variance`), `var_pop` (also `var_population`), `stddev` is
+/// STDDEV_SAMP (also `stddev_samp`), `stddev_pop`. COUNT(DISTINCT …) is allowed only
+/// over `pid`. The spreads are sent as COUNT, SUM and a sum of squares and merged exactly
+/// ([`crate::spread`]).
+pub const BARRIER_AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "avg",
+    "var",
+    "var_pop",
+    "stddev",
+    "stddev_pop",
+];
 
 /// Aggregate functions allowed in a per-patient grouping below the barrier. They combine
 /// one patient's rows into one value per patient, which the barrier then counts or sums.
@@ -96,6 +108,10 @@ pub const SCALAR_FUNCTIONS: &[Allowed] = &[
         "floating-point: overflow gives infinity, 0 to a negative power NULL on the node",
     ),
     allowed("isnan", "a test: true or false on every number"),
+    allowed(
+        "width_bucket",
+        "ern's own, total: a bucket from 0 to count + 1, NULL for NULL, NaN or infinity; the bounds and the count are written in the query, so the buckets are public",
+    ),
     allowed("iszero", "a test: true or false on every number"),
     // text
     allowed("lower", "total on every text; the length is the input's"),
@@ -201,15 +217,13 @@ pub fn barrier_aggregate_hint(name: &str) -> String {
                 name.to_uppercase()
             )
         }
-        "stddev" | "stddev_pop" | "stddev_samp" | "var" | "var_pop" | "var_samp" | "variance" => {
+        "covar" | "covar_samp" | "covar_pop" | "corr" | "regr_slope" | "regr_intercept" => {
             format!(
-                "{} cannot be merged across sites yet: GROUP BY bands and COUNT, or use AVG",
+                "{} is not merged across sites: VAR_SAMP, VAR_POP, STDDEV_SAMP and STDDEV_POP are",
                 name.to_uppercase()
             )
         }
-        _ => {
-            "the released aggregates are COUNT(*), COUNT(DISTINCT pid), COUNT(column), SUM and AVG"
-                .to_string()
-        }
+        _ => "the released aggregates are COUNT(*), COUNT(DISTINCT pid), COUNT(column), SUM, AVG, VAR_SAMP, VAR_POP, STDDEV_SAMP and STDDEV_POP"
+            .to_string(),
     }
 }

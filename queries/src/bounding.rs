@@ -16,7 +16,9 @@
 //!   `COUNT(x)`) is at most `max_rows_per_patient`; of a sum, at most that many times the
 //!   largest magnitude the summed value takes on one row, which validation derives from
 //!   the data model's declared ranges (ages 0-150, years 1880-2100, months 1-12, dates
-//!   within 1880-2100) and ingest enforces.
+//!   within 1880-2100) and ingest enforces; of the sum of squares behind a variance or
+//!   standard deviation, at most that many times the square of that magnitude (a value
+//!   within ±B squares to within 0…B², so the sensitivity is B² per row, not B).
 //!
 //! Where the rows hold each patient once (the patient table alone), a patient is in one
 //! group with one row by construction and no bounding is needed beyond the declared
@@ -32,6 +34,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::row_pack::{pack_row, unpack_column};
+use crate::split::SplitError;
 use crate::validate::{AggregateKind, Barrier};
 
 /// A site's bounds on one patient's contribution (its `[privacy]` policy).
@@ -105,51 +108,69 @@ pub(crate) fn argument_bound(barrier: &Barrier, argument: &Expr) -> f64 {
 
 /// The sensitivities of a site plan over `barrier`: with `bounding` where a patient can
 /// have many rows, or one group and one row per patient where `one_row_per_patient`.
+///
+/// Computed exactly; a sensitivity beyond 64 bits (the sum of squares behind a variance
+/// of a value bounded only by 2^32, over many groups and rows) is an error, never a
+/// saturated number: noise scaled to less than the true sensitivity would under-protect.
 pub fn sensitivity(
     barrier: &Barrier,
     bounding: Bounding,
     one_row_per_patient: bool,
-) -> Sensitivity {
+) -> Result<Sensitivity, SplitError> {
     let (groups, rows) = if one_row_per_patient {
         (1, 1)
     } else if barrier.group_exprs.is_empty() {
-        (1, u64::from(bounding.max_rows_per_patient))
+        (1, u128::from(bounding.max_rows_per_patient))
     } else {
         (
-            u64::from(bounding.max_groups_per_patient),
-            u64::from(bounding.max_rows_per_patient),
+            u128::from(bounding.max_groups_per_patient),
+            u128::from(bounding.max_rows_per_patient),
         )
     };
-    let magnitude = |expr: &Expr| -> u64 {
+    let magnitude = |expr: &Expr| -> u128 {
         let argument = crate::split::argument_of(expr).unwrap_or_else(|| lit(0));
-        // Bounds are at most 2^32 (validation refuses larger), so this neither
-        // truncates nor overflows below.
-        argument_bound(barrier, &argument) as u64
+        // Bounds are whole numbers of at most 2^32 (validation refuses larger).
+        argument_bound(barrier, &argument) as u128
     };
     let mut partials = Vec::new();
     for aggregate in &barrier.aggregates {
+        // How far one patient moves a partial over all groups: `per_row` on each of their
+        // rows of each of their groups.
+        let mut push = |per_row: u128| -> Result<(), SplitError> {
+            let moved = groups
+                .checked_mul(rows)
+                .and_then(|moved| moved.checked_mul(per_row))
+                .and_then(|moved| u64::try_from(moved).ok())
+                .ok_or_else(|| SplitError::TooSensitive(aggregate.expr.to_string()))?;
+            partials.push(moved);
+            Ok(())
+        };
         match aggregate.kind {
-            AggregateKind::CountDistinctPid => partials.push(groups),
-            AggregateKind::Count => partials.push(groups.saturating_mul(rows)),
-            AggregateKind::Sum => partials.push(
-                groups
-                    .saturating_mul(rows)
-                    .saturating_mul(magnitude(&aggregate.expr)),
+            // One patient is in a group once, whatever their rows.
+            AggregateKind::CountDistinctPid => partials.push(
+                u64::try_from(groups)
+                    .map_err(|_| SplitError::TooSensitive(aggregate.expr.to_string()))?,
             ),
+            AggregateKind::Count => push(1)?,
+            AggregateKind::Sum => push(magnitude(&aggregate.expr))?,
             AggregateKind::Avg => {
-                partials.push(
-                    groups
-                        .saturating_mul(rows)
-                        .saturating_mul(magnitude(&aggregate.expr)),
-                );
-                partials.push(groups.saturating_mul(rows));
+                push(magnitude(&aggregate.expr))?;
+                push(1)?;
+            }
+            AggregateKind::Spread(_) => {
+                // COUNT(x), SUM(x), SUM(x * x): a patient's part of the sum of squares
+                // is clamped to their rows times the square of the one-row bound.
+                let bound = magnitude(&aggregate.expr);
+                push(1)?;
+                push(bound)?;
+                push(bound * bound)?;
             }
         }
     }
-    Sensitivity {
+    Ok(Sensitivity {
         partials,
-        patients: groups,
-    }
+        patients: u64::try_from(groups).unwrap_or(u64::MAX),
+    })
 }
 
 /// Over one row per group and patient (group columns, the pid, then the per-patient

@@ -18,7 +18,9 @@
 //! - carried through aliases, projections, per-patient groupings (keys, MIN and MAX give
 //!   values of their input), sorts, limits and DISTINCT;
 //! - combined by integer arithmetic (`+`, `-`, `*`, `/`, `%`, negation, casts between
-//!   integer types), evaluated exactly over every combination of its operands' values.
+//!   integer types), evaluated exactly over every combination of its operands' values;
+//! - `width_bucket(value, low, high, count)`, whose count is written in the query: the
+//!   buckets `0..=count + 1` ([`crate::width_bucket`]).
 //!
 //! Types are compared as values are: a string is a string whether Arrow holds it as
 //! `Utf8`, `LargeUtf8` or `Utf8View` (and bytes likewise), since a node reads its Parquet
@@ -54,6 +56,13 @@ use crate::{reference, schema};
 /// Most cells a secure question's domain may have (DESIGN.md: capped by node policy,
 /// default 65,536).
 pub const MAX_SECURE_CELLS: usize = 65_536;
+
+/// The largest one-row magnitude of the value of a variance or standard deviation under
+/// secure aggregation: 2^16, so that each square is at most 2^32 and a cell's sum of
+/// squares over fewer than 2^31 rows (the bound every released sum assumes) stays below
+/// 2^63, inside the signed 64-bit totals of the vector. A larger value runs per site,
+/// where the sum of squares is a 128-bit decimal.
+pub const MAX_SECURE_SQUARED: f64 = 65_536.0;
 
 /// Most value combinations evaluated for one arithmetic expression of a key.
 const MAX_EVALUATIONS: usize = 1 << 20;
@@ -444,6 +453,7 @@ fn secure_domain(barrier: &Barrier) -> Result<SecureDomain, String> {
         let name = match aggregate.kind {
             AggregateKind::Sum => "SUM",
             AggregateKind::Avg => "AVG",
+            AggregateKind::Spread(_) => "variance or standard deviation",
             AggregateKind::Count | AggregateKind::CountDistinctPid => continue,
         };
         let whole = argument_of(&aggregate.expr)
@@ -454,6 +464,17 @@ fn secure_domain(barrier: &Barrier) -> Result<SecureDomain, String> {
                 "{} is a {name} over a non-integer value (secure vectors add whole numbers)",
                 aggregate.expr
             ));
+        }
+        if let (AggregateKind::Spread(_), Some(argument)) =
+            (&aggregate.kind, argument_of(&aggregate.expr))
+        {
+            let bound = crate::bounding::argument_bound(barrier, argument);
+            if bound > MAX_SECURE_SQUARED {
+                return Err(format!(
+                    "{} is a {name} over values up to {bound} in magnitude: its sum of squares could pass the 64 bits a secure vector adds (at most {MAX_SECURE_SQUARED})",
+                    aggregate.expr
+                ));
+            }
         }
     }
     let domain = SecureDomain::new(keys);
@@ -1142,6 +1163,19 @@ fn expr_domain(expr: &Expr, facts: &Facts, schema: &DFSchema) -> Option<Domain> 
                 .map(|v| integer_scalar(as_i64(v)?, target))
                 .collect::<Option<Vec<_>>>()?;
             Some(Domain { values, ..domain })
+        }
+        // ern's total width_bucket with a literal count gives 0 ..= count + 1 or NULL on
+        // every row, whatever its value (`crate::width_bucket`).
+        Expr::ScalarFunction(function) if function.name() == crate::width_bucket::NAME => {
+            let count = crate::width_bucket::literal_count(&function.args)?;
+            let data_type = integer_type(expr, schema)?;
+            let values = (0..=count + 1)
+                .map(|bucket| integer_scalar(bucket, &data_type))
+                .collect::<Option<Vec<_>>>()?;
+            Some(Domain::new(
+                values,
+                format!("width_bucket into {count} buckets and two beyond"),
+            ))
         }
         _ => None,
     }

@@ -38,6 +38,8 @@
 //! - [`schema`]: the Arrow schemas of the node tables (the data contract).
 //! - [`secure`]: a secure question's vector (node) and its release from totals
 //!   (coordinator).
+//! - [`spread`]: VAR and STDDEV, sent as count, sum and sum of squares and merged exactly.
+//! - [`width_bucket`]: ern's own total `width_bucket`, for histograms in one GROUP BY.
 
 pub mod allowlist;
 pub mod bounding;
@@ -58,8 +60,10 @@ pub mod schema;
 pub mod secure;
 pub mod shown;
 pub mod split;
+pub mod spread;
 pub mod uniqueness;
 pub mod validate;
+pub mod width_bucket;
 
 pub use bounding::{Bounding, Sensitivity};
 pub use domain::{AggregationMode, KeyDomain, SecureDomain};

@@ -163,13 +163,15 @@ impl QueryPlan {
         let barrier = &self.validated.barrier;
         let plan = split::site_plan(barrier, facts, concentration, bounding)?;
         let released = split::released_of(&plan);
-        let sensitivity = bounding.map(|bounding| {
-            sensitivity(
-                barrier,
-                bounding,
-                split::one_row_per_patient(barrier, facts),
-            )
-        });
+        let sensitivity = bounding
+            .map(|bounding| {
+                sensitivity(
+                    barrier,
+                    bounding,
+                    split::one_row_per_patient(barrier, facts),
+                )
+            })
+            .transpose()?;
         Ok(SitePlan {
             plan,
             released,

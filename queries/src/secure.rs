@@ -9,7 +9,9 @@
 //! hidden patient counts of rule 6, and, for every released SUM and AVG, the sums of
 //! squared and of absolute patient contributions (for the dominance rule on totals).
 //! Every value is an integer (counts, and sums over integer-typed columns only, which
-//! eligibility checks), carried as its two's-complement u64 so that sums wrap exactly.
+//! eligibility checks; the sum of squares behind a variance only over values small
+//! enough that it fits 63 bits, [`crate::domain::MAX_SECURE_SQUARED`]), carried as its
+//! two's-complement u64 so that sums wrap exactly.
 //!
 //! The coordinator adds the masked vectors of all participants (the masks cancel), then
 //! [`SecureLayout::release`] applies k to the network totals of the hidden counts and the
@@ -19,7 +21,7 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef, UInt64Type};
+use arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, SchemaRef, UInt64Type};
 
 use crate::domain::SecureDomain;
 use crate::split::{
@@ -382,6 +384,20 @@ fn as_wrapping_integers(column: &ArrayRef) -> Result<Vec<u64>, SplitError> {
         return floats
             .iter()
             .map(|v| integral(v.unwrap_or(0.0)))
+            .collect::<Result<Vec<_>, _>>();
+    }
+    // A sum of squares (`crate::spread`): exact in 128 bits, sent only when it fits 64
+    // (secure eligibility bounds its values so that it does; beyond, refuse, never wrap).
+    if let Some(decimals) = column.as_primitive_opt::<Decimal128Type>() {
+        return decimals
+            .iter()
+            .map(|v| {
+                i64::try_from(v.unwrap_or(0))
+                    .map(|v| v as u64)
+                    .map_err(|_| {
+                        SplitError::BadPartials("a secure vector value is beyond 64 bits".into())
+                    })
+            })
             .collect::<Result<Vec<_>, _>>();
     }
     let widened = arrow::compute::cast(column, &DataType::Int64)

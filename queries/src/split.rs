@@ -1,7 +1,8 @@
 //! Split and merge: one validated query becomes a per-site plan and a merge step.
 //!
 //! The site plan is the barrier aggregate rewritten into partials that add up across
-//! sites (COUNT and SUM as they are, AVG as SUM and COUNT), plus the hidden
+//! sites (COUNT and SUM as they are, AVG as SUM and COUNT, a variance or standard
+//! deviation as COUNT, SUM and a sum of squares, [`crate::spread`]), plus the hidden
 //! `COUNT(DISTINCT pid)` per group that the node uses to suppress small groups and then
 //! drops. The merge sums the partials by group key over all sites' batches and then
 //! evaluates everything the query puts above the barrier (expressions over aggregates,
@@ -89,6 +90,10 @@ pub enum SplitError {
     /// A site's partial result does not have the shape the query implies.
     #[error("a site's partial result does not match the query: {0}")]
     BadPartials(String),
+    /// One patient could move a released partial of this aggregate by more than 2^64,
+    /// so no noise can be calibrated for it (see [`crate::bounding::sensitivity`]).
+    #[error("one patient could move a partial of {0} by more than 2^64: too much to noise")]
+    TooSensitive(String),
 }
 
 fn group_name(index: usize) -> String {
@@ -189,6 +194,9 @@ fn partials(kind: &AggregateKind, expr: &Expr, counting: &Counting) -> Vec<Expr>
                 sum(cast(argument.clone(), DataType::Float64)),
                 count(argument),
             ]
+        }
+        AggregateKind::Spread(_) => {
+            crate::spread::partials(argument_of(expr).unwrap_or_else(|| lit(0_i64)))
         }
     }
 }
@@ -305,7 +313,7 @@ fn hidden_counts(barrier: &Barrier) -> Vec<HiddenCount> {
         if matches!(&argument, Expr::Column(c) if *c == barrier.pid) {
             continue;
         }
-        if matches!(aggregate.kind, AggregateKind::Sum | AggregateKind::Avg) {
+        if aggregate.kind.sums_values() {
             add(&argument, Counted::NonZero, None);
         }
         let every_row_has_one = matches!(argument, Expr::Literal(ref v, _) if !v.is_null());
@@ -513,13 +521,20 @@ fn per_patient_site_plan(
             continue;
         }
         let rows = bounding.map_or(1, |b| b.max_rows_per_patient);
-        let magnitude = argument_of(&aggregate.expr)
-            .map_or(0.0, |argument| argument_bound(barrier, &argument))
-            * f64::from(rows);
+        let bound =
+            argument_of(&aggregate.expr).map_or(0.0, |argument| argument_bound(barrier, &argument));
+        let magnitude = bound * f64::from(rows);
+        // A patient's sum of squares is at most their rows times the square of the bound.
+        let squares = bound * bound * f64::from(rows);
         let kinds: &[Clamp] = match aggregate.kind {
             AggregateKind::Count => &[Clamp::Rows(rows)],
             AggregateKind::Sum => &[Clamp::Magnitude(magnitude)],
             AggregateKind::Avg => &[Clamp::Magnitude(magnitude), Clamp::Rows(rows)],
+            AggregateKind::Spread(_) => &[
+                Clamp::Rows(rows),
+                Clamp::Magnitude(magnitude),
+                Clamp::Magnitude(squares),
+            ],
             AggregateKind::CountDistinctPid => &[],
         };
         let expressions = partials(&aggregate.kind, &aggregate.expr, &Counting::default());
@@ -763,6 +778,16 @@ fn barrier_outputs(barrier: &Barrier) -> Vec<Expr> {
                 AggregateKind::Avg => {
                     let value = merged(partial) / cast(merged(partial + 1), DataType::Float64);
                     partial += 2;
+                    value
+                }
+                AggregateKind::Spread(spread) => {
+                    let value = crate::spread::merged(
+                        spread,
+                        merged(partial),
+                        merged(partial + 1),
+                        merged(partial + 2),
+                    );
+                    partial += 3;
                     value
                 }
                 _ => {

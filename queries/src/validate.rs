@@ -27,6 +27,7 @@ use crate::rules::functions::{self, Place};
 use crate::rules::pid_use::{self, PidSet};
 use crate::rules::{Refusal, barrier, barrier_aggregates, one_query, resource_limits};
 use crate::schema;
+use crate::spread::Spread;
 
 pub use crate::rules::one_query::sql_comments;
 pub use crate::rules::resource_limits::{
@@ -44,6 +45,31 @@ pub enum AggregateKind {
     Sum,
     /// `AVG(x)`: sent as SUM(x) and COUNT(x), divided after the merge.
     Avg,
+    /// `VAR_SAMP(x)`, `VAR_POP(x)`, `STDDEV_SAMP(x)` or `STDDEV_POP(x)`: sent as
+    /// COUNT(x), SUM(x) and SUM(x * x), rebuilt exactly after the merge
+    /// ([`crate::spread`]).
+    Spread(Spread),
+}
+
+impl AggregateKind {
+    /// What each of the partials it is sent as holds, in order (the names a noise report
+    /// or a steward sees beside the aggregate; empty for the aggregate itself).
+    pub fn partial_labels(&self) -> &'static [&'static str] {
+        match self {
+            AggregateKind::Count | AggregateKind::CountDistinctPid | AggregateKind::Sum => &[""],
+            AggregateKind::Avg => &["sum", "count"],
+            AggregateKind::Spread(_) => &["count", "sum", "sum of squares"],
+        }
+    }
+
+    /// True for the aggregates that add up values (SUM, AVG and the spreads), behind
+    /// which the patients with a value must reach k and no patient may dominate.
+    pub fn sums_values(&self) -> bool {
+        matches!(
+            self,
+            AggregateKind::Sum | AggregateKind::Avg | AggregateKind::Spread(_)
+        )
+    }
 }
 
 /// One aggregate of the barrier.
@@ -69,20 +95,23 @@ pub struct Barrier {
     /// The pid column the hidden patient count counts: every patient table of the input
     /// joins into its class (rule 3), so every row belongs to the patient it names.
     pub pid: Column,
-    /// What the dominance rule looks at behind the released SUMs and AVGs, with the
-    /// largest magnitude each takes on one row: every argument as written and every
+    /// What the dominance rule looks at behind the released SUMs, AVGs and spreads, with
+    /// the largest magnitude each takes on one row: every argument as written and every
     /// column it adds up (red team: `SUM(x - 75) + 75 * COUNT(x)` is `SUM(x)`, yet the
-    /// shifted values hid the patient who dominates `x`).
+    /// shifted values hid the patient who dominates `x`), and behind a spread the square
+    /// of each.
     pub summed_values: Vec<SummedValue>,
 }
 
-/// A value a released SUM or AVG adds up: an argument, or a column of one.
+/// A value a released SUM, AVG or spread adds up: an argument, a column of one, or
+/// (behind a spread) the square of either.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SummedValue {
     /// The expression over the barrier's input.
     pub value: Expr,
     /// The largest magnitude it takes on one row (from the data model's declared ranges
-    /// through every subquery; 2^32 where nothing smaller is known).
+    /// through every subquery; 2^32 where nothing smaller is known, its square for a
+    /// square).
     pub bound: f64,
 }
 
@@ -218,10 +247,11 @@ pub(crate) fn check_barrier(
     })
 }
 
-/// What the dominance rule looks at behind the released SUMs and AVGs, each once: every
-/// argument as written (a difference of two columns can be dominated by one patient
-/// while neither column is) and every term it adds up, literals left out (a shifted
-/// column, `x - 75`, can hide the patient who dominates `x` itself).
+/// What the dominance rule looks at behind the released SUMs, AVGs and spreads, each
+/// once: every argument as written (a difference of two columns can be dominated by one
+/// patient while neither column is) and every term it adds up, literals left out (a
+/// shifted column, `x - 75`, can hide the patient who dominates `x` itself); behind a
+/// spread, the square of each of them too (its sum of squares is released).
 fn summed_values(
     aggregates: &[BarrierAggregate],
     below: &Below,
@@ -241,27 +271,34 @@ fn summed_values(
             .unwrap_or(crate::rules::barrier_aggregates::MAX_MAGNITUDE);
         values.push(SummedValue { value, bound });
     };
-    for aggregate in aggregates
-        .iter()
-        .filter(|a| matches!(a.kind, AggregateKind::Sum | AggregateKind::Avg))
-    {
+    let mut squares: Vec<(Expr, Option<f64>)> = Vec::new();
+    for aggregate in aggregates.iter().filter(|a| a.kind.sums_values()) {
         let Expr::AggregateFunction(function) = &aggregate.expr else {
             continue;
         };
+        let squared = matches!(aggregate.kind, AggregateKind::Spread(_));
         for argument in &function.params.args {
-            let bound = match below.values.of_expr(argument, schema) {
-                Value::Plain { bound } => Some(bound),
-                Value::Derived(_) => None,
-            };
-            add(argument.clone(), bound);
-            for term in additive_terms(argument) {
-                let bound = match below.values.of_expr(&term, schema) {
+            let mut summed = vec![argument.clone()];
+            summed.extend(additive_terms(argument));
+            for value in summed {
+                let bound = match below.values.of_expr(&value, schema) {
                     Value::Plain { bound } => Some(bound),
                     Value::Derived(_) => None,
                 };
-                add(term, bound);
+                if squared {
+                    squares.push((value.clone(), bound));
+                }
+                add(value, bound);
             }
         }
+    }
+    // A spread releases a sum of squares beside the sum: each square is a summed value
+    // of its own, bounded by the square of its value's bound.
+    for (value, bound) in squares {
+        let bound = bound
+            .filter(|bound| bound.is_finite() && *bound > 0.0)
+            .unwrap_or(crate::rules::barrier_aggregates::MAX_MAGNITUDE);
+        add(crate::spread::square(value), Some(bound * bound));
     }
     values
 }

@@ -753,6 +753,7 @@ fn extreme_store() -> datafusion::prelude::SessionContext {
     ] {
         ctx.register_batch(name, batch).expect("register");
     }
+    ern_queries::catalog::register_ern_functions(&ctx);
     ctx
 }
 
@@ -854,6 +855,7 @@ fn view_catalogue(reference_views: bool) -> datafusion::prelude::SessionContext 
         ctx.register_table(*table, Arc::new(empty))
             .expect("register");
     }
+    ern_queries::catalog::register_ern_functions(&ctx);
     ctx
 }
 

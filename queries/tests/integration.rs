@@ -10,3 +10,5 @@ mod red_team_privacy;
 mod red_team_secure;
 mod split_merge;
 mod validation;
+mod variance;
+mod width_bucket;

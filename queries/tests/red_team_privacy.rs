@@ -629,6 +629,10 @@ const SHAPES: &[&str] = &[
     "SELECT CASE WHEN d.age_at_onset > 100 THEN 'old' ELSE 'young' END AS band, COUNT(*) AS n FROM diagnosis d GROUP BY CASE WHEN d.age_at_onset > 100 THEN 'old' ELSE 'young' END",
     "SELECT g.zygosity, COUNT(*) AS n FROM genetic_finding g GROUP BY g.zygosity",
     "SELECT t.name, COUNT(DISTINCT d.pid) AS p, SUM(d.age_at_diagnosis) AS s FROM diagnosis d JOIN orpha_term t ON t.orpha_code = d.code GROUP BY t.name",
+    // Spreads: a count, a sum and a sum of squares, the last bounded by B² per row.
+    "SELECT d.code, VAR_SAMP(d.age_at_onset) AS v, COUNT(*) AS n FROM diagnosis d GROUP BY d.code",
+    "SELECT p.sex, STDDEV_POP(p.birth_year) AS s, VAR_POP(p.birth_month) AS m FROM patient p GROUP BY p.sex",
+    "SELECT STDDEV_SAMP(d.age_at_diagnosis - d.age_at_onset) AS s FROM diagnosis d",
     // Accepted forms of the refused ones above: the closure and outer joins with
     // distinct patients only.
     "SELECT c.ancestor, COUNT(DISTINCT d.pid) AS p FROM diagnosis d JOIN orpha_closure c ON c.descendant = d.code GROUP BY c.ancestor",

@@ -51,7 +51,9 @@ pub fn locked_down_context(config: SessionConfig, memory_limit: usize) -> Result
         .with_runtime_env(runtime)
         .with_default_features();
     if let Some(functions) = builder.scalar_functions() {
-        // Only allowlisted functions exist here, each made total (rule 5).
+        // ern's own (width_bucket) beside DataFusion's. Only allowlisted functions exist
+        // here, each made total (rule 5).
+        functions.extend(catalog::ern_scalar_functions());
         *functions = functions
             .drain(..)
             .filter(|f| allowlist::is_allowed_scalar(f.name()))
@@ -59,6 +61,7 @@ pub fn locked_down_context(config: SessionConfig, memory_limit: usize) -> Result
             .collect();
     }
     if let Some(functions) = builder.aggregate_functions() {
+        functions.extend(catalog::ern_aggregate_functions());
         functions.retain(|f| allowed_aggregate(f.name()));
     }
     if let Some(functions) = builder.window_functions() {

@@ -108,6 +108,38 @@ async fn twenty_repeats_release_identical_values_and_are_charged_once() {
     assert_eq!(charges, 1, "one charge for twenty repeats");
 }
 
+/// A variance leaves the node as a count, a sum and a sum of squares (a 128-bit
+/// decimal): each noised for how far one patient moves it, the sum of squares for the
+/// square of the value's one-row bound (a month: 12, so 144), and the noisy release
+/// still merges.
+#[tokio::test]
+async fn a_noised_variance_noises_its_sum_of_squares_for_the_square_of_the_bound() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = synthetic_store(dir.path(), 1000, 5);
+    let steward = named_steward(dir.path(), "steward");
+    let policy = private_policy(&steward, dir.path(), "noise.key", 0.5, 2.0);
+    let engine = NodeEngine::open(&store, policy).await.expect("engine");
+    let sql = "SELECT p.sex, VAR_SAMP(p.birth_month) AS v FROM patient p GROUP BY p.sex";
+    let released = engine
+        .execute(&request(&steward, sql, STUDY, 0))
+        .await
+        .expect("released");
+    let scales: Vec<f64> = released.noise.iter().map(|noise| noise.scale).collect();
+    assert_eq!(scales.len(), 3, "count, sum, sum of squares");
+    assert_eq!(scales[1] / scales[0], 12.0, "{scales:?}");
+    assert_eq!(scales[2] / scales[0], 144.0, "{scales:?}");
+    assert!(released.groups_released > 0, "nothing released");
+    let squares = released.schema.field(3).data_type().clone();
+    assert_eq!(
+        squares,
+        datafusion::arrow::datatypes::DataType::Decimal128(38, 0)
+    );
+    let planning = ern_queries::catalog::planning_state().expect("planning");
+    let plan = Planner::new().plan(sql, &planning).await.expect("plan");
+    let merged = plan.merge(released.batches).await.expect("merge");
+    assert!(merged.iter().map(RecordBatch::num_rows).sum::<usize>() > 0);
+}
+
 #[tokio::test]
 async fn the_same_question_in_another_study_is_charged_there_with_the_same_noise() {
     let dir = tempfile::tempdir().expect("dir");

@@ -2,9 +2,10 @@
 //! may flow into them.
 //!
 //! At the barrier: COUNT(*), COUNT(column), COUNT(DISTINCT pid), SUM and AVG over
-//! numbers, one argument each, no FILTER, no ORDER BY, no DISTINCT but over pid
-//! ([`check_barrier_aggregate`]). MIN, MAX, medians, percentiles and list aggregates
-//! release individual values.
+//! numbers, and VAR_SAMP, VAR_POP, STDDEV_SAMP and STDDEV_POP over whole numbers (merged
+//! exactly from COUNT, SUM and a sum of squares, [`crate::spread`]), one argument each, no
+//! FILTER, no ORDER BY, no DISTINCT but over pid ([`check_barrier_aggregate`]). MIN, MAX,
+//! medians, percentiles and list aggregates release individual values.
 //!
 //! A released `SUM(x)` over k patients tells a single patient's secret as soon as `x` can
 //! be made to depend on a condition: `SUM(CAST(<one patient's attributes> AS INT) * v)`,
@@ -42,6 +43,7 @@ use crate::allowlist;
 use crate::rules::functions::{self, Place};
 use crate::rules::{Refusal, Rule, pid_use};
 use crate::schema;
+use crate::spread::Spread;
 use crate::validate::{AggregateKind, Below, unalias};
 
 pub(crate) fn check_barrier_aggregate(
@@ -150,18 +152,71 @@ pub(crate) fn check_barrier_aggregate(
                 AggregateKind::Avg
             })
         }
+        other => match Spread::of_function(other) {
+            Some(spread) => check_spread(expr, spread, args, schema),
+            None => Err(Refusal::new(
+                Rule::BarrierAggregates,
+                expr,
+                "is not a released aggregate",
+            )),
+        },
+    }
+}
+
+/// A spread (VAR_SAMP, VAR_POP, STDDEV_SAMP, STDDEV_POP) is released as exactly what
+/// its three partials add up to ([`crate::spread`]): COUNT(x), SUM(x) and SUM(x * x).
+/// Its argument is plain and numeric, like SUM's (checked above), and a whole number,
+/// so that the partials and their merge are exact integers.
+///
+/// # Why k and dominance as for SUM suffice
+/// Beside COUNT(x) and SUM(x) of the same group, a spread releases one more sum: the sum
+/// of squares. It is a sum over the same patients' values, so the same defences hold
+/// it: the patients with a non-zero value must reach k and those lacking one be none or
+/// k ([`crate::split`]'s hidden counts, as behind SUM), and the dominance rule looks at
+/// every value and every square ([`crate::validate::Barrier::summed_values`]): a patient
+/// whose square holds most of the sum of squares (while their value does not hold most
+/// of the sum, e.g. two tens among eight ones) is caught on the square. The dominance
+/// rule measures concentration around zero, as for SUM. A variance does not depend on a
+/// shift, yet shifting gains a differencing attacker nothing over SUM: one who knows
+/// the other patients' values to within ε learns an outlier to within about n·ε from
+/// the sum alone, and from the sum of squares no better unless the outlier's square
+/// dominates it, which the rule drops; one who knows them exactly learns the outlier
+/// from SUM or AVG already (the residual k accepts).
+fn check_spread(
+    expr: &Expr,
+    spread: Spread,
+    args: &[Expr],
+    schema: &DFSchema,
+) -> Result<AggregateKind, Refusal> {
+    let name = expr_name(expr);
+    let data_type = args.first().and_then(|a| a.get_type(schema).ok());
+    match data_type {
+        Some(t) if t.is_integer() => Ok(AggregateKind::Spread(spread)),
+        Some(t) if t.is_numeric() => Err(Refusal::new(
+            Rule::BarrierAggregates,
+            expr,
+            format!("{name} needs a whole-number argument (its partials are exact integers)"),
+        )),
         _ => Err(Refusal::new(
             Rule::BarrierAggregates,
             expr,
-            "is not a released aggregate",
+            format!("{name} needs a numeric argument"),
         )),
     }
 }
 
+/// The aggregate's function name as the researcher reads it in a refusal.
+fn expr_name(expr: &Expr) -> String {
+    match unalias(expr) {
+        Expr::AggregateFunction(AggregateFunction { func, .. }) => func.name().to_uppercase(),
+        _ => "the aggregate".to_string(),
+    }
+}
+
 /// True for an aggregate whose result depends on how many rows each value has: COUNT,
-/// SUM and AVG (not COUNT(DISTINCT …), MIN, MAX, BOOL_AND, BOOL_OR).
+/// SUM, AVG and the spreads (not COUNT(DISTINCT …), MIN, MAX, BOOL_AND, BOOL_OR).
 pub(crate) fn weighs_rows(name: &str, distinct: bool) -> bool {
-    !distinct && matches!(name, "count" | "sum" | "avg")
+    !distinct && (matches!(name, "count" | "sum" | "avg") || Spread::of_function(name).is_some())
 }
 
 /// An aggregate that weighs values by rows whose number per patient can depend on a

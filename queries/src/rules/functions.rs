@@ -121,6 +121,8 @@ fn check_scalar_node(
                     format!("the unit of {name} must be written in the query"),
                 )
                 .hint(format!("e.g. {name}('year', …)")))
+            } else if name == crate::width_bucket::NAME {
+                crate::width_bucket::check_call(e, &function.args)
             } else if allowlist::is_allowed_scalar(&name) {
                 Ok(())
             } else {

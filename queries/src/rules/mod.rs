@@ -40,7 +40,8 @@ pub enum Rule {
     AggregationBarrier,
     /// 3. `pid` only in equi-joins, `COUNT(DISTINCT pid)` and per-patient grouping.
     PidUse,
-    /// 4. Barrier aggregates: COUNT, COUNT(DISTINCT pid), SUM and AVG over numbers.
+    /// 4. Barrier aggregates: COUNT, COUNT(DISTINCT pid), SUM, AVG and the spreads
+    ///    (VAR_SAMP, VAR_POP, STDDEV_SAMP, STDDEV_POP) over numbers.
     BarrierAggregates,
     /// 5. Allowlisted scalar functions; no windows, grouping sets or subquery expressions.
     AllowedFunctions,
@@ -92,7 +93,7 @@ impl Rule {
                 "pid may appear only in equi-joins, in COUNT(DISTINCT pid) and as the key of a per-patient grouping"
             }
             Rule::BarrierAggregates => {
-                "released aggregates are COUNT, COUNT(DISTINCT pid), SUM and AVG over numbers, without FILTER or conditions inside"
+                "released aggregates are COUNT, COUNT(DISTINCT pid), SUM, AVG, VAR and STDDEV over numbers, without FILTER or conditions inside"
             }
             Rule::AllowedFunctions => {
                 "scalar functions come from an allowlist; no window functions, grouping sets or subqueries in expressions"

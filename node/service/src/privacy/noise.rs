@@ -10,9 +10,11 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, UInt64Array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, RecordBatch, UInt64Array,
+};
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
-use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt64Type};
+use arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int64Type, UInt64Type};
 use ern_queries::secure::{NoisedSlot, SecureLayout};
 use ern_queries::split::{HIDDEN_PATIENTS, is_hidden};
 
@@ -147,6 +149,16 @@ fn noised<R: rand::RngCore>(
                 .zip(&draws)
                 .map(|(value, draw)| Some(value.unwrap_or(0.0) + *draw as f64))
                 .collect::<Float64Array>(),
+        ),
+        // The sum of squares behind a variance (`ern_queries::spread`), exact in 128 bits.
+        DataType::Decimal128(precision, scale) => Arc::new(
+            column
+                .as_primitive::<Decimal128Type>()
+                .iter()
+                .zip(&draws)
+                .map(|(value, draw)| Some(value.unwrap_or(0).saturating_add(i128::from(*draw))))
+                .collect::<Decimal128Array>()
+                .with_precision_and_scale(*precision, *scale)?,
         ),
         other => {
             return Err(ApplyError::Shape(format!(
