@@ -384,3 +384,86 @@ fn a_question_over_the_reference_tables_alone_is_answered_by_the_coordinator() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("resource-limits"), "{}", stderr(&out));
 }
+
+/// Consenting patients' birth years by sex in one raw export (what its store holds).
+fn birth_years_by_sex(export: &std::path::Path) -> std::collections::BTreeMap<String, Vec<f64>> {
+    let mut reader = csv::Reader::from_path(export.join("patient.csv")).expect("patient.csv");
+    let headers = reader.headers().expect("header").clone();
+    let column = |name: &str| headers.iter().position(|h| h == name).expect("column");
+    let (sex, birth, vital, consent) = (
+        column("sex"),
+        column("birth_date"),
+        column("vital_status"),
+        column("consent_data_reuse"),
+    );
+    let mut years: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for record in reader.records() {
+        let record = record.expect("row");
+        if &record[consent] != "yes" || &record[vital] == "opted_out" {
+            continue;
+        }
+        let year: f64 = record[birth][..4].parse().expect("year");
+        years.entry(record[sex].to_string()).or_default().push(year);
+    }
+    years
+}
+
+/// Issue 17: VAR_SAMP, VAR_POP, STDDEV_SAMP and STDDEV_POP merge exactly across sites,
+/// over the sites whose group passed their k, through the real network.
+#[test]
+fn variances_and_standard_deviations_merge_as_over_the_pooled_exports() {
+    let mut net = Network::new(2, 400, 5);
+    net.start_node_connected("site-1");
+    net.start_node_connected("site-2");
+    let sql = "SELECT p.sex, COUNT(*) AS n, VAR_SAMP(p.birth_year) AS vs, VAR_POP(p.birth_year) AS vp, STDDEV_SAMP(p.birth_year) AS ss, STDDEV_POP(p.birth_year) AS sp FROM patient p GROUP BY p.sex ORDER BY p.sex";
+    let id = net.submit(sql, "Spread of birth years", &[]);
+    for site in ["site-1", "site-2"] {
+        let steward = net.site(site).steward_token.clone();
+        ok(net.ern_as(
+            &steward,
+            &[
+                "steward",
+                "approve",
+                &id,
+                "--key",
+                harness::path(&net.site(site).steward_key),
+                "--site",
+                site,
+                "--hash",
+                &ern_queries::query_hash(sql),
+            ],
+        ));
+    }
+    net.wait_complete(&id);
+    let rows = net.results_csv(&id);
+    // Per-site suppression: a site's group counts only where it holds k patients.
+    let mut pooled: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for site in ["site-1", "site-2"] {
+        for (sex, years) in birth_years_by_sex(&net.site(site).export) {
+            if years.len() >= 5 {
+                pooled.entry(sex).or_default().extend(years);
+            }
+        }
+    }
+    assert_eq!(rows.len(), pooled.len(), "{rows:?}");
+    for row in &rows {
+        let years = &pooled[&row[0]];
+        let n = years.len() as f64;
+        let mean = years.iter().sum::<f64>() / n;
+        let squares: f64 = years.iter().map(|y| (y - mean) * (y - mean)).sum();
+        let expected = [
+            squares / (n - 1.0),
+            squares / n,
+            (squares / (n - 1.0)).sqrt(),
+            (squares / n).sqrt(),
+        ];
+        assert_eq!(row[1], years.len().to_string(), "{row:?}");
+        for (cell, expected) in row[2..].iter().zip(expected) {
+            let got: f64 = cell.parse().expect("a number");
+            assert!(
+                (got - expected).abs() <= 1e-9 * expected.abs().max(1.0),
+                "{row:?}: {got} against {expected}"
+            );
+        }
+    }
+}
