@@ -23,7 +23,7 @@ pub(crate) struct Connection {
     #[arg(
         long,
         env = "ERN_COORDINATOR",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "https://127.0.0.1:50051"
     )]
     pub(crate) coordinator: String,
     /// Your bearer token (from `ern operator user add`).

@@ -20,8 +20,31 @@ use tracing_subscriber::EnvFilter;
 /// What is logged without `ERN_LOG`: warnings, but the HTTP/2 and TLS libraries' only when
 /// they are errors (red team: they warn once per reset connection, so an unauthenticated
 /// client could fill the coordinator's log).
-const DEFAULT_LOG: &str =
-    "warn,h2=error,hyper=error,hyper_util=error,rustls=error,tokio_rustls=error,tonic=error";
+/// Node streams opening and closing (target `ern::link`) are logged at info: an operator
+/// sees every connection and disconnection without asking for more.
+const DEFAULT_LOG: &str = "warn,ern::link=info,h2=error,hyper=error,hyper_util=error,rustls=error,tokio_rustls=error,tonic=error";
+
+/// The exit status of a program ended by SIGPIPE (128 + 13), as a shell reports it.
+const CLOSED_STDOUT_STATUS: i32 = 141;
+
+/// A closed stdout (`ern … | head`) ends the program quietly with the status SIGPIPE
+/// gives other Unix tools, instead of a panic message: Rust ignores SIGPIPE, so a print
+/// to a pipe whose reader has gone panics.
+fn end_quietly_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("os error 32") {
+            std::process::exit(CLOSED_STDOUT_STATUS);
+        }
+        default(info);
+    }));
+}
 
 /// Federated research on rare-disease registries: ask one SQL question of many hospitals,
 /// get back only aggregated, thresholded numbers.
@@ -83,10 +106,14 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal;
+    end_quietly_on_closed_stdout();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("ERN_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
+        // Colour codes only for a person at a terminal, never in a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

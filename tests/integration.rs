@@ -4,6 +4,7 @@
 mod cli;
 mod harness;
 mod network;
+mod operations;
 mod privacy;
 mod quickstart;
 mod secure_aggregation;

@@ -329,7 +329,7 @@ impl Coordinator {
         );
         self.privacy().entry(site.to_string()).or_default().policy =
             hello.privacy.clone().unwrap_or_default();
-        tracing::info!(site, k, %version, "node connected");
+        tracing::info!(target: "ern::link", site, k, %version, "node connected");
         Ok(generation)
     }
 
@@ -347,7 +347,7 @@ impl Coordinator {
             }
         };
         if removed {
-            tracing::info!(site, "node disconnected");
+            tracing::info!(target: "ern::link", site, "node disconnected");
             self.fail_rounds_of(site, "disconnected during the round")
                 .await;
             let now = now_seconds();

@@ -95,6 +95,9 @@ impl From<tonic::Status> for LinkError {
     }
 }
 
+/// The log target of the stream opening and closing, logged at info by default.
+pub const LINK_LOG: &str = "ern::link";
+
 /// Keeps this node connected to its coordinator and serves its work, forever.
 pub async fn run(engine: Arc<NodeEngine>, settings: LinkSettings) {
     let mut backoff = settings.min_backoff;
@@ -102,7 +105,13 @@ pub async fn run(engine: Arc<NodeEngine>, settings: LinkSettings) {
     loop {
         let mut welcomed = false;
         match session(&engine, &settings, &slots, &mut welcomed).await {
-            Ok(()) => tracing::info!("the coordinator closed the stream; reconnecting"),
+            Ok(()) => tracing::info!(
+                target: LINK_LOG,
+                "disconnected: the coordinator closed the stream; reconnecting"
+            ),
+            Err(error) if welcomed => {
+                tracing::info!(target: LINK_LOG, %error, "disconnected; reconnecting");
+            }
             Err(error) => tracing::warn!(%error, "node link down"),
         }
         if welcomed {
@@ -172,7 +181,7 @@ async fn session(
         }
     };
     *welcomed = true;
-    tracing::info!(site = %policy.site_id, coordinator = %settings.coordinator, "connected");
+    tracing::info!(target: LINK_LOG, site = %policy.site_id, coordinator = %settings.coordinator, "connected");
     if let Some(report) = budget_report(engine) {
         outbound
             .send(report)
