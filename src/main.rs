@@ -140,7 +140,9 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Each cause once: outer contexts often quote their source already.
+            let chain: &(dyn std::error::Error + 'static) = error.as_ref();
+            eprintln!("error: {}", ern_proto::transport::error_chain(chain));
             std::process::ExitCode::FAILURE
         }
     }

@@ -69,3 +69,86 @@ fn the_default_coordinator_url_uses_https() {
     assert!(help.contains("https://127.0.0.1:50051"), "{help}");
     assert!(!help.contains("http://127.0.0.1"), "{help}");
 }
+
+/// Starts `ern node serve --config CONFIG` at the default log level, stderr to `log`.
+fn serve_with_default_log(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    Command::new(ern_bin())
+        .args(["node", "serve", "--config", harness::path(config)])
+        .env_remove("ERN_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(log).expect("log")))
+        .spawn()
+        .expect("start the node")
+}
+
+/// A token the coordinator does not know is a permanent refusal: said once, in one
+/// clear error, then retried only rarely (it was retried forever, every few seconds).
+#[test]
+fn a_node_refused_by_the_coordinator_says_so_once_and_backs_off() {
+    let net = Network::new(1, 50, 5);
+    let site = net.site("site-1");
+    let mut wrong = site.node_token.clone();
+    let last = if wrong.ends_with('0') { '1' } else { '0' };
+    wrong.pop();
+    wrong.push(last);
+    std::fs::write(site.dir.join("wrong.token"), format!("{wrong}\n")).expect("token");
+    let config = std::fs::read_to_string(site.dir.join("node.toml"))
+        .expect("node.toml")
+        .replace(
+            "token_file = \"node.token\"",
+            "token_file = \"wrong.token\"",
+        );
+    let config_path = site.dir.join("wrong-token.toml");
+    std::fs::write(&config_path, config).expect("config");
+    let log = site.dir.join("refused.log");
+    let mut node = serve_with_default_log(&config_path, &log);
+    harness::wait_until("the refusal to be logged", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("refuses this node"))
+    });
+    // Without the backoff, 0.2 s doubling would have tried four more times by now.
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = node.kill();
+    let _ = node.wait();
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(text.matches("refuses this node").count(), 1, "{text}");
+    assert!(text.contains("Unauthenticated"), "{text}");
+    assert!(!text.contains("node link down"), "{text}");
+}
+
+/// A coordinator that cannot be reached is named with the root cause, once.
+#[test]
+fn a_node_that_cannot_connect_names_the_root_cause() {
+    let net = Network::new(1, 50, 5);
+    let site = net.site("site-1");
+    let closed = format!("https://127.0.0.1:{}", harness::free_port());
+    let config = std::fs::read_to_string(site.dir.join("node.toml"))
+        .expect("node.toml")
+        .replace(&net.url, &closed);
+    let config_path = site.dir.join("unreachable.toml");
+    std::fs::write(&config_path, config).expect("config");
+    let log = site.dir.join("unreachable.log");
+    let mut node = serve_with_default_log(&config_path, &log);
+    harness::wait_until("the failure to be logged", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("node link down"))
+    });
+    let _ = node.kill();
+    let _ = node.wait();
+    let text = std::fs::read_to_string(&log).expect("log");
+    let line = text
+        .lines()
+        .find(|line| line.contains("node link down"))
+        .expect("a line");
+    assert!(line.to_lowercase().contains("connection refused"), "{line}");
+    assert!(!line.contains("transport error: transport error"), "{line}");
+}
+
+/// An error's causes are said once each (they were repeated: "(os error 2): … (os
+/// error 2)").
+#[test]
+fn an_error_says_each_cause_once() {
+    let out = harness::ern(&["node", "serve", "--config", "/nonexistent/node.toml"]);
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+    assert!(text.contains("/nonexistent/node.toml"), "{text}");
+}

@@ -196,3 +196,70 @@ mod tests {
         assert!(!format!("{token:?}").contains("secret"));
     }
 }
+
+/// An error with its causes, each said once: `outer: cause: root`, where a cause whose
+/// text its outer message already holds is left out (so neither "(os error 2): …
+/// (os error 2)" nor "transport error: transport error"), and the root cause (connection
+/// refused, an unknown CA, a name mismatch) is always there.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        let part = cause.to_string();
+        if !part.is_empty() && !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+        next = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    fn layers(texts: &[&'static str]) -> Layer {
+        texts
+            .iter()
+            .rev()
+            .fold(None, |inner: Option<Layer>, text| {
+                Some(Layer {
+                    text,
+                    source: inner.map(Box::new),
+                })
+            })
+            .expect("a layer")
+    }
+
+    #[test]
+    fn each_cause_is_said_once_and_the_root_always() {
+        assert_eq!(
+            error_chain(&layers(&[
+                "transport error",
+                "transport error",
+                "tcp connect error",
+                "Connection refused (os error 111)"
+            ])),
+            "transport error: tcp connect error: Connection refused (os error 111)"
+        );
+        assert_eq!(
+            error_chain(&layers(&[
+                "reading node.toml: No such file (os error 2)",
+                "No such file (os error 2)"
+            ])),
+            "reading node.toml: No such file (os error 2)"
+        );
+        assert_eq!(error_chain(&layers(&["alone"])), "alone");
+    }
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ern_proto::arrow_ipc;
-use ern_proto::transport::{self, BearerToken, ClientTls, TransportError};
+use ern_proto::transport::{self, BearerToken, ClientTls, TransportError, error_chain};
 use ern_proto::v1;
 use ern_proto::v1::node_link_client::NodeLinkClient;
 use tokio::sync::{Semaphore, mpsc};
@@ -47,11 +47,14 @@ pub struct LinkSettings {
     pub min_backoff: Duration,
     /// Longest wait between attempts.
     pub max_backoff: Duration,
+    /// Wait between attempts while the coordinator refuses this node's credentials
+    /// (UNAUTHENTICATED, PERMISSION_DENIED): a refusal no retry cures soon.
+    pub refused_backoff: Duration,
 }
 
 impl LinkSettings {
-    /// Settings with the default backoff (0.2 s doubling to 30 s) and two questions at
-    /// a time.
+    /// Settings with the default backoff (0.2 s doubling to 30 s; 5 minutes while the
+    /// coordinator refuses the node's credentials) and two questions at a time.
     pub fn new(coordinator: &str, token: BearerToken, tls: Option<ClientTls>) -> Self {
         LinkSettings {
             coordinator: coordinator.to_string(),
@@ -60,6 +63,7 @@ impl LinkSettings {
             max_concurrent: 2,
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
+            refused_backoff: Duration::from_secs(300),
         }
     }
 }
@@ -86,11 +90,37 @@ pub enum LinkError {
     Protocol(&'static str),
 }
 
+impl LinkError {
+    /// Whether a retry cannot help until someone changes a credential or the
+    /// coordinator's users: the coordinator refused who this node is.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            LinkError::Status {
+                code: tonic::Code::Unauthenticated | tonic::Code::PermissionDenied,
+                ..
+            }
+        )
+    }
+}
+
 impl From<tonic::Status> for LinkError {
     fn from(status: tonic::Status) -> Self {
+        // A connection that failed underneath carries its root cause as the source.
+        let mut message = status.message().to_string();
+        if let Some(source) = std::error::Error::source(&status) {
+            let cause = error_chain(source);
+            if !message.contains(&cause) {
+                message = if message.is_empty() {
+                    cause
+                } else {
+                    format!("{message}: {cause}")
+                };
+            }
+        }
         LinkError::Status {
             code: status.code(),
-            message: status.message().to_string(),
+            message,
         }
     }
 }
@@ -102,21 +132,43 @@ pub const LINK_LOG: &str = "ern::link";
 pub async fn run(engine: Arc<NodeEngine>, settings: LinkSettings) {
     let mut backoff = settings.min_backoff;
     let slots = Arc::new(Semaphore::new(settings.max_concurrent.max(1)));
+    // The refusal last reported, so a permanent one is said once, not at every attempt.
+    let mut refused: Option<String> = None;
     loop {
         let mut welcomed = false;
-        match session(&engine, &settings, &slots, &mut welcomed).await {
+        let ended = session(&engine, &settings, &slots, &mut welcomed).await;
+        if welcomed {
+            backoff = settings.min_backoff;
+            refused = None;
+        }
+        match ended {
             Ok(()) => tracing::info!(
                 target: LINK_LOG,
                 "disconnected: the coordinator closed the stream; reconnecting"
             ),
             Err(error) if welcomed => {
+                let error = error_chain(&error);
                 tracing::info!(target: LINK_LOG, %error, "disconnected; reconnecting");
             }
-            Err(error) => tracing::warn!(%error, "node link down"),
+            Err(error) if error.is_permanent() => {
+                let error = error_chain(&error);
+                if refused.as_ref() != Some(&error) {
+                    tracing::error!(
+                        %error,
+                        retry_every = ?settings.refused_backoff,
+                        "the coordinator refuses this node: check its token and site (it tries again, rarely)"
+                    );
+                }
+                refused = Some(error);
+                tokio::time::sleep(jitter(settings.refused_backoff)).await;
+                continue;
+            }
+            Err(error) => {
+                let error = error_chain(&error);
+                tracing::warn!(%error, "node link down");
+            }
         }
-        if welcomed {
-            backoff = settings.min_backoff;
-        }
+        refused = None;
         tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(settings.max_backoff);
     }
