@@ -39,7 +39,7 @@ fn a_node_logs_its_connection_at_the_default_level_without_colour_in_a_file() {
     let _ = node.kill();
     let _ = node.wait();
     let text = std::fs::read_to_string(&log).expect("log");
-    assert!(text.contains(" connected"), "{text}");
+    assert!(text.contains("ern::link: connected"), "{text}");
     assert!(!text.contains('\u{1b}'), "colour codes in a file: {text:?}");
 }
 
@@ -151,4 +151,61 @@ fn an_error_says_each_cause_once() {
     let text = stderr(&out);
     assert_eq!(text.matches("os error 2").count(), 1, "{text}");
     assert!(text.contains("/nonexistent/node.toml"), "{text}");
+}
+
+/// One node per site: while a site's stream is live, a second node for the site is
+/// refused (it used to take turns with the first, about every 0.3 s, forever, answering
+/// from whichever store held the stream); the operator sees it; when the first node
+/// stops, the second takes over.
+#[test]
+fn a_second_node_for_a_site_is_refused_while_the_first_is_live_and_takes_over_after() {
+    let mut net = Network::new(1, 50, 5);
+    net.start_node_connected("site-1");
+    let site = net.site("site-1");
+    let log = site.dir.join("second.log");
+    let mut second = serve_with_default_log(&site.dir.join("node.toml"), &log);
+    harness::wait_until(
+        "the second node to be refused",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(&log).is_ok_and(|text| text.contains("AlreadyExists")),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(
+        text.matches("another node of this site holds its stream")
+            .count(),
+        1,
+        "said once: {text}"
+    );
+    assert!(
+        !text.contains("ern::link: connected"),
+        "no flapping: {text}"
+    );
+    let nodes = harness::json(&harness::ok(
+        net.ern_as(&net.operator, &["operator", "nodes", "--format", "json"]),
+    ));
+    assert_eq!(nodes[0]["connected"], true, "{nodes}");
+    assert!(
+        nodes[0]["duplicates_refused"].as_u64() >= Some(1),
+        "{nodes}"
+    );
+    let audit = harness::json(&harness::ok(net.ern_as(
+        &net.operator,
+        &["operator", "audit", "--recent", "100", "--format", "json"],
+    )));
+    assert_eq!(
+        audit["counts"]["connected"], 1,
+        "the first node kept its stream: {audit}"
+    );
+
+    // The first node stops: the second takes the site over.
+    net.stop_node("site-1");
+    harness::wait_until(
+        "the second node to take over",
+        Duration::from_secs(60),
+        || std::fs::read_to_string(&log).is_ok_and(|text| text.contains("ern::link: connected")),
+    );
+    net.wait_connected("site-1");
+    let _ = second.kill();
+    let _ = second.wait();
 }

@@ -87,6 +87,8 @@ pub struct Coordinator {
     /// What each node reported of its privacy policy and its studies' spend, kept
     /// across its reconnections (the node keeps the ledger; this is what stewards see).
     privacy: Mutex<HashMap<String, SitePrivacy>>,
+    /// Second nodes refused per site while its stream was live: how many, and when last.
+    duplicates: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 /// A node's privacy policy and what each study has spent there, as the node reported.
@@ -143,6 +145,7 @@ impl Coordinator {
             merged: Notify::new(),
             rounds: Mutex::new(HashMap::new()),
             privacy: Mutex::new(HashMap::new()),
+            duplicates: Mutex::new(HashMap::new()),
         })
     }
 
@@ -282,14 +285,53 @@ impl Coordinator {
         sender.send(Ok(message)).await.is_ok()
     }
 
-    /// Registers a node's new stream (replacing an older one of the same site) and
-    /// returns its generation. Work sent on an older stream is sent again.
+    /// Second nodes refused for `site` while its stream was live, and when the last was.
+    pub fn duplicates_refused(&self, site: &str) -> (u64, u64) {
+        self.duplicates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(site)
+            .copied()
+            .unwrap_or((0, 0))
+    }
+
+    /// Refuses a second node for a site whose stream is live (open and heard from within
+    /// three heartbeats): two nodes for one site would take turns holding the stream and
+    /// answer from two stores. A stream that has gone silent is taken over.
+    fn refuse_second_node(&self, site: &str, now: u64) -> Result<(), Status> {
+        let stale_after = 3 * self.timing.heartbeat.as_secs().max(1);
+        let live = self.nodes().get(site).is_some_and(|connection| {
+            !connection.sender.is_closed()
+                && now.saturating_sub(connection.last_seen) <= stale_after
+        });
+        if !live {
+            return Ok(());
+        }
+        {
+            let mut duplicates = self
+                .duplicates
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let entry = duplicates.entry(site.to_string()).or_default();
+            entry.0 += 1;
+            entry.1 = now;
+        }
+        tracing::warn!(target: "ern::link", site, "a second node for the site was refused: its stream is live");
+        Err(Status::already_exists(format!(
+            "site {site} already has a node connected; one node per site: stop the other node (its stream is taken over {stale_after} s after it falls silent)"
+        )))
+    }
+
+    /// Registers a node's new stream and returns its generation; refused while another
+    /// node of the site holds a live one. Work sent on an older, dead stream is sent
+    /// again.
     pub async fn node_connected(
         &self,
         site: &str,
         hello: &v1::Hello,
         sender: NodeSender,
     ) -> Result<u64, Status> {
+        self.refuse_second_node(site, now_seconds())?;
         let (k, version) = (hello.k, crate::node_text::version(&hello.version));
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         // A new stream for a site ends its old one: a round it was in cannot complete.

@@ -149,6 +149,8 @@ async fn nodes(args: ConnectionArgs) -> anyhow::Result<()> {
                     "version": node.version,
                     "in_flight": node.in_flight,
                     "audit_head": node.audit_head,
+                    "duplicates_refused": node.duplicates_refused,
+                    "last_duplicate_at": node.last_duplicate_at,
                 })
             })
             .collect();
@@ -163,8 +165,9 @@ async fn nodes(args: ConnectionArgs) -> anyhow::Result<()> {
             "version",
             "in flight",
             "audit head",
+            "second nodes refused",
         ],
-        &["k", "in flight"],
+        &["k", "in flight", "second nodes refused"],
     );
     for node in nodes {
         table.add_row(vec![
@@ -175,6 +178,10 @@ async fn nodes(args: ConnectionArgs) -> anyhow::Result<()> {
             shown(&node.version),
             node.in_flight.to_string(),
             shown(&node.audit_head),
+            match node.duplicates_refused {
+                0 => "0".to_string(),
+                refused => format!("{refused} (last {})", format_time(node.last_duplicate_at)),
+            },
         ]);
     }
     println!("{table}");

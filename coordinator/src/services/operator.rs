@@ -103,6 +103,8 @@ impl Operator for OperatorService {
                     .unwrap_or_default(),
                 audit_head: record.map(|r| r.audit_head).unwrap_or_default(),
                 in_flight: self.core.db().in_flight(&site).map_err(internal)?,
+                duplicates_refused: self.core.duplicates_refused(&site).0,
+                last_duplicate_at: self.core.duplicates_refused(&site).1,
                 site,
             });
         }

@@ -102,6 +102,19 @@ impl LinkError {
             }
         )
     }
+
+    /// Whether the coordinator refused this node because another node of its site holds
+    /// the site's stream: retried (it is taken over once the other falls silent) but said
+    /// once.
+    pub fn is_second_node(&self) -> bool {
+        matches!(
+            self,
+            LinkError::Status {
+                code: tonic::Code::AlreadyExists,
+                ..
+            }
+        )
+    }
 }
 
 impl From<tonic::Status> for LinkError {
@@ -141,6 +154,7 @@ pub async fn run(engine: Arc<NodeEngine>, settings: LinkSettings) {
             backoff = settings.min_backoff;
             refused = None;
         }
+        let second_node = matches!(&ended, Err(error) if !welcomed && error.is_second_node());
         match ended {
             Ok(()) => tracing::info!(
                 target: LINK_LOG,
@@ -161,6 +175,16 @@ pub async fn run(engine: Arc<NodeEngine>, settings: LinkSettings) {
                 }
                 refused = Some(error);
                 tokio::time::sleep(jitter(settings.refused_backoff)).await;
+                continue;
+            }
+            Err(error) if second_node => {
+                let error = error_chain(&error);
+                if refused.as_ref() != Some(&error) {
+                    tracing::warn!(%error, "another node of this site holds its stream; waiting to take over");
+                }
+                refused = Some(error);
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(settings.max_backoff);
                 continue;
             }
             Err(error) => {
