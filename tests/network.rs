@@ -490,6 +490,39 @@ fn health_checking_and_reflection_answer_standard_clients() {
                 "{service} missing from {names:?}"
             );
         }
+        // The same over v1alpha, which some clients speak only (Python's
+        // grpcio-reflection got UNIMPLEMENTED).
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+        let token = ern_proto::transport::BearerToken::new(&net.operator).expect("token");
+        let channel = ern_proto::transport::endpoint(&net.url, Some(&trust))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect over TLS");
+        let mut alpha = AlphaClient::with_interceptor(channel, token);
+        let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(AlphaRequest::ListServices(String::new())),
+        };
+        let response = alpha
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .expect("v1alpha reflection")
+            .into_inner()
+            .message()
+            .await
+            .expect("reply")
+            .expect("one reply");
+        let Some(AlphaResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("not a service list");
+        };
+        assert!(
+            list.service.iter().any(|s| s.name == "ern.v1.Researcher"),
+            "{:?}",
+            list.service
+        );
     });
 }
 

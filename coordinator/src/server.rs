@@ -114,10 +114,18 @@ pub async fn serve(
     // are large; red team rounds 3 and 4 filled memory with reflection replies nobody
     // read): both take small messages.
     let health_service = health_service.max_decoding_message_size(PUBLIC_MESSAGE_BYTES);
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ern_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both versions of reflection: v1, and v1alpha for clients that speak only that
+    // (Python's grpcio-reflection, older grpcurl).
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ern_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()?
+        .max_decoding_message_size(PUBLIC_MESSAGE_BYTES);
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()?
         .max_decoding_message_size(PUBLIC_MESSAGE_BYTES);
 
     let ticker = {
@@ -145,6 +153,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(InterceptedService::new(
             reflection,
+            Gate::new(core.shared_db(), Role::Operator),
+        ))
+        .add_service(InterceptedService::new(
+            reflection_v1alpha,
             Gate::new(core.shared_db(), Role::Operator),
         ))
         .add_service(InterceptedService::new(

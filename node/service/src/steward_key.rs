@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use ring::digest;
-use ring::rand::SystemRandom;
+use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 
 use crate::pseudonym::write_secret_file;
@@ -157,9 +157,13 @@ pub fn generate_steward_key(prefix: &Path) -> Result<StewardPublicKey, StewardKe
             return Err(StewardKeyError::Exists { path: path.clone() });
         }
     }
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+    let mut seed = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut seed)
         .map_err(|_| StewardKeyError::Random)?;
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| StewardKeyError::Random)?;
+    let pkcs8 = pkcs8_v1(&seed);
+    let pair =
+        Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8).map_err(|_| StewardKeyError::Random)?;
     let public = StewardSigningKey { pair }.public_key();
     let io = |path: &Path, source: std::io::Error| match source.kind() {
         std::io::ErrorKind::AlreadyExists => StewardKeyError::Exists { path: path.into() },
@@ -171,6 +175,20 @@ pub fn generate_steward_key(prefix: &Path) -> Result<StewardPublicKey, StewardKe
     write_secret_file(&key_path, pem(pkcs8.as_ref()).as_bytes()).map_err(|e| io(&key_path, e))?;
     std::fs::write(&pub_path, format!("{}\n", public.to_hex())).map_err(|e| io(&pub_path, e))?;
     Ok(public)
+}
+
+/// The DER of an Ed25519 private key as PKCS#8 v1 (RFC 8410, section 7): SEQUENCE {
+/// version 0, AlgorithmIdentifier { id-Ed25519 (1.3.101.112) }, OCTET STRING { OCTET
+/// STRING seed } }, the form OpenSSL and Python's `cryptography` read. (ring writes v2,
+/// with the public key attached, which they do not; keys written so before still load.)
+pub fn pkcs8_v1(seed: &[u8; 32]) -> Vec<u8> {
+    const PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let mut der = PREFIX.to_vec();
+    der.extend_from_slice(seed);
+    der
 }
 
 fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
@@ -222,6 +240,49 @@ mod tests {
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    /// Issue 18: a steward key is PKCS#8 v1 (RFC 8410), which OpenSSL reads, and a key
+    /// written before as ring's v2 still loads.
+    #[test]
+    fn steward_keys_are_pkcs8_v1_that_openssl_reads_and_old_v2_keys_still_load() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let prefix = dir.path().join("alice");
+        let public = generate_steward_key(&prefix).expect("generate");
+        let key = dir.path().join("alice.key");
+        let text = std::fs::read_to_string(&key).expect("key");
+        let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .expect("base64");
+        assert_eq!(der.len(), 48, "a v1 document: prefix and seed only");
+        assert_eq!(&der[..16], &pkcs8_v1(&[0; 32])[..16]);
+
+        let v2 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("v2");
+        let old = dir.path().join("old.key");
+        std::fs::write(&old, pem(v2.as_ref())).expect("write");
+        StewardSigningKey::load(&old).expect("an old v2 key loads");
+
+        match std::process::Command::new("openssl")
+            .args(["pkey", "-in"])
+            .arg(&key)
+            .args(["-pubout", "-outform", "DER"])
+            .output()
+        {
+            Ok(out) => {
+                assert!(
+                    out.status.success(),
+                    "openssl pkey: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                // SubjectPublicKeyInfo: 12 bytes of header, then the 32-byte key.
+                assert_eq!(
+                    &out.stdout[out.stdout.len() - 32..],
+                    public.bytes.as_slice()
+                );
+            }
+            Err(_) => eprintln!("openssl is not installed here: the OpenSSL check is skipped"),
         }
     }
 }
