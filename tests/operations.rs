@@ -209,3 +209,43 @@ fn a_second_node_for_a_site_is_refused_while_the_first_is_live_and_takes_over_af
     let _ = second.kill();
     let _ = second.wait();
 }
+
+/// A missing file named in a configuration is reported with the key that names it and
+/// the configuration file (it said only "steward.pub: No such file or directory").
+#[test]
+fn a_missing_file_in_a_configuration_names_its_key_and_the_configuration() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = dir.path().join("node.toml");
+    std::fs::write(
+        &node,
+        "site_id = \"site-1\"\nstore = \"store\"\nstewards = [\"steward.pub\"]\nk = 5\ncoordinator = \"https://127.0.0.1:1\"\ntoken_file = \"node.token\"\n\n[tls]\nca = \"ca.pem\"\ncert = \"node.pem\"\nkey = \"node.key\"\n",
+    )
+    .expect("node.toml");
+    let out = harness::ern(&["node", "serve", "--config", harness::path(&node)]);
+    let text = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("node.toml: stewards[0] = \"steward.pub\""),
+        "{text}"
+    );
+    assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+
+    let coordinator = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &coordinator,
+        "listen = \"127.0.0.1:0\"\ndatabase = \"c.db\"\n\n[tls]\ncert = \"c.pem\"\nkey = \"c.key\"\nclient_ca = \"ca.pem\"\n",
+    )
+    .expect("coordinator.toml");
+    let out = harness::ern(&[
+        "coordinator",
+        "serve",
+        "--config",
+        harness::path(&coordinator),
+    ]);
+    let text = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("coordinator.toml: tls.cert = \"c.pem\""),
+        "{text}"
+    );
+}

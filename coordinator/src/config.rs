@@ -55,6 +55,18 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// A file the configuration names (by `key`) could not be read.
+    #[error("{config}: {key} = \"{file}\": {source}")]
+    NamedFile {
+        /// The configuration file.
+        config: PathBuf,
+        /// The key that names the file, e.g. `tls.cert`.
+        key: &'static str,
+        /// The file as the configuration names it.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The file is not valid TOML for this configuration.
     #[error("{path}: {message}")]
     Invalid {
@@ -281,14 +293,18 @@ impl CoordinatorConfig {
             }
             (None, true) => Transport::Plaintext,
             (Some(tls), false) => {
-                let read = |file: &Path| {
-                    let file = base.join(file);
-                    std::fs::read(&file).map_err(|source| ConfigError::Read { path: file, source })
+                let read = |key: &'static str, file: &Path| {
+                    std::fs::read(base.join(file)).map_err(|source| ConfigError::NamedFile {
+                        config: path.to_path_buf(),
+                        key,
+                        file: file.to_path_buf(),
+                        source,
+                    })
                 };
                 Transport::Tls(ServerTls {
-                    cert_pem: read(&tls.cert)?,
-                    key_pem: read(&tls.key)?,
-                    client_ca_pem: read(&tls.client_ca)?,
+                    cert_pem: read("tls.cert", &tls.cert)?,
+                    key_pem: read("tls.key", &tls.key)?,
+                    client_ca_pem: read("tls.client_ca", &tls.client_ca)?,
                 })
             }
         };

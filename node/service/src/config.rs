@@ -80,6 +80,18 @@ pub enum NodeConfigError {
         /// What is wrong (for TOML errors, with line and column).
         message: String,
     },
+    /// A file the configuration names (by `key`) could not be read or used.
+    #[error("{config}: {key} = \"{file}\": {message}")]
+    NamedFile {
+        /// The configuration file.
+        config: PathBuf,
+        /// The key that names the file, e.g. `stewards[0]` or `tls.cert`.
+        key: String,
+        /// The file as the configuration names it.
+        file: PathBuf,
+        /// Why it could not be read or used.
+        message: String,
+    },
     /// A steward key could not be loaded.
     #[error(transparent)]
     StewardKey(#[from] StewardKeyError),
@@ -239,12 +251,28 @@ impl NodeConfig {
                 "dominance_top must be at least 1 and dominance_percent within (0, 100]".into(),
             ));
         }
+        let named = |key: String, file: &Path, message: String| NodeConfigError::NamedFile {
+            config: path.to_path_buf(),
+            key,
+            file: file.to_path_buf(),
+            message,
+        };
         let stewards = raw
             .stewards
             .iter()
-            .map(|p| StewardPublicKey::load(&base.join(p)))
+            .enumerate()
+            .map(|(index, file)| {
+                StewardPublicKey::load(&base.join(file)).map_err(|error| {
+                    named(
+                        format!("stewards[{index}]"),
+                        file,
+                        without_path(&error, file),
+                    )
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let token = read(&base.join(&raw.token_file))?;
+        let token = std::fs::read_to_string(base.join(&raw.token_file))
+            .map_err(|source| named("token_file".into(), &raw.token_file, source.to_string()))?;
         if token.trim().is_empty() {
             return Err(invalid(format!(
                 "the token file {} is empty",
@@ -255,6 +283,7 @@ impl NodeConfig {
         let tls = transport(&raw, base).map_err(|message| match message {
             TransportProblem::Invalid(message) => invalid(message),
             TransportProblem::Read(error) => error,
+            TransportProblem::Named { key, file, message } => named(key, &file, message),
         })?;
         let mut policy = NodePolicy::new(&raw.site_id, stewards);
         policy.k = raw.k;
@@ -269,11 +298,13 @@ impl NodeConfig {
             .map_err(|problem| match problem {
                 TransportProblem::Invalid(message) => invalid(message),
                 TransportProblem::Read(error) => error,
+                TransportProblem::Named { key, file, message } => named(key, &file, message),
             })?;
         policy.privacy = privacy_policy(raw.privacy.as_ref(), base, &base.join(&raw.store))
             .map_err(|problem| match problem {
                 TransportProblem::Invalid(message) => invalid(message),
                 TransportProblem::Read(error) => error,
+                TransportProblem::Named { key, file, message } => named(key, &file, message),
             })?;
         Ok(NodeConfig {
             store: base.join(raw.store),
@@ -457,6 +488,22 @@ fn privacy_policy(
 enum TransportProblem {
     Invalid(String),
     Read(NodeConfigError),
+    /// A file the configuration names by `key` could not be read.
+    Named {
+        key: String,
+        file: PathBuf,
+        message: String,
+    },
+}
+
+/// An error's text without the file path it starts with (the caller names the file as
+/// the configuration writes it).
+fn without_path(error: &dyn std::fmt::Display, file: &Path) -> String {
+    let text = error.to_string();
+    match text.split_once(": ") {
+        Some((head, rest)) if head.ends_with(&*file.to_string_lossy()) => rest.to_string(),
+        _ => text,
+    }
 }
 
 /// TLS for `https://` coordinators, plaintext only when asked for and only to loopback.
@@ -465,15 +512,16 @@ fn transport(raw: &RawNodeConfig, base: &Path) -> Result<Option<ClientTls>, Tran
         .map_err(|error| TransportProblem::Invalid(format!("coordinator: {error}")))?;
     match (plaintext, &raw.tls, raw.plaintext) {
         (false, Some(tls), false) => {
-            let read = |file: &Path| {
-                let file = base.join(file);
-                std::fs::read(&file).map_err(|source| {
-                    TransportProblem::Read(NodeConfigError::Read { path: file, source })
+            let read = |key: &str, file: &Path| {
+                std::fs::read(base.join(file)).map_err(|source| TransportProblem::Named {
+                    key: format!("tls.{key}"),
+                    file: file.to_path_buf(),
+                    message: source.to_string(),
                 })
             };
             Ok(Some(ClientTls {
-                ca_pem: read(&tls.ca)?,
-                identity: Some((read(&tls.cert)?, read(&tls.key)?)),
+                ca_pem: read("ca", &tls.ca)?,
+                identity: Some((read("cert", &tls.cert)?, read("key", &tls.key)?)),
                 domain: tls.domain.clone(),
             }))
         }
