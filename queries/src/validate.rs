@@ -282,7 +282,7 @@ fn summed_values(
             summed.extend(additive_terms(argument));
             for value in summed {
                 let bound = match below.values.of_expr(&value, schema) {
-                    Value::Plain { bound } => Some(bound),
+                    Value::Plain { bound, .. } => Some(bound),
                     Value::Derived(_) => None,
                 };
                 if squared {

@@ -8,6 +8,7 @@ mod domain;
 mod fuzz;
 mod red_team_privacy;
 mod red_team_secure;
+mod red_team_spreads;
 mod split_merge;
 mod validation;
 mod variance;

@@ -1,0 +1,126 @@
+//! Red team of the spreads (VAR_SAMP, VAR_POP, STDDEV_SAMP, STDDEV_POP) at the barrier.
+
+use arrow::array::AsArray;
+use arrow::datatypes::{Float64Type, Int64Type};
+use ern_queries::Rule;
+use ern_queries::catalog::planning_state;
+
+use crate::common::validate;
+use crate::variance::{Diagnosis, Patient, Rows, released, site_output};
+
+/// One patient per diagnosis row: `(onset, diagnosis)` ages.
+fn site_with(ages: &[(i32, i32)]) -> Rows {
+    let mut rows = Rows::default();
+    for (i, (onset, diagnosis)) in ages.iter().enumerate() {
+        let pid = format!("p{i}");
+        rows.patients.push(Patient {
+            pid: pid.clone(),
+            birth_year: 1970,
+            birth_month: Some(1),
+            sex: "female",
+        });
+        rows.diagnoses.push(Diagnosis {
+            pid,
+            code: "ORPHA:154",
+            onset: Some(*onset),
+            diagnosis: Some(*diagnosis),
+        });
+    }
+    rows
+}
+
+/// Six patients with onset 30 (x = 0), six diagnosed at 40 (y = 0), and the target with
+/// onset 50 and diagnosis 63: of all patients, only the target has x·y ≠ 0.
+fn covariance_site() -> Rows {
+    let mut ages: Vec<(i32, i32)> = (50..56).map(|d| (30, d)).collect();
+    ages.extend((10..16).map(|o| (o, 40)));
+    ages.push((50, 63));
+    site_with(&ages)
+}
+
+const COVARIANCE: &str = "SELECT COUNT(*) AS n, SUM(d.age_at_onset - 30) AS sx, SUM(d.age_at_diagnosis - 40) AS sy, VAR_POP(d.age_at_onset - 30) AS vx, VAR_POP(d.age_at_diagnosis - 40) AS vy, VAR_POP(d.age_at_onset + d.age_at_diagnosis - 70) AS vs FROM diagnosis d";
+
+/// `VAR(x)`, `VAR(y)` and `VAR(x + y)` of one group give `Σxy` (a covariance), here
+/// the target's product alone: each variance passes k and the dominance rule, so only
+/// the argument's shape can stop it. Plain DataFusion shows the arithmetic; ern refuses
+/// the spread of a combination of two values.
+#[tokio::test]
+async fn a_covariance_from_three_variances_is_refused() {
+    let site = covariance_site();
+    let pooled = site
+        .context()
+        .sql(COVARIANCE)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    let batch = &pooled[0];
+    let n = batch.column(0).as_primitive::<Int64Type>().value(0) as f64;
+    let sx = batch.column(1).as_primitive::<Int64Type>().value(0) as f64;
+    let sy = batch.column(2).as_primitive::<Int64Type>().value(0) as f64;
+    let v = |i: usize| batch.column(i).as_primitive::<Float64Type>().value(0);
+    let covariance = (v(5) - v(3) - v(4)) / 2.0;
+    let products = n * (covariance + (sx / n) * (sy / n));
+    assert_eq!(
+        products.round(),
+        460.0,
+        "the target's (50 - 30) * (63 - 40)"
+    );
+
+    let state = planning_state().expect("planning");
+    let refusal = validate(COVARIANCE, &state).await.expect_err("covariance");
+    assert_eq!(refusal.rule, Rule::BarrierAggregates, "{refusal}");
+    assert!(refusal.to_string().contains("one value"), "{refusal}");
+    // The two single-column spreads are released as before.
+    let single = "SELECT COUNT(*) AS n, VAR_POP(d.age_at_onset - 30) AS vx, VAR_POP(d.age_at_diagnosis - 40) AS vy FROM diagnosis d";
+    let out = released(&site_output(single, &site).await, Some(5));
+    assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+}
+
+/// The combination moved into a subquery, a per-patient aggregate, a join, a second
+/// read of the same table or a cast is still two values.
+#[tokio::test]
+async fn a_combination_of_values_is_refused_wherever_it_is_made() {
+    let state = planning_state().expect("planning");
+    for sql in [
+        "SELECT VAR_POP(p.birth_year + p.birth_month) FROM patient p",
+        "SELECT VAR_POP(CAST(p.birth_year AS BIGINT) - CAST(p.birth_month AS BIGINT)) FROM patient p",
+        "SELECT VAR_POP(x.s) FROM (SELECT pid, age_at_onset + age_at_diagnosis AS s FROM diagnosis) x",
+        "SELECT STDDEV(x.s) FROM (SELECT pid, SUM(age_at_onset + age_at_diagnosis) AS s FROM diagnosis GROUP BY pid) x",
+        "SELECT VAR_SAMP(x.a + x.b) FROM (SELECT pid, SUM(age_at_onset) AS a, SUM(age_at_diagnosis) AS b FROM diagnosis GROUP BY pid) x",
+        "SELECT VAR_POP(x.hi - x.lo) FROM (SELECT pid, MAX(age_at_onset) AS hi, MIN(age_at_onset) AS lo FROM diagnosis GROUP BY pid) x",
+        "SELECT VAR_POP(x.n - x.s) FROM (SELECT pid, COUNT(*) AS n, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x",
+        "SELECT VAR_POP(d1.age_at_onset - d2.age_at_onset) FROM diagnosis d1 JOIN diagnosis d2 ON d1.pid = d2.pid",
+        "SELECT STDDEV_POP(p.birth_year + d.age_at_onset) FROM patient p JOIN diagnosis d ON d.pid = p.pid",
+        "WITH x AS (SELECT pid, age_at_onset AS a FROM diagnosis) SELECT VAR_POP(x1.a - x2.a) FROM x x1 JOIN x x2 ON x1.pid = x2.pid",
+        "SELECT VAR_POP(y.t) FROM (SELECT x.pid, x.a - x.b AS t FROM (SELECT pid, age_at_onset AS a, age_at_diagnosis AS b FROM diagnosis) x) y",
+    ] {
+        let refusal = validate(sql, &state).await.expect_err(sql);
+        assert_eq!(refusal.rule, Rule::BarrierAggregates, "{sql}: {refusal}");
+        assert!(
+            refusal.to_string().contains("one value"),
+            "{sql}: {refusal}"
+        );
+    }
+}
+
+/// One value, shifted or scaled by literals, renamed, cast, or aggregated per patient,
+/// is still a spread's argument; SUM and AVG of combinations stay allowed (their
+/// differences are sums again).
+#[tokio::test]
+async fn one_value_shifted_scaled_or_aggregated_per_patient_is_accepted() {
+    let state = planning_state().expect("planning");
+    for sql in [
+        "SELECT VAR_POP(3 * d.age_at_onset - 20) FROM diagnosis d",
+        "SELECT VAR_POP(d.age_at_onset + d.age_at_onset) FROM diagnosis d",
+        "SELECT STDDEV(CAST(p.birth_year AS BIGINT) - 1900) FROM patient p",
+        "SELECT VAR_SAMP(x.a) FROM (SELECT pid, age_at_onset AS a FROM diagnosis) x",
+        "SELECT VAR_SAMP(x.s), VAR_SAMP(x.n) FROM (SELECT pid, SUM(age_at_onset) AS s, COUNT(*) AS n FROM diagnosis GROUP BY pid) x",
+        "SELECT p.sex, VAR_POP(p.birth_year), VAR_POP(d.age_at_onset), SUM(p.birth_year + d.age_at_onset) FROM patient p JOIN diagnosis d ON d.pid = p.pid GROUP BY p.sex",
+    ] {
+        validate(sql, &state)
+            .await
+            .unwrap_or_else(|refusal| panic!("{sql}: {refusal}"));
+    }
+}
