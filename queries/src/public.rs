@@ -8,8 +8,16 @@
 //! marked as reference data. What still applies is what protects the coordinator: one
 //! read-only SELECT (rule 1), the network's allowlisted scalar functions (none of them
 //! repeats or pads to a length the query chooses), a bounded amount of work (at most
-//! [`MAX_SCANS`] table reads and [`MAX_ROW_COMBINATIONS`] combinations of their rows),
+//! [`MAX_SCANS`] table reads and [`MAX_ROW_COMBINATIONS`] combinations of their rows,
+//! at most [`MAX_MEMORY`] held at once and never spilled to disk, no recursive CTE),
 //! and at most [`MAX_ROWS`] rows out.
+//!
+//! The row limit caps what comes out, not what a sort, a grouping, a window or an
+//! aggregate holds on the way: red team, over three reads whose rows combine in 65
+//! million ways, a `GROUP BY` of every combination, `row_number() OVER (ORDER BY …)` and
+//! `string_agg` grew by gigabytes, and a recursive CTE counting up never ended; the
+//! coordinator's time limit does not bound memory. Hence the memory pool and no
+//! recursion.
 
 use std::sync::Arc;
 
@@ -18,6 +26,8 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
@@ -35,6 +45,10 @@ pub const MAX_ROWS: usize = 10_000;
 
 /// Most table reads in a reference question.
 pub const MAX_SCANS: usize = 3;
+
+/// Most memory a reference question's operators may hold at once (its sorts, groupings,
+/// windows, joins and aggregates): beyond it the question is refused, never spilled.
+pub const MAX_MEMORY: usize = 256 << 20;
 
 /// Most combinations of the rows of the tables a reference question reads (the product
 /// of their row counts): what its joins could have to look at, at worst.
@@ -68,9 +82,18 @@ pub fn reads_only_reference_tables(sql: &str) -> bool {
             .all(|table| table.schema().is_none() && REFERENCE_TABLES.contains(&table.table()))
 }
 
-/// A context holding the reference tables and nothing else.
+/// A context holding the reference tables and nothing else, under [`MAX_MEMORY`], with
+/// no disk to spill to and no recursive CTEs.
 fn reference_context() -> datafusion::error::Result<SessionContext> {
-    let ctx = SessionContext::new_with_config(session_config());
+    let mut config = session_config();
+    config.options_mut().execution.enable_recursive_ctes = false;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(MAX_MEMORY, 1.0)
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        )
+        .build_arc()?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     for (name, batch) in [
         ("orpha_term", reference::orpha_term_batch()?),
         ("orpha_closure", reference::orpha_closure_batch()?),
@@ -172,8 +195,23 @@ fn check_functions(plan: &LogicalPlan) -> Result<(), Refusal> {
     refused.map_or(Ok(()), Err)
 }
 
-/// A failure while answering (the tables are public, so the reason may be shown).
+/// A failure while answering (the tables are public, so the reason may be shown); a
+/// question that needs more than [`MAX_MEMORY`] is refused by rule 8.
 fn failed(error: datafusion::error::DataFusionError) -> Refusal {
+    if matches!(
+        error.find_root(),
+        datafusion::error::DataFusionError::ResourcesExhausted(_)
+    ) {
+        return Refusal::new(
+            Rule::ResourceLimits,
+            "the query",
+            format!(
+                "needs more than {} MiB to answer over the reference data",
+                MAX_MEMORY >> 20
+            ),
+        )
+        .hint("narrow it with WHERE, join fewer reads, or group by fewer combinations");
+    }
     let reason = error.strip_backtrace();
     Refusal::new(
         Rule::OneQuery,

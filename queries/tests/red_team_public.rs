@@ -1,0 +1,81 @@
+//! Red team of the questions over the reference tables alone, answered by the
+//! coordinator: no patient table reaches them, and no question stalls the coordinator
+//! or grows its memory without bound.
+
+use std::time::{Duration, Instant};
+
+use ern_queries::Rule;
+use ern_queries::public::{answer, reads_only_reference_tables};
+
+/// A patient table, a table function, a file, another schema or the catalogue's own
+/// views anywhere in the question (a subquery, a set operation, a join) make it a
+/// question for the disclosure rules, not a public one.
+#[test]
+fn only_the_reference_tables_make_a_public_question() {
+    for sql in [
+        "SELECT * FROM orpha_term WHERE orpha_code IN (SELECT code FROM diagnosis)",
+        "SELECT orpha_code FROM orpha_term UNION ALL SELECT code FROM diagnosis",
+        "SELECT t.name FROM orpha_term t JOIN patient p ON p.sex = t.name",
+        "WITH x AS (SELECT code FROM diagnosis) SELECT * FROM orpha_term, x",
+        "SELECT * FROM orpha_term, generate_series(1, 10)",
+        "SELECT * FROM orpha_term, range(1, 10)",
+        "SELECT * FROM information_schema.tables",
+        "SELECT * FROM orpha_term, information_schema.columns",
+        "SELECT * FROM 'patients.csv'",
+        "SELECT * FROM public.orpha_term",
+        "SELECT * FROM ern.public.orpha_term",
+        "SELECT * FROM orpha_term; SELECT * FROM patient",
+        "SELECT 1",
+    ] {
+        assert!(!reads_only_reference_tables(sql), "{sql}");
+    }
+}
+
+/// A CTE named like a patient table is the CTE: the coordinator's context holds the
+/// reference tables and nothing else, so there is no patient row to reach.
+#[tokio::test]
+async fn a_cte_named_patient_reads_only_what_it_names() {
+    let sql =
+        "WITH patient AS (SELECT orpha_code FROM orpha_term) SELECT COUNT(*) AS n FROM patient";
+    assert!(reads_only_reference_tables(sql));
+    let answered = answer(sql).await.expect("answered");
+    assert_eq!(answered.batches[0].num_rows(), 1);
+    let refusal = answer("SELECT COUNT(*) AS n FROM orpha_term, patient")
+        .await
+        .expect_err("no patient table here");
+    assert_eq!(refusal.rule, Rule::OneQuery, "{refusal}");
+}
+
+/// A recursive CTE that counts up never ends: refused while planning.
+#[tokio::test]
+async fn a_recursive_cte_is_refused_before_it_runs() {
+    let sql = "WITH RECURSIVE r(n) AS (SELECT MIN(1) AS n FROM orpha_term UNION ALL SELECT n + 1 FROM r) SELECT COUNT(*) AS n FROM r";
+    assert!(reads_only_reference_tables(sql));
+    let started = Instant::now();
+    let refusal = answer(sql).await.expect_err("recursion");
+    assert_eq!(refusal.rule, Rule::OneQuery, "{refusal}");
+    assert!(refusal.to_string().contains("Recursive"), "{refusal}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// The row limit caps what comes out, not what a window's sort or an aggregate holds:
+/// over 65 million combinations of three reads these grew by gigabytes (red team). The
+/// memory pool refuses them by rule 8, without spilling to disk.
+#[tokio::test]
+async fn a_window_or_aggregate_over_millions_of_combinations_is_refused_for_memory() {
+    for sql in [
+        "SELECT row_number() OVER (ORDER BY a.name, b.name, c.ancestor) AS r FROM orpha_term a, orpha_term b, orpha_closure c",
+        "SELECT string_agg(concat(a.name, b.name, c.ancestor), ',') AS s FROM orpha_term a, orpha_term b, orpha_closure c",
+    ] {
+        assert!(reads_only_reference_tables(sql));
+        let refusal = answer(sql).await.expect_err(sql);
+        assert_eq!(refusal.rule, Rule::ResourceLimits, "{sql}: {refusal}");
+    }
+    // What fits is answered as before.
+    let fits = answer(
+        "SELECT c.ancestor, COUNT(*) AS n FROM orpha_closure c GROUP BY c.ancestor ORDER BY n DESC",
+    )
+    .await
+    .expect("answered");
+    assert!(!fits.batches.is_empty());
+}
