@@ -124,3 +124,65 @@ async fn one_value_shifted_scaled_or_aggregated_per_patient_is_accepted() {
             .unwrap_or_else(|refusal| panic!("{sql}: {refusal}"));
     }
 }
+
+/// Patients with one diagnosis row each, and the target with two (onsets 40 and 47).
+fn join_back_site() -> Rows {
+    let mut rows = site_with(&(0..12).map(|i| (20 + i, 30 + i)).collect::<Vec<_>>());
+    rows.diagnoses.push(Diagnosis {
+        pid: "p11".into(),
+        code: "ORPHA:154",
+        onset: Some(40),
+        diagnosis: Some(50),
+    });
+    rows.diagnoses[11].onset = Some(47);
+    rows
+}
+
+const JOIN_BACK: &str = "SELECT COUNT(*) AS n, SUM(x.s) AS a, SUM(d.age_at_onset) AS b, VAR_POP(x.s) AS va, VAR_POP(d.age_at_onset) AS vb FROM (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x JOIN diagnosis d ON d.pid = x.pid";
+
+/// A per-patient value joined back to the patient's rows is repeated once per row, so
+/// it is weighted by the patient's number of rows: `SUM(x.s) - SUM(d.v)` is the sum of
+/// `(rows - 1) · s` over patients, zero for every patient with one row, and so the
+/// target's own total alone (with the spreads, both her values). Each aggregate passed k
+/// and dominance; a per-patient value joined to rows that can repeat a patient is not
+/// plain.
+#[tokio::test]
+async fn a_per_patient_value_joined_back_to_the_patients_rows_is_refused() {
+    let site = join_back_site();
+    let pooled = site
+        .context()
+        .sql(JOIN_BACK)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    let batch = &pooled[0];
+    let total = |i: usize| batch.column(i).as_primitive::<Int64Type>().value(0);
+    assert_eq!(total(1) - total(2), 87, "the target's 40 + 47");
+    let state = planning_state().expect("planning");
+    for sql in [
+        JOIN_BACK,
+        "SELECT SUM(x.s) AS a, SUM(d.age_at_onset) AS b FROM (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x JOIN diagnosis d ON d.pid = x.pid",
+        "SELECT SUM(x.m) AS a, SUM(d.age_at_onset) AS b FROM (SELECT pid, MAX(age_at_onset) AS m FROM diagnosis GROUP BY pid) x JOIN diagnosis d ON d.pid = x.pid",
+        "SELECT SUM(x.n) AS a, COUNT(*) AS b FROM (SELECT pid, COUNT(*) AS n FROM diagnosis GROUP BY pid) x JOIN diagnosis d ON d.pid = x.pid",
+        "SELECT VAR_POP(y.t) FROM (SELECT d.pid, SUM(x.s) AS t FROM (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x JOIN diagnosis d ON d.pid = x.pid GROUP BY d.pid) y",
+        "SELECT AVG(x.s) FROM diagnosis d JOIN (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x ON d.pid = x.pid",
+    ] {
+        let Err(refusal) = validate(sql, &state).await else {
+            panic!("{sql}: accepted");
+        };
+        assert_eq!(refusal.rule, Rule::BarrierAggregates, "{sql}: {refusal}");
+    }
+    // Joined to one row per patient (the patient table, another per-patient grouping),
+    // or only counted, it stays usable.
+    for sql in [
+        "SELECT p.sex, SUM(x.s) AS a, VAR_POP(x.s) AS v FROM patient p JOIN (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x ON p.pid = x.pid GROUP BY p.sex",
+        "SELECT SUM(x.s) AS a, SUM(y.n) AS b FROM (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x JOIN (SELECT pid, COUNT(*) AS n FROM phenotype GROUP BY pid) y ON x.pid = y.pid",
+        "SELECT x.s, COUNT(DISTINCT d.pid) AS n FROM (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x JOIN diagnosis d ON d.pid = x.pid GROUP BY x.s",
+    ] {
+        validate(sql, &state)
+            .await
+            .unwrap_or_else(|refusal| panic!("{sql}: {refusal}"));
+    }
+}

@@ -449,6 +449,17 @@ impl Values {
         }
     }
 
+    /// The same columns, none of them plain any more, for `why`.
+    pub(crate) fn derived(self, why: &'static str) -> Values {
+        Values {
+            columns: self
+                .columns
+                .into_keys()
+                .map(|column| (column, Value::Derived(why)))
+                .collect(),
+        }
+    }
+
     /// Both sides of a join.
     pub(crate) fn union(mut self, other: Values) -> Values {
         self.columns.extend(other.columns);
