@@ -79,3 +79,34 @@ async fn a_window_or_aggregate_over_millions_of_combinations_is_refused_for_memo
     .expect("answered");
     assert!(!fits.batches.is_empty());
 }
+
+/// The deepest reference questions the shape check lets through (a constant chain the
+/// constant check evaluates, an arithmetic chain run on every row) are answered, not
+/// crashed, on a thread with half the stack ern's runtime threads have.
+#[test]
+fn the_deepest_reference_questions_are_answered_in_half_the_runtime_stack() {
+    use ern_queries::validate::{MAX_SQL_OPERATORS, PLANNING_STACK_BYTES};
+    // COUNT(*)'s star and the `=` count as operators too.
+    let concatenated = vec!["'a'"; MAX_SQL_OPERATORS - 1].join(" || ");
+    let summed = vec!["length(t.name)"; MAX_SQL_OPERATORS - 1].join(" + ");
+    let questions = [
+        format!("SELECT COUNT(*) AS n FROM orpha_term t WHERE t.orpha_code = {concatenated}"),
+        format!("SELECT COUNT(*) AS n FROM orpha_term t WHERE 1 = {summed}"),
+    ];
+    for sql in questions {
+        let worker = std::thread::Builder::new()
+            .stack_size(PLANNING_STACK_BYTES / 2)
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                runtime
+                    .block_on(answer(&sql))
+                    .map(|_| ())
+                    .map_err(|refusal| refusal.to_string())
+            })
+            .expect("thread");
+        let answered = worker.join().expect("no stack overflow");
+        answered.expect("answered");
+    }
+}
