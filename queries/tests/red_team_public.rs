@@ -110,3 +110,42 @@ fn the_deepest_reference_questions_are_answered_in_half_the_runtime_stack() {
         answered.expect("answered");
     }
 }
+
+/// A text or list aggregate over a growing window frame builds a value per row as long
+/// as the frame: quadratic in the rows, outside the memory pool (red team: over two
+/// reads of orpha_term it asked for gigabytes at once and the process aborted). Window
+/// functions over reference data give fixed-width values only.
+#[tokio::test]
+async fn a_window_that_grows_a_text_or_list_per_row_is_refused() {
+    for sql in [
+        "SELECT length(string_agg(a.name, ',') OVER (ORDER BY a.orpha_code, b.orpha_code ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) AS l FROM orpha_term a, orpha_term b",
+        "SELECT array_agg(a.name) OVER (ORDER BY a.orpha_code) AS l FROM orpha_term a",
+        "SELECT first_value(a.name) OVER (ORDER BY a.orpha_code) AS l FROM orpha_term a",
+    ] {
+        assert!(reads_only_reference_tables(sql));
+        let refusal = answer(sql).await.expect_err(sql);
+        assert!(refusal.rule == Rule::ResourceLimits, "{sql}: {refusal}");
+    }
+    for sql in [
+        "SELECT a.orpha_code, row_number() OVER (ORDER BY a.name) AS r, COUNT(*) OVER (PARTITION BY a.name) AS n FROM orpha_term a",
+        "SELECT SUM(length(a.name)) OVER (ORDER BY a.orpha_code ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS l FROM orpha_term a",
+    ] {
+        answer(sql)
+            .await
+            .unwrap_or_else(|refusal| panic!("{sql}: {refusal}"));
+    }
+}
+
+/// The row limit bounds the rows, not their width: 10,000 rows of a `concat` of 3,000
+/// names made gigabytes. The answer's size is capped too, batch by batch.
+#[tokio::test]
+async fn an_answer_of_wide_rows_is_refused_by_its_size() {
+    let names = vec!["a.name"; 3000].join(", ");
+    let sql = format!("SELECT concat({names}) AS wide FROM orpha_term a, orpha_closure c");
+    assert!(reads_only_reference_tables(&sql));
+    let started = Instant::now();
+    let refusal = answer(&sql).await.expect_err("too wide");
+    assert_eq!(refusal.rule, Rule::ResourceLimits, "{refusal}");
+    assert!(refusal.to_string().contains("MiB"), "{refusal}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
