@@ -186,3 +186,50 @@ async fn a_per_patient_value_joined_back_to_the_patients_rows_is_refused() {
             .unwrap_or_else(|refusal| panic!("{sql}: {refusal}"));
     }
 }
+
+/// Values at the largest plain magnitude (about 2^32, squares near 2^64): the sum of
+/// squares and the merge stay exact, with no overflow a value could trigger (a failure
+/// that depends on data would be an oracle).
+#[tokio::test]
+async fn a_spread_at_the_largest_plain_magnitude_is_exact() {
+    let mut site = site_with(&[(1, 1); 7]);
+    for (patient, year) in site.patients.iter_mut().zip(2094..) {
+        patient.birth_year = year;
+    }
+    let sql = "SELECT VAR_POP(p.birth_year * 2045222) AS v, VAR_SAMP(p.birth_year * -2045222) AS s FROM patient p";
+    let state = planning_state().expect("planning");
+    let query = validate(sql, &state).await.expect("valid");
+    let out = released(&site_output(sql, &site).await, Some(5));
+    let merged = query.merge(out).await.expect("merge");
+    let batch = &merged[0];
+    let v = |i: usize| batch.column(i).as_primitive::<Float64Type>().value(0);
+    // 2094..=2100: population variance 4, sample variance 14/3, times the scale squared.
+    let scale = 2_045_222_f64 * 2_045_222_f64;
+    assert_eq!(v(0), 4.0 * scale);
+    assert!(
+        (v(1) - 14.0 / 3.0 * scale).abs() <= 1e-12 * v(1),
+        "{}",
+        v(1)
+    );
+}
+
+/// Under secure aggregation the sum of squares is a 64-bit integer: a value of at most
+/// 2^16 in magnitude goes into the vector, one beyond it runs per site, and says so.
+#[tokio::test]
+async fn a_secure_spread_stops_at_the_square_bound() {
+    let state = planning_state().expect("planning");
+    let secure = validate(
+        "SELECT p.sex, VAR_POP(p.birth_year * 31) AS v FROM patient p GROUP BY p.sex",
+        &state,
+    )
+    .await
+    .expect("valid");
+    assert_eq!(secure.mode().name(), "secure", "{:?}", secure.mode());
+    let per_site = validate(
+        "SELECT p.sex, VAR_POP(p.birth_year * 32) AS v FROM patient p GROUP BY p.sex",
+        &state,
+    )
+    .await
+    .expect("valid");
+    assert_eq!(per_site.mode().name(), "per-site", "{:?}", per_site.mode());
+}
