@@ -149,3 +149,61 @@ async fn an_answer_of_wide_rows_is_refused_by_its_size() {
     assert!(refusal.to_string().contains("MiB"), "{refusal}");
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+/// WITH tables each joining the previous one to itself, side by side or nested in each
+/// other's bodies: each use is planned as a copy, so the reads double per link. Twenty
+/// links took planning past gigabytes and minutes before the scans could be counted
+/// (red team), on the coordinator and on every node. Refused from the parsed question.
+#[test]
+fn a_chain_of_with_tables_is_refused_before_it_is_planned() {
+    use ern_queries::catalog::planning_state;
+    let chained = |table: &str, key: &str| {
+        let mut sql = format!("WITH a0 AS (SELECT {key} FROM {table})");
+        for i in 1..=24 {
+            let p = i - 1;
+            sql.push_str(&format!(
+                ", a{i} AS (SELECT x.{key} FROM a{p} x JOIN a{p} y ON x.{key} = y.{key})"
+            ));
+        }
+        sql + " SELECT COUNT(*) AS n FROM a24"
+    };
+    let nested = |table: &str, key: &str| {
+        let mut body = format!("SELECT {key} FROM {table}");
+        for i in 1..=24 {
+            body = format!(
+                "WITH a{i} AS ({body}) SELECT x.{key} FROM a{i} x JOIN a{i} y ON x.{key} = y.{key}"
+            );
+        }
+        format!("SELECT COUNT(*) AS n FROM ({body}) t")
+    };
+    let questions = [
+        chained("orpha_term", "orpha_code"),
+        nested("orpha_term", "orpha_code"),
+        chained("patient", "pid"),
+        nested("patient", "pid"),
+    ];
+    for sql in questions {
+        let worker = std::thread::Builder::new()
+            .stack_size(ern_queries::validate::PLANNING_STACK_BYTES)
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                let started = Instant::now();
+                let refusal = if reads_only_reference_tables(&sql) {
+                    runtime.block_on(answer(&sql)).expect_err("refused")
+                } else {
+                    let state = planning_state().expect("planning");
+                    runtime
+                        .block_on(crate::common::validate(&sql, &state))
+                        .expect_err("refused")
+                };
+                (refusal, started.elapsed())
+            })
+            .expect("thread");
+        let (refusal, took) = worker.join().expect("no crash");
+        assert_eq!(refusal.rule, Rule::ResourceLimits, "{refusal}");
+        assert!(refusal.to_string().contains("WITH tables"), "{refusal}");
+        assert!(took < Duration::from_secs(2), "{took:?}: {refusal}");
+    }
+}
