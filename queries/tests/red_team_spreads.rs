@@ -168,6 +168,8 @@ async fn a_per_patient_value_joined_back_to_the_patients_rows_is_refused() {
         "SELECT SUM(x.n) AS a, COUNT(*) AS b FROM (SELECT pid, COUNT(*) AS n FROM diagnosis GROUP BY pid) x JOIN diagnosis d ON d.pid = x.pid",
         "SELECT VAR_POP(y.t) FROM (SELECT d.pid, SUM(x.s) AS t FROM (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x JOIN diagnosis d ON d.pid = x.pid GROUP BY d.pid) y",
         "SELECT AVG(x.s) FROM diagnosis d JOIN (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x ON d.pid = x.pid",
+        "SELECT SUM(x.s) AS a, SUM(d.age_at_onset) AS b FROM (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x, diagnosis d WHERE x.pid = d.pid",
+        "SELECT SUM(x.s) AS a, SUM(d.age_at_onset) AS b FROM (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x JOIN patient p ON p.pid = x.pid JOIN diagnosis d ON d.pid = p.pid",
     ] {
         let Err(refusal) = validate(sql, &state).await else {
             panic!("{sql}: accepted");
