@@ -235,3 +235,38 @@ async fn a_secure_spread_stops_at_the_square_bound() {
     .expect("valid");
     assert_eq!(per_site.mode().name(), "per-site", "{:?}", per_site.mode());
 }
+
+/// A spread counts the rows with a value (its first partial): beside COUNT(*) it would
+/// tell how many rows lack one. One patient without a value (NULL onset) among k with
+/// one drops the group, as behind SUM; none, or k of them, do not.
+#[tokio::test]
+async fn one_patient_lacking_the_value_drops_the_spread() {
+    let ages: Vec<(i32, i32)> = (20..27).map(|a| (a, a + 5)).collect();
+    let mut site = site_with(&ages);
+    let sql = "SELECT COUNT(*) AS n, VAR_POP(d.age_at_onset) AS v FROM diagnosis d";
+    let kept = |site: &Rows| {
+        let site = site.clone();
+        async move {
+            released(&site_output(sql, &site).await, Some(5))
+                .iter()
+                .map(|b| b.num_rows())
+                .sum::<usize>()
+        }
+    };
+    assert_eq!(kept(&site).await, 1, "nobody lacks a value");
+    site.diagnoses[0].onset = None;
+    assert_eq!(kept(&site).await, 0, "one patient lacks a value");
+    for diagnosis in site.diagnoses.iter_mut().take(5) {
+        diagnosis.onset = None;
+    }
+    let mut more = site_with(&(30..37).map(|a| (a, a)).collect::<Vec<_>>());
+    for (i, patient) in more.patients.iter_mut().enumerate() {
+        patient.pid = format!("q{i}");
+    }
+    for (i, diagnosis) in more.diagnoses.iter_mut().enumerate() {
+        diagnosis.pid = format!("q{i}");
+    }
+    site.patients.extend(more.patients);
+    site.diagnoses.extend(more.diagnoses);
+    assert_eq!(kept(&site).await, 1, "five patients lack a value");
+}
