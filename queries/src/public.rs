@@ -8,8 +8,16 @@
 //! marked as reference data. What still applies is what protects the coordinator: one
 //! read-only SELECT (rule 1), the network's allowlisted scalar functions (none of them
 //! repeats or pads to a length the query chooses), a bounded amount of work (at most
-//! [`MAX_SCANS`] table reads and [`MAX_ROW_COMBINATIONS`] combinations of their rows),
-//! and at most [`MAX_ROWS`] rows out.
+//! [`MAX_SCANS`] table reads and [`MAX_ROW_COMBINATIONS`] combinations of their rows,
+//! at most [`MAX_MEMORY`] held at once and never spilled to disk, no recursive CTE),
+//! and at most [`MAX_ROWS`] rows and [`MAX_ANSWER_BYTES`] out.
+//!
+//! The row limit caps what comes out, not what a sort, a grouping, a window or an
+//! aggregate holds on the way: red team, over three reads whose rows combine in 65
+//! million ways, a `GROUP BY` of every combination, `row_number() OVER (ORDER BY …)` and
+//! `string_agg` grew by gigabytes, and a recursive CTE counting up never ended; the
+//! coordinator's time limit does not bound memory. Hence the memory pool and no
+//! recursion.
 
 use std::sync::Arc;
 
@@ -18,9 +26,12 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
+use futures::StreamExt;
 
 use crate::catalog::session_config;
 use crate::rules::one_query::{parse_one_query, planning_refusal, types_do_not_fit};
@@ -35,6 +46,18 @@ pub const MAX_ROWS: usize = 10_000;
 
 /// Most table reads in a reference question.
 pub const MAX_SCANS: usize = 3;
+
+/// Most memory a reference question's operators may hold at once (its sorts, groupings,
+/// windows, joins and aggregates): beyond it the question is refused, never spilled.
+pub const MAX_MEMORY: usize = 256 << 20;
+
+/// Most bytes a reference answer may hold: the row limit alone let 10,000 rows of a
+/// `concat` of thousands of names reach gigabytes (red team).
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// Rows per batch of a reference question: a batch is computed whole before the answer's
+/// size is checked, so a small one bounds what a wide row can make at once.
+const BATCH_ROWS: usize = 256;
 
 /// Most combinations of the rows of the tables a reference question reads (the product
 /// of their row counts): what its joins could have to look at, at worst.
@@ -68,9 +91,18 @@ pub fn reads_only_reference_tables(sql: &str) -> bool {
             .all(|table| table.schema().is_none() && REFERENCE_TABLES.contains(&table.table()))
 }
 
-/// A context holding the reference tables and nothing else.
+/// A context holding the reference tables and nothing else, under [`MAX_MEMORY`], with
+/// no disk to spill to and no recursive CTEs.
 fn reference_context() -> datafusion::error::Result<SessionContext> {
-    let ctx = SessionContext::new_with_config(session_config());
+    let mut config = session_config().with_batch_size(BATCH_ROWS);
+    config.options_mut().execution.enable_recursive_ctes = false;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(MAX_MEMORY, 1.0)
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        )
+        .build_arc()?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     for (name, batch) in [
         ("orpha_term", reference::orpha_term_batch()?),
         ("orpha_closure", reference::orpha_closure_batch()?),
@@ -98,6 +130,7 @@ pub async fn answer(sql: &str) -> Result<PublicAnswer, Refusal> {
         .map_err(|_| Refusal::new(Rule::OneQuery, "the query", "is not a read-only SELECT"))?;
     check_work(&plan)?;
     check_functions(&plan)?;
+    check_windows(&plan)?;
     let analyzed = state
         .analyzer()
         .execute_and_check(plan.clone(), state.config_options(), |_, _| {})
@@ -110,7 +143,24 @@ pub async fn answer(sql: &str) -> Result<PublicAnswer, Refusal> {
         .map_err(failed)?;
     let frame = ctx.execute_logical_plan(limited).await.map_err(failed)?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame.collect().await.map_err(failed)?;
+    let mut stream = frame.execute_stream().await.map_err(failed)?;
+    let (mut batches, mut bytes) = (Vec::new(), 0usize);
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(failed)?;
+        bytes = bytes.saturating_add(batch.get_array_memory_size());
+        if bytes > MAX_ANSWER_BYTES {
+            return Err(Refusal::new(
+                Rule::ResourceLimits,
+                "the query",
+                format!(
+                    "returns more than {} MiB of reference data",
+                    MAX_ANSWER_BYTES >> 20
+                ),
+            )
+            .hint("select fewer or shorter columns, or fewer rows"));
+        }
+        batches.push(batch);
+    }
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     if rows > MAX_ROWS {
         return Err(Refusal::new(
@@ -172,8 +222,51 @@ fn check_functions(plan: &LogicalPlan) -> Result<(), Refusal> {
     refused.map_or(Ok(()), Err)
 }
 
-/// A failure while answering (the tables are public, so the reason may be shown).
+/// Window functions only of fixed-width values: a window over a growing frame computes
+/// one value per row, and a text or list aggregate there (`string_agg(name, ',') OVER
+/// (ORDER BY … ROWS UNBOUNDED PRECEDING)`) builds rows whose total size is quadratic in
+/// the row count, outside any memory pool (red team: 51,529 rows of two reads asked for
+/// gigabytes in one allocation and took the process down).
+fn check_windows(plan: &LogicalPlan) -> Result<(), Refusal> {
+    let mut refused = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::Window(window) = node {
+            let inputs = window.input.schema().fields().len();
+            for (field, expr) in window.schema.fields().iter().skip(inputs).zip(&window.window_expr) {
+                let data_type = field.data_type();
+                if !(data_type.is_primitive() || *data_type == arrow::datatypes::DataType::Boolean) {
+                    refused = Some(Refusal::new(
+                        Rule::ResourceLimits,
+                        expr.human_display().to_string(),
+                        format!("a window function over reference data gives numbers, dates or booleans, not {data_type}: its values can grow with every row of the frame"),
+                    )
+                    .hint("aggregate with GROUP BY instead, or count and rank in the window"));
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    refused.map_or(Ok(()), Err)
+}
+
+/// A failure while answering (the tables are public, so the reason may be shown); a
+/// question that needs more than [`MAX_MEMORY`] is refused by rule 8.
 fn failed(error: datafusion::error::DataFusionError) -> Refusal {
+    if matches!(
+        error.find_root(),
+        datafusion::error::DataFusionError::ResourcesExhausted(_)
+    ) {
+        return Refusal::new(
+            Rule::ResourceLimits,
+            "the query",
+            format!(
+                "needs more than {} MiB to answer over the reference data",
+                MAX_MEMORY >> 20
+            ),
+        )
+        .hint("narrow it with WHERE, join fewer reads, or group by fewer combinations");
+    }
     let reason = error.strip_backtrace();
     Refusal::new(
         Rule::OneQuery,

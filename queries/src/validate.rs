@@ -282,7 +282,7 @@ fn summed_values(
             summed.extend(additive_terms(argument));
             for value in summed {
                 let bound = match below.values.of_expr(&value, schema) {
-                    Value::Plain { bound } => Some(bound),
+                    Value::Plain { bound, .. } => Some(bound),
                     Value::Derived(_) => None,
                 };
                 if squared {
@@ -347,7 +347,15 @@ pub(crate) struct Below {
     /// multiply for one patient only released her values), so it may key a group but not
     /// flow into a released aggregate.
     pub(crate) shaped: Option<&'static str>,
+    /// Rule 4: true where each patient has at most one row here (the patient table, a
+    /// reference table, a per-patient grouping by pid alone, joins of those on pid).
+    pub(crate) one_row_per_patient: bool,
+    /// Rule 4: true where some of the output was computed by a per-patient aggregate.
+    pub(crate) per_patient_values: bool,
 }
+
+/// Why a per-patient value is not plain once joined to rows that can repeat a patient.
+const REPEATED_PER_PATIENT: &str = "a per-patient value joined to rows that can repeat the patient: it is counted once per row, weighted by the patient's number of rows, and beside the rows' own values that weight isolates the patients with several (red team: SUM(x.s) - SUM(d.v) over a per-patient SUM joined back to diagnosis was one patient's total); join it to one row per patient, or GROUP BY it";
 
 /// Why a per-patient value is not plain, when its rows were shaped.
 const SHAPED_PER_PATIENT: &str = "computed per patient over rows that a condition, a join, DISTINCT or a grouping by more than pid chose (that choice would sit inside the released aggregate; GROUP BY the per-patient value instead)";
@@ -390,6 +398,10 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Belo
                 values: Values::of_scan(&scan.projected_schema),
                 multiplied,
                 shaped,
+                // The data model holds one patient row per patient (ingest enforces it);
+                // a reference table holds no patient.
+                one_row_per_patient: table == "patient" || !schema::PATIENT_TABLES.contains(&table),
+                per_patient_values: false,
             })
         }
         LogicalPlan::SubqueryAlias(alias) => {
@@ -402,6 +414,8 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Belo
                 values: inner.values.renamed(&pairs),
                 multiplied: inner.multiplied,
                 shaped: inner.shaped,
+                one_row_per_patient: inner.one_row_per_patient,
+                per_patient_values: inner.per_patient_values,
             })
         }
         LogicalPlan::Projection(projection) => {
@@ -427,6 +441,8 @@ fn check_below(plan: &LogicalPlan, report: &mut ValidationReport) -> Result<Belo
                 values: Values::from_outputs(outputs),
                 multiplied: inner.multiplied,
                 shaped: inner.shaped,
+                one_row_per_patient: inner.one_row_per_patient,
+                per_patient_values: inner.per_patient_values,
             })
         }
         LogicalPlan::Filter(filter) => {
@@ -595,6 +611,12 @@ fn check_join(
         .or(right.shaped)
         .or(outer_to_patients.then_some("rows an outer join matched"))
         .or(conditions_beyond_pid.then_some("rows a join condition chose"));
+    let one_row_per_patient = left.one_row_per_patient && right.one_row_per_patient;
+    let per_patient_values = left.per_patient_values || right.per_patient_values;
+    let (left_flags, right_flags) = (
+        (left.per_patient_values, left.one_row_per_patient),
+        (right.per_patient_values, right.one_row_per_patient),
+    );
     let (left_values, right_values) = match join.join_type {
         JoinType::Left => (left.values, right.values.nulled_by_outer_join()),
         JoinType::Right => (left.values.nulled_by_outer_join(), right.values),
@@ -604,11 +626,23 @@ fn check_join(
         ),
         _ => (left.values, right.values),
     };
+    // A per-patient value repeated on each of the patient's rows from the other side.
+    let repeated = |values: Values, per_patient_values: bool, other_one_row: bool| {
+        if per_patient_values && !other_one_row {
+            values.derived(REPEATED_PER_PATIENT)
+        } else {
+            values
+        }
+    };
+    let left_values = repeated(left_values, left_flags.0, right_flags.1);
+    let right_values = repeated(right_values, right_flags.0, left_flags.1);
     Ok(Below {
         pids,
         values: left_values.union(right_values),
         multiplied,
         shaped,
+        one_row_per_patient,
+        per_patient_values,
     })
 }
 
@@ -767,6 +801,8 @@ fn check_per_patient(
         values: Values::from_outputs(outputs),
         multiplied: rows_per_key,
         shaped: rows_per_key,
+        one_row_per_patient: !more_than_pid,
+        per_patient_values: true,
     })
 }
 

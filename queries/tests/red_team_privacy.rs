@@ -632,7 +632,7 @@ const SHAPES: &[&str] = &[
     // Spreads: a count, a sum and a sum of squares, the last bounded by B² per row.
     "SELECT d.code, VAR_SAMP(d.age_at_onset) AS v, COUNT(*) AS n FROM diagnosis d GROUP BY d.code",
     "SELECT p.sex, STDDEV_POP(p.birth_year) AS s, VAR_POP(p.birth_month) AS m FROM patient p GROUP BY p.sex",
-    "SELECT STDDEV_SAMP(d.age_at_diagnosis - d.age_at_onset) AS s FROM diagnosis d",
+    "SELECT STDDEV_SAMP(2 * d.age_at_diagnosis - 30) AS s FROM diagnosis d",
     // Accepted forms of the refused ones above: the closure and outer joins with
     // distinct patients only.
     "SELECT c.ancestor, COUNT(DISTINCT d.pid) AS p FROM diagnosis d JOIN orpha_closure c ON c.descendant = d.code GROUP BY c.ancestor",

@@ -37,26 +37,26 @@ impl Lcg {
 }
 
 #[derive(Clone)]
-struct Patient {
-    pid: String,
-    birth_year: i32,
-    birth_month: Option<i32>,
-    sex: &'static str,
+pub(crate) struct Patient {
+    pub(crate) pid: String,
+    pub(crate) birth_year: i32,
+    pub(crate) birth_month: Option<i32>,
+    pub(crate) sex: &'static str,
 }
 
 #[derive(Clone)]
-struct Diagnosis {
-    pid: String,
-    code: &'static str,
-    onset: Option<i32>,
-    diagnosis: Option<i32>,
+pub(crate) struct Diagnosis {
+    pub(crate) pid: String,
+    pub(crate) code: &'static str,
+    pub(crate) onset: Option<i32>,
+    pub(crate) diagnosis: Option<i32>,
 }
 
 /// One site's rows (or the pool's).
 #[derive(Clone, Default)]
-struct Rows {
-    patients: Vec<Patient>,
-    diagnoses: Vec<Diagnosis>,
+pub(crate) struct Rows {
+    pub(crate) patients: Vec<Patient>,
+    pub(crate) diagnoses: Vec<Diagnosis>,
 }
 
 const CODES: [&str; 4] = ["ORPHA:154", "ORPHA:130", "ORPHA:217569", "ORPHA:324"];
@@ -103,7 +103,7 @@ impl Rows {
     }
 
     /// A planning context holding these rows (and ern's functions).
-    fn context(&self) -> SessionContext {
+    pub(crate) fn context(&self) -> SessionContext {
         let n = self.patients.len();
         let text =
             |values: Vec<Option<String>>| -> ArrayRef { Arc::new(StringArray::from(values)) };
@@ -178,7 +178,7 @@ fn pool(sites: &[&Rows]) -> Rows {
 }
 
 /// Everything a site's plan outputs for `sql` (hidden columns included).
-async fn site_output(sql: &str, site: &Rows) -> Vec<RecordBatch> {
+pub(crate) async fn site_output(sql: &str, site: &Rows) -> Vec<RecordBatch> {
     site_output_with(sql, site, &SiteFacts::default()).await
 }
 
@@ -202,7 +202,7 @@ async fn site_output_with(sql: &str, site: &Rows, facts: &SiteFacts) -> Vec<Reco
 /// rule (as `ern_node`'s `suppress`): the groups whose patient counts reach k, whose
 /// patients lacking a value are none or k, and whose shares stay under the limit;
 /// without the hidden columns. Without k, every group (the merge's arithmetic alone).
-fn released(batches: &[RecordBatch], k: Option<i64>) -> Vec<RecordBatch> {
+pub(crate) fn released(batches: &[RecordBatch], k: Option<i64>) -> Vec<RecordBatch> {
     let limit = Dominance::default().max_share;
     let mut out = Vec::new();
     for batch in batches {
@@ -238,13 +238,13 @@ fn released(batches: &[RecordBatch], k: Option<i64>) -> Vec<RecordBatch> {
 
 /// One cell: text (group keys, counts) or a number compared to a relative 1e-9.
 #[derive(Debug, Clone, PartialEq)]
-enum Cell {
+pub(crate) enum Cell {
     Text(Option<String>),
     Number(Option<f64>),
 }
 
 /// Rows of cells, sorted by their group keys.
-fn table(batches: &[RecordBatch]) -> Vec<Vec<Cell>> {
+pub(crate) fn table(batches: &[RecordBatch]) -> Vec<Vec<Cell>> {
     let Some(first) = batches.first() else {
         return Vec::new();
     };
@@ -332,8 +332,8 @@ async fn merged_with(
 const SPREADS: &[&str] = &[
     // One row per patient: a group's values are its patients' birth years.
     "SELECT p.sex, VAR_SAMP(p.birth_year) AS vs, VAR_POP(p.birth_year) AS vp, STDDEV_SAMP(p.birth_year) AS ss, STDDEV_POP(p.birth_year) AS sp, COUNT(*) AS n FROM patient p GROUP BY p.sex",
-    // Several rows per patient, NULLs, a difference of columns: the per-patient plan.
-    "SELECT d.code, VAR_SAMP(d.age_at_diagnosis) AS v, STDDEV_POP(d.age_at_diagnosis - d.age_at_onset) AS delay, AVG(d.age_at_onset) AS onset FROM diagnosis d GROUP BY d.code",
+    // Several rows per patient, NULLs, a shifted and scaled column: the per-patient plan.
+    "SELECT d.code, VAR_SAMP(d.age_at_diagnosis) AS v, STDDEV_POP(3 * d.age_at_onset - 20) AS scaled, AVG(d.age_at_onset) AS onset FROM diagnosis d GROUP BY d.code",
     // Through a join, with every name DataFusion and PostgreSQL give them, no GROUP BY.
     "SELECT variance(p.birth_year) AS a, var(d.age_at_onset) AS b, var_population(p.birth_month) AS c, stddev(d.age_at_onset) AS e FROM patient p JOIN diagnosis d ON d.pid = p.pid",
     // Above the barrier: expressions, HAVING and ORDER BY on the merged statistics.

@@ -153,7 +153,10 @@ pub(crate) fn check_barrier_aggregate(
             })
         }
         other => match Spread::of_function(other) {
-            Some(spread) => check_spread(expr, spread, args, schema),
+            Some(spread) => {
+                let source = args.first().map(|arg| below.values.of_expr(arg, schema));
+                check_spread(expr, spread, args, schema, source)
+            }
             None => Err(Refusal::new(
                 Rule::BarrierAggregates,
                 expr,
@@ -182,13 +185,37 @@ pub(crate) fn check_barrier_aggregate(
 /// the sum alone, and from the sum of squares no better unless the outlier's square
 /// dominates it, which the rule drops; one who knows them exactly learns the outlier
 /// from SUM or AVG already (the residual k accepts).
+///
+/// # One value
+/// Its sum of squares is where a spread differs from a sum: the square of `x + y` holds
+/// the product `xy`, so `VAR(x + y)`, `VAR(x)` and `VAR(y)` of one group give `Σxy`,
+/// a sum of products that rule 4 never releases (nonzero for one patient alone when
+/// every other has `x` or `y` zero; a covariance, which ern does not release either).
+/// So the argument is one value, a column or a per-patient aggregate, shifted or scaled
+/// by literals only ([`Source`]); two columns, even of the same table, or of two reads
+/// of it, are refused.
 fn check_spread(
     expr: &Expr,
     spread: Spread,
     args: &[Expr],
     schema: &DFSchema,
+    value: Option<Value>,
 ) -> Result<AggregateKind, Refusal> {
     let name = expr_name(expr);
+    if let Some(Value::Plain {
+        source: Source::Several,
+        ..
+    }) = value
+    {
+        return Err(Refusal::new(
+            Rule::BarrierAggregates,
+            expr,
+            format!(
+                "{name} takes one value, shifted or scaled by numbers written in the query: its sum of squares over a combination of values holds their products (three variances give a covariance)"
+            ),
+        )
+        .hint("take the spread of each column on its own; GROUP BY a combination instead"));
+    }
     let data_type = args.first().and_then(|a| a.get_type(schema).ok());
     match data_type {
         Some(t) if t.is_integer() => Ok(AggregateKind::Spread(spread)),
@@ -242,7 +269,7 @@ fn check_plain(aggregate: &Expr, value: Value) -> Result<(), Refusal> {
             ),
         )
         .hint("GROUP BY the condition or the computed value instead, so that each subgroup meets k on its own; scale a released total outside the aggregate, e.g. AVG(x) / 12.0")),
-        Value::Plain { bound } if bound.is_nan() || bound > MAX_MAGNITUDE => Err(Refusal::new(
+        Value::Plain { bound, .. } if bound.is_nan() || bound > MAX_MAGNITUDE => Err(Refusal::new(
             Rule::BarrierAggregates,
             aggregate,
             "its argument can exceed 2^32 in magnitude on one row, where a sum could overflow",
@@ -268,27 +295,101 @@ pub(crate) enum Value {
     Plain {
         /// Largest magnitude (infinite where nothing bounds it).
         bound: f64,
+        /// Which stored or per-patient values it combines.
+        source: Source,
     },
     /// Computed by something that is not plain; the reason names it.
     Derived(&'static str),
 }
 
+/// Which values a plain value is a linear combination of (literals aside): a column of
+/// one table scan or one per-patient aggregate output, each with an id of its own.
+///
+/// A spread releases a sum of squares, and squares of sums hold products: with
+/// `VAR(x)`, `VAR(y)` and `VAR(x + y)` of the same rows, `Σxy` is their difference (red
+/// team: a covariance, nonzero for one patient only, read off three variances that each
+/// passed k and dominance). So a spread's argument is one value, shifted or scaled by
+/// literals ([`check_spread`]), and no two spreads' squares combine into a product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Literals only.
+    Constant,
+    /// One value (its id).
+    One(u64),
+    /// Two values or more.
+    Several,
+}
+
+impl Source {
+    /// A source nothing else has.
+    pub(crate) fn fresh() -> Source {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Source::One(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn and(self, other: Source) -> Source {
+        match (self, other) {
+            (Source::Constant, s) | (s, Source::Constant) => s,
+            (Source::One(a), Source::One(b)) if a == b => Source::One(a),
+            _ => Source::Several,
+        }
+    }
+}
+
 impl Value {
     fn plain(bound: f64) -> Value {
-        Value::Plain { bound }
+        Value::Plain {
+            bound,
+            source: Source::Constant,
+        }
+    }
+
+    /// A plain value of a source of its own.
+    fn fresh(bound: f64) -> Value {
+        Value::Plain {
+            bound,
+            source: Source::fresh(),
+        }
     }
 
     /// Combines two values with `combine` on their bounds, or the first reason either is
     /// not plain.
     fn with(self, other: Value, combine: impl FnOnce(f64, f64) -> f64) -> Value {
         match (self, other) {
-            (Value::Plain { bound: a }, Value::Plain { bound: b }) => Value::plain(combine(a, b)),
+            (
+                Value::Plain {
+                    bound: a,
+                    source: s,
+                },
+                Value::Plain {
+                    bound: b,
+                    source: t,
+                },
+            ) => Value::Plain {
+                bound: combine(a, b),
+                source: s.and(t),
+            },
             (Value::Derived(why), _) | (_, Value::Derived(why)) => Value::Derived(why),
         }
     }
 
     fn scaled(self, factor: f64) -> Value {
         self.with(Value::plain(0.0), |bound, _| bound * factor.abs())
+    }
+
+    /// The same bound, as a value of a source of its own (a per-patient aggregate's
+    /// output is a new value, not the one it aggregates); a combination of several stays
+    /// one (a per-patient `SUM(x + y)` is `SUM(x) + SUM(y)`).
+    fn renewed(self) -> Value {
+        match self {
+            Value::Plain {
+                source: Source::Several,
+                ..
+            } => self,
+            Value::Plain { bound, .. } => Value::fresh(bound),
+            derived => derived,
+        }
     }
 }
 
@@ -312,7 +413,7 @@ impl Values {
                 );
                 (
                     Column::new(qualifier.cloned(), field.name()),
-                    Value::plain(bound),
+                    Value::fresh(bound),
                 )
             })
             .collect();
@@ -344,6 +445,17 @@ impl Values {
                         ),
                     )
                 })
+                .collect(),
+        }
+    }
+
+    /// The same columns, none of them plain any more, for `why`.
+    pub(crate) fn derived(self, why: &'static str) -> Values {
+        Values {
+            columns: self
+                .columns
+                .into_keys()
+                .map(|column| (column, Value::Derived(why)))
                 .collect(),
         }
     }
@@ -430,7 +542,7 @@ impl Values {
             return Value::Derived("a cast to a type that is not a signed whole number");
         };
         match self.of_expr(inner, schema) {
-            Value::Plain { bound } if bound <= largest => Value::plain(bound),
+            Value::Plain { bound, source } if bound <= largest => Value::Plain { bound, source },
             Value::Plain { .. } => Value::Derived(
                 "a narrowing cast (a value out of its range would become NULL or fail)",
             ),
@@ -448,15 +560,20 @@ impl Values {
             [argument] => self.of_expr(argument, schema),
             _ => return Value::Derived("an aggregate of several arguments"),
         };
-        match func.name().to_lowercase().as_str() {
-            "count" => argument.with(Value::plain(0.0), |_, _| ROWS_PER_PATIENT),
+        let per_patient = match func.name().to_lowercase().as_str() {
+            // A count of rows with a value: no value of theirs is in it.
+            "count" => match argument {
+                Value::Plain { .. } => Value::fresh(ROWS_PER_PATIENT),
+                derived => derived,
+            },
             "sum" => argument.scaled(ROWS_PER_PATIENT),
             "min" | "max" => argument,
             "avg" => {
                 Value::Derived("a per-patient average (a fraction: use SUM and COUNT per patient)")
             }
             _ => Value::Derived("a per-patient aggregate that is not COUNT, SUM, AVG, MIN or MAX"),
-        }
+        };
+        per_patient.renewed()
     }
 }
 

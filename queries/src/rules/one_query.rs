@@ -44,6 +44,7 @@ pub fn parse_one_query(sql: &str) -> Result<DfStatement, Refusal> {
         .ok_or_else(|| Refusal::new(Rule::OneQuery, "the SQL text", "is empty"))?;
     match &statement {
         DfStatement::Statement(inner) if matches!(inner.as_ref(), SqlStatement::Query(_)) => {
+            resource_limits::check_inlined_reads(&statement)?;
             Ok(statement)
         }
         DfStatement::Statement(inner) => {

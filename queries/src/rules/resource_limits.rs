@@ -14,6 +14,7 @@
 use datafusion::common::Column;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{JoinType, LogicalPlan};
+use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 use crate::allowlist;
@@ -103,6 +104,73 @@ pub(crate) fn check_sql_shape(sql: &str, dialect: &GenericDialect) -> Result<(),
 /// table more than once: a chain of reference joins, each on codes, fans one patient's
 /// row out into millions (red team round 3: six `orpha_closure` joins made a question
 /// take 1.6 s instead of 0.3 s exactly when one patient had a disorder of a group).
+/// Rule 8 on the parsed question, before it is planned: the reads its WITH tables expand
+/// to. Each use of a WITH table is planned as a copy of its body, so a chain of WITH
+/// tables each joining the previous one to itself doubles the reads per link (red team:
+/// twenty links, a few hundred tokens, took the planner past gigabytes and minutes before
+/// [`check_table_scans`] could count them). Counted generously (every table named anywhere,
+/// each WITH table's body with every use of it), against four times [`MAX_TABLE_SCANS`]:
+/// the exact count of the plan follows.
+pub(crate) fn check_inlined_reads(statement: &DfStatement) -> Result<(), Refusal> {
+    use datafusion::sql::sqlparser::ast::{ObjectName, Query, Visit, Visitor, visit_relations};
+    use std::collections::HashMap;
+    use std::ops::ControlFlow;
+
+    fn key(name: &ObjectName) -> String {
+        name.to_string().to_lowercase()
+    }
+    /// Every WITH table of the statement, wherever it is defined, innermost first (a body
+    /// can hold WITH tables of its own): its name and the tables its body names.
+    #[derive(Default)]
+    struct Ctes(Vec<(String, Vec<String>)>);
+    impl Visitor for Ctes {
+        type Break = ();
+        fn post_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            for cte in query.with.iter().flat_map(|with| &with.cte_tables) {
+                let mut named = Vec::new();
+                let _ = visit_relations(cte.query.as_ref(), |relation| {
+                    named.push(key(relation));
+                    ControlFlow::<()>::Continue(())
+                });
+                self.0.push((cte.alias.name.value.to_lowercase(), named));
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let DfStatement::Statement(inner) = statement else {
+        return Ok(());
+    };
+    let mut ctes = Ctes::default();
+    let _ = inner.visit(&mut ctes);
+    // Reads of each WITH table when used once, in definition order (a WITH table can
+    // name only those before it, or itself when recursive: that use counts one).
+    let mut reads: HashMap<String, u64> = HashMap::new();
+    for (name, named) in &ctes.0 {
+        let total = named.iter().fold(0u64, |total, table| {
+            total.saturating_add(reads.get(table).copied().unwrap_or(1))
+        });
+        let entry = reads.entry(name.clone()).or_insert(0);
+        *entry = (*entry).max(total);
+    }
+    let mut total = 0u64;
+    let _ = visit_relations(inner.as_ref(), |relation| {
+        total = total.saturating_add(reads.get(&key(relation)).copied().unwrap_or(1));
+        ControlFlow::<()>::Continue(())
+    });
+    let limit = 4 * MAX_TABLE_SCANS as u64;
+    if total > limit {
+        return Err(Refusal::new(
+            Rule::ResourceLimits,
+            "the query",
+            format!(
+                "reads tables more than {MAX_TABLE_SCANS} times once its WITH tables are expanded (each use of a WITH table is a copy of it)"
+            ),
+        )
+        .hint("use each WITH table once, or join the tables directly"));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_table_scans(plan: &LogicalPlan) -> Result<(), Refusal> {
     let mut scans = 0usize;
     let mut reference_scans: Vec<String> = Vec::new();
