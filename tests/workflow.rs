@@ -10,25 +10,59 @@ use std::time::Duration;
 
 use harness::{Network, SEX_BAND_SQL, expected_sex_band, ok, sex_band_rows, stderr, stdout};
 
+/// `ern steward approve ID` as the steward with `token`, signing the query hash of `sql`
+/// for `site_id` with the key at `key`, with `extra` arguments.
+fn sign_approval(
+    net: &Network,
+    token: &str,
+    site_id: &str,
+    id: &str,
+    sql: &str,
+    key: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let hash = ern_queries::query_hash(sql);
+    let mut args = vec![
+        "steward",
+        "approve",
+        id,
+        "--key",
+        harness::path(key),
+        "--site",
+        site_id,
+        "--hash",
+        &hash,
+    ];
+    args.extend_from_slice(extra);
+    net.ern_as(token, &args)
+}
+
+/// The site's own steward approves `sql`'s question `id` with the site's key.
+fn approve_sql(net: &Network, site_id: &str, id: &str, sql: &str) {
+    let site = net.site(site_id);
+    ok(sign_approval(
+        net,
+        &site.steward_token,
+        site_id,
+        id,
+        sql,
+        &site.steward_key,
+        &[],
+    ));
+}
+
 /// Signs an approval of `id` for `site_id` with the key at `key` (the site's own or a
 /// rogue one), valid for `expires`.
 fn approve_with(net: &Network, site_id: &str, id: &str, key: &std::path::Path, expires: &str) {
     let steward = net.site(site_id).steward_token.clone();
-    ok(net.ern_as(
+    ok(sign_approval(
+        net,
         &steward,
-        &[
-            "steward",
-            "approve",
-            id,
-            "--key",
-            harness::path(key),
-            "--site",
-            site_id,
-            "--hash",
-            &ern_queries::query_hash(SEX_BAND_SQL),
-            "--expires",
-            expires,
-        ],
+        site_id,
+        id,
+        SEX_BAND_SQL,
+        key,
+        &["--expires", expires],
     ));
 }
 
@@ -216,19 +250,14 @@ fn a_rejection_is_reversed_only_by_the_steward_who_made_it() {
     // A colleague at the same site cannot overturn it.
     let colleague = net.add_user("steward-1b", "steward", "site-1");
     let site = net.site("site-1");
-    let overturn = net.ern_as(
+    let overturn = sign_approval(
+        &net,
         &colleague,
-        &[
-            "steward",
-            "approve",
-            &id,
-            "--key",
-            harness::path(&site.steward_key),
-            "--site",
-            "site-1",
-            "--hash",
-            &ern_queries::query_hash(SEX_BAND_SQL),
-        ],
+        "site-1",
+        &id,
+        SEX_BAND_SQL,
+        &site.steward_key,
+        &[],
     );
     assert!(!overturn.status.success());
     assert!(
@@ -251,21 +280,7 @@ fn a_failure_names_its_kind_and_the_steward_reads_the_detail_by_reference() {
     std::fs::remove_file(store.join("diagnosis.parquet")).expect("remove a table");
     let sql = "SELECT d.code, COUNT(DISTINCT d.pid) AS patients FROM diagnosis d GROUP BY d.code";
     let id = net.submit(sql, "Fails at the site", &[]);
-    let steward = net.site("site-1").steward_token.clone();
-    ok(net.ern_as(
-        &steward,
-        &[
-            "steward",
-            "approve",
-            &id,
-            "--key",
-            harness::path(&net.site("site-1").steward_key),
-            "--site",
-            "site-1",
-            "--hash",
-            &ern_queries::query_hash(sql),
-        ],
-    ));
+    approve_sql(&net, "site-1", &id, sql);
     harness::wait_until("site-1 to fail", Duration::from_secs(30), || {
         state_of(&net, &id, "site-1") == "failed"
     });
@@ -418,21 +433,7 @@ fn variances_and_standard_deviations_merge_as_over_the_pooled_exports() {
     let sql = "SELECT p.sex, COUNT(*) AS n, VAR_SAMP(p.birth_year) AS vs, VAR_POP(p.birth_year) AS vp, STDDEV_SAMP(p.birth_year) AS ss, STDDEV_POP(p.birth_year) AS sp FROM patient p GROUP BY p.sex ORDER BY p.sex";
     let id = net.submit(sql, "Spread of birth years", &[]);
     for site in ["site-1", "site-2"] {
-        let steward = net.site(site).steward_token.clone();
-        ok(net.ern_as(
-            &steward,
-            &[
-                "steward",
-                "approve",
-                &id,
-                "--key",
-                harness::path(&net.site(site).steward_key),
-                "--site",
-                site,
-                "--hash",
-                &ern_queries::query_hash(sql),
-            ],
-        ));
+        approve_sql(&net, site, &id, sql);
     }
     net.wait_complete(&id);
     let rows = net.results_csv(&id);

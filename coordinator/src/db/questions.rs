@@ -75,32 +75,8 @@ impl Db {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         insert_query_in(&tx, query, &[], "", REFERENCE)?;
-        execute_cached(
-            &tx,
-            "UPDATE queries SET complete = 1 WHERE id = ?1",
-            params![query.id],
-        )?;
-        execute_cached(
-            &tx,
-            "INSERT INTO results (query_id, arrow_ipc, rows, merged_at) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                query.id,
-                result.arrow_ipc,
-                result.rows as i64,
-                result.merged_at as i64
-            ],
-        )?;
-        insert_event(
-            &tx,
-            &Event {
-                at: result.merged_at,
-                actor: "coordinator".into(),
-                kind: EventKind::Merged,
-                query_id: query.id.clone(),
-                site: String::new(),
-                detail: format!("{} rows of reference data", result.rows),
-            },
-        )?;
+        let detail = format!("{} rows of reference data", result.rows);
+        complete_with_result(&tx, &query.id, result, &detail)?;
         tx.commit()?;
         Ok(())
     }
@@ -261,36 +237,9 @@ impl Db {
     pub fn store_result(&self, query_id: &str, result: &StoredResult) -> Result<bool, DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let changed = execute_cached(
-            &tx,
-            "UPDATE queries SET complete = 1 WHERE id = ?1 AND complete = 0",
-            params![query_id],
-        )?;
-        if changed == 1 {
-            execute_cached(
-                &tx,
-                "INSERT INTO results (query_id, arrow_ipc, rows, merged_at) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    query_id,
-                    result.arrow_ipc,
-                    result.rows as i64,
-                    result.merged_at as i64
-                ],
-            )?;
-            insert_event(
-                &tx,
-                &Event {
-                    at: result.merged_at,
-                    actor: "coordinator".into(),
-                    kind: EventKind::Merged,
-                    query_id: query_id.to_string(),
-                    site: String::new(),
-                    detail: format!("{} rows", result.rows),
-                },
-            )?;
-        }
+        let stored = complete_with_result(&tx, query_id, result, &format!("{} rows", result.rows))?;
         tx.commit()?;
-        Ok(changed == 1)
+        Ok(stored)
     }
 
     /// Ends a question whose answers could not be merged, with the reason the researcher
@@ -356,6 +305,45 @@ pub(super) fn query_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored
         study_id: row.get(10)?,
         withdrawn_at: row.get::<_, i64>(11)? as u64,
     })
+}
+
+/// Marks an open question complete with its table and records the merge, inside the
+/// caller's transaction; false when it had already ended.
+fn complete_with_result(
+    tx: &Connection,
+    query_id: &str,
+    result: &StoredResult,
+    detail: &str,
+) -> Result<bool, DbError> {
+    let changed = execute_cached(
+        tx,
+        "UPDATE queries SET complete = 1 WHERE id = ?1 AND complete = 0",
+        params![query_id],
+    )?;
+    if changed == 1 {
+        execute_cached(
+            tx,
+            "INSERT INTO results (query_id, arrow_ipc, rows, merged_at) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                query_id,
+                result.arrow_ipc,
+                result.rows as i64,
+                result.merged_at as i64
+            ],
+        )?;
+        insert_event(
+            tx,
+            &Event {
+                at: result.merged_at,
+                actor: "coordinator".into(),
+                kind: EventKind::Merged,
+                query_id: query_id.to_string(),
+                site: String::new(),
+                detail: detail.to_string(),
+            },
+        )?;
+    }
+    Ok(changed == 1)
 }
 
 /// The rows of one submission, inside the caller's transaction.
