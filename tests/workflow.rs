@@ -402,23 +402,9 @@ fn a_question_over_the_reference_tables_alone_is_answered_by_the_coordinator() {
 
 /// Consenting patients' birth years by sex in one raw export (what its store holds).
 fn birth_years_by_sex(export: &std::path::Path) -> std::collections::BTreeMap<String, Vec<f64>> {
-    let mut reader = csv::Reader::from_path(export.join("patient.csv")).expect("patient.csv");
-    let headers = reader.headers().expect("header").clone();
-    let column = |name: &str| headers.iter().position(|h| h == name).expect("column");
-    let (sex, birth, vital, consent) = (
-        column("sex"),
-        column("birth_date"),
-        column("vital_status"),
-        column("consent_data_reuse"),
-    );
     let mut years: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
-    for record in reader.records() {
-        let record = record.expect("row");
-        if &record[consent] != "yes" || &record[vital] == "opted_out" {
-            continue;
-        }
-        let year: f64 = record[birth][..4].parse().expect("year");
-        years.entry(record[sex].to_string()).or_default().push(year);
+    for (sex, year) in harness::consenting_patients(export) {
+        years.entry(sex).or_default().push(year as f64);
     }
     years
 }

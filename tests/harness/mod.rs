@@ -632,8 +632,9 @@ pub(crate) fn expected_sex_band_secure(exports: &[&Path], k: u64) -> BTreeMap<(S
     pooled
 }
 
-/// Consenting patients of one raw export per (sex, 20-year birth band).
-fn sex_band_counts(export: &Path) -> BTreeMap<(String, i64), u64> {
+/// The sex and birth year of each consenting patient of one raw export (the patients its
+/// store holds).
+pub(crate) fn consenting_patients(export: &Path) -> Vec<(String, i64)> {
     let mut reader = csv::Reader::from_path(export.join("patient.csv")).expect("patient.csv");
     let headers = reader.headers().expect("header").clone();
     let column = |name: &str| headers.iter().position(|h| h == name).expect("column");
@@ -643,16 +644,23 @@ fn sex_band_counts(export: &Path) -> BTreeMap<(String, i64), u64> {
         column("vital_status"),
         column("consent_data_reuse"),
     );
-    let mut site: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    let mut patients = Vec::new();
     for record in reader.records() {
         let record = record.expect("row");
         if &record[consent] != "yes" || &record[vital] == "opted_out" {
             continue;
         }
         let year: i64 = record[birth][..4].parse().expect("year");
-        *site
-            .entry((record[sex].to_string(), year / 20 * 20))
-            .or_default() += 1;
+        patients.push((record[sex].to_string(), year));
+    }
+    patients
+}
+
+/// Consenting patients of one raw export per (sex, 20-year birth band).
+fn sex_band_counts(export: &Path) -> BTreeMap<(String, i64), u64> {
+    let mut site: BTreeMap<(String, i64), u64> = BTreeMap::new();
+    for (sex, year) in consenting_patients(export) {
+        *site.entry((sex, year / 20 * 20)).or_default() += 1;
     }
     site
 }
