@@ -249,3 +249,35 @@ fn a_missing_file_in_a_configuration_names_its_key_and_the_configuration() {
         "{text}"
     );
 }
+
+/// A coordinator whose key does not match its certificate is refused before it says it
+/// is serving (it printed "serving" first, then failed).
+#[test]
+fn a_coordinator_key_that_does_not_match_its_certificate_is_refused_before_serving() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for network in ["one", "two"] {
+        harness::ok(harness::ern(&[
+            "keygen",
+            "tls",
+            "--out",
+            harness::path(&dir.path().join(network)),
+            "--site",
+            "site-1",
+        ]));
+    }
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{}\"\ndatabase = \"c.db\"\n\n[tls]\ncert = \"one/coordinator.pem\"\nkey = \"two/coordinator.key\"\nclient_ca = \"one/ca.pem\"\n",
+            harness::free_port()
+        ),
+    )
+    .expect("coordinator.toml");
+    let out = harness::ern(&["coordinator", "serve", "--config", harness::path(&config)]);
+    let text = stderr(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(!text.contains("serving"), "{text}");
+    assert!(text.contains("[tls]"), "{text}");
+    assert!(text.to_lowercase().contains("key"), "{text}");
+}

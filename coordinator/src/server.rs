@@ -53,6 +53,12 @@ pub enum ServeError {
 /// The server's TLS: its identity, and the network CA for (optional) client
 /// certificates. Researchers, stewards and operators present none; nodes must, and the
 /// NodeLink service checks theirs. HTTP/2 only, as gRPC needs.
+/// Checks that the certificate, its key and the client CA make a TLS configuration (the
+/// key matches the certificate, each parses), before anything says it is serving.
+pub fn check_tls(tls: &ServerTls) -> Result<(), ServeError> {
+    tls_acceptor(tls).map(|_| ())
+}
+
 fn tls_acceptor(tls: &ServerTls) -> Result<TlsAcceptor, ServeError> {
     let bad =
         |what: &str, error: &dyn std::fmt::Display| ServeError::Tls(format!("{what}: {error}"));

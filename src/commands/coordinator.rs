@@ -76,6 +76,10 @@ pub(crate) fn run(command: CoordinatorCommand) -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = CoordinatorConfig::load(&args.config)?;
+    if let ern_coordinator::config::Transport::Tls(tls) = &config.transport {
+        server::check_tls(tls)
+            .with_context(|| format!("the [tls] section of {}", args.config.display()))?;
+    }
     let runtime = crate::client::server_runtime()?;
     runtime.block_on(async {
         let db = Db::open(&config.database)
