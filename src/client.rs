@@ -26,9 +26,19 @@ pub(crate) struct Connection {
         default_value = "https://127.0.0.1:50051"
     )]
     pub(crate) coordinator: String,
-    /// Your bearer token (from `ern operator user add`).
-    #[arg(long, env = "ERN_TOKEN", hide_env_values = true)]
-    pub(crate) token: String,
+    /// Your bearer token (from `ern operator user add`). On a shared machine prefer
+    /// --token-file: a command line is visible to every user.
+    #[arg(
+        long,
+        env = "ERN_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file",
+        conflicts_with = "token_file"
+    )]
+    pub(crate) token: Option<String>,
+    /// A file holding your bearer token (its first line), readable by you alone.
+    #[arg(long, env = "ERN_TOKEN_FILE")]
+    pub(crate) token_file: Option<PathBuf>,
     /// The network CA certificate (PEM), needed for https:// coordinators.
     #[arg(long, env = "ERN_CA")]
     pub(crate) ca: Option<PathBuf>,
@@ -68,7 +78,31 @@ pub(crate) async fn channel(connection: &Connection) -> anyhow::Result<(Channel,
             connection.coordinator
         )
     })?;
-    Ok((channel, BearerToken::new(&connection.token)?))
+    Ok((channel, BearerToken::new(&connection.bearer_text()?)?))
+}
+
+impl Connection {
+    /// The token as given: on the command line or in the environment, or read from the
+    /// token file.
+    fn bearer_text(&self) -> anyhow::Result<String> {
+        match (&self.token, &self.token_file) {
+            (Some(token), _) => Ok(token.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the token file {}", path.display()))?;
+                let token = text.lines().next().unwrap_or("").trim().to_string();
+                anyhow::ensure!(
+                    !token.is_empty(),
+                    "the token file {} is empty",
+                    path.display()
+                );
+                Ok(token)
+            }
+            (None, None) => anyhow::bail!(
+                "give --token TOKEN or --token-file FILE (or ERN_TOKEN / ERN_TOKEN_FILE)"
+            ),
+        }
+    }
 }
 
 /// A researcher's client.

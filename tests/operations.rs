@@ -281,3 +281,52 @@ fn a_coordinator_key_that_does_not_match_its_certificate_is_refused_before_servi
     assert!(text.contains("[tls]"), "{text}");
     assert!(text.to_lowercase().contains("key"), "{text}");
 }
+
+/// A token can come from a file (`--token-file`, `ERN_TOKEN_FILE`), not only from the
+/// command line, where every user of the machine can read it.
+#[test]
+fn a_client_reads_its_token_from_a_file() {
+    let net = Network::new(1, 50, 5);
+    let file = net.dir.path().join("researcher.token");
+    std::fs::write(&file, format!("{}\n", net.researcher)).expect("token file");
+    let run = |args: &[&str], env_file: bool| {
+        let mut command = Command::new(ern_bin());
+        command
+            .args(args)
+            .env_remove("ERN_TOKEN")
+            .env("ERN_LOG", "warn")
+            .env("ERN_COORDINATOR", &net.url)
+            .env("ERN_CA", &net.ca);
+        if env_file {
+            command.env("ERN_TOKEN_FILE", &file);
+        }
+        command.output().expect("run ern")
+    };
+    let listed = harness::ok(run(
+        &["studies", "--token-file", harness::path(&file)],
+        false,
+    ));
+    assert!(listed.contains(harness::STUDY), "{listed}");
+    let listed = harness::ok(run(&["studies"], true));
+    assert!(listed.contains(harness::STUDY), "{listed}");
+    // One or the other.
+    let both = run(
+        &[
+            "studies",
+            "--token",
+            &net.researcher,
+            "--token-file",
+            harness::path(&file),
+        ],
+        false,
+    );
+    assert!(!both.status.success());
+    assert!(
+        stderr(&both).contains("cannot be used with"),
+        "{}",
+        stderr(&both)
+    );
+    let neither = run(&["studies"], false);
+    assert!(!neither.status.success());
+    assert!(stderr(&neither).contains("--token"), "{}", stderr(&neither));
+}

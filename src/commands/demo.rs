@@ -203,7 +203,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     let researcher = Connection {
         coordinator: address.clone(),
-        token: enrol("researcher", Role::Researcher, "")?,
+        token: Some(enrol("researcher", Role::Researcher, "")?),
+        token_file: None,
         ca: Some(tls_dir.join(CA_CERT)),
     };
     // The study every question of the demo belongs to, as an operator creates it
@@ -289,7 +290,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             steward_key,
             steward: Connection {
                 coordinator: address.clone(),
-                token: enrol(&format!("steward-{id}"), Role::Steward, id)?,
+                token: Some(enrol(&format!("steward-{id}"), Role::Steward, id)?),
+                token_file: None,
                 ca: Some(tls_dir.join(CA_CERT)),
             },
         });
