@@ -451,6 +451,8 @@ fn every_command_has_help() {
         vec!["steward", "reject", "--help"],
         vec!["operator", "nodes", "--help"],
         vec!["operator", "user", "add", "--help"],
+        vec!["operator", "user", "revoke", "--help"],
+        vec!["operator", "user", "rotate", "--help"],
         vec!["operator", "users", "--help"],
         vec!["operator", "study", "--help"],
         vec!["operator", "study", "add", "--help"],

@@ -330,3 +330,61 @@ fn a_client_reads_its_token_from_a_file() {
     assert!(!neither.status.success());
     assert!(stderr(&neither).contains("--token"), "{}", stderr(&neither));
 }
+
+/// Credentials can be revoked and rotated, over mutual TLS through the binary: the old
+/// token is refused at once, a node's live stream is closed within a second, and each
+/// action is in the audit trail.
+#[test]
+fn revoked_and_rotated_tokens_are_refused_at_once_and_a_nodes_stream_is_closed() {
+    let mut net = Network::new(1, 50, 5);
+    net.start_node_connected("site-1");
+
+    // A researcher's token is rotated: the old one fails, the new one works.
+    let old = net.researcher.clone();
+    let new = harness::ok(net.ern_as(&net.operator, &["operator", "user", "rotate", "ada"]))
+        .trim()
+        .to_string();
+    assert_ne!(new, old);
+    let refused = net.ern_as(&old, &["studies"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("unknown token"),
+        "{}",
+        stderr(&refused)
+    );
+    harness::ok(net.ern_as(&new, &["studies"]));
+
+    // The node's user is revoked: its live stream closes within a second.
+    harness::ok(net.ern_as(&net.operator, &["operator", "user", "revoke", "node-1"]));
+    let started = std::time::Instant::now();
+    harness::wait_until("the node's stream to close", Duration::from_secs(5), || {
+        !net.node_connected("site-1")
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // It stays out: its token is unknown now.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!net.node_connected("site-1"));
+    harness::wait_until(
+        "the node to log the refusal",
+        Duration::from_secs(10),
+        || net.logs().contains("refuses this node"),
+    );
+
+    let unknown = net.ern_as(&net.operator, &["operator", "user", "revoke", "nobody"]);
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("no user named nobody"),
+        "{}",
+        stderr(&unknown)
+    );
+    let audit = harness::json(&harness::ok(net.ern_as(
+        &net.operator,
+        &["operator", "audit", "--recent", "100", "--format", "json"],
+    )));
+    assert_eq!(audit["counts"]["user-rotated"], 1, "{audit}");
+    assert_eq!(audit["counts"]["user-revoked"], 1, "{audit}");
+}

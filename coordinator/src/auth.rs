@@ -148,6 +148,30 @@ pub fn check_new_user(name: &str, role: Role, site: &str) -> Result<(), String> 
     }
 }
 
+/// Gives the user named `name` a new token and returns it (shown once); the old token
+/// stops working at once.
+pub fn rotate(db: &Db, name: &str) -> Result<(User, String), Status> {
+    let stored = |error: crate::db::DbError| {
+        tracing::error!(%error, "replacing a token");
+        Status::internal("the coordinator could not store the token")
+    };
+    let user = db
+        .user(name)
+        .map_err(stored)?
+        .ok_or_else(|| Status::not_found(format!("no user named {}", crate::core::echoed(name))))?;
+    let token = new_token().map_err(|_| Status::internal("no random source for a token"))?;
+    if !db
+        .replace_token(name, &token_hash(&token))
+        .map_err(stored)?
+    {
+        return Err(Status::not_found(format!(
+            "no user named {}",
+            crate::core::echoed(name)
+        )));
+    }
+    Ok((user, token))
+}
+
 /// Enrols a user and returns its token (shown once; only its hash is kept).
 pub fn enrol(db: &Db, name: &str, role: Role, site: &str, now: u64) -> Result<String, Status> {
     check_new_user(name, role, site).map_err(Status::invalid_argument)?;

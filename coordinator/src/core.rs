@@ -375,6 +375,17 @@ impl Coordinator {
         Ok(generation)
     }
 
+    /// Closes `site`'s live stream, if any (its node's credentials were revoked or
+    /// replaced): the node sees its stream end, and must dial again with a token that
+    /// works.
+    pub async fn close_node_stream(&self, site: &str) {
+        let generation = self.nodes().get(site).map(|c| c.generation);
+        if let Some(generation) = generation {
+            tracing::info!(target: "ern::link", site, "closing the node's stream: its credentials changed");
+            self.node_disconnected(site, generation).await;
+        }
+    }
+
     /// Forgets a node's stream, if it is still the current one, and puts its unanswered
     /// work back in the queue.
     pub async fn node_disconnected(&self, site: &str, generation: u64) {

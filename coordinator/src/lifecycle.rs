@@ -309,9 +309,13 @@ pub enum EventKind {
     Withdrawn,
     /// A steward approved again a part refused for an approval reason or rejected.
     Reapproved,
+    /// An operator revoked a user's token (the user is removed).
+    UserRevoked,
+    /// An operator replaced a user's token.
+    UserRotated,
 }
 
-const ALL_EVENTS: [EventKind; 19] = [
+const ALL_EVENTS: [EventKind; 21] = [
     EventKind::Submitted,
     EventKind::RefusedAtSubmit,
     EventKind::Approved,
@@ -331,6 +335,8 @@ const ALL_EVENTS: [EventKind; 19] = [
     EventKind::StudyAdded,
     EventKind::Withdrawn,
     EventKind::Reapproved,
+    EventKind::UserRevoked,
+    EventKind::UserRotated,
 ];
 
 impl EventKind {
@@ -356,6 +362,8 @@ impl EventKind {
             EventKind::StudyAdded => "study-added",
             EventKind::Withdrawn => "withdrawn",
             EventKind::Reapproved => "reapproved",
+            EventKind::UserRevoked => "user-revoked",
+            EventKind::UserRotated => "user-rotated",
         }
     }
 

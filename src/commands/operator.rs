@@ -42,6 +42,22 @@ pub(crate) struct ConnectionArgs {
 pub(crate) enum UserCommand {
     /// Enrol a user or a node; prints its token once.
     Add(AddUserArgs),
+    /// Revoke a user or a node: its token stops working at once, and a node's live
+    /// stream is closed.
+    Revoke(UserNameArgs),
+    /// Give a user or a node a new token, printed once; the old one stops working at
+    /// once, and a node's live stream is closed (write the new token into its token file
+    /// and restart it).
+    Rotate(UserNameArgs),
+}
+
+/// Arguments of `ern operator user revoke` and `rotate`.
+#[derive(Debug, Args)]
+pub(crate) struct UserNameArgs {
+    /// The user's name.
+    name: String,
+    #[command(flatten)]
+    connection: Connection,
 }
 
 /// Arguments of `ern operator user add`.
@@ -112,6 +128,8 @@ pub(crate) fn run(command: OperatorCommand) -> anyhow::Result<()> {
         match command {
             OperatorCommand::Nodes(args) => nodes(args).await,
             OperatorCommand::User(UserCommand::Add(args)) => add_user(args).await,
+            OperatorCommand::User(UserCommand::Revoke(args)) => revoke_user(args).await,
+            OperatorCommand::User(UserCommand::Rotate(args)) => rotate_user(args).await,
             OperatorCommand::Users(args) => users(args).await,
             OperatorCommand::Study(StudyCommand::Add(args)) => add_study(args).await,
             OperatorCommand::Study(StudyCommand::List(args)) => studies(args).await,
@@ -204,6 +222,47 @@ async fn add_user(args: AddUserArgs) -> anyhow::Result<()> {
         "enrolled {} as {}; the token above is shown only once",
         added.name,
         args.role.as_str()
+    );
+    Ok(())
+}
+
+async fn revoke_user(args: UserNameArgs) -> anyhow::Result<()> {
+    let mut operator = client::operator(&args.connection).await?;
+    let revoked = operator
+        .revoke_user(v1::UserRequest {
+            name: args.name.clone(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    eprintln!(
+        "revoked {}: its token no longer works{}",
+        shown(&revoked.name),
+        if revoked.role == v1::Role::Node as i32 {
+            format!(
+                ", and the stream of site {} is closed",
+                shown(&revoked.site)
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+async fn rotate_user(args: UserNameArgs) -> anyhow::Result<()> {
+    let mut operator = client::operator(&args.connection).await?;
+    let rotated = operator
+        .rotate_user(v1::UserRequest {
+            name: args.name.clone(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    println!("{}", rotated.token);
+    eprintln!(
+        "new token for {}; the old one no longer works; the token above is shown only once",
+        shown(&rotated.name)
     );
     Ok(())
 }

@@ -20,6 +20,51 @@ impl Db {
         Ok(changed == 1)
     }
 
+    /// The user named `name`.
+    pub fn user(&self, name: &str) -> Result<Option<User>, DbError> {
+        let conn = self.conn();
+        let row = query_row_cached(
+            &conn,
+            "SELECT role, site, created_at FROM users WHERE name = ?1",
+            params![name],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+        row.map(|(role, site, created_at)| {
+            Ok(User {
+                name: name.to_string(),
+                role: role_from(role)?,
+                site,
+                created_at: created_at as u64,
+            })
+        })
+        .transpose()
+    }
+
+    /// Removes the user named `name` (its token stops working at once); false if there
+    /// is none.
+    pub fn remove_user(&self, name: &str) -> Result<bool, DbError> {
+        let conn = self.conn();
+        Ok(execute_cached(&conn, "DELETE FROM users WHERE name = ?1", params![name])? == 1)
+    }
+
+    /// Replaces the token of the user named `name` (the old one stops working at once);
+    /// false if there is none.
+    pub fn replace_token(&self, name: &str, token_hash: &[u8]) -> Result<bool, DbError> {
+        let conn = self.conn();
+        Ok(execute_cached(
+            &conn,
+            "UPDATE users SET token_hash = ?2 WHERE name = ?1",
+            params![name, token_hash],
+        )? == 1)
+    }
+
     /// The user whose token hashes to `token_hash`, with the stored hash.
     pub fn user_by_token_hash(
         &self,

@@ -81,6 +81,43 @@ impl OperatorService {
     }
 }
 
+impl OperatorService {
+    /// What follows a revocation or a rotation: a node user's live stream is closed (its
+    /// old token opened it), and the operator's action goes to the audit trail.
+    async fn after_credential_change(
+        &self,
+        operator: &str,
+        user: &crate::model::User,
+        kind: EventKind,
+    ) -> Result<(), Status> {
+        if user.role == Role::Node {
+            self.core.close_node_stream(&user.site).await;
+        }
+        tracing::info!(operator, user = %user.name, event = kind.as_str(), "credential changed");
+        let event = Event {
+            at: now_seconds(),
+            actor: operator.to_string(),
+            kind,
+            query_id: String::new(),
+            site: user.site.clone(),
+            detail: format!("{} ({})", user.name, user.role.as_str()),
+        };
+        self.core
+            .commit("a credential's event", move |db| db.record_event(&event))
+            .await
+    }
+}
+
+/// A user's wire form.
+fn user_info(user: crate::model::User) -> v1::UserInfo {
+    v1::UserInfo {
+        name: user.name,
+        role: user.role.to_proto() as i32,
+        site: user.site,
+        created_at: user.created_at,
+    }
+}
+
 #[tonic::async_trait]
 impl Operator for OperatorService {
     async fn list_nodes(
@@ -164,15 +201,58 @@ impl Operator for OperatorService {
         let next_page_token = page.finish(&mut users, |user| user.name.clone());
         Ok(Response::new(v1::ListUsersResponse {
             next_page_token,
-            users: users
-                .into_iter()
-                .map(|u| v1::UserInfo {
-                    name: u.name,
-                    role: u.role.to_proto() as i32,
-                    site: u.site,
-                    created_at: u.created_at,
-                })
-                .collect(),
+            users: users.into_iter().map(user_info).collect(),
+        }))
+    }
+
+    async fn revoke_user(
+        &self,
+        request: Request<v1::UserRequest>,
+    ) -> Result<Response<v1::UserInfo>, Status> {
+        let operator = auth::caller(&request)?;
+        let name = request.into_inner().name;
+        if name == operator.name {
+            return Err(Status::failed_precondition(
+                "an operator does not revoke their own token: another operator does",
+            ));
+        }
+        let user = self
+            .core
+            .db()
+            .user(&name)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no user named {}", echoed(&name))))?;
+        let removed_name = name.clone();
+        if !self
+            .core
+            .commit("a revocation", move |db| db.remove_user(&removed_name))
+            .await?
+        {
+            return Err(Status::not_found(format!(
+                "no user named {}",
+                echoed(&name)
+            )));
+        }
+        self.after_credential_change(&operator.name, &user, EventKind::UserRevoked)
+            .await?;
+        Ok(Response::new(user_info(user)))
+    }
+
+    async fn rotate_user(
+        &self,
+        request: Request<v1::UserRequest>,
+    ) -> Result<Response<v1::AddUserResponse>, Status> {
+        let operator = auth::caller(&request)?;
+        let name = request.into_inner().name;
+        let (user, token) = self
+            .core
+            .commit("a token rotation", move |db| auth::rotate(db, &name))
+            .await?;
+        self.after_credential_change(&operator.name, &user, EventKind::UserRotated)
+            .await?;
+        Ok(Response::new(v1::AddUserResponse {
+            name: user.name,
+            token,
         }))
     }
 
