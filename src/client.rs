@@ -213,6 +213,32 @@ pub(crate) fn format_time(seconds: u64) -> String {
     )
 }
 
+/// Refuses, before a token is made, an `--out` file that exists: the token could not
+/// be written there, and it is shown only once.
+pub(crate) fn check_token_out(out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(path) = out {
+        anyhow::ensure!(
+            !path.exists(),
+            "{} exists: a token is never written over a file; name a new one",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Hands a new token over: printed on stdout, or, with `out`, written to that file with
+/// mode 0600 (owner only; never over an existing file) and not printed.
+pub(crate) fn hand_over_token(token: &str, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    match out {
+        None => println!("{token}"),
+        Some(path) => {
+            ern_node::pseudonym::write_secret_file(path, format!("{token}\n").as_bytes())
+                .with_context(|| format!("writing the token to {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm, the inverse of
 /// the one in [`format_time`]).
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {

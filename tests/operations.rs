@@ -388,3 +388,54 @@ fn revoked_and_rotated_tokens_are_refused_at_once_and_a_nodes_stream_is_closed()
     assert_eq!(audit["counts"]["user-rotated"], 1, "{audit}");
     assert_eq!(audit["counts"]["user-revoked"], 1, "{audit}");
 }
+
+/// A token handed to a file is written with mode 0600 and not printed (tokens went to
+/// files every user could read, through the shell's redirection).
+#[test]
+fn a_token_written_to_a_file_is_readable_by_its_owner_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let net = Network::new(1, 50, 5);
+    let file = net.dir.path().join("bob.token");
+    let out = net.ern_as(
+        &net.operator,
+        &[
+            "operator",
+            "user",
+            "add",
+            "bob",
+            "--role",
+            "researcher",
+            "--out",
+            harness::path(&file),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(harness::stdout(&out).trim().is_empty(), "printed too");
+    let mode = std::fs::metadata(&file)
+        .expect("token file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let token = std::fs::read_to_string(&file).expect("token");
+    harness::ok(net.ern_as(token.trim(), &["studies"]));
+    // Never over an existing file.
+    let again = net.ern_as(
+        &net.operator,
+        &[
+            "operator",
+            "user",
+            "rotate",
+            "bob",
+            "--out",
+            harness::path(&file),
+        ],
+    );
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("bob.token exists"),
+        "{}",
+        stderr(&again)
+    );
+    // Refused before the token changed: the one in the file still works.
+    harness::ok(net.ern_as(token.trim(), &["studies"]));
+}

@@ -52,20 +52,25 @@ pub(crate) struct LocalAddArgs {
     /// The coordinator's configuration file.
     #[arg(long)]
     config: PathBuf,
+    /// Write the token to this file (mode 0600, never over an existing file) instead of
+    /// printing it.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 pub(crate) fn run(command: CoordinatorCommand) -> anyhow::Result<()> {
     match command {
         CoordinatorCommand::Serve(args) => serve(args),
         CoordinatorCommand::User(LocalUserCommand::Add(args)) => {
+            crate::client::check_token_out(args.out.as_deref())?;
             let config = CoordinatorConfig::load(&args.config)?;
             let db = Db::open(&config.database)
                 .with_context(|| format!("opening {}", config.database.display()))?;
             let token = auth::enrol(&db, &args.name, args.role, args.site.trim(), now_seconds())
                 .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
-            println!("{token}");
+            crate::client::hand_over_token(&token, args.out.as_deref())?;
             eprintln!(
-                "enrolled {} as {}; the token above is shown only once",
+                "enrolled {} as {}; its token is shown only once",
                 args.name,
                 args.role.as_str()
             );

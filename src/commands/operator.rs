@@ -1,5 +1,7 @@
-//! What registry operators run: `ern operator nodes | user add | users | study add |
-//! study list | audit`.
+//! What registry operators run: `ern operator nodes | user add | user revoke | user
+//! rotate | users | study add | study list | audit`.
+
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use ern_coordinator::model::Role;
@@ -56,6 +58,10 @@ pub(crate) enum UserCommand {
 pub(crate) struct UserNameArgs {
     /// The user's name.
     name: String,
+    /// `rotate`: write the new token to this file (mode 0600, never over an existing
+    /// file) instead of printing it.
+    #[arg(long)]
+    out: Option<PathBuf>,
     #[command(flatten)]
     connection: Connection,
 }
@@ -71,6 +77,10 @@ pub(crate) struct AddUserArgs {
     /// The site, for stewards and nodes.
     #[arg(long, default_value = "")]
     site: String,
+    /// Write the token to this file (mode 0600, never over an existing file) instead of
+    /// printing it.
+    #[arg(long)]
+    out: Option<PathBuf>,
     #[command(flatten)]
     connection: Connection,
 }
@@ -207,6 +217,7 @@ async fn nodes(args: ConnectionArgs) -> anyhow::Result<()> {
 }
 
 async fn add_user(args: AddUserArgs) -> anyhow::Result<()> {
+    client::check_token_out(args.out.as_deref())?;
     let mut operator = client::operator(&args.connection).await?;
     let added = operator
         .add_user(v1::AddUserRequest {
@@ -217,9 +228,9 @@ async fn add_user(args: AddUserArgs) -> anyhow::Result<()> {
         .await
         .map_err(rpc_error)?
         .into_inner();
-    println!("{}", added.token);
+    client::hand_over_token(&added.token, args.out.as_deref())?;
     eprintln!(
-        "enrolled {} as {}; the token above is shown only once",
+        "enrolled {} as {}; its token is shown only once",
         added.name,
         args.role.as_str()
     );
@@ -251,6 +262,7 @@ async fn revoke_user(args: UserNameArgs) -> anyhow::Result<()> {
 }
 
 async fn rotate_user(args: UserNameArgs) -> anyhow::Result<()> {
+    client::check_token_out(args.out.as_deref())?;
     let mut operator = client::operator(&args.connection).await?;
     let rotated = operator
         .rotate_user(v1::UserRequest {
@@ -259,9 +271,9 @@ async fn rotate_user(args: UserNameArgs) -> anyhow::Result<()> {
         .await
         .map_err(rpc_error)?
         .into_inner();
-    println!("{}", rotated.token);
+    client::hand_over_token(&rotated.token, args.out.as_deref())?;
     eprintln!(
-        "new token for {}; the old one no longer works; the token above is shown only once",
+        "new token for {}; the old one no longer works; the new one is shown only once",
         shown(&rotated.name)
     );
     Ok(())
