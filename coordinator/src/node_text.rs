@@ -41,20 +41,10 @@ pub fn failure_reference(text: &str) -> String {
     }
 }
 
-/// The failure categories a node may report (see `ern_node::failure`).
-const CATEGORIES: [&str; 6] = [
-    "time-limit",
-    "memory-limit",
-    "output-cap",
-    "type-error",
-    "store-unavailable",
-    "internal",
-];
-
 /// The category of a node's failure or resource refusal, as kept: one of the known
 /// categories, empty when none was given, or `unreadable-category`.
 pub fn failure_category(text: &str) -> String {
-    if text.is_empty() || CATEGORIES.contains(&text) {
+    if text.is_empty() || ern_proto::failure::CATEGORIES.contains(&text) {
         text.to_string()
     } else {
         "unreadable-category".to_string()

@@ -15,11 +15,13 @@
 //! - [`approval`]: the one approval type, from the steward's signature to the node's
 //!   check, with its conversions to and from the wire.
 //! - [`arrow_ipc`]: tables as Arrow IPC bytes.
+//! - [`failure`]: the names of the failure categories nodes report.
 //! - [`transport`]: the client transport rule (TLS with the pinned CA; plaintext only to
 //!   loopback) and bearer tokens.
 
 pub mod approval;
 pub mod arrow_ipc;
+pub mod failure;
 pub mod transport;
 
 /// Package `ern.v1`: messages, clients (`*_client`) and servers (`*_server`).

@@ -5,7 +5,7 @@ use arrow::datatypes::{Float64Type, Int64Type};
 use ern_queries::Rule;
 use ern_queries::catalog::planning_state;
 
-use crate::common::validate;
+use crate::common::{assert_all_accepted, assert_all_refused, validate};
 use crate::variance::{Diagnosis, Patient, Rows, released, site_output};
 
 /// One patient per diagnosis row: `(onset, diagnosis)` ages.
@@ -83,26 +83,25 @@ async fn a_covariance_from_three_variances_is_refused() {
 #[tokio::test]
 async fn a_combination_of_values_is_refused_wherever_it_is_made() {
     let state = planning_state().expect("planning");
-    for sql in [
-        "SELECT VAR_POP(p.birth_year + p.birth_month) FROM patient p",
-        "SELECT VAR_POP(CAST(p.birth_year AS BIGINT) - CAST(p.birth_month AS BIGINT)) FROM patient p",
-        "SELECT VAR_POP(x.s) FROM (SELECT pid, age_at_onset + age_at_diagnosis AS s FROM diagnosis) x",
-        "SELECT STDDEV(x.s) FROM (SELECT pid, SUM(age_at_onset + age_at_diagnosis) AS s FROM diagnosis GROUP BY pid) x",
-        "SELECT VAR_SAMP(x.a + x.b) FROM (SELECT pid, SUM(age_at_onset) AS a, SUM(age_at_diagnosis) AS b FROM diagnosis GROUP BY pid) x",
-        "SELECT VAR_POP(x.hi - x.lo) FROM (SELECT pid, MAX(age_at_onset) AS hi, MIN(age_at_onset) AS lo FROM diagnosis GROUP BY pid) x",
-        "SELECT VAR_POP(x.n - x.s) FROM (SELECT pid, COUNT(*) AS n, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x",
-        "SELECT VAR_POP(d1.age_at_onset - d2.age_at_onset) FROM diagnosis d1 JOIN diagnosis d2 ON d1.pid = d2.pid",
-        "SELECT STDDEV_POP(p.birth_year + d.age_at_onset) FROM patient p JOIN diagnosis d ON d.pid = p.pid",
-        "WITH x AS (SELECT pid, age_at_onset AS a FROM diagnosis) SELECT VAR_POP(x1.a - x2.a) FROM x x1 JOIN x x2 ON x1.pid = x2.pid",
-        "SELECT VAR_POP(y.t) FROM (SELECT x.pid, x.a - x.b AS t FROM (SELECT pid, age_at_onset AS a, age_at_diagnosis AS b FROM diagnosis) x) y",
-    ] {
-        let refusal = validate(sql, &state).await.expect_err(sql);
-        assert_eq!(refusal.rule, Rule::BarrierAggregates, "{sql}: {refusal}");
-        assert!(
-            refusal.to_string().contains("one value"),
-            "{sql}: {refusal}"
-        );
-    }
+    assert_all_refused(
+        &[
+            "SELECT VAR_POP(p.birth_year + p.birth_month) FROM patient p",
+            "SELECT VAR_POP(CAST(p.birth_year AS BIGINT) - CAST(p.birth_month AS BIGINT)) FROM patient p",
+            "SELECT VAR_POP(x.s) FROM (SELECT pid, age_at_onset + age_at_diagnosis AS s FROM diagnosis) x",
+            "SELECT STDDEV(x.s) FROM (SELECT pid, SUM(age_at_onset + age_at_diagnosis) AS s FROM diagnosis GROUP BY pid) x",
+            "SELECT VAR_SAMP(x.a + x.b) FROM (SELECT pid, SUM(age_at_onset) AS a, SUM(age_at_diagnosis) AS b FROM diagnosis GROUP BY pid) x",
+            "SELECT VAR_POP(x.hi - x.lo) FROM (SELECT pid, MAX(age_at_onset) AS hi, MIN(age_at_onset) AS lo FROM diagnosis GROUP BY pid) x",
+            "SELECT VAR_POP(x.n - x.s) FROM (SELECT pid, COUNT(*) AS n, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x",
+            "SELECT VAR_POP(d1.age_at_onset - d2.age_at_onset) FROM diagnosis d1 JOIN diagnosis d2 ON d1.pid = d2.pid",
+            "SELECT STDDEV_POP(p.birth_year + d.age_at_onset) FROM patient p JOIN diagnosis d ON d.pid = p.pid",
+            "WITH x AS (SELECT pid, age_at_onset AS a FROM diagnosis) SELECT VAR_POP(x1.a - x2.a) FROM x x1 JOIN x x2 ON x1.pid = x2.pid",
+            "SELECT VAR_POP(y.t) FROM (SELECT x.pid, x.a - x.b AS t FROM (SELECT pid, age_at_onset AS a, age_at_diagnosis AS b FROM diagnosis) x) y",
+        ],
+        &state,
+        Rule::BarrierAggregates,
+        Some("one value"),
+    )
+    .await;
 }
 
 /// One value, shifted or scaled by literals, renamed, cast, or aggregated per patient,
@@ -111,18 +110,18 @@ async fn a_combination_of_values_is_refused_wherever_it_is_made() {
 #[tokio::test]
 async fn one_value_shifted_scaled_or_aggregated_per_patient_is_accepted() {
     let state = planning_state().expect("planning");
-    for sql in [
-        "SELECT VAR_POP(3 * d.age_at_onset - 20) FROM diagnosis d",
-        "SELECT VAR_POP(d.age_at_onset + d.age_at_onset) FROM diagnosis d",
-        "SELECT STDDEV(CAST(p.birth_year AS BIGINT) - 1900) FROM patient p",
-        "SELECT VAR_SAMP(x.a) FROM (SELECT pid, age_at_onset AS a FROM diagnosis) x",
-        "SELECT VAR_SAMP(x.s), VAR_SAMP(x.n) FROM (SELECT pid, SUM(age_at_onset) AS s, COUNT(*) AS n FROM diagnosis GROUP BY pid) x",
-        "SELECT p.sex, VAR_POP(p.birth_year), VAR_POP(d.age_at_onset), SUM(p.birth_year + d.age_at_onset) FROM patient p JOIN diagnosis d ON d.pid = p.pid GROUP BY p.sex",
-    ] {
-        validate(sql, &state)
-            .await
-            .unwrap_or_else(|refusal| panic!("{sql}: {refusal}"));
-    }
+    assert_all_accepted(
+        &[
+            "SELECT VAR_POP(3 * d.age_at_onset - 20) FROM diagnosis d",
+            "SELECT VAR_POP(d.age_at_onset + d.age_at_onset) FROM diagnosis d",
+            "SELECT STDDEV(CAST(p.birth_year AS BIGINT) - 1900) FROM patient p",
+            "SELECT VAR_SAMP(x.a) FROM (SELECT pid, age_at_onset AS a FROM diagnosis) x",
+            "SELECT VAR_SAMP(x.s), VAR_SAMP(x.n) FROM (SELECT pid, SUM(age_at_onset) AS s, COUNT(*) AS n FROM diagnosis GROUP BY pid) x",
+            "SELECT p.sex, VAR_POP(p.birth_year), VAR_POP(d.age_at_onset), SUM(p.birth_year + d.age_at_onset) FROM patient p JOIN diagnosis d ON d.pid = p.pid GROUP BY p.sex",
+        ],
+        &state,
+    )
+    .await;
 }
 
 /// Patients with one diagnosis row each, and the target with two (onsets 40 and 47).
@@ -178,15 +177,15 @@ async fn a_per_patient_value_joined_back_to_the_patients_rows_is_refused() {
     }
     // Joined to one row per patient (the patient table, another per-patient grouping),
     // or only counted, it stays usable.
-    for sql in [
-        "SELECT p.sex, SUM(x.s) AS a, VAR_POP(x.s) AS v FROM patient p JOIN (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x ON p.pid = x.pid GROUP BY p.sex",
-        "SELECT SUM(x.s) AS a, SUM(y.n) AS b FROM (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x JOIN (SELECT pid, COUNT(*) AS n FROM phenotype GROUP BY pid) y ON x.pid = y.pid",
-        "SELECT x.s, COUNT(DISTINCT d.pid) AS n FROM (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x JOIN diagnosis d ON d.pid = x.pid GROUP BY x.s",
-    ] {
-        validate(sql, &state)
-            .await
-            .unwrap_or_else(|refusal| panic!("{sql}: {refusal}"));
-    }
+    assert_all_accepted(
+        &[
+            "SELECT p.sex, SUM(x.s) AS a, VAR_POP(x.s) AS v FROM patient p JOIN (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x ON p.pid = x.pid GROUP BY p.sex",
+            "SELECT SUM(x.s) AS a, SUM(y.n) AS b FROM (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x JOIN (SELECT pid, COUNT(*) AS n FROM phenotype GROUP BY pid) y ON x.pid = y.pid",
+            "SELECT x.s, COUNT(DISTINCT d.pid) AS n FROM (SELECT pid, SUM(age_at_onset) AS s FROM diagnosis GROUP BY pid) x JOIN diagnosis d ON d.pid = x.pid GROUP BY x.s",
+        ],
+        &state,
+    )
+    .await;
 }
 
 /// Values at the largest plain magnitude (about 2^32, squares near 2^64): the sum of

@@ -18,7 +18,7 @@ use ern_queries::domain::AggregationMode;
 use ern_queries::split::is_hidden;
 use ern_queries::{Rule, SiteFacts, schema};
 
-use crate::common::{site_plan, validate};
+use crate::common::{assert_all_accepted, assert_all_refused, site_plan, validate};
 
 /// `expression` over a one-column table `t(v)` of `values`, in a session with ern's
 /// functions.
@@ -162,24 +162,27 @@ async fn bounds_and_count_are_literals_in_range_and_each_refusal_says_which() {
 #[tokio::test]
 async fn width_bucket_may_not_shape_a_released_value() {
     let state = planning_state().expect("planning");
-    for sql in [
-        "SELECT SUM(width_bucket(birth_year, 1900, 2000, 10)) FROM patient",
-        "SELECT AVG(width_bucket(birth_year, 1900, 2000, 10) * 10) FROM patient",
-        "SELECT COUNT(width_bucket(birth_year, 1900, 2000, 10)) FROM patient",
-        "SELECT SUM(x.b) FROM (SELECT pid, width_bucket(birth_year, 1900, 2000, 10) AS b FROM patient) x",
-    ] {
-        let refusal = validate(sql, &state).await.expect_err(sql);
-        assert_eq!(refusal.rule, Rule::BarrierAggregates, "{sql}: {refusal}");
-    }
+    assert_all_refused(
+        &[
+            "SELECT SUM(width_bucket(birth_year, 1900, 2000, 10)) FROM patient",
+            "SELECT AVG(width_bucket(birth_year, 1900, 2000, 10) * 10) FROM patient",
+            "SELECT COUNT(width_bucket(birth_year, 1900, 2000, 10)) FROM patient",
+            "SELECT SUM(x.b) FROM (SELECT pid, width_bucket(birth_year, 1900, 2000, 10) AS b FROM patient) x",
+        ],
+        &state,
+        Rule::BarrierAggregates,
+        None,
+    )
+    .await;
     // In WHERE, in GROUP BY and per patient it stays allowed.
-    for sql in [
-        "SELECT COUNT(*) FROM patient WHERE width_bucket(birth_year, 1900, 2000, 10) = 3",
-        "SELECT x.b, COUNT(*) FROM (SELECT pid, MAX(width_bucket(age_at_onset, 0, 80, 8)) AS b FROM diagnosis GROUP BY pid) x GROUP BY x.b",
-    ] {
-        validate(sql, &state)
-            .await
-            .unwrap_or_else(|refusal| panic!("{sql}: {refusal}"));
-    }
+    assert_all_accepted(
+        &[
+            "SELECT COUNT(*) FROM patient WHERE width_bucket(birth_year, 1900, 2000, 10) = 3",
+            "SELECT x.b, COUNT(*) FROM (SELECT pid, MAX(width_bucket(age_at_onset, 0, 80, 8)) AS b FROM diagnosis GROUP BY pid) x GROUP BY x.b",
+        ],
+        &state,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -117,20 +117,8 @@ impl ResearcherService {
         let rows = answer.batches.iter().map(|b| b.num_rows() as u64).sum();
         let arrow_ipc = ern_proto::arrow_ipc::encode(&answer.schema, &answer.batches)
             .map_err(|e| Status::internal(format!("encoding the reference answer: {e}")))?;
-        let query = StoredQuery {
-            id: new_query_id()?,
-            study_id,
-            title,
-            purpose: submit.purpose.trim().to_string(),
-            query_hash: ern_queries::query_hash(&submit.sql),
-            sql: submit.sql,
-            submitted_by: user.name.clone(),
-            submitted_at: now,
-            deadline: now,
-            complete: true,
-            failure: String::new(),
-            withdrawn_at: 0,
-        };
+        let mut query = new_question(user, submit, study_id, title, now, now)?;
+        query.complete = true;
         let result = crate::db::StoredResult {
             arrow_ipc,
             rows,
@@ -325,20 +313,14 @@ impl Researcher for ResearcherService {
         } else {
             submit.deadline_seconds
         };
-        let query = StoredQuery {
-            id: new_query_id()?,
+        let query = new_question(
+            &user,
+            submit,
             study_id,
             title,
-            purpose: submit.purpose.trim().to_string(),
-            query_hash: ern_queries::query_hash(&submit.sql),
-            sql: submit.sql,
-            submitted_by: user.name.clone(),
-            submitted_at: now,
-            deadline: now.saturating_add(wait),
-            complete: false,
-            failure: String::new(),
-            withdrawn_at: 0,
-        };
+            now,
+            now.saturating_add(wait),
+        )?;
         let (stored, targets, report) = (query.clone(), sites.clone(), report_json(&plan));
         let mode = plan.mode().name();
         let max_open = u64::from(self.core.limits().max_open_questions);
@@ -531,4 +513,30 @@ impl Researcher for ResearcherService {
 fn report_json(plan: &ern_queries::QueryPlan) -> String {
     // A report is sets and lists of strings: it always serialises.
     serde_json::to_string(plan.report()).unwrap_or_default()
+}
+
+/// A question as stored when it is submitted: open, neither merged, failed nor withdrawn
+/// (one constructor for questions sent to the sites and those answered here).
+fn new_question(
+    user: &User,
+    submit: v1::SubmitRequest,
+    study_id: String,
+    title: String,
+    now: u64,
+    deadline: u64,
+) -> Result<StoredQuery, Status> {
+    Ok(StoredQuery {
+        id: new_query_id()?,
+        study_id,
+        title,
+        purpose: submit.purpose.trim().to_string(),
+        query_hash: ern_queries::query_hash(&submit.sql),
+        sql: submit.sql,
+        submitted_by: user.name.clone(),
+        submitted_at: now,
+        deadline,
+        complete: false,
+        failure: String::new(),
+        withdrawn_at: 0,
+    })
 }

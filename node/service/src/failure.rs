@@ -8,6 +8,7 @@
 
 use arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
+use ern_proto::failure;
 
 /// The kinds of failure and resource refusal a node tells the coordinator about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,12 +32,12 @@ impl FailureCategory {
     /// The stable name sent to the coordinator and shown by `ern status`.
     pub fn as_str(self) -> &'static str {
         match self {
-            FailureCategory::TimeLimit => "time-limit",
-            FailureCategory::MemoryLimit => "memory-limit",
-            FailureCategory::OutputCap => "output-cap",
-            FailureCategory::TypeError => "type-error",
-            FailureCategory::StoreUnavailable => "store-unavailable",
-            FailureCategory::Internal => "internal",
+            FailureCategory::TimeLimit => failure::TIME_LIMIT,
+            FailureCategory::MemoryLimit => failure::MEMORY_LIMIT,
+            FailureCategory::OutputCap => failure::OUTPUT_CAP,
+            FailureCategory::TypeError => failure::TYPE_ERROR,
+            FailureCategory::StoreUnavailable => failure::STORE_UNAVAILABLE,
+            FailureCategory::Internal => failure::INTERNAL,
         }
     }
 
@@ -133,6 +134,8 @@ mod tests {
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b == b'-')
             );
+            // The coordinator accepts exactly these names.
+            assert!(failure::CATEGORIES.contains(&category.as_str()));
         }
     }
 }

@@ -1763,3 +1763,83 @@ async fn a_patient_with_eight_codes_counts_once_at_the_default_bound() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// 7. Failure categories reveal nothing
+// ---------------------------------------------------------------------------------------
+
+/// How a question ended, as the researcher is told: released (with how many groups), or
+/// refused by a rule, or failed in a category. Never a value.
+fn told(answer: &Result<ern_node::engine::Released, ExecuteError>) -> String {
+    match answer {
+        Ok(released) => format!("released {} groups", released.groups_released),
+        Err(ExecuteError::Failed { category, .. }) => format!("failed: {category}"),
+        Err(ExecuteError::Limit { category, .. }) => format!("limit: {category}"),
+        Err(error) => format!("refused: {}", error.rule_name()),
+    }
+}
+
+/// Attack: a question built to fail only on the target's rows (a cast of text that is
+/// not a number, a division by zero, an overflow, a logarithm of zero, each reached only
+/// through a WHERE or CASE only the target meets). If a failure, or its category, came
+/// and went with the target, one question would be one bit about one patient, whatever
+/// k. Safe: with and without the target the researcher is told the same.
+#[tokio::test]
+async fn a_question_failing_only_on_one_patients_rows_is_told_the_same_either_way() {
+    let target = "d.code = 'ORPHA:99991'";
+    let questions = [
+        format!(
+            "SELECT COUNT(DISTINCT d.pid) AS n FROM diagnosis d WHERE CAST(CASE WHEN {target} THEN 'x' ELSE '1' END AS INT) = 1"
+        ),
+        format!(
+            "SELECT COUNT(DISTINCT d.pid) AS n FROM diagnosis d WHERE 10 / CASE WHEN {target} THEN 0 ELSE 1 END = 10"
+        ),
+        format!(
+            "SELECT COUNT(DISTINCT d.pid) AS n FROM diagnosis d WHERE CASE WHEN {target} THEN 9223372036854775807 ELSE 1 END + 1 > 0"
+        ),
+        format!(
+            "SELECT COUNT(DISTINCT d.pid) AS n FROM diagnosis d WHERE ln(CASE WHEN {target} THEN 0 ELSE 1 END) <= 0"
+        ),
+        format!(
+            "SELECT d.code, COUNT(DISTINCT d.pid) AS n FROM diagnosis d WHERE CAST(CASE WHEN {target} THEN 'x' ELSE '1' END AS INT) = 1 GROUP BY d.code"
+        ),
+        // Values from the row itself, which no check of constants can see.
+        format!(
+            "SELECT COUNT(DISTINCT d.pid) AS n FROM diagnosis d WHERE CAST(CASE WHEN {target} THEN d.code ELSE '1' END AS INT) = 1"
+        ),
+        format!(
+            "SELECT COUNT(DISTINCT d.pid) AS n FROM diagnosis d WHERE 10 / CASE WHEN {target} THEN d.age_at_onset - d.age_at_onset ELSE 1 END = 10"
+        ),
+        format!(
+            "SELECT COUNT(DISTINCT d.pid) AS n FROM diagnosis d WHERE CAST(CASE WHEN {target} THEN d.pid ELSE '0' END AS BIGINT) >= 0"
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("dir");
+    let steward = named_steward(dir.path(), "steward");
+    let stores = [
+        packed_store(dir.path(), "with", true),
+        packed_store(dir.path(), "without", false),
+    ];
+    let mut engines = Vec::new();
+    for store in &stores {
+        let policy = NodePolicy::new(SITE, vec![steward.public_key()]);
+        engines.push(NodeEngine::open(store, policy).await.expect("engine"));
+    }
+    let mut differences = Vec::new();
+    for (nonce, sql) in questions.iter().enumerate() {
+        let mut said = Vec::new();
+        for engine in &engines {
+            let answer = engine
+                .execute(&request(&steward, sql, STUDY, nonce as u64))
+                .await;
+            said.push(told(&answer));
+        }
+        if said[0] != said[1] {
+            differences.push(format!(
+                "{sql}\n  with the target: {}\n  without: {}",
+                said[0], said[1]
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
