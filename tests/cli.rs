@@ -473,12 +473,14 @@ fn every_command_has_help() {
 fn node_audit_verify_names_the_first_bad_entry() {
     use ern_node::audit::{AUDIT_FILE, AuditEntry, AuditLog, Outcome};
     let dir = tempfile::tempdir().expect("temp dir");
-    let log = AuditLog::open(dir.path()).expect("open log");
+    let file = dir.path().join(AUDIT_FILE);
+    let log = AuditLog::open(&file).expect("open log");
     for study in ["s1", "s2", "s3", "s4"] {
         log.append(AuditEntry::new(study, "abc", Outcome::Accepted))
             .expect("append");
     }
-    let intact = ern(&["node", "audit", "verify", "--store", path(dir.path())]);
+    drop(log);
+    let intact = ern(&["node", "audit", "verify", "--log", path(&file)]);
     assert!(intact.status.success(), "{}", stderr(&intact));
     assert!(
         stdout(&intact).contains("audit log intact: 4 entries"),
@@ -486,10 +488,9 @@ fn node_audit_verify_names_the_first_bad_entry() {
         stdout(&intact)
     );
 
-    let file = dir.path().join(AUDIT_FILE);
     let text = std::fs::read_to_string(&file).expect("log");
     std::fs::write(&file, text.replacen("\"s3\"", "\"s9\"", 1)).expect("tamper");
-    let broken = ern(&["node", "audit", "verify", "--store", path(dir.path())]);
+    let broken = ern(&["node", "audit", "verify", "--log", path(&file)]);
     assert!(!broken.status.success());
     assert!(
         stderr(&broken).contains("broken at entry 3"),

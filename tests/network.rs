@@ -613,8 +613,8 @@ fn a_removed_audit_tail_is_found_against_the_head_the_coordinator_kept() {
     harness::wait_until("the answer", Duration::from_secs(30), || {
         net.site_states(&id)["site-1"].0 == "answered"
     });
-    let store = net.site("site-1").dir.join("store");
-    let log = store.join(ern_node::audit::AUDIT_FILE);
+    let config = net.site("site-1").dir.join("node.toml");
+    let log = net.site("site-1").dir.join(ern_node::audit::AUDIT_FILE);
     let entries = ern_node::audit::read_entries(&log).expect("audit log");
     let head = entries.last().expect("an entry").hash.clone();
     harness::wait_until(
@@ -622,9 +622,15 @@ fn a_removed_audit_tail_is_found_against_the_head_the_coordinator_kept() {
         Duration::from_secs(30),
         || ok(net.ern_as(&net.operator, &["operator", "nodes"])).contains(&head),
     );
-    let store_arg = store.to_str().expect("utf-8").to_string();
+    let config_arg = config.to_str().expect("utf-8").to_string();
     ok(harness::ern(&[
-        "node", "audit", "verify", "--store", &store_arg, "--head", &head,
+        "node",
+        "audit",
+        "verify",
+        "--config",
+        &config_arg,
+        "--head",
+        &head,
     ]));
 
     // The last entry is removed: the chain is still intact, the head is gone.
@@ -634,10 +640,20 @@ fn a_removed_audit_tail_is_found_against_the_head_the_coordinator_kept() {
     let kept: String = lines.iter().map(|line| format!("{line}\n")).collect();
     std::fs::write(&log, kept).expect("truncate");
     ok(harness::ern(&[
-        "node", "audit", "verify", "--store", &store_arg,
+        "node",
+        "audit",
+        "verify",
+        "--config",
+        &config_arg,
     ]));
     let out = harness::ern(&[
-        "node", "audit", "verify", "--store", &store_arg, "--head", &head,
+        "node",
+        "audit",
+        "verify",
+        "--config",
+        &config_arg,
+        "--head",
+        &head,
     ]);
     assert!(!out.status.success());
     assert!(

@@ -179,7 +179,7 @@ fn approvals_refused_for_their_key_or_expiry_are_approved_again_and_answered() {
     assert_eq!(states["site-1"].1, "approval-unknown-key");
     assert_eq!(states["site-2"].1, "approval-expired");
     // Without a round trip: the node never saw it.
-    let node_log = net.site("site-2").dir.join("store").join("audit.log");
+    let node_log = net.site("site-2").dir.join("audit.log");
     let node_log = std::fs::read_to_string(node_log).unwrap_or_default();
     assert!(!node_log.contains("approval-expired"), "{node_log}");
     // Every site is done: the question ends with nothing to show.
@@ -277,6 +277,7 @@ fn a_failure_names_its_kind_and_the_steward_reads_the_detail_by_reference() {
     let mut net = Network::new(1, 300, 5);
     net.start_node_connected("site-1");
     let store = net.site("site-1").dir.join("store");
+    let config = net.site("site-1").dir.join("node.toml");
     std::fs::remove_file(store.join("diagnosis.parquet")).expect("remove a table");
     let sql = "SELECT d.code, COUNT(DISTINCT d.pid) AS patients FROM diagnosis d GROUP BY d.code";
     let id = net.submit(sql, "Fails at the site", &[]);
@@ -300,8 +301,8 @@ fn a_failure_names_its_kind_and_the_steward_reads_the_detail_by_reference() {
         "audit",
         "show",
         &reference,
-        "--store",
-        harness::path(&store),
+        "--config",
+        harness::path(&config),
     ]));
     assert!(shown.contains("diagnosis"), "{shown}");
     assert!(shown.contains("store-unavailable"), "{shown}");
@@ -310,8 +311,8 @@ fn a_failure_names_its_kind_and_the_steward_reads_the_detail_by_reference() {
         "audit",
         "show",
         &reference,
-        "--store",
-        harness::path(&store),
+        "--config",
+        harness::path(&config),
         "--format",
         "json",
     ])));
@@ -322,8 +323,8 @@ fn a_failure_names_its_kind_and_the_steward_reads_the_detail_by_reference() {
         "audit",
         "show",
         "0000000000000000",
-        "--store",
-        harness::path(&store),
+        "--config",
+        harness::path(&config),
     ]);
     assert!(!unknown.status.success());
     assert!(

@@ -62,6 +62,10 @@ struct Connection {
     /// Whether the node takes part in secure aggregation, and the fewest participants
     /// it accepts (from its Hello).
     secure: (bool, usize),
+    /// What stops the node from answering, from its last heartbeat (empty: nothing).
+    unavailable: String,
+    /// The store generation it last reported.
+    store_generation: String,
 }
 
 /// The coordinator's shared core, behind every service.
@@ -367,6 +371,8 @@ impl Coordinator {
                 last_seen: now,
                 max_concurrent: hello.max_concurrent.max(1) as usize,
                 secure: (hello.secure_aggregation, hello.min_secure_sites as usize),
+                unavailable: String::new(),
+                store_generation: String::new(),
             },
         );
         self.privacy().entry(site.to_string()).or_default().policy =
@@ -443,6 +449,34 @@ impl Coordinator {
         if changed && let Err(error) = self.db.node_seen(site, now) {
             tracing::warn!(%error, site, "recording a heartbeat");
         }
+    }
+
+    /// Keeps what a node's heartbeat says of its health: whether it can answer, and the
+    /// store generation it answers from (work sent to a node that cannot answer fails
+    /// there with the category it names, so the researcher learns it is the site's to
+    /// fix).
+    pub fn node_heartbeat(&self, site: &str, generation: u64, beat: &v1::Heartbeat) {
+        let unavailable = crate::node_text::failure_category(&beat.unavailable);
+        let store_generation = crate::node_text::store_generation(&beat.store_generation);
+        let mut nodes = self.nodes();
+        let Some(connection) = nodes.get_mut(site).filter(|c| c.generation == generation) else {
+            return;
+        };
+        let was = std::mem::replace(&mut connection.unavailable, unavailable.clone());
+        connection.store_generation = store_generation;
+        if was != unavailable && !unavailable.is_empty() {
+            tracing::warn!(target: "ern::link", site, reason = %unavailable, "the node reports it cannot answer");
+        } else if !was.is_empty() && unavailable.is_empty() {
+            tracing::info!(target: "ern::link", site, "the node can answer again");
+        }
+    }
+
+    /// What a connected node last said of its health: what stops it (empty: nothing)
+    /// and its store generation; `None` when it is not connected.
+    pub fn node_health(&self, site: &str) -> Option<(String, String)> {
+        self.nodes()
+            .get(site)
+            .map(|c| (c.unavailable.clone(), c.store_generation.clone()))
     }
 
     /// Keeps the latest audit-log head a node reported: 64 hex characters, or nothing is

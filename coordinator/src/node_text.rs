@@ -51,6 +51,15 @@ pub fn failure_category(text: &str) -> String {
     }
 }
 
+/// A node's store generation, as kept: the id, or nothing when it is not a word.
+pub fn store_generation(text: &str) -> String {
+    if is_word(text) {
+        text.to_string()
+    } else {
+        String::new()
+    }
+}
+
 /// A node's software version, as kept: escaped and at most 64 characters of it.
 pub fn version(text: &str) -> String {
     shown_bounded(text, MAX_VERSION)

@@ -29,8 +29,8 @@ use ern_coordinator::db::StudyAdmission;
 use ern_coordinator::model::{Role, Study, now_seconds as now};
 use ern_coordinator::{Coordinator, Db, Timing, Transport, auth, server};
 use ern_node::approval;
-use ern_node::audit::{self, AUDIT_FILE};
-use ern_node::engine::{NodeEngine, NodePolicy, SecurePolicy};
+use ern_node::audit;
+use ern_node::engine::{NodeEngine, NodeFiles, NodePolicy, SecurePolicy};
 use ern_node::link::{self, LinkSettings};
 use ern_node::privacy::policy::{Epsilon, PrivacyPolicy};
 use ern_node::privacy::secret::NoiseSecret;
@@ -119,7 +119,8 @@ const WAIT: Duration = Duration::from_secs(120);
 /// One demo hospital: its id, store and steward key, and its steward's token.
 struct Site {
     id: String,
-    store: PathBuf,
+    /// Its store and, beside it, its node's audit log.
+    files: NodeFiles,
     steward_key: StewardSigningKey,
     steward: Connection,
     /// Its node's policy and link, to restart the node with another policy.
@@ -281,10 +282,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             domain: None,
         };
         let link = LinkSettings::new(&address, BearerToken::new(&node_token)?, Some(node_tls));
-        nodes.push(start_node(id, &store, policy.clone(), link.clone()).await?);
+        let files = NodeFiles {
+            audit_log: dir.join("audit.log"),
+            store,
+        };
+        nodes.push(start_node(id, &files, policy.clone(), link.clone()).await?);
         sites.push(Site {
             id: id.clone(),
-            store,
+            files,
             policy,
             link,
             steward_key,
@@ -359,11 +364,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 /// Starts a site's node on its store under `policy`, dialling out with `link`.
 async fn start_node(
     id: &str,
-    store: &Path,
+    files: &NodeFiles,
     policy: NodePolicy,
     link: LinkSettings,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let engine = NodeEngine::open(store, policy)
+    let engine = NodeEngine::open_files(files, policy)
         .await
         .with_context(|| format!("opening the node of {id}"))?;
     Ok(tokio::spawn(link::run(Arc::new(engine), link)))
@@ -395,13 +400,11 @@ async fn privacy_act(
     )?;
     for node in nodes.drain(..) {
         node.abort();
+        // Its audit log stays locked until the aborted task is gone.
+        let _ = node.await;
     }
     for site in sites.iter_mut() {
-        let secret_path = site
-            .store
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("noise.key");
+        let secret_path = site.files.state_dir().join("noise.key");
         let secret = NoiseSecret::generate(&secret_path)
             .with_context(|| format!("creating the noise secret of {}", site.id))?;
         site.policy.privacy = PrivacyPolicy {
@@ -414,7 +417,7 @@ async fn privacy_act(
         nodes.push(
             start_node(
                 &site.id,
-                &site.store,
+                &site.files,
                 site.policy.clone(),
                 site.link.clone(),
             )
@@ -463,7 +466,7 @@ async fn privacy_act(
         &[],
     );
     for site in sites.iter() {
-        let entries = audit::read_entries(&site.store.join(AUDIT_FILE))?;
+        let entries = audit::read_entries(&site.files.audit_log)?;
         let total: u64 = entries
             .iter()
             .filter_map(|entry| entry.privacy.as_ref().filter(|_| entry.study == DEMO_STUDY))
@@ -681,7 +684,7 @@ async fn ask(
             &[],
         );
         for site in sites {
-            let entries = audit::read_entries(&site.store.join(AUDIT_FILE))?;
+            let entries = audit::read_entries(&site.files.audit_log)?;
             let count: u64 = entries
                 .iter()
                 .filter(|e| e.study == DEMO_STUDY && e.query_hash == query_hash)

@@ -179,6 +179,8 @@ async fn nodes(args: ConnectionArgs) -> anyhow::Result<()> {
                     "audit_head": node.audit_head,
                     "duplicates_refused": node.duplicates_refused,
                     "last_duplicate_at": node.last_duplicate_at,
+                    "unavailable": node.unavailable,
+                    "store_generation": node.store_generation,
                 })
             })
             .collect();
@@ -188,6 +190,7 @@ async fn nodes(args: ConnectionArgs) -> anyhow::Result<()> {
         &[
             "site",
             "connected",
+            "health",
             "last seen",
             "k",
             "version",
@@ -201,6 +204,7 @@ async fn nodes(args: ConnectionArgs) -> anyhow::Result<()> {
         table.add_row(vec![
             shown(&node.site),
             if node.connected { "yes" } else { "no" }.to_string(),
+            node_health(&node),
             format_time(node.last_seen),
             node.k.to_string(),
             shown(&node.version),
@@ -214,6 +218,16 @@ async fn nodes(args: ConnectionArgs) -> anyhow::Result<()> {
     }
     println!("{table}");
     Ok(())
+}
+
+/// A node's health as operators read it: `ok`, what stops it, or `-` when it is not
+/// connected (nothing is known).
+fn node_health(node: &v1::NodeInfo) -> String {
+    match (node.connected, node.unavailable.as_str()) {
+        (false, _) => "-".to_string(),
+        (true, "") => "ok".to_string(),
+        (true, reason) => shown(reason),
+    }
 }
 
 async fn add_user(args: AddUserArgs) -> anyhow::Result<()> {

@@ -151,6 +151,9 @@ impl NodeLink for NodeLinkService {
                             Some(v1::node_message::Message::Budgets(report)) => {
                                 core.node_budgets(&site, &report);
                             }
+                            Some(v1::node_message::Message::Heartbeat(beat)) => {
+                                core.node_heartbeat(&site, generation, &beat);
+                            }
                             _ => {}
                         }
                     }

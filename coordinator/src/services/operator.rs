@@ -130,7 +130,10 @@ impl Operator for OperatorService {
             super::sites_page(&self.core, list.page_size, &list.page_token)?;
         let mut nodes = Vec::new();
         for (site, record) in sites {
+            let (unavailable, store_generation) = self.core.node_health(&site).unwrap_or_default();
             nodes.push(v1::NodeInfo {
+                unavailable,
+                store_generation,
                 connected: self.core.is_connected(&site),
                 last_seen: record.as_ref().map_or(0, |r| r.last_seen),
                 k: record.as_ref().map_or(0, |r| r.k),

@@ -17,6 +17,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 pub use ern_node::store::table_path;
+use ern_node::store::{GENERATION_FILE, GenerationRecord};
 
 use crate::IngestError;
 
@@ -138,8 +139,12 @@ impl StagedGeneration {
         write_table(&table_path(&self.staging, table), table, batch)
     }
 
-    /// Marks the staging complete and moves its tables into the store.
+    /// Names the new generation, marks the staging complete and moves its tables into
+    /// the store (the generation's record last).
     pub fn commit(mut self) -> Result<(), IngestError> {
+        GenerationRecord::new()
+            .write_into(&self.staging)
+            .map_err(|e| IngestError::io(&self.staging.join(GENERATION_FILE), e))?;
         let mark = self.staging.join(COMMIT_MARK);
         File::create(&mark)
             .and_then(|f| f.sync_all())
@@ -195,15 +200,22 @@ pub fn write_table(
     file.sync_all().map_err(|e| IngestError::io(path, e))
 }
 
+/// Moves the staged tables into the store, then the generation's record: a node that
+/// reads the new record finds the new tables in place.
 fn move_tables_into_place(staging: &Path, store: &Path) -> Result<(), IngestError> {
     for entry in fs::read_dir(staging).map_err(|e| IngestError::io(staging, e))? {
         let entry = entry.map_err(|e| IngestError::io(staging, e))?;
         let name = entry.file_name();
-        if name == COMMIT_MARK {
+        if name == COMMIT_MARK || name == GENERATION_FILE {
             continue;
         }
         let target = store.join(&name);
         fs::rename(entry.path(), &target).map_err(|e| IngestError::io(&target, e))?;
+    }
+    let record = staging.join(GENERATION_FILE);
+    if record.exists() {
+        let target = store.join(GENERATION_FILE);
+        fs::rename(&record, &target).map_err(|e| IngestError::io(&target, e))?;
     }
     Ok(())
 }

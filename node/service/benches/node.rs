@@ -135,7 +135,7 @@ async fn phases(
     let approval = approval::sign(steward, sql, "bench", "study", expires)?;
     let audit_dir = work.join("audit-bench");
     std::fs::create_dir_all(&audit_dir)?;
-    let audit = AuditLog::open(&audit_dir)?;
+    let audit = AuditLog::open(&audit_dir.join(ern_node::audit::AUDIT_FILE))?;
     let planner = ern_queries::Planner::new();
     let query = planner.plan(sql, &node.state()).await?;
 

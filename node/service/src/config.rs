@@ -3,6 +3,8 @@
 //! ```toml
 //! site_id = "hospital-1"                 # this site's id, as enrolled at the coordinator
 //! store = "store"                        # the Parquet store written by `ern ingest`
+//! audit_log = "audit.log"                # the node's audit log (default: beside this
+//!                                        #   file; never inside the store)
 //! stewards = ["alice.pub", "bob.pub"]    # this site's steward public keys
 //! k = 5                                  # minimum distinct patients per released group
 //! memory_limit_mb = 1024                 # memory for one query
@@ -55,7 +57,8 @@ use ern_proto::transport::{BearerToken, ClientTls, is_plaintext};
 
 use ern_queries::Dominance;
 
-use crate::engine::{MIN_K, MIN_SECURE_SITES, NodePolicy, SecurePolicy};
+use crate::audit::AUDIT_FILE;
+use crate::engine::{MIN_K, MIN_SECURE_SITES, NodeFiles, NodePolicy, SecurePolicy};
 use crate::privacy::policy::{Epsilon, Mechanism, PrivacyPolicy};
 use crate::privacy::secret::NoiseSecret;
 use crate::secure::identity::{Roster, SiteIdentity, SitePublicKey};
@@ -105,6 +108,7 @@ pub enum NodeConfigError {
 struct RawNodeConfig {
     site_id: String,
     store: PathBuf,
+    audit_log: Option<PathBuf>,
     stewards: Vec<PathBuf>,
     #[serde(default = "default_k")]
     k: u32,
@@ -203,6 +207,8 @@ fn default_groups() -> usize {
 pub struct NodeConfig {
     /// The store directory.
     pub store: PathBuf,
+    /// The node's audit log (its record of executed approvals lies beside it).
+    pub audit_log: PathBuf,
     /// The node's policy.
     pub policy: NodePolicy,
     /// The coordinator's URL.
@@ -216,6 +222,14 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// Where the node's files are: the store and its own audit log.
+    pub fn files(&self) -> NodeFiles {
+        NodeFiles {
+            store: self.store.clone(),
+            audit_log: self.audit_log.clone(),
+        }
+    }
+
     /// Reads `path`, the steward keys and the token it names.
     pub fn load(path: &Path) -> Result<Self, NodeConfigError> {
         let read = |file: &Path| {
@@ -306,8 +320,17 @@ impl NodeConfig {
                 TransportProblem::Read(error) => error,
                 TransportProblem::Named { key, file, message } => named(key, &file, message),
             })?;
+        let store = base.join(&raw.store);
+        let audit_log = base.join(raw.audit_log.as_deref().unwrap_or(Path::new(AUDIT_FILE)));
+        if lies_inside(&audit_log, &store) {
+            return Err(invalid(format!(
+                "audit_log {} lies inside the store: the store is replaced by every ingest and the log must outlive it; keep it beside this file (the default)",
+                audit_log.display()
+            )));
+        }
         Ok(NodeConfig {
-            store: base.join(raw.store),
+            store,
+            audit_log,
             policy,
             coordinator: raw.coordinator,
             token,
@@ -315,6 +338,16 @@ impl NodeConfig {
             max_concurrent: raw.max_concurrent_queries,
         })
     }
+}
+
+/// Whether the file `path` lies inside the directory `dir` (both resolved as far as
+/// they exist, so `store/../store/x` and links count).
+fn lies_inside(path: &Path, dir: &Path) -> bool {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let parent = path.parent().unwrap_or(path);
+    std::fs::canonicalize(parent)
+        .unwrap_or_else(|_| parent.to_path_buf())
+        .starts_with(dir)
 }
 
 /// The `[secure_aggregation]` section: off when absent; on, it needs this site's
@@ -453,14 +486,7 @@ fn privacy_policy(
             let path = base.join(path);
             // Beside the pseudonymisation key, never in the store: a store is copied,
             // backed up and replaced by ingest; the secret must not travel with it.
-            let inside = |path: &Path| {
-                let store = std::fs::canonicalize(store).unwrap_or_else(|_| store.to_path_buf());
-                let parent = path.parent().unwrap_or(path);
-                std::fs::canonicalize(parent)
-                    .unwrap_or_else(|_| parent.to_path_buf())
-                    .starts_with(store)
-            };
-            if inside(&path) {
+            if lies_inside(&path, store) {
                 return Err(invalid(format!(
                     "secret {} lies inside the store; keep it beside the pseudonymisation key",
                     path.display()

@@ -37,6 +37,7 @@ use crate::secure::identity::{Roster, SiteIdentity};
 use crate::session::node_session;
 use crate::steward_key::StewardPublicKey;
 use crate::stop::{QueryRuntime, StopSignal, stoppable};
+use crate::store_watch::{StoreState, StoreWatch};
 use crate::total::total_plan;
 
 /// How long a query may take to stop after its time limit before its task is aborted.
@@ -243,13 +244,79 @@ pub enum OpenError {
     Executed(#[from] ExecutedError),
 }
 
+/// Where a node's files are: the store ingest writes, and the node's own audit log,
+/// with the record of executed approvals beside it (outside the store, so a store
+/// deleted or rebuilt takes neither along).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFiles {
+    /// The store directory.
+    pub store: PathBuf,
+    /// The audit log file.
+    pub audit_log: PathBuf,
+}
+
+impl NodeFiles {
+    /// Everything in one directory: the store's, with the audit log as
+    /// [`crate::audit::AUDIT_FILE`] in it.
+    pub fn in_one_directory(store: &Path) -> Self {
+        NodeFiles {
+            store: store.to_path_buf(),
+            audit_log: store.join(crate::audit::AUDIT_FILE),
+        }
+    }
+
+    /// Moves an audit log and a record of executed approvals that an older version kept
+    /// inside the store to where this configuration keeps them, when nothing is there
+    /// yet (a node upgraded in place keeps its history and its budgets). Returns the
+    /// moves made.
+    pub fn adopt_from_store(&self) -> Result<Vec<(PathBuf, PathBuf)>, std::io::Error> {
+        let moves = [
+            (
+                self.store.join(crate::audit::AUDIT_FILE),
+                self.audit_log.clone(),
+            ),
+            (
+                self.store.join(executed::EXECUTED_FILE),
+                self.state_dir().join(executed::EXECUTED_FILE),
+            ),
+        ];
+        let mut made = Vec::new();
+        for (old, new) in moves {
+            if old == new || !old.exists() || new.exists() {
+                continue;
+            }
+            std::fs::rename(&old, &new).map_err(|error| {
+                std::io::Error::new(
+                    error.kind(),
+                    format!(
+                        "moving {} out of the store to {}: {error}; move it by hand",
+                        old.display(),
+                        new.display()
+                    ),
+                )
+            })?;
+            made.push((old, new));
+        }
+        Ok(made)
+    }
+
+    /// The directory of the node's own state: the audit log's.
+    pub fn state_dir(&self) -> PathBuf {
+        match self.audit_log.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+}
+
 /// A node's query engine over one store.
 pub struct NodeEngine {
     pub(crate) ctx: SessionContext,
     pub(crate) policy: NodePolicy,
     pub(crate) audit: Arc<AuditLog>,
     pub(crate) executed: Arc<ExecutedApprovals>,
-    pub(crate) store_dir: PathBuf,
+    /// The store, and what the node last saw of it.
+    pub(crate) store: Arc<StoreWatch>,
     pub(crate) facts: SiteFacts,
     queries: QueryRuntime,
     pub(crate) planner: Planner,
@@ -291,8 +358,16 @@ pub(crate) fn reference_id() -> String {
 }
 
 impl NodeEngine {
-    /// Opens the store in `store_dir` under `policy`; the audit log lives beside the tables.
+    /// Opens the store in `store_dir` under `policy`, with the audit log and the record
+    /// of executed approvals in the same directory (for tests and benchmarks that keep
+    /// one directory; a node's configuration keeps them apart: [`NodeEngine::open_files`]).
     pub async fn open(store_dir: &Path, policy: NodePolicy) -> Result<Self, OpenError> {
+        Self::open_files(&NodeFiles::in_one_directory(store_dir), policy).await
+    }
+
+    /// Opens the store and the node's own files under `policy`.
+    pub async fn open_files(files: &NodeFiles, policy: NodePolicy) -> Result<Self, OpenError> {
+        let store_dir = files.store.as_path();
         if policy.k < MIN_K {
             return Err(OpenError::Policy(format!(
                 "k must be at least {MIN_K}, not {}",
@@ -310,12 +385,14 @@ impl NodeEngine {
                 "privacy is enabled without a noise secret".into(),
             ));
         }
-        let audit = Arc::new(AuditLog::open(store_dir)?);
+        let audit = Arc::new(AuditLog::open(&files.audit_log)?);
         let ledger = Arc::new(match audit.head() == crate::audit::genesis() {
             true => Ledger::default(),
             false => Ledger::from_entries(&crate::audit::read_entries(audit.path())?),
         });
-        let executed = Arc::new(ExecutedApprovals::open(store_dir)?);
+        let executed = Arc::new(ExecutedApprovals::open(&files.state_dir())?);
+        let store = Arc::new(StoreWatch::new(store_dir));
+        store.observe(&audit);
         let facts = verified_facts(&ctx).await.unwrap_or_else(|error| {
             tracing::warn!(%error, "could not check the patient table; counting distinct pids");
             SiteFacts::default()
@@ -329,7 +406,7 @@ impl NodeEngine {
             policy,
             audit,
             executed,
-            store_dir: store_dir.to_path_buf(),
+            store,
             facts,
             queries: QueryRuntime::new(query_threads())
                 .map_err(|e| OpenError::Policy(format!("starting the query threads: {e}")))?,
@@ -349,6 +426,17 @@ impl NodeEngine {
     /// heartbeat and result so that a removed tail is found.
     pub fn audit_head(&self) -> String {
         self.audit.head()
+    }
+
+    /// Looks at the store now (with every heartbeat): a new generation, or the store
+    /// going missing or coming back, is written to the audit log as it is seen.
+    pub async fn check_store(&self) -> StoreState {
+        let (store, audit) = (Arc::clone(&self.store), Arc::clone(&self.audit));
+        tokio::task::spawn_blocking(move || store.observe(&audit))
+            .await
+            .unwrap_or_else(|error| StoreState::Unavailable {
+                reason: error.to_string(),
+            })
     }
 
     /// The key under which this node records how `sql` was released (per site or in a
@@ -480,8 +568,12 @@ impl NodeEngine {
         .map_err(ExecuteError::Approval)?;
         entry.key_id = Some(key.key_id());
         let approval = executed::approval_id(&request.approval);
-        let generation = executed::store_generation(&self.store_dir)
-            .map_err(|e| failure_of(entry, FailureCategory::StoreUnavailable, e.to_string()))?;
+        let generation = match self.store.observe(&self.audit) {
+            StoreState::Available { key, .. } => key,
+            StoreState::Unavailable { reason } => {
+                return Err(failure_of(entry, FailureCategory::StoreUnavailable, reason));
+            }
+        };
         Ok((approval, generation))
     }
 

@@ -19,8 +19,10 @@
 //! also keeps, per question ([`query_key`]), whether it was released per site or went
 //! into a secure round, and that is checked before either.
 //!
-//! The record is a file beside the store's tables (`executed.log`, one JSON line per
-//! approval, synced before anything is released), which ingest never touches.
+//! The record is a file beside the node's audit log, outside the store (`executed.log`,
+//! one JSON line per approval, synced before anything is released): ingest never
+//! touches it, and a store deleted and rebuilt does not take it along (an approval the
+//! record forgot would run again on the rebuilt data).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -36,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::approval::Approval;
 use crate::store;
 
-/// The record's file name in the store directory.
+/// The record's file name, in the directory of the node's audit log.
 pub const EXECUTED_FILE: &str = "executed.log";
 
 /// Errors of the record.
@@ -182,12 +184,18 @@ pub fn approval_id(approval: &Approval) -> String {
     hex::encode(context.finish().as_ref())
 }
 
-/// The store's generation: SHA-256 over each table file's identity (size, modification
-/// time, inode), so every ingest (which writes new files and renames them into place)
+/// The store's generation: SHA-256 over the id ingest recorded for it and each table
+/// file's identity (size, modification time, inode), so every ingest (which writes new files and renames them into place)
 /// starts a new one. Read before every question: a store re-ingested while the node runs
 /// is a new generation at once.
 pub fn store_generation(store_dir: &Path) -> Result<String, ExecutedError> {
     let mut context = digest::Context::new(&digest::SHA256);
+    // The id ingest wrote with the tables (absent from stores written before it did,
+    // whose generations stay what they were).
+    if let Some(record) = store::GenerationRecord::read(store_dir) {
+        context.update(b"generation:");
+        context.update(record.id.as_bytes());
+    }
     for table in crate::schema::PATIENT_TABLES {
         let path = store::table_path(store_dir, table);
         let metadata = std::fs::metadata(&path).map_err(|source| ExecutedError::Io {
@@ -212,9 +220,9 @@ pub fn store_generation(store_dir: &Path) -> Result<String, ExecutedError> {
 }
 
 impl ExecutedApprovals {
-    /// Opens (or starts) the record in `store_dir`.
-    pub fn open(store_dir: &Path) -> Result<Self, ExecutedError> {
-        let path = store_dir.join(EXECUTED_FILE);
+    /// Opens (or starts) the record in `dir` (the directory of the node's audit log).
+    pub fn open(dir: &Path) -> Result<Self, ExecutedError> {
+        let path = dir.join(EXECUTED_FILE);
         let mut by_approval = HashMap::new();
         match File::open(&path) {
             Ok(file) => {

@@ -15,6 +15,8 @@
 //!
 //! # Layout
 //! - [`store`]: the store's layout as the service reads it (`ern-ingest` writes it).
+//! - [`store_watch`]: which generation of the store the node answers from, and whether
+//!   it is there at all.
 //! - [`pseudonym`]: the site key and pid = HMAC-SHA256(key, local_id).
 //! - [`steward_key`]: steward Ed25519 key pairs and key ids.
 //! - [`approval`]: the signed statement that authorises one query at one site.
@@ -24,7 +26,7 @@
 //! - [`session`]: the locked-down DataFusion session over the store.
 //! - [`stop`]: a time limit that stops every operator of a query.
 //! - [`total`]: allowlisted functions and casts that give NULL instead of failing.
-//! - [`audit`]: the hash-chained audit log.
+//! - [`audit`]: the hash-chained audit log, its diagnosis and rotation.
 //! - [`config`]: `node.toml`, the node's own trusted configuration.
 //! - [`link`]: the outbound stream to the coordinator.
 //! - [`reference`]: the shipped Orphanet cardiac classification.
@@ -48,6 +50,7 @@ pub mod session;
 pub mod steward_key;
 pub mod stop;
 pub mod store;
+pub mod store_watch;
 pub mod total;
 
 /// The Arrow schemas of the store, shared with the query side.

@@ -312,10 +312,13 @@ async fn session(
                 }
             }
             _ = ticker.tick() => {
+                let store = engine.check_store().await;
                 let beat = v1::NodeMessage {
                     message: Some(v1::node_message::Message::Heartbeat(v1::Heartbeat {
                         at: now_seconds(),
                         audit_head: engine.audit_head(),
+                        unavailable: store.unavailable().to_string(),
+                        store_generation: store.generation_id().to_string(),
                     })),
                 };
                 if outbound.send(beat).await.is_err() {

@@ -380,12 +380,16 @@ fn broken_entry(log: &Path) -> u64 {
 async fn every_request_is_audited_in_an_intact_chain() {
     let (fixture, log) = audited_fixture().await;
     let summary = audit::verify(&log).expect("intact");
-    assert_eq!(summary.entries, 5);
+    // The store the engine opened, then five requests.
+    assert_eq!(summary.entries, 6);
     let entries: Vec<audit::AuditEntry> = std::fs::read_to_string(&log)
         .expect("log")
         .lines()
         .map(|l| serde_json::from_str(l).expect("json"))
         .collect();
+    assert_eq!(entries[0].outcome, Outcome::Store);
+    assert!(entries[0].store_generation.is_some(), "{:?}", entries[0]);
+    let entries = &entries[1..];
     let outcomes: Vec<(Outcome, Option<String>)> = entries
         .iter()
         .map(|e| (e.outcome, e.rule.clone()))
@@ -413,7 +417,8 @@ async fn every_request_is_audited_in_an_intact_chain() {
         .execute(&fixture.request("SELECT COUNT(*) AS n FROM patient"))
         .await
         .expect("ran");
-    assert_eq!(audit::verify(&log).expect("intact").entries, 6);
+    // The store opened again, and the request.
+    assert_eq!(audit::verify(&log).expect("intact").entries, 8);
 }
 
 #[tokio::test]

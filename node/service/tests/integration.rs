@@ -2,6 +2,7 @@
 //! its own binary once, and every one of them linked all of DataFusion again.
 
 mod attacks;
+mod audit_store;
 mod common;
 mod correctness;
 mod disclosure;

@@ -264,8 +264,13 @@ impl Site {
     }
 
     /// The node's audit log.
+    /// The node's audit entries for requests (not those recording its store).
     fn audit(&self) -> Vec<AuditEntry> {
-        audit::read_entries(&self.store.join(AUDIT_FILE)).expect("audit log")
+        audit::read_entries(&self.store.join(AUDIT_FILE))
+            .expect("audit log")
+            .into_iter()
+            .filter(|entry| entry.outcome != Outcome::Store)
+            .collect()
     }
 
     /// The last entry of the node's audit log.

@@ -304,7 +304,7 @@ mod tests {
     #[test]
     fn charges_once_per_question_study_and_generation_and_refuses_past_the_budget() {
         let dir = tempfile::tempdir().expect("dir");
-        let audit = AuditLog::open(dir.path()).expect("log");
+        let audit = AuditLog::open(&dir.path().join(crate::audit::AUDIT_FILE)).expect("log");
         let ledger = Ledger::default();
         assert_eq!(
             ledger
