@@ -4,6 +4,7 @@
 mod cli;
 mod harness;
 mod network;
+mod node_files;
 mod operations;
 mod privacy;
 mod quickstart;

@@ -162,8 +162,30 @@ fn a_second_node_for_a_site_is_refused_while_the_first_is_live_and_takes_over_af
     let mut net = Network::new(1, 50, 5);
     net.start_node_connected("site-1");
     let site = net.site("site-1");
+    // The same configuration twice on one machine: the audit log is locked, the second
+    // process stops before it dials.
+    let same = harness::ern(&[
+        "node",
+        "serve",
+        "--config",
+        harness::path(&site.dir.join("node.toml")),
+    ]);
+    assert!(!same.status.success());
+    assert!(
+        stderr(&same).contains("another process is writing this audit log"),
+        "{}",
+        stderr(&same)
+    );
+    // A second machine for the site: its own configuration and audit log.
+    let config = std::fs::read_to_string(site.dir.join("node.toml")).expect("node.toml");
+    let second_config = site.dir.join("second.toml");
+    std::fs::write(
+        &second_config,
+        format!("audit_log = \"second-audit.log\"\n{config}"),
+    )
+    .expect("second.toml");
     let log = site.dir.join("second.log");
-    let mut second = serve_with_default_log(&site.dir.join("node.toml"), &log);
+    let mut second = serve_with_default_log(&second_config, &log);
     harness::wait_until(
         "the second node to be refused",
         Duration::from_secs(20),
