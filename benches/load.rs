@@ -164,8 +164,13 @@ async fn run(researchers: usize, questions: usize, sites: usize) {
         let engine = NodeEngine::open(store, NodePolicy::new(&site, vec![key.public_key()]))
             .await
             .expect("engine");
-        let node_token =
-            auth::enrol(core.db(), &format!("node-{site}"), Role::Node, &site, 0).expect("enrol");
+        let node_token = auth::enrol(
+            core.db(),
+            "bench",
+            &auth::Enrolment::new(&format!("node-{site}"), Role::Node, &site).with_new_site(),
+            0,
+        )
+        .expect("enrol");
         let certificate = ca.issue_node(&site).expect("node certificate");
         let node_tls = ClientTls {
             identity: Some((
@@ -184,9 +189,8 @@ async fn run(researchers: usize, questions: usize, sites: usize) {
         ));
         let token = auth::enrol(
             core.db(),
-            &format!("steward-{site}"),
-            Role::Steward,
-            &site,
+            "bench",
+            &auth::Enrolment::new(&format!("steward-{site}"), Role::Steward, &site),
             0,
         )
         .expect("enrol");
@@ -218,7 +222,13 @@ async fn run(researchers: usize, questions: usize, sites: usize) {
     for researcher in 0..researchers {
         let share = questions / researchers + usize::from(researcher < questions % researchers);
         let name = format!("researcher-{researcher}");
-        let token = auth::enrol(core.db(), &name, Role::Researcher, "", 0).expect("enrol");
+        let token = auth::enrol(
+            core.db(),
+            "bench",
+            &auth::Enrolment::new(&name, Role::Researcher, ""),
+            0,
+        )
+        .expect("enrol");
         core.db()
             .add_study_researcher(LOAD_STUDY, &name)
             .expect("on the study");

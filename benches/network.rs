@@ -156,8 +156,13 @@ async fn measure(
     let steward = StewardSigningKey::load(&work.path().join("steward.key")).expect("key");
     let ids: Vec<String> = (0..sites).map(|i| format!("site-{i}")).collect();
     for (id, store) in ids.iter().zip(&stores) {
-        let token =
-            auth::enrol(core.db(), &format!("node-{id}"), Role::Node, id, 0).expect("enrol");
+        let token = auth::enrol(
+            core.db(),
+            "bench",
+            &auth::Enrolment::new(&format!("node-{id}"), Role::Node, id).with_new_site(),
+            0,
+        )
+        .expect("enrol");
         let (store, policy) = (
             store.clone(),
             NodePolicy::new(id, vec![steward.public_key()]),

@@ -312,13 +312,16 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let value: u64 = number
         .parse()
         .map_err(|_| format!("{text:?} is not a duration like 7d, 12h, 30m or 90s"))?;
-    let seconds = match unit {
-        "d" => value * 86_400,
-        "h" => value * 3600,
-        "m" => value * 60,
-        "s" | "" => value,
+    let unit_seconds: u64 = match unit {
+        "d" => 86_400,
+        "h" => 3600,
+        "m" => 60,
+        "s" | "" => 1,
         _ => return Err(format!("{text:?}: the unit is d, h, m or s")),
     };
+    let seconds = value
+        .checked_mul(unit_seconds)
+        .ok_or_else(|| format!("{text:?} is too long a duration"))?;
     if seconds == 0 {
         return Err("a duration must be positive".into());
     }

@@ -2,6 +2,7 @@
 //! its own binary once, and every one of them linked all of DataFusion again.
 
 mod cli;
+mod credentials;
 mod harness;
 mod network;
 mod node_files;

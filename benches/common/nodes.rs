@@ -106,8 +106,13 @@ pub(crate) async fn start_nodes(
     configure: impl Fn(&str, &mut NodePolicy),
 ) {
     for ((id, store), key) in ids.iter().zip(stores).zip(keys) {
-        let token =
-            auth::enrol(core.db(), &format!("node-{id}"), Role::Node, id, 0).expect("enrol");
+        let token = auth::enrol(
+            core.db(),
+            "bench",
+            &auth::Enrolment::new(&format!("node-{id}"), Role::Node, id).with_new_site(),
+            0,
+        )
+        .expect("enrol");
         let mut policy = NodePolicy::new(id, vec![steward.public_key()]);
         policy.secure = SecurePolicy {
             enabled: true,

@@ -64,7 +64,14 @@ pub fn authenticate(db: &Db, metadata: &MetadataMap) -> Result<User, Status> {
         Status::internal("the coordinator could not check the token")
     })?;
     match found {
-        Some((user, stored)) if bool::from(stored.ct_eq(&hash)) => Ok(user),
+        Some((user, stored)) if bool::from(stored.ct_eq(&hash)) => {
+            if user.expired(crate::model::now_seconds()) {
+                return Err(Status::unauthenticated(
+                    "this token has expired: an operator issues a new one (`ern operator user rotate`)",
+                ));
+            }
+            Ok(user)
+        }
         _ => Err(Status::unauthenticated("unknown token")),
     }
 }
@@ -149,19 +156,19 @@ pub fn check_new_user(name: &str, role: Role, site: &str) -> Result<(), String> 
 }
 
 /// Gives the user named `name` a new token and returns it (shown once); the old token
-/// stops working at once.
-pub fn rotate(db: &Db, name: &str) -> Result<(User, String), Status> {
+/// stops working at once. The new one expires at `expires_at` (0: never).
+pub fn rotate(db: &Db, name: &str, expires_at: u64) -> Result<(User, String), Status> {
     let stored = |error: crate::db::DbError| {
         tracing::error!(%error, "replacing a token");
         Status::internal("the coordinator could not store the token")
     };
-    let user = db
+    let mut user = db
         .user(name)
         .map_err(stored)?
         .ok_or_else(|| Status::not_found(format!("no user named {}", crate::core::echoed(name))))?;
     let token = new_token().map_err(|_| Status::internal("no random source for a token"))?;
     if !db
-        .replace_token(name, &token_hash(&token))
+        .replace_token(name, &token_hash(&token), expires_at)
         .map_err(stored)?
     {
         return Err(Status::not_found(format!(
@@ -169,27 +176,91 @@ pub fn rotate(db: &Db, name: &str) -> Result<(User, String), Status> {
             crate::core::echoed(name)
         )));
     }
+    user.expires_at = expires_at;
     Ok((user, token))
 }
 
-/// Enrols a user and returns its token (shown once; only its hash is kept).
-pub fn enrol(db: &Db, name: &str, role: Role, site: &str, now: u64) -> Result<String, Status> {
-    check_new_user(name, role, site).map_err(Status::invalid_argument)?;
-    let token = new_token().map_err(|_| Status::internal("no random source for a token"))?;
-    let user = User {
-        name: name.to_string(),
+/// A user to enrol.
+#[derive(Debug, Clone)]
+pub struct Enrolment {
+    /// Unique user name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// Its site, for stewards and nodes; empty otherwise.
+    pub site: String,
+    /// Whether the operator means a site the network does not know yet (a steward or
+    /// node for an unknown site is refused without it: a typo would enrol a site of its
+    /// own).
+    pub new_site: bool,
+    /// When its token stops working; 0 if never.
+    pub expires_at: u64,
+}
+
+impl Enrolment {
+    /// A user of a site the network knows, whose token never expires.
+    pub fn new(name: &str, role: Role, site: &str) -> Self {
+        Enrolment {
+            name: name.to_string(),
+            role,
+            site: site.to_string(),
+            new_site: false,
+            expires_at: 0,
+        }
+    }
+
+    /// The same, for a site new to the network.
+    pub fn with_new_site(mut self) -> Self {
+        self.new_site = true;
+        self
+    }
+}
+
+/// Enrols a user, records who did it in the audit trail (`actor`), and returns its token
+/// (shown once; only its hash is kept).
+pub fn enrol(db: &Db, actor: &str, enrolment: &Enrolment, now: u64) -> Result<String, Status> {
+    let Enrolment {
+        name,
         role,
-        site: site.to_string(),
-        created_at: now,
-    };
-    let added = db.add_user(&user, &token_hash(&token)).map_err(|error| {
+        site,
+        new_site,
+        expires_at,
+    } = enrolment;
+    check_new_user(name, *role, site).map_err(Status::invalid_argument)?;
+    let failed = |error: crate::db::DbError| {
         tracing::error!(%error, "adding a user");
         Status::internal("the coordinator could not store the user")
-    })?;
-    if !added {
+    };
+    if role.has_site() && !new_site && !db.site_known(site).map_err(failed)? {
+        return Err(Status::failed_precondition(format!(
+            "the network has no site {site} (no steward or node is enrolled for it); check its spelling, or add --new-site to enrol the first user of a new site"
+        )));
+    }
+    let token = new_token().map_err(|_| Status::internal("no random source for a token"))?;
+    let user = User {
+        name: name.clone(),
+        role: *role,
+        site: site.clone(),
+        created_at: now,
+        expires_at: *expires_at,
+    };
+    if !db.add_user(&user, &token_hash(&token)).map_err(failed)? {
         return Err(Status::already_exists(format!(
             "a user named {name} exists"
         )));
     }
+    let expiry = match expires_at {
+        0 => String::new(),
+        at => format!(", expires at {at}"),
+    };
+    db.record_event(&crate::db::Event {
+        at: now,
+        actor: actor.to_string(),
+        kind: crate::lifecycle::EventKind::UserAdded,
+        query_id: String::new(),
+        site: site.clone(),
+        detail: format!("{name} ({}{expiry})", role.as_str()),
+    })
+    .map_err(failed)?;
     Ok(token)
 }

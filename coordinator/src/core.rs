@@ -66,6 +66,19 @@ struct Connection {
     unavailable: String,
     /// The store generation it last reported.
     store_generation: String,
+    /// The node's credentials on this stream: its token's expiry (0: never) and the
+    /// serial of its certificate (empty without mutual TLS).
+    credentials: NodeCredentials,
+}
+
+/// What a node's stream was opened with, checked again while it lives: a token that
+/// expires or a certificate revoked closes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeCredentials {
+    /// When the node's token expires; 0 if never.
+    pub expires_at: u64,
+    /// The serial of the certificate it presented; empty without mutual TLS.
+    pub certificate_serial: String,
 }
 
 /// The coordinator's shared core, behind every service.
@@ -273,6 +286,13 @@ impl Coordinator {
         self.nodes().contains_key(site)
     }
 
+    /// Whether `generation` is `site`'s current stream (not closed or replaced).
+    pub fn is_current_stream(&self, site: &str, generation: u64) -> bool {
+        self.nodes()
+            .get(site)
+            .is_some_and(|connection| connection.generation == generation)
+    }
+
     /// A connected node's secure-aggregation policy from its Hello: whether it takes
     /// part, and the fewest participants it accepts; `None` if not connected.
     pub fn node_secure_policy(&self, site: &str) -> Option<(bool, usize)> {
@@ -334,6 +354,7 @@ impl Coordinator {
         site: &str,
         hello: &v1::Hello,
         sender: NodeSender,
+        credentials: NodeCredentials,
     ) -> Result<u64, Status> {
         self.refuse_second_node(site, now_seconds())?;
         let (k, version) = (hello.k, crate::node_text::version(&hello.version));
@@ -357,8 +378,12 @@ impl Coordinator {
             site: site.to_string(),
             detail: format!("k={k}"),
         };
+        let serial = credentials.certificate_serial.clone();
         self.commit("a node's connection", move |db| {
             db.touch_node(&node)?;
+            if !serial.is_empty() {
+                db.node_certificate(&node.site, &serial)?;
+            }
             db.requeue_dispatched(&node.site, now)?;
             db.record_event(&event)
         })
@@ -373,6 +398,7 @@ impl Coordinator {
                 secure: (hello.secure_aggregation, hello.min_secure_sites as usize),
                 unavailable: String::new(),
                 store_generation: String::new(),
+                credentials,
             },
         );
         self.privacy().entry(site.to_string()).or_default().policy =
@@ -389,6 +415,53 @@ impl Coordinator {
         if let Some(generation) = generation {
             tracing::info!(target: "ern::link", site, "closing the node's stream: its credentials changed");
             self.node_disconnected(site, generation).await;
+        }
+    }
+
+    /// Closes every live stream opened with the certificate `serial` (just revoked),
+    /// whichever site it is at; true if one was closed.
+    pub async fn close_certificate_stream(&self, serial: &str) -> bool {
+        let on_it: Vec<(String, u64)> = self
+            .nodes()
+            .iter()
+            .filter(|(_, c)| c.credentials.certificate_serial == serial)
+            .map(|(site, c)| (site.clone(), c.generation))
+            .collect();
+        for (site, generation) in &on_it {
+            self.node_disconnected(site, *generation).await;
+        }
+        !on_it.is_empty()
+    }
+
+    /// Closes the streams of nodes whose token has expired, each with an event.
+    async fn close_expired_streams(&self, now: u64) {
+        let expired: Vec<(String, u64)> = self
+            .nodes()
+            .iter()
+            .filter(|(_, c)| c.credentials.expires_at != 0 && now >= c.credentials.expires_at)
+            .map(|(site, c)| (site.clone(), c.generation))
+            .collect();
+        for (site, generation) in expired {
+            tracing::warn!(target: "ern::link", site, "the node's token expired: closing its stream");
+            let event = Event {
+                at: now,
+                actor: "coordinator".into(),
+                kind: EventKind::TokenExpired,
+                query_id: String::new(),
+                site: site.clone(),
+                detail: String::new(),
+            };
+            if let Err(status) = self
+                .commit("a token's expiry", move |db| db.record_event(&event))
+                .await
+            {
+                tracing::error!(
+                    site,
+                    message = status.message(),
+                    "recording a token's expiry"
+                );
+            }
+            self.node_disconnected(&site, generation).await;
         }
     }
 
@@ -837,6 +910,7 @@ impl Coordinator {
             Err(status) => tracing::error!(message = status.message(), "expiring work"),
         }
         self.tick_secure().await;
+        self.close_expired_streams(now).await;
         // Timeouts free room on nodes; also catches any work a race left approved.
         let connected: Vec<String> = self.nodes().keys().cloned().collect();
         for site in connected {

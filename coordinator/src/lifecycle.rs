@@ -313,9 +313,14 @@ pub enum EventKind {
     UserRevoked,
     /// An operator replaced a user's token.
     UserRotated,
+    /// An operator put a node certificate on the revocation list (the detail is its
+    /// serial).
+    CertificateRevoked,
+    /// A node's token expired and its live stream was closed.
+    TokenExpired,
 }
 
-const ALL_EVENTS: [EventKind; 21] = [
+const ALL_EVENTS: [EventKind; 23] = [
     EventKind::Submitted,
     EventKind::RefusedAtSubmit,
     EventKind::Approved,
@@ -337,6 +342,8 @@ const ALL_EVENTS: [EventKind; 21] = [
     EventKind::Reapproved,
     EventKind::UserRevoked,
     EventKind::UserRotated,
+    EventKind::CertificateRevoked,
+    EventKind::TokenExpired,
 ];
 
 impl EventKind {
@@ -364,6 +371,8 @@ impl EventKind {
             EventKind::Reapproved => "reapproved",
             EventKind::UserRevoked => "user-revoked",
             EventKind::UserRotated => "user-rotated",
+            EventKind::CertificateRevoked => "certificate-revoked",
+            EventKind::TokenExpired => "token-expired",
         }
     }
 

@@ -76,6 +76,15 @@ pub struct User {
     pub site: String,
     /// When enrolled.
     pub created_at: u64,
+    /// When its token stops working; 0 if never.
+    pub expires_at: u64,
+}
+
+impl User {
+    /// Whether its token has expired at `now`.
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires_at != 0 && now >= self.expires_at
+    }
 }
 
 pub use crate::lifecycle::SiteState;

@@ -205,6 +205,40 @@ pub fn node_site_of(der: &[u8]) -> Option<String> {
     Some(site.to_string())
 }
 
+/// The serial number of a certificate (DER), as lowercase hex: what the revocation list
+/// holds. `None` for bytes that are not a certificate.
+pub fn certificate_serial(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(normal_serial(&hex::encode(
+        cert.tbs_certificate.raw_serial(),
+    )))
+}
+
+/// A serial as the revocation list keeps it: lowercase hex without `:` separators or
+/// leading zeros (`openssl x509 -serial` pads where DER does not), or `None` when it is
+/// not hex.
+pub fn parse_serial(text: &str) -> Option<String> {
+    let digits: String = text.trim().chars().filter(|c| *c != ':').collect();
+    let well_formed =
+        !digits.is_empty() && digits.len() <= 64 && digits.bytes().all(|b| b.is_ascii_hexdigit());
+    well_formed.then(|| normal_serial(&digits))
+}
+
+fn normal_serial(hex_digits: &str) -> String {
+    let trimmed = hex_digits.trim_start_matches('0').to_ascii_lowercase();
+    if trimmed.is_empty() {
+        "0".into()
+    } else {
+        trimmed
+    }
+}
+
+/// [`certificate_serial`] of a PEM certificate.
+pub fn certificate_serial_pem(pem: &str) -> Option<String> {
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    certificate_serial(&parsed.contents)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +262,22 @@ mod tests {
         assert_eq!(node_site_of(&der_of(&server.cert_pem)), None);
         assert_eq!(node_site_of(&der_of(ca.cert_pem())), None);
         assert_eq!(node_site_of(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn every_certificate_has_a_serial_of_its_own() {
+        let (ca, _) = NetworkCa::generate("test").expect("ca");
+        let first = ca.issue_node("site-a").expect("node");
+        let renewed = ca.issue_node("site-a").expect("renewed");
+        let serial = |pem: &str| certificate_serial(&der_of(pem)).expect("serial");
+        assert!((35..=40).contains(&serial(&first.cert_pem).len()));
+        assert_eq!(
+            parse_serial(&format!("00:{}", serial(&first.cert_pem).to_uppercase())),
+            Some(serial(&first.cert_pem))
+        );
+        assert_eq!(parse_serial("not-hex"), None);
+        assert_ne!(serial(&first.cert_pem), serial(&renewed.cert_pem));
+        assert_eq!(certificate_serial(b"junk"), None);
     }
 
     #[test]

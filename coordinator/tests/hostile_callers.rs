@@ -113,7 +113,13 @@ async fn two_authorization_headers_and_a_wrong_role_reveal_nothing() {
 }
 
 fn auth_token(net: &common::Network, name: &str, role: Role, site: &str) -> String {
-    ern_coordinator::auth::enrol(net.core.db(), name, role, site, 0).expect("enrol")
+    ern_coordinator::auth::enrol(
+        net.core.db(),
+        "test",
+        &ern_coordinator::auth::Enrolment::new(name, role, site).with_new_site(),
+        0,
+    )
+    .expect("enrol")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

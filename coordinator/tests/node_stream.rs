@@ -181,8 +181,20 @@ async fn eventually(mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_must_say_hello_for_its_own_site_with_a_node_token() {
     let h = start().await;
-    let node_a = auth::enrol(h.core.db(), "node-a", Role::Node, "a", 0).expect("enrol");
-    let steward = auth::enrol(h.core.db(), "steward-a", Role::Steward, "a", 0).expect("enrol");
+    let node_a = auth::enrol(
+        h.core.db(),
+        "test",
+        &auth::Enrolment::new("node-a", Role::Node, "a").with_new_site(),
+        0,
+    )
+    .expect("enrol");
+    let steward = auth::enrol(
+        h.core.db(),
+        "test",
+        &auth::Enrolment::new("steward-a", Role::Steward, "a").with_new_site(),
+        0,
+    )
+    .expect("enrol");
 
     let (_tx, other_site) = h.open(&node_a, hello("b")).await;
     let status = other_site.expect_err("another site");
@@ -216,7 +228,13 @@ async fn a_node_must_say_hello_for_its_own_site_with_a_node_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_or_unowed_answers_change_nothing_they_should_not() {
     let h = start().await;
-    let node_a = auth::enrol(h.core.db(), "node-a", Role::Node, "a", 0).expect("enrol");
+    let node_a = auth::enrol(
+        h.core.db(),
+        "test",
+        &auth::Enrolment::new("node-a", Role::Node, "a").with_new_site(),
+        0,
+    )
+    .expect("enrol");
     h.submit_approved("q-1", &["a", "b"]);
     h.submit_approved("q-2", &["b"]);
 
@@ -280,7 +298,13 @@ async fn malformed_or_unowed_answers_change_nothing_they_should_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_never_gets_more_work_at_once_than_it_said_it_runs() {
     let h = start().await;
-    let node_a = auth::enrol(h.core.db(), "node-a", Role::Node, "a", 0).expect("enrol");
+    let node_a = auth::enrol(
+        h.core.db(),
+        "test",
+        &auth::Enrolment::new("node-a", Role::Node, "a").with_new_site(),
+        0,
+    )
+    .expect("enrol");
     for id in ["q-1", "q-2", "q-3"] {
         h.submit_approved(id, &["a"]);
     }
@@ -310,4 +334,100 @@ async fn a_node_never_gets_more_work_at_once_than_it_said_it_runs() {
     for id in ["q-1", "q-2", "q-3"] {
         eventually(|| h.state(id, "a").0 == SiteState::Failed).await;
     }
+}
+
+/// Red team (#18): a node whose token is revoked while it holds back its Hello (its
+/// token and certificate were checked when the stream opened) is not let in when the
+/// Hello finally comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holding_back_its_hello_past_a_revocation_is_refused() {
+    let h = start().await;
+    let node_a = auth::enrol(
+        h.core.db(),
+        "test",
+        &auth::Enrolment::new("node-a", Role::Node, "a").with_new_site(),
+        0,
+    )
+    .expect("enrol");
+    let channel = tonic::transport::Endpoint::from_shared(h.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let bearer: MetadataValue<_> = format!("Bearer {node_a}").parse().expect("header");
+    let mut client = NodeLinkClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", bearer.clone());
+        Ok(r)
+    });
+    let (sender, receiver) = mpsc::channel(16);
+    let opening = tokio::spawn(async move {
+        client
+            .open_stream(ReceiverStream::new(receiver))
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h.core.db().remove_user("node-a").expect("revoke"));
+    sender.send(hello("a")).await.expect("hello");
+    let refused = opening.await.expect("task").expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    assert!(!h.core.is_connected("a"));
+}
+
+/// Red team (#18): a stream the coordinator closed (its node's credentials were revoked)
+/// is not listened to: an answer, an audit head and a heartbeat sent on it afterwards
+/// change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_on_a_closed_stream_change_nothing() {
+    let h = start().await;
+    let node_a = auth::enrol(
+        h.core.db(),
+        "test",
+        &auth::Enrolment::new("node-a", Role::Node, "a").with_new_site(),
+        0,
+    )
+    .expect("enrol");
+    h.submit_approved("q-1", &["a"]);
+    let (sender, inbound) = h.open(&node_a, hello("a")).await;
+    let mut inbound = inbound.expect("stream");
+    let work = next_work(&mut inbound, Duration::from_secs(10))
+        .await
+        .expect("work");
+    let head_before = h
+        .core
+        .db()
+        .node("a")
+        .expect("node")
+        .expect("known")
+        .audit_head;
+    h.core.close_node_stream("a").await;
+    assert!(!h.core.is_connected("a"));
+    let forged_head = "cd".repeat(32);
+    let _ = sender
+        .send(v1::NodeMessage {
+            message: Some(v1::node_message::Message::Heartbeat(v1::Heartbeat {
+                at: now_seconds(),
+                audit_head: forged_head.clone(),
+                ..Default::default()
+            })),
+        })
+        .await;
+    let _ = sender
+        .send(released(&work.query_id, b"not arrow".to_vec()))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        h.state("q-1", "a").0,
+        SiteState::Approved,
+        "the work waits for the next stream"
+    );
+    let head_after = h
+        .core
+        .db()
+        .node("a")
+        .expect("node")
+        .expect("known")
+        .audit_head;
+    assert_eq!(head_after, head_before);
+    assert_ne!(head_after, forged_head);
 }

@@ -73,7 +73,7 @@ fn the_schema_migrates_once_and_survives_reopening() {
     let db = Db::open(&path).expect("reopen");
     assert_eq!(db.query("q-1").expect("read").expect("kept").title, "t");
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
-    assert_eq!(schema_version(&conn), 9);
+    assert_eq!(schema_version(&conn), 10);
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .expect("mode");
@@ -88,7 +88,7 @@ fn a_database_of_the_first_schema_gains_the_later_migrations() {
     // Back to schema 1, as a coordinator of the first version left it.
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
     conn.execute_batch(
-        "ALTER TABLE targets DROP COLUMN category; ALTER TABLE targets DROP COLUMN reference; ALTER TABLE queries DROP COLUMN withdrawn_at; DROP INDEX queries_by_study; DROP INDEX study_researchers_by_user; DROP TABLE study_researchers; DROP TABLE studies; ALTER TABLE queries DROP COLUMN study_id; DROP INDEX queries_by_submitter; DROP INDEX targets_by_query_state; ALTER TABLE queries DROP COLUMN failure; ALTER TABLE nodes DROP COLUMN audit_head; ALTER TABLE queries DROP COLUMN report; ALTER TABLE queries DROP COLUMN mode; ALTER TABLE queries DROP COLUMN mode_note; ALTER TABLE queries DROP COLUMN secure_totals; PRAGMA user_version = 1;",
+        "ALTER TABLE nodes DROP COLUMN certificate_serial; DROP TABLE revoked_certificates; ALTER TABLE users DROP COLUMN expires_at; ALTER TABLE targets DROP COLUMN category; ALTER TABLE targets DROP COLUMN reference; ALTER TABLE queries DROP COLUMN withdrawn_at; DROP INDEX queries_by_study; DROP INDEX study_researchers_by_user; DROP TABLE study_researchers; DROP TABLE studies; ALTER TABLE queries DROP COLUMN study_id; DROP INDEX queries_by_submitter; DROP INDEX targets_by_query_state; ALTER TABLE queries DROP COLUMN failure; ALTER TABLE nodes DROP COLUMN audit_head; ALTER TABLE queries DROP COLUMN report; ALTER TABLE queries DROP COLUMN mode; ALTER TABLE queries DROP COLUMN mode_note; ALTER TABLE queries DROP COLUMN secure_totals; PRAGMA user_version = 1;",
     )
     .expect("downgrade");
     drop(conn);
@@ -119,8 +119,14 @@ fn a_database_of_the_first_schema_gains_the_later_migrations() {
         db.query("q-1").expect("read").expect("kept").study_id,
         "q-1"
     );
+    // Migration 10: tokens that expire, and the revocation list of node certificates.
+    assert!(
+        db.revoke_certificate("0a1b", "a", 30, "admin")
+            .expect("revoke")
+    );
+    assert!(db.certificate_revoked("0a1b").expect("revoked"));
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
-    assert_eq!(schema_version(&conn), 9);
+    assert_eq!(schema_version(&conn), 10);
     let indexes: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN ('targets_by_query_state', 'queries_by_submitter')",
@@ -148,7 +154,7 @@ fn questions_from_before_studies_become_studies_of_their_own() {
     // Back to schema 7, as the coordinator before studies left it.
     let conn = rusqlite::Connection::open(&path).expect("sqlite");
     conn.execute_batch(
-        "ALTER TABLE targets DROP COLUMN category; ALTER TABLE targets DROP COLUMN reference; ALTER TABLE queries DROP COLUMN withdrawn_at; DROP INDEX queries_by_study; DROP INDEX study_researchers_by_user; DROP TABLE study_researchers; DROP TABLE studies; ALTER TABLE queries DROP COLUMN study_id; PRAGMA user_version = 7;",
+        "ALTER TABLE nodes DROP COLUMN certificate_serial; DROP TABLE revoked_certificates; ALTER TABLE users DROP COLUMN expires_at; ALTER TABLE targets DROP COLUMN category; ALTER TABLE targets DROP COLUMN reference; ALTER TABLE queries DROP COLUMN withdrawn_at; DROP INDEX queries_by_study; DROP INDEX study_researchers_by_user; DROP TABLE study_researchers; DROP TABLE studies; ALTER TABLE queries DROP COLUMN study_id; PRAGMA user_version = 7;",
     )
     .expect("downgrade");
     drop(conn);
@@ -211,7 +217,13 @@ fn tokens_are_stored_only_as_hashes_and_unknown_ones_fail() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("c.db");
     let db = Db::open(&path).expect("db");
-    let token = auth::enrol(&db, "ada", Role::Researcher, "", 5).expect("enrol");
+    let token = auth::enrol(
+        &db,
+        "test",
+        &auth::Enrolment::new("ada", Role::Researcher, "").with_new_site(),
+        5,
+    )
+    .expect("enrol");
     assert!(token.starts_with("ern_") && token.len() == 68, "{token}");
     let (user, hash) = db
         .user_by_token_hash(&auth::token_hash(&token))
@@ -234,10 +246,42 @@ fn tokens_are_stored_only_as_hashes_and_unknown_ones_fail() {
     }
     // Names are unique; sites are required exactly for stewards and nodes.
     let db = Db::open(&path).expect("db");
-    assert!(auth::enrol(&db, "ada", Role::Operator, "", 5).is_err());
-    assert!(auth::enrol(&db, "sam", Role::Steward, "", 5).is_err());
-    assert!(auth::enrol(&db, "ray", Role::Researcher, "site-a", 5).is_err());
-    assert!(auth::enrol(&db, "with space", Role::Researcher, "", 5).is_err());
+    assert!(
+        auth::enrol(
+            &db,
+            "test",
+            &auth::Enrolment::new("ada", Role::Operator, "").with_new_site(),
+            5
+        )
+        .is_err()
+    );
+    assert!(
+        auth::enrol(
+            &db,
+            "test",
+            &auth::Enrolment::new("sam", Role::Steward, "").with_new_site(),
+            5
+        )
+        .is_err()
+    );
+    assert!(
+        auth::enrol(
+            &db,
+            "test",
+            &auth::Enrolment::new("ray", Role::Researcher, "site-a").with_new_site(),
+            5
+        )
+        .is_err()
+    );
+    assert!(
+        auth::enrol(
+            &db,
+            "test",
+            &auth::Enrolment::new("with space", Role::Researcher, "").with_new_site(),
+            5
+        )
+        .is_err()
+    );
 }
 
 #[test]

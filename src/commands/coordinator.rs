@@ -12,6 +12,9 @@ use ern_coordinator::{Coordinator, CoordinatorConfig, Db, auth, server};
 
 use super::operator::parse_role;
 
+/// Who the audit trail names for users enrolled on the coordinator's machine.
+const LOCAL_ACTOR: &str = "coordinator-console";
+
 /// Coordinator commands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum CoordinatorCommand {
@@ -49,6 +52,12 @@ pub(crate) struct LocalAddArgs {
     /// The site, for stewards and nodes.
     #[arg(long, default_value = "")]
     site: String,
+    /// The site is new to the network (see `ern operator user add --new-site`).
+    #[arg(long)]
+    new_site: bool,
+    /// The token stops working after this long (e.g. 90d); without it, never.
+    #[arg(long, value_parser = super::operator::parse_lifetime)]
+    expires: Option<u64>,
     /// The coordinator's configuration file.
     #[arg(long)]
     config: PathBuf,
@@ -66,7 +75,17 @@ pub(crate) fn run(command: CoordinatorCommand) -> anyhow::Result<()> {
             let config = CoordinatorConfig::load(&args.config)?;
             let db = Db::open(&config.database)
                 .with_context(|| format!("opening {}", config.database.display()))?;
-            let token = auth::enrol(&db, &args.name, args.role, args.site.trim(), now_seconds())
+            let now = now_seconds();
+            let enrolment = auth::Enrolment {
+                name: args.name.clone(),
+                role: args.role,
+                site: args.site.trim().to_string(),
+                new_site: args.new_site,
+                expires_at: args
+                    .expires
+                    .map_or(0, |seconds| now.saturating_add(seconds)),
+            };
+            let token = auth::enrol(&db, LOCAL_ACTOR, &enrolment, now)
                 .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
             crate::client::hand_over_token(&token, args.out.as_deref())?;
             eprintln!(

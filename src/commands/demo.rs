@@ -175,6 +175,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         network: "demo".into(),
         server_names: Vec::new(),
         sites: exports.iter().map(|(id, _)| id.clone()).collect(),
+        renew: Vec::new(),
     })?;
     let read = |name: &str| {
         let path = tls_dir.join(name);
@@ -198,8 +199,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         say,
         "Coordinator serving gRPC on {address} (TLS; nodes authenticate with certificates of a network CA made for this demo)"
     )?;
+    // The demo builds its network from nothing: every site is new to it.
     let enrol = |name: &str, role: Role, site: &str| {
-        auth::enrol(core.db(), name, role, site, now())
+        let enrolment = auth::Enrolment {
+            name: name.to_string(),
+            role,
+            site: site.to_string(),
+            new_site: true,
+            expires_at: 0,
+        };
+        auth::enrol(core.db(), "demo", &enrolment, now())
             .map_err(|status| anyhow::anyhow!("enrolling {name}: {}", status.message()))
     };
     let researcher = Connection {

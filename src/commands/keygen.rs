@@ -81,6 +81,12 @@ pub(crate) struct TlsArgs {
     /// A site to issue a node certificate for (repeatable).
     #[arg(long = "site")]
     pub(crate) sites: Vec<String>,
+    /// A site whose node certificate to renew (repeatable): a new key and certificate
+    /// replace DIR/node-SITE.pem and .key, and the old pair is kept beside them under
+    /// its serial, to revoke once the node runs on the new one (`ern operator node
+    /// revoke SITE --serial OLD`).
+    #[arg(long = "renew")]
+    pub(crate) renew: Vec<String>,
 }
 
 /// The CA certificate file in a TLS directory.
@@ -135,6 +141,16 @@ pub(crate) fn generate_tls(args: &TlsArgs) -> anyhow::Result<Vec<PathBuf>> {
         files.push((dir.join(SERVER_CERT), issued.cert_pem, false));
         files.push((dir.join(SERVER_KEY), issued.key_pem, true));
     }
+    anyhow::ensure!(
+        args.renew.is_empty() || !new_ca,
+        "--renew needs the network's CA in {} (ca.pem, ca.key)",
+        dir.display()
+    );
+    let renewals = args
+        .renew
+        .iter()
+        .map(|site| plan_renewal(&ca, dir, site))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     for site in &args.sites {
         let stem = node_stem(site)?;
         let issued = ca.issue_node(site)?;
@@ -149,6 +165,9 @@ pub(crate) fn generate_tls(args: &TlsArgs) -> anyhow::Result<Vec<PathBuf>> {
         );
     }
     let mut written = Vec::with_capacity(files.len());
+    for renewal in renewals {
+        written.extend(renewal.apply()?);
+    }
     for (path, contents, secret) in files {
         let result = if secret {
             pseudonym::write_secret_file(&path, contents.as_bytes())
@@ -163,6 +182,96 @@ pub(crate) fn generate_tls(args: &TlsArgs) -> anyhow::Result<Vec<PathBuf>> {
         written.push(path);
     }
     Ok(written)
+}
+
+/// A node certificate to renew: the site's current pair, the new pair, and where the
+/// old one goes.
+struct Renewal {
+    site: String,
+    current: (PathBuf, PathBuf),
+    archived: (PathBuf, PathBuf),
+    old_serial: String,
+    issued: ern_coordinator::pki::IssuedCertificate,
+}
+
+/// Issues `site` a new node certificate, to replace the one in `dir` (which must exist);
+/// nothing is written yet.
+fn plan_renewal(ca: &NetworkCa, dir: &Path, site: &str) -> anyhow::Result<Renewal> {
+    let stem = node_stem(site)?;
+    let (cert, key) = (
+        dir.join(format!("{stem}.pem")),
+        dir.join(format!("{stem}.key")),
+    );
+    let pem = std::fs::read_to_string(&cert).with_context(|| {
+        format!(
+            "--renew {site}: reading {} (a site without a certificate gets one with --site)",
+            cert.display()
+        )
+    })?;
+    anyhow::ensure!(key.exists(), "--renew {site}: {} is missing", key.display());
+    let old_serial = ern_coordinator::pki::certificate_serial_pem(&pem)
+        .with_context(|| format!("{} is not a certificate", cert.display()))?;
+    let archived = (
+        dir.join(format!("{stem}.{old_serial}.pem")),
+        dir.join(format!("{stem}.{old_serial}.key")),
+    );
+    anyhow::ensure!(
+        !archived.0.exists() && !archived.1.exists(),
+        "{} exists; nothing was written",
+        archived.0.display()
+    );
+    Ok(Renewal {
+        site: site.to_string(),
+        current: (cert, key),
+        archived,
+        old_serial,
+        issued: ca.issue_node(site)?,
+    })
+}
+
+impl Renewal {
+    /// Moves the old pair aside and puts the new one in its place: each new file is
+    /// written whole beside its place before the old one moves; returns the files
+    /// written.
+    fn apply(self) -> anyhow::Result<Vec<PathBuf>> {
+        let staged = (
+            self.current.0.with_extension("pem.renewing"),
+            self.current.1.with_extension("key.renewing"),
+        );
+        let write_new = |path: &Path, contents: &str, secret: bool| {
+            let _ = std::fs::remove_file(path);
+            let result = if secret {
+                pseudonym::write_secret_file(path, contents.as_bytes())
+            } else {
+                std::fs::write(path, contents)
+            };
+            result.with_context(|| format!("writing {}", path.display()))
+        };
+        write_new(&staged.0, &self.issued.cert_pem, false)?;
+        write_new(&staged.1, &self.issued.key_pem, true)?;
+        for (from, to) in [
+            (&self.current.0, &self.archived.0),
+            (&self.current.1, &self.archived.1),
+            (&staged.0, &self.current.0),
+            (&staged.1, &self.current.1),
+        ] {
+            std::fs::rename(from, to)
+                .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+        }
+        let new_serial =
+            ern_coordinator::pki::certificate_serial_pem(&self.issued.cert_pem).unwrap_or_default();
+        println!(
+            "renewed the node certificate of {}: new serial {new_serial}; the old one (serial {}) is kept as {}",
+            self.site,
+            self.old_serial,
+            self.archived.0.display()
+        );
+        println!(
+            "once the node runs on the new one: ern operator node revoke {} --serial {}",
+            self.site, self.old_serial
+        );
+        Ok(vec![self.current.0, self.current.1])
+    }
 }
 
 /// A site's line in a roster, `SITE = "<hex>"`; the site id is quoted where it is not a
@@ -242,7 +351,7 @@ pub(crate) fn run(keygen: Keygen) -> anyhow::Result<()> {
                 println!("wrote {} ({kind})", path.display());
             }
             if written.is_empty() {
-                println!("nothing to issue: give --server-name or --site");
+                println!("nothing to issue: give --server-name, --site or --renew");
             }
         }
     }

@@ -117,12 +117,19 @@ pub(crate) fn run(command: NodeCommand) -> anyhow::Result<()> {
             format,
         }) => show_entry(&log.existing()?, &reference, format),
         NodeCommand::Audit(AuditCommand::Rotate { log, archive }) => {
-            let path = log.existing()?;
+            let path = log.path()?;
             let archive = archive.unwrap_or_else(|| archive_name(&path));
             let rotation = audit::rotate(&path, &archive)
                 .with_context(|| format!("rotating {}", path.display()))?;
             let continued = &rotation.continuation;
-            println!("archived {} as {}", path.display(), archive.display());
+            if rotation.archive.as_os_str().is_empty() {
+                println!(
+                    "no audit log at {}: started a new chain whose first entry records the loss",
+                    path.display()
+                );
+            } else {
+                println!("archived {} as {}", path.display(), archive.display());
+            }
             println!(
                 "new chain started: its first entry records {} intact entries, last hash {}",
                 continued.entries, continued.last_hash

@@ -27,6 +27,32 @@ pub(crate) enum OperatorCommand {
     Study(StudyCommand),
     /// The coordinator's audit trail: counts by kind and the latest events.
     Audit(AuditArgs),
+    /// Node certificates.
+    #[command(subcommand)]
+    Node(NodeCertificateCommand),
+}
+
+/// Node certificate commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCertificateCommand {
+    /// Put a site's node certificate on the coordinator's revocation list (by serial;
+    /// by default the one its node presented last): a node presenting it is refused, and
+    /// a live stream on it is closed at once. Issue the site a new certificate with
+    /// `ern keygen tls --renew SITE`.
+    Revoke(RevokeCertificateArgs),
+}
+
+/// Arguments of `ern operator node revoke`.
+#[derive(Debug, Args)]
+pub(crate) struct RevokeCertificateArgs {
+    /// The site.
+    site: String,
+    /// The certificate's serial (hex, as `ern operator nodes --format json` or `ern
+    /// keygen tls --renew` prints it), for one the node is not presenting now.
+    #[arg(long)]
+    serial: Option<String>,
+    #[command(flatten)]
+    connection: Connection,
 }
 
 /// A listing's connection and format.
@@ -62,8 +88,17 @@ pub(crate) struct UserNameArgs {
     /// file) instead of printing it.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// `rotate`: the new token stops working after this long (e.g. 90d, 12h); without
+    /// it, it never expires.
+    #[arg(long, value_parser = parse_lifetime)]
+    expires: Option<u64>,
     #[command(flatten)]
     connection: Connection,
+}
+
+/// A token's lifetime in seconds, from `90d`, `12h`, `30m` or `90s`.
+pub(crate) fn parse_lifetime(text: &str) -> Result<u64, String> {
+    client::parse_duration(text).map(|d| d.as_secs())
 }
 
 /// Arguments of `ern operator user add`.
@@ -77,6 +112,15 @@ pub(crate) struct AddUserArgs {
     /// The site, for stewards and nodes.
     #[arg(long, default_value = "")]
     site: String,
+    /// The site is new to the network: without it, a steward or node for a site with no
+    /// steward or node enrolled yet is refused (a misspelt site would be a site of its
+    /// own).
+    #[arg(long)]
+    new_site: bool,
+    /// The token stops working after this long (e.g. 90d, 12h); without it, it never
+    /// expires. A node's live stream is closed when its token expires.
+    #[arg(long, value_parser = parse_lifetime)]
+    expires: Option<u64>,
     /// Write the token to this file (mode 0600, never over an existing file) instead of
     /// printing it.
     #[arg(long)]
@@ -144,6 +188,9 @@ pub(crate) fn run(command: OperatorCommand) -> anyhow::Result<()> {
             OperatorCommand::Study(StudyCommand::Add(args)) => add_study(args).await,
             OperatorCommand::Study(StudyCommand::List(args)) => studies(args).await,
             OperatorCommand::Audit(args) => audit(args).await,
+            OperatorCommand::Node(NodeCertificateCommand::Revoke(args)) => {
+                revoke_certificate(args).await
+            }
         }
     })
 }
@@ -181,6 +228,7 @@ async fn nodes(args: ConnectionArgs) -> anyhow::Result<()> {
                     "last_duplicate_at": node.last_duplicate_at,
                     "unavailable": node.unavailable,
                     "store_generation": node.store_generation,
+                    "certificate_serial": node.certificate_serial,
                 })
             })
             .collect();
@@ -238,6 +286,8 @@ async fn add_user(args: AddUserArgs) -> anyhow::Result<()> {
             name: args.name.clone(),
             role: args.role.to_proto() as i32,
             site: args.site.clone(),
+            new_site: args.new_site,
+            expires_in_seconds: args.expires.unwrap_or(0),
         })
         .await
         .map_err(rpc_error)?
@@ -256,6 +306,7 @@ async fn revoke_user(args: UserNameArgs) -> anyhow::Result<()> {
     let revoked = operator
         .revoke_user(v1::UserRequest {
             name: args.name.clone(),
+            expires_in_seconds: 0,
         })
         .await
         .map_err(rpc_error)?
@@ -281,6 +332,7 @@ async fn rotate_user(args: UserNameArgs) -> anyhow::Result<()> {
     let rotated = operator
         .rotate_user(v1::UserRequest {
             name: args.name.clone(),
+            expires_in_seconds: args.expires.unwrap_or(0),
         })
         .await
         .map_err(rpc_error)?
@@ -289,6 +341,31 @@ async fn rotate_user(args: UserNameArgs) -> anyhow::Result<()> {
     eprintln!(
         "new token for {}; the old one no longer works; the new one is shown only once",
         shown(&rotated.name)
+    );
+    Ok(())
+}
+
+async fn revoke_certificate(args: RevokeCertificateArgs) -> anyhow::Result<()> {
+    let mut operator = client::operator(&args.connection).await?;
+    let revoked = operator
+        .revoke_node_certificate(v1::RevokeCertificateRequest {
+            site: args.site.clone(),
+            serial: args.serial.clone().unwrap_or_default(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    println!("{}", shown(&revoked.serial));
+    eprintln!(
+        "revoked the certificate {} of site {}{}; issue a new one with `ern keygen tls --renew {}`",
+        shown(&revoked.serial),
+        shown(&revoked.site),
+        if revoked.stream_closed {
+            ": its node's stream is closed"
+        } else {
+            ""
+        },
+        shown(&revoked.site)
     );
     Ok(())
 }
@@ -367,12 +444,13 @@ async fn users(args: ConnectionArgs) -> anyhow::Result<()> {
                     "role": role_of(user),
                     "site": user.site,
                     "enrolled_at": user.created_at,
+                    "expires_at": user.expires_at,
                 })
             })
             .collect();
         return print_json(&serde_json::Value::Array(items));
     }
-    let mut table = new_table(&["name", "role", "site", "enrolled"], &[]);
+    let mut table = new_table(&["name", "role", "site", "enrolled", "expires"], &[]);
     for user in users {
         let role = role_of(&user);
         table.add_row(vec![
@@ -380,6 +458,10 @@ async fn users(args: ConnectionArgs) -> anyhow::Result<()> {
             role.to_string(),
             shown(&user.site),
             format_time(user.created_at),
+            match user.expires_at {
+                0 => "never".to_string(),
+                at => format_time(at),
+            },
         ]);
     }
     println!("{table}");

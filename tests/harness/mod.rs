@@ -277,7 +277,7 @@ impl Network {
                 "--out",
                 path(&site_dir.join("steward")),
             ]));
-            let steward_token = network.add_user(&format!("steward-{index}"), "steward", &id);
+            let steward_token = network.add_first_user(&format!("steward-{index}"), "steward", &id);
             let node_token = network.add_user(&format!("node-{index}"), "node", &id);
             std::fs::write(site_dir.join("node.token"), format!("{node_token}\n")).expect("token");
             if aggregation == Aggregation::Secure {
@@ -351,11 +351,28 @@ impl Network {
 
     /// Enrols a user through the operator API; returns the token.
     pub(crate) fn add_user(&self, name: &str, role: &str, site: &str) -> String {
+        self.add_user_with(&[], name, role, site)
+    }
+
+    /// Enrols a user with more options of `ern operator user add` (e.g. `--expires`).
+    pub(crate) fn add_user_with(
+        &self,
+        extra: &[&str],
+        name: &str,
+        role: &str,
+        site: &str,
+    ) -> String {
         let mut args = vec!["operator", "user", "add", name, "--role", role];
         if !site.is_empty() {
             args.extend(["--site", site]);
         }
+        args.extend_from_slice(extra);
         ok(self.ern_as(&self.operator, &args)).trim().to_string()
+    }
+
+    /// Enrols the first user of a site new to the network (`--new-site`).
+    pub(crate) fn add_first_user(&self, name: &str, role: &str, site: &str) -> String {
+        self.add_user_with(&["--new-site"], name, role, site)
     }
 
     /// Runs `ern` with `args` as the holder of `token` (through ERN_COORDINATOR and

@@ -38,6 +38,7 @@ use ern_proto::approval::Approval;
 use crate::lifecycle::{EventKind, SiteStep};
 use crate::model::{Role, SiteState, StoredQuery, Study, Target, User};
 
+mod certificates;
 mod events;
 mod nodes;
 mod questions;
@@ -159,6 +160,16 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE targets ADD COLUMN category TEXT NOT NULL DEFAULT '';
      ALTER TABLE targets ADD COLUMN reference TEXT NOT NULL DEFAULT '';
      ALTER TABLE queries ADD COLUMN withdrawn_at INTEGER NOT NULL DEFAULT 0;",
+    // 10: credentials that end: a token's expiry (0: never); node certificates revoked
+    // by serial, and the serial each site's node last presented.
+    "ALTER TABLE users ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+     CREATE TABLE revoked_certificates (
+        serial TEXT PRIMARY KEY,
+        site TEXT NOT NULL,
+        revoked_at INTEGER NOT NULL,
+        revoked_by TEXT NOT NULL
+     );
+     ALTER TABLE nodes ADD COLUMN certificate_serial TEXT NOT NULL DEFAULT '';",
 ];
 
 /// Whether a capped submission was stored.

@@ -8,13 +8,14 @@ impl Db {
         let conn = self.conn();
         let changed = execute_cached(
             &conn,
-            "INSERT OR IGNORE INTO users (name, role, site, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR IGNORE INTO users (name, role, site, token_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 user.name,
                 user.role.as_str(),
                 user.site,
                 token_hash,
-                user.created_at as i64
+                user.created_at as i64,
+                user.expires_at as i64
             ],
         )?;
         Ok(changed == 1)
@@ -25,23 +26,25 @@ impl Db {
         let conn = self.conn();
         let row = query_row_cached(
             &conn,
-            "SELECT role, site, created_at FROM users WHERE name = ?1",
+            "SELECT role, site, created_at, expires_at FROM users WHERE name = ?1",
             params![name],
             |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
                     row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
                 ))
             },
         )
         .optional()?;
-        row.map(|(role, site, created_at)| {
+        row.map(|(role, site, created_at, expires_at)| {
             Ok(User {
                 name: name.to_string(),
                 role: role_from(role)?,
                 site,
                 created_at: created_at as u64,
+                expires_at: expires_at as u64,
             })
         })
         .transpose()
@@ -56,13 +59,31 @@ impl Db {
 
     /// Replaces the token of the user named `name` (the old one stops working at once);
     /// false if there is none.
-    pub fn replace_token(&self, name: &str, token_hash: &[u8]) -> Result<bool, DbError> {
+    pub fn replace_token(
+        &self,
+        name: &str,
+        token_hash: &[u8],
+        expires_at: u64,
+    ) -> Result<bool, DbError> {
         let conn = self.conn();
         Ok(execute_cached(
             &conn,
-            "UPDATE users SET token_hash = ?2 WHERE name = ?1",
-            params![name, token_hash],
+            "UPDATE users SET token_hash = ?2, expires_at = ?3 WHERE name = ?1",
+            params![name, token_hash, expires_at as i64],
         )? == 1)
+    }
+
+    /// Whether any steward or node is enrolled for `site`: a site the network knows.
+    pub fn site_known(&self, site: &str) -> Result<bool, DbError> {
+        let conn = self.conn();
+        Ok(query_row_cached(
+            &conn,
+            "SELECT 1 FROM users WHERE site = ?1 LIMIT 1",
+            params![site],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
     }
 
     /// The user whose token hashes to `token_hash`, with the stored hash.
@@ -73,7 +94,7 @@ impl Db {
         let conn = self.conn();
         let row = query_row_cached(
             &conn,
-            "SELECT name, role, site, created_at, token_hash FROM users WHERE token_hash = ?1",
+            "SELECT name, role, site, created_at, token_hash, expires_at FROM users WHERE token_hash = ?1",
             params![token_hash],
             |row| {
                 Ok((
@@ -82,17 +103,19 @@ impl Db {
                     row.get::<_, String>(2)?,
                     row.get::<_, i64>(3)?,
                     row.get::<_, Vec<u8>>(4)?,
+                    row.get::<_, i64>(5)?,
                 ))
             },
         )
         .optional()?;
-        row.map(|(name, role, site, created_at, hash)| {
+        row.map(|(name, role, site, created_at, hash, expires_at)| {
             Ok((
                 User {
                     name,
                     role: role_from(role)?,
                     site,
                     created_at: created_at as u64,
+                    expires_at: expires_at as u64,
                 },
                 hash,
             ))
@@ -104,7 +127,7 @@ impl Db {
     pub fn users(&self, after: &str, limit: i64) -> Result<Vec<User>, DbError> {
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
-            "SELECT name, role, site, created_at FROM users WHERE name > ?1 ORDER BY name LIMIT ?2",
+            "SELECT name, role, site, created_at, expires_at FROM users WHERE name > ?1 ORDER BY name LIMIT ?2",
         )?;
         let rows = statement.query_map(params![after, limit], |row| {
             Ok((
@@ -112,16 +135,18 @@ impl Db {
                 row.get::<_, String>(1)?,
                 row.get::<_, String>(2)?,
                 row.get::<_, i64>(3)?,
+                row.get::<_, i64>(4)?,
             ))
         })?;
         let mut users = Vec::new();
         for row in rows {
-            let (name, role, site, created_at) = row?;
+            let (name, role, site, created_at, expires_at) = row?;
             users.push(User {
                 name,
                 role: role_from(role)?,
                 site,
                 created_at: created_at as u64,
+                expires_at: expires_at as u64,
             });
         }
         Ok(users)

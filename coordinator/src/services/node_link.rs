@@ -20,6 +20,9 @@ use crate::pki;
 /// Messages queued towards one node before the coordinator waits for it to read.
 const OUTBOUND_QUEUE: usize = 256;
 
+/// How long a new stream waits for its node's Hello.
+const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The NodeLink service over the shared core.
 #[derive(Debug, Clone)]
 pub struct NodeLinkService {
@@ -38,12 +41,15 @@ impl NodeLinkService {
     }
 }
 
-/// Under mutual TLS, the site named by the node's certificate must be its token's.
+/// Under mutual TLS, the site named by the node's certificate must be its token's, and
+/// the certificate must not be on the revocation list; returns its serial (`None`
+/// without a certificate).
 fn check_certificate<T>(
     request: &Request<T>,
     token_site: &str,
     required: bool,
-) -> Result<(), Status> {
+    db: &crate::db::Db,
+) -> Result<Option<String>, Status> {
     let chain = request
         .extensions()
         .get::<PeerInfo>()
@@ -54,11 +60,25 @@ fn check_certificate<T>(
                 "nodes must present their site's client certificate (mutual TLS)",
             ));
         }
-        return Ok(());
+        return Ok(None);
     };
-    let certificate_site = chain.first().and_then(|leaf| pki::node_site_of(leaf));
+    let leaf = chain.first();
+    let serial = leaf.and_then(|leaf| pki::certificate_serial(leaf));
+    if let Some(serial) = &serial {
+        let revoked = db.certificate_revoked(serial).map_err(|error| {
+            tracing::error!(%error, "reading the revocation list");
+            Status::internal("the coordinator could not check the certificate")
+        })?;
+        if revoked {
+            tracing::warn!(target: "ern::link", token_site, serial, "a revoked node certificate was refused");
+            return Err(Status::permission_denied(format!(
+                "this node certificate (serial {serial}) was revoked: the network's operator issues a new one (`ern keygen tls --renew {token_site}`)"
+            )));
+        }
+    }
+    let certificate_site = leaf.and_then(|leaf| pki::node_site_of(leaf));
     match certificate_site {
-        Some(site) if site == token_site => Ok(()),
+        Some(site) if site == token_site => Ok(serial),
         Some(site) => {
             let site = for_log(&site);
             tracing::warn!(token_site, certificate_site = %site, "node certificate of another site");
@@ -81,13 +101,24 @@ impl NodeLink for NodeLinkService {
         request: Request<Streaming<v1::NodeMessage>>,
     ) -> Result<Response<Self::OpenStreamStream>, Status> {
         let node = auth::caller(&request)?;
-        check_certificate(&request, &node.site, self.require_certificate)?;
+        let serial = check_certificate(
+            &request,
+            &node.site,
+            self.require_certificate,
+            self.core.db(),
+        )?;
         // Token and certificate checked: the connection may live as long as the stream.
         if let Some(peer) = request.extensions().get::<PeerInfo>() {
             peer.record_node();
         }
+        let metadata = request.metadata().clone();
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        // A node says Hello at once; one that holds it back does not hold a stream open
+        // past a revocation (its credentials are checked again below).
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 30 s"))?;
+        let hello = match first? {
             Some(v1::NodeMessage {
                 message: Some(v1::node_message::Message::Hello(hello)),
             }) => hello,
@@ -105,6 +136,26 @@ impl NodeLink for NodeLinkService {
                 node.site
             )));
         }
+        // The token and certificate again, as they stand now: either may have been
+        // revoked, rotated or expired while the Hello was on its way.
+        let again = auth::authenticate(self.core.db(), &metadata)?;
+        if again.name != node.name {
+            return Err(Status::unauthenticated("the token changed hands"));
+        }
+        if let Some(serial) = &serial
+            && self
+                .core
+                .db()
+                .certificate_revoked(serial)
+                .map_err(|error| {
+                    tracing::error!(%error, "reading the revocation list");
+                    Status::internal("the coordinator could not check the certificate")
+                })?
+        {
+            return Err(Status::permission_denied(format!(
+                "this node certificate (serial {serial}) was revoked"
+            )));
+        }
         let site = node.site;
         let (sender, receiver) = mpsc::channel(OUTBOUND_QUEUE);
         sender
@@ -116,7 +167,14 @@ impl NodeLink for NodeLinkService {
             }))
             .await
             .map_err(|_| Status::unavailable("the stream closed during the handshake"))?;
-        let generation = self.core.node_connected(&site, &hello, sender).await?;
+        let credentials = crate::core::NodeCredentials {
+            expires_at: node.expires_at,
+            certificate_serial: serial.unwrap_or_default(),
+        };
+        let generation = self
+            .core
+            .node_connected(&site, &hello, sender, credentials)
+            .await?;
         let core = Arc::clone(&self.core);
         tokio::spawn(async move {
             if let Err(status) = core.dispatch(&site).await {
@@ -126,6 +184,13 @@ impl NodeLink for NodeLinkService {
             core.tick_secure().await;
             loop {
                 match inbound.message().await {
+                    // A stream the coordinator closed (its credentials were revoked, its
+                    // token expired, another took its place) is not listened to: its
+                    // messages are dropped and the stream with them.
+                    Ok(Some(_)) if !core.is_current_stream(&site, generation) => {
+                        tracing::debug!(site, "a message on a closed stream; ending it");
+                        break;
+                    }
                     Ok(Some(message)) => {
                         core.node_seen(&site, generation);
                         let head = match &message.message {

@@ -115,6 +115,21 @@ fn user_info(user: crate::model::User) -> v1::UserInfo {
         role: user.role.to_proto() as i32,
         site: user.site,
         created_at: user.created_at,
+        expires_at: user.expires_at,
+    }
+}
+
+/// The longest lifetime a token may be given: ten years.
+const MAX_TOKEN_SECONDS: u64 = 10 * 366 * 86_400;
+
+/// When a token given now for `seconds` expires (0 seconds: never).
+fn expiry(now: u64, seconds: u64) -> Result<u64, Status> {
+    match seconds {
+        0 => Ok(0),
+        s if s > MAX_TOKEN_SECONDS => Err(Status::invalid_argument(
+            "a token lives at most ten years (or give no expiry)",
+        )),
+        s => Ok(now.saturating_add(s)),
     }
 }
 
@@ -134,6 +149,12 @@ impl Operator for OperatorService {
             nodes.push(v1::NodeInfo {
                 unavailable,
                 store_generation,
+                certificate_serial: self
+                    .core
+                    .db()
+                    .last_certificate(&site)
+                    .map_err(internal)?
+                    .unwrap_or_default(),
                 connected: self.core.is_connected(&site),
                 last_seen: record.as_ref().map_or(0, |r| r.last_seen),
                 k: record.as_ref().map_or(0, |r| r.k),
@@ -165,23 +186,18 @@ impl Operator for OperatorService {
             .and_then(Role::from_proto)
             .ok_or_else(|| Status::invalid_argument("a user needs a role"))?;
         let now = now_seconds();
-        let (name, site) = (add.name.clone(), add.site.trim().to_string());
+        let enrolment = auth::Enrolment {
+            name: add.name.clone(),
+            role,
+            site: add.site.trim().to_string(),
+            new_site: add.new_site,
+            expires_at: expiry(now, add.expires_in_seconds)?,
+        };
         let token = self
             .core
             .commit("an enrolment", move |db| {
-                auth::enrol(db, &name, role, &site, now)
+                auth::enrol(db, &operator.name, &enrolment, now)
             })
-            .await?;
-        let event = Event {
-            at: now,
-            actor: operator.name,
-            kind: EventKind::UserAdded,
-            query_id: String::new(),
-            site: add.site.trim().to_string(),
-            detail: format!("{} ({})", add.name, role.as_str()),
-        };
-        self.core
-            .commit("an enrolment's event", move |db| db.record_event(&event))
             .await?;
         Ok(Response::new(v1::AddUserResponse {
             name: add.name,
@@ -246,10 +262,13 @@ impl Operator for OperatorService {
         request: Request<v1::UserRequest>,
     ) -> Result<Response<v1::AddUserResponse>, Status> {
         let operator = auth::caller(&request)?;
-        let name = request.into_inner().name;
+        let rotate = request.into_inner();
+        let expires_at = expiry(now_seconds(), rotate.expires_in_seconds)?;
         let (user, token) = self
             .core
-            .commit("a token rotation", move |db| auth::rotate(db, &name))
+            .commit("a token rotation", move |db| {
+                auth::rotate(db, &rotate.name, expires_at)
+            })
             .await?;
         self.after_credential_change(&operator.name, &user, EventKind::UserRotated)
             .await?;
@@ -291,6 +310,54 @@ impl Operator for OperatorService {
         }
         tracing::info!(study = %study.id, operator = %operator.name, researchers = study.researchers.len(), "study added");
         Ok(Response::new(study.to_proto()))
+    }
+
+    async fn revoke_node_certificate(
+        &self,
+        request: Request<v1::RevokeCertificateRequest>,
+    ) -> Result<Response<v1::RevokeCertificateResponse>, Status> {
+        let operator = auth::caller(&request)?;
+        let revoke = request.into_inner();
+        let site = revoke.site.trim().to_string();
+        let serial = match revoke.serial.trim() {
+            "" => self
+                .core
+                .db()
+                .last_certificate(&site)
+                .map_err(internal)?
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "no node of site {} has presented a certificate yet: give its serial (--serial)",
+                        echoed(&site)
+                    ))
+                })?,
+            text => crate::pki::parse_serial(text).ok_or_else(|| {
+                Status::invalid_argument("a certificate serial is up to 64 hex digits")
+            })?,
+        };
+        let now = now_seconds();
+        let event = Event {
+            at: now,
+            actor: operator.name.clone(),
+            kind: EventKind::CertificateRevoked,
+            query_id: String::new(),
+            site: site.clone(),
+            detail: format!("serial {serial}"),
+        };
+        let (stored_site, stored_serial) = (site.clone(), serial.clone());
+        self.core
+            .commit("a certificate revocation", move |db| {
+                db.revoke_certificate(&stored_serial, &stored_site, now, &operator.name)?;
+                db.record_event(&event)
+            })
+            .await?;
+        let stream_closed = self.core.close_certificate_stream(&serial).await;
+        tracing::warn!(target: "ern::link", site, serial, stream_closed, "node certificate revoked");
+        Ok(Response::new(v1::RevokeCertificateResponse {
+            site,
+            serial,
+            stream_closed,
+        }))
     }
 
     async fn list_studies(

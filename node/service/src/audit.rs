@@ -185,6 +185,16 @@ pub enum AuditError {
         /// Entries the log still holds.
         entries: u64,
     },
+    /// The log is missing where the node has a history: starting a fresh one would
+    /// forget every privacy charge silently.
+    #[error(
+        "{}: the audit log is missing, but this node has executed approvals before (its executed.log): restore the log from a backup, or record its loss and start a new chain with `ern node audit rotate`",
+        path.display()
+    )]
+    Missing {
+        /// The log file.
+        path: PathBuf,
+    },
     /// Another process has the log open for writing.
     #[error(
         "{}: another process is writing this audit log (a node running on it); stop it first",
@@ -588,10 +598,7 @@ pub fn rotate(path: &Path, archive: &Path) -> Result<Rotation, AuditError> {
         move |source| AuditError::Io { path, source }
     };
     if !path.exists() {
-        return Err(io(path)(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "no audit log to rotate",
-        )));
+        return start_after_loss(path);
     }
     if archive.exists() {
         return Err(io(archive)(std::io::Error::new(
@@ -601,6 +608,13 @@ pub fn rotate(path: &Path, archive: &Path) -> Result<Rotation, AuditError> {
     }
     // The lock proves no node writes the log; it is held until the new log is in place.
     let _held = open_locked(path)?;
+    let fresh = path.with_extension("rotating");
+    if archive == path || archive == fresh {
+        return Err(io(archive)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the archive must be another file than the log and its staging file",
+        )));
+    }
     let found = inspect(path)?;
     let continuation = Continuation {
         archive: archive
@@ -637,16 +651,20 @@ pub fn rotate(path: &Path, archive: &Path) -> Result<Rotation, AuditError> {
         entries.push(carried);
     }
     let (text, sealed) = seal(entries, 1, GENESIS).map_err(io(path))?;
-    let fresh = path.with_extension("rotating");
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&fresh)
-        .map_err(io(&fresh))?;
-    file.write_all(text.as_bytes()).map_err(io(&fresh))?;
-    file.sync_all().map_err(io(&fresh))?;
-    std::fs::rename(path, archive).map_err(io(archive))?;
-    std::fs::rename(&fresh, path).map_err(io(path))?;
+    // The staging file is this rotation's own (under the lock): one a crash left is
+    // written over.
+    let staged = std::fs::write(&fresh, text.as_bytes())
+        .and_then(|()| File::open(&fresh)?.sync_all())
+        .map_err(io(&fresh));
+    // The archive is a second name of the old log, and the new log replaces the old
+    // name in one step: at no moment is there no log at `path`.
+    let placed = staged
+        .and_then(|()| std::fs::hard_link(path, archive).map_err(io(archive)))
+        .and_then(|()| std::fs::rename(&fresh, path).map_err(io(path)));
+    if let Err(error) = placed {
+        let _ = std::fs::remove_file(&fresh);
+        return Err(error);
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -654,6 +672,45 @@ pub fn rotate(path: &Path, archive: &Path) -> Result<Rotation, AuditError> {
     }
     Ok(Rotation {
         archive: archive.to_path_buf(),
+        continuation,
+        head: sealed.last().map(|e| e.hash.clone()).unwrap_or_default(),
+    })
+}
+
+/// Starts a new chain at `path` where the log is missing: its first entry records that
+/// the log was lost (its entries and privacy charges with it), so the loss is in the
+/// log that follows.
+fn start_after_loss(path: &Path) -> Result<Rotation, AuditError> {
+    let continuation = Continuation {
+        archive: String::new(),
+        entries: 0,
+        last_hash: GENESIS.to_string(),
+        broken: Some("the log was missing: its entries and privacy charges are lost".into()),
+        charges_carried: 0,
+    };
+    let mut first = AuditEntry::new("(none)", "(none)", Outcome::Rotated);
+    first.detail = continuation.broken.clone();
+    first.continues = Some(continuation.clone());
+    let (text, sealed) = seal(vec![first], 1, GENESIS).map_err(|source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|source| AuditError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|source| AuditError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(Rotation {
+        archive: PathBuf::new(),
         continuation,
         head: sealed.last().map(|e| e.hash.clone()).unwrap_or_default(),
     })

@@ -322,6 +322,12 @@ impl NodeConfig {
             })?;
         let store = base.join(&raw.store);
         let audit_log = base.join(raw.audit_log.as_deref().unwrap_or(Path::new(AUDIT_FILE)));
+        if std::fs::symlink_metadata(&audit_log).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(invalid(format!(
+                "audit_log {} is a symbolic link: name the file itself (a link into the store would be lost with it)",
+                audit_log.display()
+            )));
+        }
         if lies_inside(&audit_log, &store) {
             return Err(invalid(format!(
                 "audit_log {} lies inside the store: the store is replaced by every ingest and the log must outlive it; keep it beside this file (the default)",
@@ -344,6 +350,9 @@ impl NodeConfig {
 /// they exist, so `store/../store/x` and links count).
 fn lies_inside(path: &Path, dir: &Path) -> bool {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if let Ok(resolved) = std::fs::canonicalize(path) {
+        return resolved.starts_with(&dir);
+    }
     let parent = path.parent().unwrap_or(path);
     std::fs::canonicalize(parent)
         .unwrap_or_else(|_| parent.to_path_buf())
@@ -574,6 +583,11 @@ mod tests {
     use crate::steward_key::generate_steward_key;
 
     fn load(tail: &str) -> Result<NodeConfig, NodeConfigError> {
+        load_with(|_| {}, tail)
+    }
+
+    /// [`load`] after `prepare` has made files of its own in the configuration's directory.
+    fn load_with(prepare: impl FnOnce(&Path), tail: &str) -> Result<NodeConfig, NodeConfigError> {
         let dir = tempfile::tempdir().expect("temp dir");
         generate_steward_key(&dir.path().join("s")).expect("steward key");
         std::fs::write(dir.path().join("node.token"), "ern_abc\n").expect("token");
@@ -583,6 +597,7 @@ mod tests {
         NoiseSecret::generate(&dir.path().join("noise.key")).expect("noise secret");
         std::fs::create_dir_all(dir.path().join("store")).expect("store");
         NoiseSecret::generate(&dir.path().join("store/noise.key")).expect("secret in store");
+        prepare(dir.path());
         let path = dir.path().join("node.toml");
         std::fs::write(
             &path,
@@ -595,6 +610,37 @@ mod tests {
     }
 
     const TLS: &str = "[tls]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n";
+
+    #[test]
+    fn the_audit_log_lies_beside_the_configuration_and_never_in_the_store() {
+        let loaded = load(&format!("coordinator = \"https://c.example:1\"\n{TLS}")).expect("load");
+        assert_eq!(
+            loaded.audit_log.file_name().and_then(|n| n.to_str()),
+            Some("audit.log")
+        );
+        assert_eq!(loaded.audit_log.parent(), loaded.store.parent());
+        for inside in ["store/audit.log", "store/../store/x.log", "./store/a.log"] {
+            let said = refused(&format!(
+                "audit_log = \"{inside}\"\ncoordinator = \"https://c.example:1\"\n{TLS}"
+            ));
+            assert!(said.contains("inside the store"), "{inside}: {said}");
+        }
+        // Red team: a link beside the configuration that points into the store.
+        #[cfg(unix)]
+        {
+            let linked = load_with(
+                |dir| {
+                    std::fs::write(dir.join("store/audit.log"), "").expect("log in store");
+                    std::os::unix::fs::symlink(dir.join("store/audit.log"), dir.join("audit.log"))
+                        .expect("link");
+                },
+                &format!("coordinator = \"https://c.example:1\"\n{TLS}"),
+            )
+            .expect_err("refused")
+            .to_string();
+            assert!(linked.contains("symbolic link"), "{linked}");
+        }
+    }
 
     fn refused(tail: &str) -> String {
         load(tail).expect_err("refused").to_string()

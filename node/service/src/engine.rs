@@ -385,12 +385,19 @@ impl NodeEngine {
                 "privacy is enabled without a noise secret".into(),
             ));
         }
+        let executed = Arc::new(ExecutedApprovals::open(&files.state_dir())?);
+        // A node with a history whose log is gone must not start a fresh one (every
+        // study's privacy spending would be forgotten without a trace).
+        if !files.audit_log.exists() && !executed.is_empty() {
+            return Err(OpenError::Audit(AuditError::Missing {
+                path: files.audit_log.clone(),
+            }));
+        }
         let audit = Arc::new(AuditLog::open(&files.audit_log)?);
         let ledger = Arc::new(match audit.head() == crate::audit::genesis() {
             true => Ledger::default(),
             false => Ledger::from_entries(&crate::audit::read_entries(audit.path())?),
         });
-        let executed = Arc::new(ExecutedApprovals::open(&files.state_dir())?);
         let store = Arc::new(StoreWatch::new(store_dir));
         store.observe(&audit);
         let facts = verified_facts(&ctx).await.unwrap_or_else(|error| {
@@ -614,7 +621,15 @@ impl NodeEngine {
                         Concentration::TopShare(self.policy.dominance),
                         entry,
                     )?;
-                    let (noise, _) = self.calibrated(&site, entry)?;
+                    let (noise, secret) = self.calibrated(&site, entry)?;
+                    // A release is charged before it leaves: free when its first
+                    // execution's charge was written, charged now when that write failed
+                    // after the release was stored (red team: a retry was released
+                    // uncharged).
+                    if secret.is_some() {
+                        let query = executed::query_key(&plan.fingerprint());
+                        self.charge(request, &query, &generation, entry)?;
+                    }
                     noise.map_or_else(Vec::new, |noise| noise.reports())
                 } else {
                     Vec::new()
@@ -646,6 +661,7 @@ impl NodeEngine {
             self.charge(request, &query, &generation, entry)?;
         }
         let batches = self.collect(site.plan, entry).await?;
+        self.same_generation(&generation, entry)?;
         let fail = failure;
         let batches = match (&noise, &secret) {
             (Some(noise), Some(secret)) => noise_site_output(
@@ -713,6 +729,25 @@ impl NodeEngine {
         .map_err(|e| fail(entry, e.to_string()))?
         .map_err(|e| fail(entry, e.to_string()))?;
         Ok(released)
+    }
+
+    /// Fails the request when the store changed while its question ran: what was read
+    /// may mix two generations, and a release is tied (its approval, its noise) to the
+    /// one it was approved and seeded on (red team: an ingest between the look and the
+    /// scan gave the same noise on new data).
+    pub(crate) fn same_generation(
+        &self,
+        generation: &str,
+        entry: &mut AuditEntry,
+    ) -> Result<(), ExecuteError> {
+        match executed::store_generation(self.store.store_dir()) {
+            Ok(now) if now == generation => Ok(()),
+            _ => Err(failure_of(
+                entry,
+                FailureCategory::StoreUnavailable,
+                "the store changed while the question ran".into(),
+            )),
+        }
     }
 
     /// The site plan of `plan` for this site: bounded when this site noises its release.

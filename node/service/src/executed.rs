@@ -259,6 +259,14 @@ impl ExecutedApprovals {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether the node has executed no approval yet.
+    pub fn is_empty(&self) -> bool {
+        self.by_approval
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty()
+    }
+
     /// Claims question `query` for a per-site execution, unless a secure round holds it
     /// or used it (then how it was used). Several per-site executions may hold it at
     /// once (a retry of the same approval).

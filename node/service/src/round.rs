@@ -238,6 +238,7 @@ impl NodeEngine {
             self.charge(request, &query, &generation, entry)?;
         }
         let batches = self.collect(site_plan.plan, entry).await?;
+        self.same_generation(&generation, entry)?;
         let mut vector = layout
             .vector(&batches)
             .map_err(|e| failure(entry, e.to_string()))?;

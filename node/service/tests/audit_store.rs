@@ -435,3 +435,89 @@ async fn the_node_takes_its_old_files_out_of_the_store() {
         "{retried:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Red team (issue #18 review): budgets and releases around a damaged or missing log
+// ---------------------------------------------------------------------------------------
+
+/// Attack: the release is stored as executed, then its audit append fails (the log was
+/// moved away meanwhile), so its charge is never written; the same approval again is a
+/// retry that answered from the stored release without charging. Safe: the retry is
+/// charged before it leaves.
+#[tokio::test]
+async fn a_retry_after_a_failed_audit_append_is_charged() {
+    let site = Site::new();
+    let policy = private_policy(&site);
+    let engine = site.engine(policy).await;
+    let request = site.request(COUNT, 0);
+    let aside = site.dir.path().join("node/aside.log");
+    std::fs::rename(&site.files.audit_log, &aside).expect("move the log away");
+    let failed = engine.execute(&request).await;
+    assert!(
+        matches!(failed, Err(ExecuteError::Failed { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(spent(&engine), Epsilon::default(), "nothing was charged");
+    std::fs::rename(&aside, &site.files.audit_log).expect("the log is back");
+    engine.execute(&request).await.expect("the retry");
+    assert_eq!(
+        spent(&engine),
+        Epsilon::from_decimal(1.0).expect("one"),
+        "the retry released without a charge"
+    );
+    let charged = site
+        .entries()
+        .iter()
+        .filter(|entry| entry.outcome == Outcome::Charged)
+        .count();
+    assert_eq!(charged, 1);
+}
+
+/// Attack: `rm audit.log` on a node with a history, then start it: a fresh log would
+/// start every study's spending from zero, without a trace. Safe: the node refuses to
+/// start; `ern node audit rotate` starts a new chain whose first entry records the loss.
+#[tokio::test]
+async fn a_missing_log_of_a_node_with_a_history_stops_it_until_the_loss_is_recorded() {
+    let site = Site::new();
+    let engine = site.engine(site.policy()).await;
+    engine
+        .execute(&site.request(COUNT, 0))
+        .await
+        .expect("answered");
+    drop(engine);
+    std::fs::remove_file(&site.files.audit_log).expect("rm audit.log");
+    match NodeEngine::open_files(&site.files, site.policy()).await {
+        Err(ern_node::engine::OpenError::Audit(AuditError::Missing { .. })) => {}
+        other => panic!("started on a fresh log: {other:?}"),
+    }
+    let archive = site.dir.path().join("node/none");
+    let rotation = audit::rotate(&site.files.audit_log, &archive).expect("record the loss");
+    assert!(!archive.exists());
+    assert!(
+        rotation
+            .continuation
+            .broken
+            .as_deref()
+            .is_some_and(|b| b.contains("missing")),
+        "{rotation:?}"
+    );
+    let entries = site.entries();
+    assert_eq!(entries[0].outcome, Outcome::Rotated);
+    site.engine(site.policy()).await;
+}
+
+/// A rotation never leaves a moment without a log at its path, and never takes the log
+/// itself (or its staging file) as the archive.
+#[tokio::test]
+async fn rotating_refuses_an_archive_that_is_the_log_and_keeps_a_log_in_place() {
+    let site = Site::new();
+    drop(site.engine(site.policy()).await);
+    let log = &site.files.audit_log;
+    assert!(audit::rotate(log, log).is_err());
+    assert!(audit::rotate(log, &log.with_extension("rotating")).is_err());
+    audit::verify(log).expect("untouched");
+    let archive = site.dir.path().join("node/archive.log");
+    audit::rotate(log, &archive).expect("rotate");
+    audit::verify(&archive).expect("the archive is the old log, intact");
+    assert_eq!(audit::verify(log).expect("the new chain").entries, 1);
+}

@@ -104,8 +104,8 @@ impl Loopback {
     /// Enrols a node user `node-<site>` for each of `sites`.
     pub fn enrol_nodes(&self, sites: &[&str]) {
         for site in sites {
-            auth::enrol(self.core.db(), &format!("node-{site}"), Role::Node, site, 0)
-                .expect("enrol");
+            let enrolment = auth::Enrolment::new(&format!("node-{site}"), Role::Node, site);
+            auth::enrol(self.core.db(), "test", &enrolment.with_new_site(), 0).expect("enrol");
         }
     }
 
@@ -129,7 +129,8 @@ impl Loopback {
     /// Enrols a user and returns its token; a researcher is put on study [`STUDY`]
     /// (created with them if it does not exist yet).
     pub fn user(&self, name: &str, role: Role, site: &str) -> BearerToken {
-        let token = auth::enrol(self.core.db(), name, role, site, 0).expect("enrol");
+        let enrolment = auth::Enrolment::new(name, role, site).with_new_site();
+        let token = auth::enrol(self.core.db(), "test", &enrolment, 0).expect("enrol");
         if role == Role::Researcher
             && !self
                 .core
@@ -267,14 +268,8 @@ impl Loopback {
 
     /// A fresh token of site `site`'s node.
     pub fn node_token(&self, site: &str) -> String {
-        auth::enrol(
-            self.core.db(),
-            &format!("node-{site}-again"),
-            Role::Node,
-            site,
-            0,
-        )
-        .expect("enrol")
+        let enrolment = auth::Enrolment::new(&format!("node-{site}-again"), Role::Node, site);
+        auth::enrol(self.core.db(), "test", &enrolment.with_new_site(), 0).expect("enrol")
     }
 }
 

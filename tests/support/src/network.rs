@@ -373,11 +373,12 @@ impl Network {
             let certificate = loopback.ca.issue_node(setup.id).expect("node certificate");
             let node_user = format!("node-{}", setup.id);
             if by_hand.contains(&setup.id) {
+                let enrolment =
+                    ern_coordinator::auth::Enrolment::new(&node_user, Role::Node, setup.id);
                 let node_token = ern_coordinator::auth::enrol(
                     loopback.core.db(),
-                    &node_user,
-                    Role::Node,
-                    setup.id,
+                    "test",
+                    &enrolment.with_new_site(),
                     0,
                 )
                 .expect("enrol");
