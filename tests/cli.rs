@@ -445,6 +445,7 @@ fn every_command_has_help() {
         vec!["list", "--help"],
         vec!["withdraw", "--help"],
         vec!["node", "audit", "show", "--help"],
+        vec!["node", "audit", "rotate", "--help"],
         vec!["steward", "pending", "--help"],
         vec!["steward", "show", "--help"],
         vec!["steward", "approve", "--help"],
@@ -458,6 +459,7 @@ fn every_command_has_help() {
         vec!["operator", "study", "add", "--help"],
         vec!["operator", "study", "list", "--help"],
         vec!["operator", "audit", "--help"],
+        vec!["operator", "node", "revoke", "--help"],
     ] {
         let output = ern(&args);
         assert!(output.status.success(), "{args:?}");

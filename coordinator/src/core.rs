@@ -184,11 +184,25 @@ impl Coordinator {
                     study.spent_micro,
                 )
             })
-            .collect();
-        self.privacy()
-            .entry(site.to_string())
-            .or_default()
-            .spent_micro = spent;
+            .collect::<HashMap<String, u64>>();
+        let mut privacy = self.privacy();
+        let known = privacy.entry(site.to_string()).or_default();
+        // Spending only grows: a study that spent less than before was forgotten by the
+        // node (an audit log lost, or rotated with charges missing).
+        for (study, before) in &known.spent_micro {
+            let now = spent.get(study).copied().unwrap_or(0);
+            if now < *before {
+                tracing::warn!(
+                    target: "ern::link",
+                    site,
+                    study = %for_log(study),
+                    before,
+                    now,
+                    "a study's privacy spending went down at this site: its node forgot charges (audit log lost or rotated)"
+                );
+            }
+        }
+        known.spent_micro = spent;
     }
 
     /// What a site's node last reported of its privacy policy and budgets.

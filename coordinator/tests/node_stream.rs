@@ -91,6 +91,28 @@ impl Harness {
         (target.state, target.detail)
     }
 
+    /// Enrols the node user `node-SITE` of a new site; returns its token.
+    fn enrol_node(&self, site: &str) -> String {
+        let enrolment = auth::Enrolment::new(&format!("node-{site}"), Role::Node, site);
+        auth::enrol(self.core.db(), "test", &enrolment.with_new_site(), 0).expect("enrol")
+    }
+
+    /// A NodeLink client sending `token`.
+    async fn client(
+        &self,
+        token: &str,
+    ) -> NodeLinkClient<
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+    > {
+        let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let bearer = format!("Bearer {token}").parse().expect("header");
+        NodeLinkClient::with_interceptor(channel, Bearer(bearer))
+    }
+
     /// Opens a node stream with `token`, sending `first`; returns the outbound sender and
     /// the response.
     async fn open(
@@ -101,17 +123,7 @@ impl Harness {
         mpsc::Sender<v1::NodeMessage>,
         Result<tonic::Streaming<v1::CoordinatorMessage>, tonic::Status>,
     ) {
-        let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
-        let bearer: MetadataValue<_> = format!("Bearer {token}").parse().expect("header");
-        let mut client =
-            NodeLinkClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-                r.metadata_mut().insert("authorization", bearer.clone());
-                Ok(r)
-            });
+        let mut client = self.client(token).await;
         let (sender, receiver) = mpsc::channel(16);
         sender.send(first).await.expect("queue");
         let response = client
@@ -119,6 +131,22 @@ impl Harness {
             .await
             .map(tonic::Response::into_inner);
         (sender, response)
+    }
+}
+
+/// Sends a bearer token with every call.
+#[derive(Clone)]
+struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
     }
 }
 
@@ -181,13 +209,7 @@ async fn eventually(mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_must_say_hello_for_its_own_site_with_a_node_token() {
     let h = start().await;
-    let node_a = auth::enrol(
-        h.core.db(),
-        "test",
-        &auth::Enrolment::new("node-a", Role::Node, "a").with_new_site(),
-        0,
-    )
-    .expect("enrol");
+    let node_a = h.enrol_node("a");
     let steward = auth::enrol(
         h.core.db(),
         "test",
@@ -228,13 +250,7 @@ async fn a_node_must_say_hello_for_its_own_site_with_a_node_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_or_unowed_answers_change_nothing_they_should_not() {
     let h = start().await;
-    let node_a = auth::enrol(
-        h.core.db(),
-        "test",
-        &auth::Enrolment::new("node-a", Role::Node, "a").with_new_site(),
-        0,
-    )
-    .expect("enrol");
+    let node_a = h.enrol_node("a");
     h.submit_approved("q-1", &["a", "b"]);
     h.submit_approved("q-2", &["b"]);
 
@@ -298,13 +314,7 @@ async fn malformed_or_unowed_answers_change_nothing_they_should_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_never_gets_more_work_at_once_than_it_said_it_runs() {
     let h = start().await;
-    let node_a = auth::enrol(
-        h.core.db(),
-        "test",
-        &auth::Enrolment::new("node-a", Role::Node, "a").with_new_site(),
-        0,
-    )
-    .expect("enrol");
+    let node_a = h.enrol_node("a");
     for id in ["q-1", "q-2", "q-3"] {
         h.submit_approved(id, &["a"]);
     }
@@ -342,23 +352,8 @@ async fn a_node_never_gets_more_work_at_once_than_it_said_it_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_holding_back_its_hello_past_a_revocation_is_refused() {
     let h = start().await;
-    let node_a = auth::enrol(
-        h.core.db(),
-        "test",
-        &auth::Enrolment::new("node-a", Role::Node, "a").with_new_site(),
-        0,
-    )
-    .expect("enrol");
-    let channel = tonic::transport::Endpoint::from_shared(h.url.clone())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
-    let bearer: MetadataValue<_> = format!("Bearer {node_a}").parse().expect("header");
-    let mut client = NodeLinkClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", bearer.clone());
-        Ok(r)
-    });
+    let node_a = h.enrol_node("a");
+    let mut client = h.client(&node_a).await;
     let (sender, receiver) = mpsc::channel(16);
     let opening = tokio::spawn(async move {
         client
@@ -380,13 +375,7 @@ async fn a_node_holding_back_its_hello_past_a_revocation_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_on_a_closed_stream_change_nothing() {
     let h = start().await;
-    let node_a = auth::enrol(
-        h.core.db(),
-        "test",
-        &auth::Enrolment::new("node-a", Role::Node, "a").with_new_site(),
-        0,
-    )
-    .expect("enrol");
+    let node_a = h.enrol_node("a");
     h.submit_approved("q-1", &["a"]);
     let (sender, inbound) = h.open(&node_a, hello("a")).await;
     let mut inbound = inbound.expect("stream");
