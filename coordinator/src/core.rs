@@ -79,6 +79,18 @@ pub struct NodeCredentials {
     pub expires_at: u64,
     /// The serial of the certificate it presented; empty without mutual TLS.
     pub certificate_serial: String,
+    /// When that certificate stops being valid; 0 without one. The handshake checked
+    /// it once; a stream outliving it is closed.
+    pub certificate_expires_at: u64,
+}
+
+impl NodeCredentials {
+    /// Whether the token or the certificate has expired at `now`.
+    fn expired(&self, now: u64) -> bool {
+        [self.expires_at, self.certificate_expires_at]
+            .into_iter()
+            .any(|at| at != 0 && now >= at)
+    }
 }
 
 /// The coordinator's shared core, behind every service.
@@ -447,16 +459,17 @@ impl Coordinator {
         !on_it.is_empty()
     }
 
-    /// Closes the streams of nodes whose token has expired, each with an event.
+    /// Closes the streams of nodes whose token or certificate has expired, each with an
+    /// event.
     async fn close_expired_streams(&self, now: u64) {
         let expired: Vec<(String, u64)> = self
             .nodes()
             .iter()
-            .filter(|(_, c)| c.credentials.expires_at != 0 && now >= c.credentials.expires_at)
+            .filter(|(_, c)| c.credentials.expired(now))
             .map(|(site, c)| (site.clone(), c.generation))
             .collect();
         for (site, generation) in expired {
-            tracing::warn!(target: "ern::link", site, "the node's token expired: closing its stream");
+            tracing::warn!(target: "ern::link", site, "the node's token or certificate expired: closing its stream");
             let event = Event {
                 at: now,
                 actor: "coordinator".into(),

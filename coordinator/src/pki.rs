@@ -233,6 +233,12 @@ fn normal_serial(hex_digits: &str) -> String {
     }
 }
 
+/// When a certificate (DER) stops being valid, in seconds since the Unix epoch.
+pub fn certificate_not_after(der: &[u8]) -> Option<u64> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    u64::try_from(cert.validity().not_after.timestamp()).ok()
+}
+
 /// [`certificate_serial`] of a PEM certificate.
 pub fn certificate_serial_pem(pem: &str) -> Option<String> {
     let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
@@ -276,6 +282,12 @@ mod tests {
             Some(serial(&first.cert_pem))
         );
         assert_eq!(parse_serial("not-hex"), None);
+        let days = |pem: &str| {
+            (certificate_not_after(&der_of(pem)).expect("not after") as i64
+                - OffsetDateTime::now_utc().unix_timestamp())
+                / 86_400
+        };
+        assert!((LEAF_DAYS - 1..=LEAF_DAYS).contains(&days(&first.cert_pem)));
         assert_ne!(serial(&first.cert_pem), serial(&renewed.cert_pem));
         assert_eq!(certificate_serial(b"junk"), None);
     }

@@ -42,14 +42,14 @@ impl NodeLinkService {
 }
 
 /// Under mutual TLS, the site named by the node's certificate must be its token's, and
-/// the certificate must not be on the revocation list; returns its serial (`None`
-/// without a certificate).
+/// the certificate must not be on the revocation list; returns its serial and when it
+/// expires (`None` without a certificate).
 fn check_certificate<T>(
     request: &Request<T>,
     token_site: &str,
     required: bool,
     db: &crate::db::Db,
-) -> Result<Option<String>, Status> {
+) -> Result<Option<(String, u64)>, Status> {
     let chain = request
         .extensions()
         .get::<PeerInfo>()
@@ -78,7 +78,10 @@ fn check_certificate<T>(
     }
     let certificate_site = leaf.and_then(|leaf| pki::node_site_of(leaf));
     match certificate_site {
-        Some(site) if site == token_site => Ok(serial),
+        Some(site) if site == token_site => Ok(serial.map(|serial| {
+            let expires = leaf.and_then(|leaf| pki::certificate_not_after(leaf));
+            (serial, expires.unwrap_or(0))
+        })),
         Some(site) => {
             let site = for_log(&site);
             tracing::warn!(token_site, certificate_site = %site, "node certificate of another site");
@@ -142,7 +145,7 @@ impl NodeLink for NodeLinkService {
         if again.name != node.name {
             return Err(Status::unauthenticated("the token changed hands"));
         }
-        if let Some(serial) = &serial
+        if let Some((serial, _)) = &serial
             && self
                 .core
                 .db()
@@ -167,9 +170,11 @@ impl NodeLink for NodeLinkService {
             }))
             .await
             .map_err(|_| Status::unavailable("the stream closed during the handshake"))?;
+        let (certificate_serial, certificate_expires_at) = serial.unwrap_or_default();
         let credentials = crate::core::NodeCredentials {
             expires_at: node.expires_at,
-            certificate_serial: serial.unwrap_or_default(),
+            certificate_serial,
+            certificate_expires_at,
         };
         let generation = self
             .core

@@ -219,7 +219,7 @@ async fn phases(
         .await?,
     ));
     rows.push((
-        "node: store generation (four stat calls)",
+        "node: store generation (four stat calls and the generation record; read twice per question)",
         median_of(|| async {
             ern_node::executed::store_generation(store_dir)
                 .map(drop)

@@ -76,6 +76,26 @@ pub struct Continuation {
     pub broken: Option<String>,
     /// Privacy charges carried over from it (each one an entry after this one).
     pub charges_carried: u64,
+    /// The breaks and losses the archived log itself recorded of the logs before it
+    /// (a rotation never washes out an earlier one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<String>,
+}
+
+impl Continuation {
+    /// What this continuation says went wrong, for the next one's `earlier`.
+    fn history(&self) -> Vec<String> {
+        let mut all = self.earlier.clone();
+        if let Some(broken) = &self.broken {
+            let name = if self.archive.is_empty() {
+                "(no archive)"
+            } else {
+                self.archive.as_str()
+            };
+            all.push(format!("{name}: {broken}"));
+        }
+        all
+    }
 }
 
 /// The privacy loss of one question charged to its study at this site: the node's
@@ -535,6 +555,9 @@ pub struct Inspection {
     /// Every privacy charge in the file, past a break too (each line that parses):
     /// what a study has spent is never under-counted because the log is damaged.
     pub charges: Vec<AuditEntry>,
+    /// What the file's own first entry records of the logs before it, when it continues
+    /// a rotated log.
+    pub earlier: Vec<String>,
 }
 
 /// Reads the log at `path` to the end whether or not its chain holds: the intact part,
@@ -564,15 +587,24 @@ pub fn inspect(path: &Path) -> Result<Inspection, AuditError> {
             });
         }
     };
-    let charges = text
+    let parsed: Vec<AuditEntry> = text
         .split(|b| *b == b'\n')
         .filter_map(|line| serde_json::from_slice::<AuditEntry>(line).ok())
+        .collect();
+    let earlier = parsed
+        .iter()
+        .find_map(|entry| entry.continues.as_ref())
+        .map(Continuation::history)
+        .unwrap_or_default();
+    let charges = parsed
+        .into_iter()
         .filter(|entry| entry.outcome == Outcome::Charged && entry.privacy.is_some())
         .collect();
     Ok(Inspection {
         intact: last_intact,
         broken,
         charges,
+        earlier,
     })
 }
 
@@ -617,6 +649,7 @@ pub fn rotate(path: &Path, archive: &Path) -> Result<Rotation, AuditError> {
     }
     let found = inspect(path)?;
     let continuation = Continuation {
+        earlier: found.earlier.clone(),
         archive: archive
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())
@@ -687,6 +720,7 @@ fn start_after_loss(path: &Path) -> Result<Rotation, AuditError> {
         last_hash: GENESIS.to_string(),
         broken: Some("the log was missing: its entries and privacy charges are lost".into()),
         charges_carried: 0,
+        earlier: Vec::new(),
     };
     let mut first = AuditEntry::new("(none)", "(none)", Outcome::Rotated);
     first.detail = continuation.broken.clone();

@@ -394,10 +394,28 @@ impl NodeEngine {
             }));
         }
         let audit = Arc::new(AuditLog::open(&files.audit_log)?);
-        let ledger = Arc::new(match audit.head() == crate::audit::genesis() {
-            true => Ledger::default(),
-            false => Ledger::from_entries(&crate::audit::read_entries(audit.path())?),
+        let history = match audit.head() == crate::audit::genesis() {
+            true => Vec::new(),
+            false => crate::audit::read_entries(audit.path())?,
+        };
+        // The log shows approvals executed, the record none: it was lost (red team: an
+        // approval the record forgot runs again on refreshed data).
+        // (A round's first step is audited before anything is recorded: only per-site
+        // releases count.)
+        let executed_before = history.iter().any(|entry| {
+            entry.outcome == Outcome::Accepted
+                && entry.key_id.is_some()
+                && !entry
+                    .detail
+                    .as_deref()
+                    .is_some_and(|d| d.starts_with("secure round"))
         });
+        if executed_before && executed.is_empty() {
+            return Err(OpenError::Executed(ExecutedError::Missing {
+                path: executed.path().to_path_buf(),
+            }));
+        }
+        let ledger = Arc::new(Ledger::from_entries(&history));
         let store = Arc::new(StoreWatch::new(store_dir));
         store.observe(&audit);
         let facts = verified_facts(&ctx).await.unwrap_or_else(|error| {

@@ -65,6 +65,15 @@ pub enum ExecutedError {
         /// What is wrong.
         message: String,
     },
+    /// The record is missing or empty while the audit log shows approvals executed.
+    #[error(
+        "{}: the record of executed approvals is missing, but the audit log shows approvals executed: restore it from a backup (without it an approval could run again on refreshed data), or rotate the audit log (`ern node audit rotate`) to start over on the record",
+        path.display()
+    )]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// One executed approval.
@@ -257,6 +266,11 @@ impl ExecutedApprovals {
         self.claims
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The record's file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Whether the node has executed no approval yet.

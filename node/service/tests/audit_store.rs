@@ -521,3 +521,66 @@ async fn rotating_refuses_an_archive_that_is_the_log_and_keeps_a_log_in_place() 
     audit::verify(&archive).expect("the archive is the old log, intact");
     assert_eq!(audit::verify(log).expect("the new chain").entries, 1);
 }
+
+/// Attack: `rm executed.log` (or an `audit_log` moved to another directory without it),
+/// then a re-ingest: every approval the node ran would run again on the new data (the
+/// differencing of two releases). Safe: the node does not start while its audit log
+/// shows approvals executed and the record shows none.
+#[tokio::test]
+async fn a_lost_record_of_executed_approvals_stops_the_node() {
+    let site = Site::new();
+    let engine = site.engine(site.policy()).await;
+    let request = site.request(COUNT, 0);
+    engine.execute(&request).await.expect("answered");
+    drop(engine);
+    std::fs::remove_file(
+        site.files
+            .state_dir()
+            .join(ern_node::executed::EXECUTED_FILE),
+    )
+    .expect("rm executed.log");
+    site.reingest();
+    match NodeEngine::open_files(&site.files, site.policy()).await {
+        Err(ern_node::engine::OpenError::Executed(error)) => {
+            assert!(error.to_string().contains("missing"), "{error}");
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("started without its record: the approval would run again"),
+    }
+}
+
+/// A second rotation keeps what the first recorded: archiving a broken log, then
+/// rotating again and deleting both archives, leaves a chain that still says so.
+#[tokio::test]
+async fn a_second_rotation_keeps_the_first_break() {
+    let site = Site::new();
+    let engine = site.engine(site.policy()).await;
+    for nonce in 0..2 {
+        engine
+            .execute(&site.request(COUNT, nonce))
+            .await
+            .expect("answered");
+    }
+    drop(engine);
+    let log = &site.files.audit_log;
+    let text = std::fs::read_to_string(log).expect("log");
+    let lines: Vec<&str> = text.lines().collect();
+    write_lines(log, &[lines[0], lines[2]]);
+    let first = site.dir.path().join("node/first.log");
+    audit::rotate(log, &first).expect("first rotation");
+    let second = site.dir.path().join("node/second.log");
+    let rotation = audit::rotate(log, &second).expect("second rotation");
+    std::fs::remove_file(&first).expect("rm");
+    std::fs::remove_file(&second).expect("rm");
+    assert!(
+        rotation.continuation.broken.is_none(),
+        "the first chain was intact"
+    );
+    let earlier = &audit::read_entries(log).expect("intact")[0]
+        .continues
+        .clone()
+        .expect("a continuation")
+        .earlier;
+    assert_eq!(earlier.len(), 1, "{earlier:?}");
+    assert!(earlier[0].contains("first.log"), "{earlier:?}");
+}
