@@ -184,8 +184,11 @@ impl Coordinator {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A node's budget report: what each study has spent at its site.
-    pub fn node_budgets(&self, site: &str, report: &v1::BudgetReport) {
+    /// A node's budget report: what each study has spent at its site. Spending only
+    /// grows: a study reported lower than before was forgotten by the node (its audit
+    /// log lost, or rotated with charges missing), which is logged and put in the audit
+    /// trail (`budget-decreased`) for the operator.
+    pub async fn node_budgets(&self, site: &str, report: &v1::BudgetReport) {
         let spent = report
             .studies
             .iter()
@@ -197,24 +200,49 @@ impl Coordinator {
                 )
             })
             .collect::<HashMap<String, u64>>();
-        let mut privacy = self.privacy();
-        let known = privacy.entry(site.to_string()).or_default();
-        // Spending only grows: a study that spent less than before was forgotten by the
-        // node (an audit log lost, or rotated with charges missing).
-        for (study, before) in &known.spent_micro {
-            let now = spent.get(study).copied().unwrap_or(0);
-            if now < *before {
-                tracing::warn!(
-                    target: "ern::link",
+        let decreased: Vec<(String, u64, u64)> = {
+            let mut privacy = self.privacy();
+            let known = privacy.entry(site.to_string()).or_default();
+            let decreased = known
+                .spent_micro
+                .iter()
+                .filter_map(|(study, before)| {
+                    let now = spent.get(study).copied().unwrap_or(0);
+                    (now < *before).then(|| (study.clone(), *before, now))
+                })
+                .collect();
+            known.spent_micro = spent;
+            decreased
+        };
+        for (study, before, now) in decreased {
+            let study = for_log(&study).to_string();
+            tracing::warn!(
+                target: "ern::link",
+                site,
+                study = %study,
+                before,
+                now,
+                "a study's privacy spending went down at this site: its node forgot charges (audit log lost or rotated)"
+            );
+            let event = Event {
+                at: now_seconds(),
+                actor: format!("node:{site}"),
+                kind: EventKind::BudgetDecreased,
+                query_id: String::new(),
+                site: site.to_string(),
+                detail: format!("study {study}: {before} -> {now} micro-epsilon"),
+            };
+            if let Err(status) = self
+                .commit("a budget decrease", move |db| db.record_event(&event))
+                .await
+            {
+                tracing::error!(
                     site,
-                    study = %for_log(study),
-                    before,
-                    now,
-                    "a study's privacy spending went down at this site: its node forgot charges (audit log lost or rotated)"
+                    message = status.message(),
+                    "recording a budget decrease"
                 );
             }
         }
-        known.spent_micro = spent;
     }
 
     /// What a site's node last reported of its privacy policy and budgets.

@@ -316,11 +316,13 @@ pub enum EventKind {
     /// An operator put a node certificate on the revocation list (the detail is its
     /// serial).
     CertificateRevoked,
-    /// A node's token expired and its live stream was closed.
+    /// A node's token or certificate expired and its live stream was closed.
     TokenExpired,
+    /// A node reported a study's privacy spending lower than before: it forgot charges.
+    BudgetDecreased,
 }
 
-const ALL_EVENTS: [EventKind; 23] = [
+const ALL_EVENTS: [EventKind; 24] = [
     EventKind::Submitted,
     EventKind::RefusedAtSubmit,
     EventKind::Approved,
@@ -344,6 +346,7 @@ const ALL_EVENTS: [EventKind; 23] = [
     EventKind::UserRotated,
     EventKind::CertificateRevoked,
     EventKind::TokenExpired,
+    EventKind::BudgetDecreased,
 ];
 
 impl EventKind {
@@ -373,6 +376,7 @@ impl EventKind {
             EventKind::UserRotated => "user-rotated",
             EventKind::CertificateRevoked => "certificate-revoked",
             EventKind::TokenExpired => "token-expired",
+            EventKind::BudgetDecreased => "budget-decreased",
         }
     }
 

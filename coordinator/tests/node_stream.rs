@@ -420,3 +420,56 @@ async fn messages_on_a_closed_stream_change_nothing() {
     assert_eq!(head_after, head_before);
     assert_ne!(head_after, forged_head);
 }
+
+/// A node's budget report as it sends it: `study` has spent `micro` millionths.
+fn budgets(study: &str, micro: u64) -> v1::NodeMessage {
+    v1::NodeMessage {
+        message: Some(v1::node_message::Message::Budgets(v1::BudgetReport {
+            studies: vec![v1::StudySpend {
+                study_id: study.into(),
+                spent_micro: micro,
+            }],
+        })),
+    }
+}
+
+/// Red team (#18): a node that forgot charges (its audit log lost, or rotated with the
+/// charges edited away) reports a study's spending lower than before. The node's files
+/// cannot show it; the coordinator, which kept the earlier report, puts it in the audit
+/// trail for the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_study_whose_reported_spending_goes_down_is_in_the_audit_trail() {
+    let h = start().await;
+    let node_a = h.enrol_node("a");
+    let (sender, inbound) = h.open(&node_a, hello("a")).await;
+    let _inbound = inbound.expect("stream");
+    let decreases = || {
+        h.core
+            .db()
+            .audit_summary(100)
+            .expect("summary")
+            .recent
+            .into_iter()
+            .filter(|event| event.kind.as_str() == "budget-decreased")
+            .collect::<Vec<_>>()
+    };
+    for (micro, what) in [(2_000_000, "spent"), (3_000_000, "spent more")] {
+        sender.send(budgets("s1", micro)).await.expect(what);
+    }
+    eventually(|| {
+        h.core
+            .site_privacy("a")
+            .is_some_and(|p| p.spent_micro.get("s1") == Some(&3_000_000))
+    })
+    .await;
+    assert!(decreases().is_empty(), "spending that grows is normal");
+    sender.send(budgets("s1", 1_000_000)).await.expect("forgot");
+    eventually(|| !decreases().is_empty()).await;
+    let event = &decreases()[0];
+    assert_eq!(event.site, "a");
+    assert!(
+        event.detail.contains("3000000 -> 1000000"),
+        "{}",
+        event.detail
+    );
+}

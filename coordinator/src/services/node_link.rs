@@ -219,7 +219,7 @@ impl NodeLink for NodeLinkService {
                                 }
                             }
                             Some(v1::node_message::Message::Budgets(report)) => {
-                                core.node_budgets(&site, &report);
+                                core.node_budgets(&site, &report).await;
                             }
                             Some(v1::node_message::Message::Heartbeat(beat)) => {
                                 core.node_heartbeat(&site, generation, &beat);
