@@ -78,6 +78,17 @@ impl Site {
         }
     }
 
+    /// Starts a node, has it answer `questions` fresh approvals of [`COUNT`], stops it.
+    async fn answer_then_stop(&self, questions: u64) {
+        let engine = self.engine(self.policy()).await;
+        for nonce in 0..questions {
+            engine
+                .execute(&self.request(COUNT, nonce))
+                .await
+                .expect("answered");
+        }
+    }
+
     /// Ingests the registry again: a new generation of the store.
     fn reingest(&self) {
         synthetic_store(self.dir.path(), 200, 4);
@@ -245,14 +256,7 @@ fn write_lines(log: &Path, lines: &[&str]) {
 #[tokio::test]
 async fn a_broken_chain_is_explained_by_its_kind() {
     let site = Site::new();
-    let engine = site.engine(site.policy()).await;
-    for nonce in 0..3 {
-        engine
-            .execute(&site.request(COUNT, nonce))
-            .await
-            .expect("answered");
-    }
-    drop(engine);
+    site.answer_then_stop(3).await;
     let log = &site.files.audit_log;
     let text = std::fs::read_to_string(log).expect("log");
     let lines: Vec<&str> = text.lines().collect();
@@ -554,14 +558,7 @@ async fn a_lost_record_of_executed_approvals_stops_the_node() {
 #[tokio::test]
 async fn a_second_rotation_keeps_the_first_break() {
     let site = Site::new();
-    let engine = site.engine(site.policy()).await;
-    for nonce in 0..2 {
-        engine
-            .execute(&site.request(COUNT, nonce))
-            .await
-            .expect("answered");
-    }
-    drop(engine);
+    site.answer_then_stop(2).await;
     let log = &site.files.audit_log;
     let text = std::fs::read_to_string(log).expect("log");
     let lines: Vec<&str> = text.lines().collect();
